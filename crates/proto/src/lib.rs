@@ -1,0 +1,25 @@
+//! Confab's wire types, shared by the server, the load generator and the tests.
+//!
+//! - [`ids`]: newtype ids (`RoomId`, `ParticipantId`, `TrackId`) and name validation.
+//! - [`signal`]: the JSON messages exchanged over the signaling WebSocket, version
+//!   [`PROTOCOL_VERSION`], documented in `docs/protocol.md`.
+//! - [`chat`]: the JSON messages carried over the `chat` data channel.
+//!
+//! No tokio, no webrtc: this crate only describes bytes on the wire.
+
+pub mod chat;
+pub mod ids;
+pub mod signal;
+
+pub use chat::{ChatIn, ChatOut};
+pub use ids::{DisplayName, IdError, ParticipantId, RoomId, TrackId};
+pub use signal::{
+    ClientConfig, ClientMessage, DecodeError, ErrorCode, IceCandidate, MediaKind, ParticipantInfo, PcTarget,
+    ServerMessage, SubscribedTrack, TrackInfo, TrackSource,
+};
+
+/// The signaling protocol version this build speaks. A client names it in `join`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The label of the data channel that carries chat.
+pub const CHAT_CHANNEL_LABEL: &str = "chat";

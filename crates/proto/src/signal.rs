@@ -1,0 +1,360 @@
+//! Signaling messages: JSON text frames over the `/ws` WebSocket.
+//!
+//! Every message is an object whose `type` field names it (`snake_case`). The full
+//! reference, with the order in which they flow, is `docs/protocol.md`; keep the two in step.
+
+use crate::ids::{DisplayName, ParticipantId, RoomId, TrackId};
+use serde::{Deserialize, Serialize};
+
+/// Which of a participant's two peer connections a message is about.
+///
+/// Confab uses two peer connections per participant, as LiveKit does: the client offers on
+/// the *publisher* connection (its own camera and microphone), the server offers on the
+/// *subscriber* connection (everyone else's tracks, and the chat data channel). Each side
+/// only ever offers on its own connection, so offers never collide (no glare).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PcTarget {
+    Publisher,
+    Subscriber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// What a published track shows: the UI lays out and labels tracks by source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Microphone,
+    Camera,
+    Screen,
+    #[default]
+    Unknown,
+}
+
+/// An ICE candidate, in the browser's `RTCIceCandidateInit` JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "sdpMLineIndex")]
+    pub sdp_mline_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// One track the client offers in a `publish`, identified by its transceiver's mid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishTrack {
+    pub mid: String,
+    #[serde(default)]
+    pub source: TrackSource,
+}
+
+/// Client → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Must be the first message. Answered by `joined` (then an `offer`), or a fatal `error`.
+    Join {
+        protocol: u32,
+        room: RoomId,
+        name: DisplayName,
+    },
+    /// An SDP offer on the publisher connection: first publish or any later change.
+    Publish {
+        sdp: String,
+        #[serde(default)]
+        tracks: Vec<PublishTrack>,
+    },
+    /// The answer to the server's last `offer` on the subscriber connection.
+    Answer { sdp: String },
+    /// A trickled ICE candidate of the client's side of `target`.
+    Candidate {
+        target: PcTarget,
+        candidate: IceCandidate,
+    },
+    /// Mute or unmute the published track of `source` (microphone off, camera off).
+    Mute { source: TrackSource, muted: bool },
+    /// Leave the room; the server closes the connection after `participant_left` reaches others.
+    Leave,
+}
+
+impl ClientMessage {
+    /// The wire name of this message's type, for logs and error reports.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Publish { .. } => "publish",
+            ClientMessage::Answer { .. } => "answer",
+            ClientMessage::Candidate { .. } => "candidate",
+            ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Leave => "leave",
+        }
+    }
+
+    /// Decodes one text frame, telling apart broken JSON, an unknown type and bad fields so
+    /// that the client gets an error it can act on.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        match serde_json::from_str::<ClientMessage>(text) {
+            Ok(m) => Ok(m),
+            Err(e) if e.is_syntax() || e.is_eof() => Err(DecodeError::Malformed(e.to_string())),
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct Envelope {
+                    #[serde(rename = "type")]
+                    ty: Option<serde_json::Value>,
+                }
+                match serde_json::from_str::<Envelope>(text) {
+                    Ok(Envelope {
+                        ty: Some(serde_json::Value::String(ty)),
+                    }) if !KNOWN_CLIENT_TYPES.contains(&ty.as_str()) => {
+                        Err(DecodeError::UnknownType(truncate(&ty, 64)))
+                    }
+                    Ok(Envelope { ty: Some(_) }) => Err(DecodeError::Invalid(e.to_string())),
+                    Ok(Envelope { ty: None }) => Err(DecodeError::Invalid(
+                        "a message must be a JSON object with a string field \"type\"".into(),
+                    )),
+                    Err(_) => Err(DecodeError::Invalid(
+                        "a message must be a JSON object with a string field \"type\"".into(),
+                    )),
+                }
+            }
+        }
+    }
+}
+
+const KNOWN_CLIENT_TYPES: &[&str] = &["join", "publish", "answer", "candidate", "mute", "leave"];
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// Why a text frame could not be turned into a [`ClientMessage`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::Malformed(_) => ErrorCode::MalformedMessage,
+            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
+            DecodeError::Invalid(_) => ErrorCode::InvalidMessage,
+        }
+    }
+}
+
+/// A track as the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+    pub muted: bool,
+}
+
+/// A participant as the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub name: DisplayName,
+    /// Milliseconds since the Unix epoch.
+    pub joined_at: u64,
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// Maps a transceiver of the subscriber connection to the remote track it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedTrack {
+    pub mid: String,
+    pub track_id: TrackId,
+    pub participant_id: ParticipantId,
+    pub kind: MediaKind,
+    pub source: TrackSource,
+}
+
+/// Limits the client should respect, sent in `joined`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    pub chat_max_bytes: usize,
+    pub chat_history: usize,
+    pub max_message_bytes: usize,
+}
+
+/// Server → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Joined {
+        protocol: u32,
+        room: RoomId,
+        participant: ParticipantInfo,
+        /// Everyone else already in the room.
+        participants: Vec<ParticipantInfo>,
+        config: ClientConfig,
+    },
+    /// The answer to the client's `publish`.
+    Answer { sdp: String },
+    /// An offer on the subscriber connection; the client replies with `answer`.
+    Offer {
+        sdp: String,
+        tracks: Vec<SubscribedTrack>,
+    },
+    /// A trickled ICE candidate of the server's side of `target`.
+    Candidate {
+        target: PcTarget,
+        candidate: IceCandidate,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    /// A participant's tracks or their mute state changed.
+    ParticipantUpdated {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+    },
+    /// Something the client sent was refused. When `fatal`, the server closes the connection.
+    Error {
+        code: ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+}
+
+/// Machine-readable error codes; `message` carries the human-readable text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedMessage,
+    UnknownType,
+    InvalidMessage,
+    MessageTooLarge,
+    UnsupportedProtocol,
+    NotJoined,
+    AlreadyJoined,
+    RoomFull,
+    InvalidSdp,
+    OutOfOrder,
+    UnknownTrack,
+    ChatTooLong,
+    ChatInvalid,
+    SlowConsumer,
+    ServerShuttingDown,
+    Internal,
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            fatal: false,
+        }
+    }
+
+    pub fn fatal(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            fatal: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_join() {
+        let m = ClientMessage::decode(r#"{"type":"join","protocol":1,"room":"r1","name":"Ada"}"#)
+            .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Join {
+                protocol: 1,
+                room: RoomId::parse("r1").unwrap(),
+                name: DisplayName::parse("Ada").unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn decode_errors_are_classified() {
+        let cases: &[(&str, ErrorCode)] = &[
+            ("{not json", ErrorCode::MalformedMessage),
+            ("", ErrorCode::MalformedMessage),
+            (r#"{"type":"dance"}"#, ErrorCode::UnknownType),
+            (r#"{"type":7}"#, ErrorCode::InvalidMessage),
+            (r#"{"no_type":1}"#, ErrorCode::InvalidMessage),
+            (r#"[1,2]"#, ErrorCode::InvalidMessage),
+            (r#""leave""#, ErrorCode::InvalidMessage),
+            (r#"{"type":"join","room":"r"}"#, ErrorCode::InvalidMessage),
+            (
+                r#"{"type":"join","protocol":1,"room":"bad room","name":"x"}"#,
+                ErrorCode::InvalidMessage,
+            ),
+            (
+                r#"{"type":"join","protocol":1,"room":"r","name":"x","extra":1}"#,
+                ErrorCode::InvalidMessage,
+            ),
+            (r#"{"type":"mute","source":"nose","muted":true}"#, ErrorCode::InvalidMessage),
+        ];
+        for (text, code) in cases {
+            let err = ClientMessage::decode(text).unwrap_err();
+            assert_eq!(err.code(), *code, "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_type_is_truncated() {
+        let long = "x".repeat(1000);
+        let err = ClientMessage::decode(&format!(r#"{{"type":"{long}"}}"#)).unwrap_err();
+        match err {
+            DecodeError::UnknownType(t) => assert_eq!(t.len(), 64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn candidate_uses_browser_field_names() {
+        let m = ClientMessage::decode(
+            r#"{"type":"candidate","target":"publisher","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abc"}}"#,
+        )
+        .unwrap();
+        let ClientMessage::Candidate { target, candidate } = m else {
+            panic!()
+        };
+        assert_eq!(target, PcTarget::Publisher);
+        assert_eq!(candidate.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(candidate.sdp_mline_index, Some(0));
+        assert_eq!(candidate.username_fragment.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn server_messages_are_tagged_snake_case() {
+        let m = ServerMessage::error(ErrorCode::RoomFull, "full");
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "room_full");
+        assert_eq!(v["fatal"], false);
+        let leave = ClientMessage::decode(r#"{"type":"leave"}"#).unwrap();
+        assert_eq!(leave, ClientMessage::Leave);
+    }
+}

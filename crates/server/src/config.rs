@@ -1,0 +1,198 @@
+//! Configuration: built-in defaults, then a TOML file (unknown keys are errors), then
+//! `CONFAB_`-prefixed environment variables (`CONFAB_HTTP__BIND=...`), then command-line
+//! flags; then validation. The built-in defaults equal `config/default.toml`, so the
+//! server runs from anywhere without it.
+
+use confab_sfu::SfuConfig;
+use confab_signal::SignalConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub room: RoomConfig,
+    pub signal: SignalConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// HTTP and WebSocket listener.
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Address the media UDP sockets bind; must be explicit (not 0.0.0.0).
+    pub bind_ip: IpAddr,
+    /// First media UDP port; worker i uses port + i. 0 picks free ports.
+    pub port: u16,
+    /// Address announced to clients (public / NAT 1:1 address). Defaults to bind_ip.
+    pub announce_ip: Option<IpAddr>,
+    /// Media worker threads; 0 = one per CPU core.
+    pub workers: usize,
+    pub ice_disconnected_timeout_ms: u64,
+    pub ice_failed_timeout_ms: u64,
+    pub max_nacks_per_packet: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomConfig {
+    pub max_participants: usize,
+    pub chat_history: usize,
+    pub chat_max_bytes: usize,
+    pub keyframe_interval_ms: u64,
+    pub event_queue: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let sfu = SfuConfig::default();
+        Self {
+            http: HttpConfig::default(),
+            media: MediaConfig {
+                bind_ip: sfu.bind_ip,
+                port: sfu.port,
+                announce_ip: sfu.announce_ip,
+                workers: sfu.workers,
+                ice_disconnected_timeout_ms: sfu.ice_disconnected_timeout_ms,
+                ice_failed_timeout_ms: sfu.ice_failed_timeout_ms,
+                max_nacks_per_packet: sfu.max_nacks_per_packet,
+            },
+            room: RoomConfig {
+                max_participants: sfu.max_participants_per_room,
+                chat_history: sfu.chat_history,
+                chat_max_bytes: sfu.chat_max_bytes,
+                keyframe_interval_ms: sfu.keyframe_interval_ms,
+                event_queue: sfu.event_queue,
+            },
+            signal: SignalConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Config::default().media
+    }
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Config::default().room
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "confab=info,webrtc=warn".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            f = f.merge(Toml::file(path));
+        }
+        f = f.merge(Env::prefixed("CONFAB_").ignore(&["config"]).split("__"));
+        let config: Config = f.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.sfu().validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        anyhow::ensure!(
+            self.signal.max_message_bytes <= self.signal.hard_max_message_bytes,
+            "configuration: signal.max_message_bytes exceeds signal.hard_max_message_bytes"
+        );
+        anyhow::ensure!(
+            self.room.chat_max_bytes < self.signal.max_message_bytes,
+            "configuration: room.chat_max_bytes must be below signal.max_message_bytes"
+        );
+        Ok(())
+    }
+
+    /// The media plane's view of this configuration.
+    pub fn sfu(&self) -> SfuConfig {
+        SfuConfig {
+            bind_ip: self.media.bind_ip,
+            port: self.media.port,
+            announce_ip: self.media.announce_ip,
+            workers: self.media.workers,
+            max_participants_per_room: self.room.max_participants,
+            chat_history: self.room.chat_history,
+            chat_max_bytes: self.room.chat_max_bytes,
+            max_message_bytes: self.signal.max_message_bytes,
+            keyframe_interval_ms: self.room.keyframe_interval_ms,
+            event_queue: self.room.event_queue,
+            ice_disconnected_timeout_ms: self.media.ice_disconnected_timeout_ms,
+            ice_failed_timeout_ms: self.media.ice_failed_timeout_ms,
+            max_nacks_per_packet: self.media.max_nacks_per_packet,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(rel: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    }
+
+    #[test]
+    fn default_toml_equals_built_in_defaults() {
+        let text = std::fs::read_to_string(repo_file("config/default.toml")).unwrap();
+        let from_file: Config = Figment::new()
+            .merge(Toml::string(&text))
+            .extract()
+            .unwrap();
+        assert_eq!(from_file, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let r: Result<Config, _> = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[http]\nbnd = \"127.0.0.1:1\"\n"))
+            .extract();
+        assert!(r.unwrap_err().to_string().contains("bnd"));
+    }
+
+    #[test]
+    fn wildcard_media_bind_is_refused() {
+        let mut c = Config::default();
+        c.media.bind_ip = "0.0.0.0".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("wildcard"));
+    }
+}

@@ -1,0 +1,65 @@
+//! The `confab` server: configuration, wiring and graceful shutdown. The binary
+//! (`main.rs`) adds the command line and logging; tests start a [`Server`] in-process.
+
+pub mod config;
+
+pub use config::Config;
+
+use anyhow::Context;
+use confab_sfu::Sfu;
+use confab_signal::{AppState, router};
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub sfu: Sfu,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds the HTTP listener and the media sockets and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        config.validate()?;
+        let sfu = Sfu::start(config.sfu()).context("starting the media plane")?;
+        let listener = tokio::net::TcpListener::bind(config.http.bind)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http.bind))?;
+        let http_addr = listener.local_addr()?;
+        let app = router(AppState::new(sfu.clone(), config.signal.clone()));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(http = %http_addr, media = ?sfu.media_addrs(), "confab listening");
+        Ok(Server {
+            http_addr,
+            sfu,
+            stop,
+            task,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http_addr)
+    }
+
+    /// Stops accepting connections, closes every session and stops the media workers.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let sfu = self.sfu;
+        let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
+    }
+}

@@ -1,0 +1,159 @@
+//! Room chat: validation of what a client sends and the bounded history a late joiner gets.
+
+use confab_proto::{ChatOut, DisplayName, ParticipantId};
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat message is {len} bytes; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("chat message is empty")]
+    Empty,
+    #[error("chat message is not valid: {0}")]
+    Invalid(String),
+}
+
+/// Validates one chat frame from a client and returns the text to relay.
+pub fn parse_chat(data: &[u8], max_bytes: usize) -> Result<String, ChatError> {
+    // The JSON envelope adds a few bytes; bound the frame before parsing it.
+    if data.len() > max_bytes + 256 {
+        return Err(ChatError::TooLong {
+            len: data.len(),
+            max: max_bytes,
+        });
+    }
+    let confab_proto::ChatIn::Chat { text } =
+        serde_json::from_slice(data).map_err(|e| ChatError::Invalid(e.to_string()))?;
+    if text.len() > max_bytes {
+        return Err(ChatError::TooLong {
+            len: text.len(),
+            max: max_bytes,
+        });
+    }
+    if text.trim().is_empty() {
+        return Err(ChatError::Empty);
+    }
+    Ok(text)
+}
+
+/// The last `capacity` messages of a room, numbered in order.
+#[derive(Debug, Clone)]
+pub struct ChatLog {
+    next_id: u64,
+    capacity: usize,
+    history: VecDeque<ChatOut>,
+}
+
+impl ChatLog {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            next_id: 1,
+            capacity,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Stamps a message with the server's id and time and keeps it.
+    pub fn push(
+        &mut self,
+        from: ParticipantId,
+        name: DisplayName,
+        text: String,
+        ts_ms: u64,
+    ) -> ChatOut {
+        let msg = ChatOut::Chat {
+            id: self.next_id,
+            from,
+            name,
+            text,
+            ts: ts_ms,
+            history: false,
+        };
+        self.next_id += 1;
+        if self.capacity > 0 {
+            if self.history.len() == self.capacity {
+                self.history.pop_front();
+            }
+            self.history.push_back(msg.clone());
+        }
+        msg
+    }
+
+    /// The history, oldest first, marked as replayed.
+    pub fn replay(&self) -> impl Iterator<Item = ChatOut> + '_ {
+        self.history.iter().cloned().map(|m| match m {
+            ChatOut::Chat {
+                id,
+                from,
+                name,
+                text,
+                ts,
+                ..
+            } => ChatOut::Chat {
+                id,
+                from,
+                name,
+                text,
+                ts,
+                history: true,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let cases: &[(&str, Result<&str, ChatError>)] = &[
+            (r#"{"type":"chat","text":"hello"}"#, Ok("hello")),
+            (r#"{"type":"chat","text":"   "}"#, Err(ChatError::Empty)),
+            (
+                r#"{"type":"chat","text":"12345678901"}"#,
+                Err(ChatError::TooLong { len: 11, max: 10 }),
+            ),
+        ];
+        for (input, want) in cases {
+            let got = parse_chat(input.as_bytes(), 10);
+            assert_eq!(got.as_deref().map_err(Clone::clone), want.clone(), "{input}");
+        }
+        assert!(matches!(parse_chat(b"not json", 10), Err(ChatError::Invalid(_))));
+        assert!(matches!(
+            parse_chat(br#"{"type":"chat","text":"x","from":"PA_1"}"#, 10),
+            Err(ChatError::Invalid(_))
+        ));
+        let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(5000));
+        assert!(matches!(parse_chat(huge.as_bytes(), 10), Err(ChatError::TooLong { .. })));
+    }
+
+    #[test]
+    fn history_is_bounded_and_ordered() {
+        let mut log = ChatLog::new(3);
+        let pid = ParticipantId::from_suffix("a");
+        let name = DisplayName::parse("A").unwrap();
+        for i in 0..5 {
+            log.push(pid.clone(), name.clone(), format!("m{i}"), i);
+        }
+        let texts: Vec<(u64, String, bool)> = log
+            .replay()
+            .map(|ChatOut::Chat { id, text, history, .. }| (id, text, history))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                (3, "m2".to_string(), true),
+                (4, "m3".to_string(), true),
+                (5, "m4".to_string(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let mut log = ChatLog::new(0);
+        log.push(ParticipantId::from_suffix("a"), DisplayName::parse("A").unwrap(), "x".into(), 0);
+        assert_eq!(log.replay().count(), 0);
+    }
+}

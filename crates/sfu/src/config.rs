@@ -1,0 +1,85 @@
+//! Media-plane settings. The server fills this from its configuration file; the defaults
+//! run a working server on loopback.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SfuConfig {
+    /// Address the media sockets bind. Explicit: a wildcard bind never yields a loopback
+    /// candidate.
+    pub bind_ip: IpAddr,
+    /// UDP port of the first worker; worker `i` uses `port + i`. 0 picks free ports.
+    pub port: u16,
+    /// Address announced to clients in ICE candidates (a public or NAT 1:1 address).
+    /// Defaults to `bind_ip`.
+    pub announce_ip: Option<IpAddr>,
+    /// Media worker threads (one socket each). 0 means one per CPU core.
+    pub workers: usize,
+    pub max_participants_per_room: usize,
+    /// Chat messages kept per room and replayed to late joiners.
+    pub chat_history: usize,
+    pub chat_max_bytes: usize,
+    /// Largest signaling message accepted, echoed to clients in `joined`.
+    pub max_message_bytes: usize,
+    /// Minimum interval between keyframe requests to one publisher track.
+    pub keyframe_interval_ms: u64,
+    /// Signaling messages queued toward one client before it is dropped as too slow.
+    pub event_queue: usize,
+    pub ice_disconnected_timeout_ms: u64,
+    pub ice_failed_timeout_ms: u64,
+    /// How often one lost packet is re-requested from a publisher.
+    pub max_nacks_per_packet: u16,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
+            port: 50000,
+            announce_ip: None,
+            workers: 0,
+            max_participants_per_room: 100,
+            chat_history: 100,
+            chat_max_bytes: 4096,
+            max_message_bytes: 64 * 1024,
+            keyframe_interval_ms: 500,
+            event_queue: 256,
+            ice_disconnected_timeout_ms: 5_000,
+            ice_failed_timeout_ms: 10_000,
+            max_nacks_per_packet: 3,
+        }
+    }
+}
+
+impl SfuConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bind_ip.is_unspecified() {
+            return Err(format!(
+                "media.bind_ip {} is a wildcard: bind an explicit address (see docs/operations.md)",
+                self.bind_ip
+            ));
+        }
+        if let Some(ip) = self.announce_ip
+            && ip.is_unspecified()
+        {
+            return Err("media.announce_ip must be a reachable address".into());
+        }
+        if self.max_participants_per_room == 0 {
+            return Err("room.max_participants must be at least 1".into());
+        }
+        if self.event_queue < 16 {
+            return Err("event_queue must be at least 16".into());
+        }
+        Ok(())
+    }
+
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

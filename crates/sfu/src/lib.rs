@@ -1,0 +1,327 @@
+//! Confab's media plane.
+//!
+//! Pure decision logic, no IO (takes `now`, returns values):
+//! - [`rtp`]: sequence widening and duplicate detection, codec payload inspection, the
+//!   sequence/timestamp [`rtp::Munger`].
+//! - [`forwarder`]: per down-track forward-or-drop decision.
+//! - [`keyframe`]: keyframe-request throttling.
+//! - [`chat`]: chat validation and history.
+//! - [`room`]: a room's topology (published tracks and their down-tracks) and fan-out.
+//!
+//! IO at the edges:
+//! - [`peer`]: the only module that talks to the webrtc-rs `rtc` core.
+//! - [`worker`]: one thread per core, one UDP socket each, driving every peer connection
+//!   of its rooms from one loop.
+//! - [`Sfu`] (this file): starts the workers, places rooms on them and hands signaling a
+//!   [`Participant`] handle per join.
+
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod forwarder;
+pub mod keyframe;
+pub mod peer;
+pub mod room;
+pub mod rtp;
+pub mod stats;
+pub mod worker;
+
+pub use config::SfuConfig;
+pub use error::{JoinError, PeerError, StartError};
+pub use stats::{SfuStats, StatsSnapshot};
+
+use confab_proto::{
+    DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackSource,
+    signal::PublishTrack,
+};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+use worker::Command;
+
+struct WorkerHandle {
+    commands: mpsc::Sender<Command>,
+    addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Placement {
+    worker: usize,
+    participants: usize,
+}
+
+struct Inner {
+    config: Arc<SfuConfig>,
+    workers: Vec<WorkerHandle>,
+    /// Which worker hosts each room, with its participant count (for least-loaded placement).
+    rooms: Mutex<HashMap<RoomId, Placement>>,
+    stats: Arc<SfuStats>,
+    next_key: AtomicU64,
+}
+
+/// The media plane: a set of workers. Cheap to clone.
+#[derive(Clone)]
+pub struct Sfu {
+    inner: Arc<Inner>,
+}
+
+impl Sfu {
+    /// Binds one media socket per worker and starts the worker threads.
+    pub fn start(config: SfuConfig) -> Result<Sfu, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let config = Arc::new(config);
+        let stats = Arc::new(SfuStats::default());
+        let provider = rtc::crypto::default_provider()
+            .map_err(|e| StartError::Certificate(e.to_string()))?;
+        let mut workers = Vec::new();
+        for i in 0..config.worker_count() {
+            let port = if config.port == 0 { 0 } else { config.port + i as u16 };
+            let bind = SocketAddr::new(config.bind_ip, port);
+            let socket = UdpSocket::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
+            let local = socket
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr: bind, source })?;
+            let announce = SocketAddr::new(config.announce_ip.unwrap_or(config.bind_ip), local.port());
+            let certificate = rtc::peer_connection::certificate::RTCCertificate::generate(
+                provider.crypto(),
+                rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+                rtc::peer_connection::certificate::CertificateParams::new(vec!["confab".into()])
+                    .map_err(|e| StartError::Certificate(e.to_string()))?,
+            )
+            .map_err(|e| StartError::Certificate(e.to_string()))?;
+            let factory = peer::PeerFactory {
+                announce,
+                certificate,
+                ice_disconnected_timeout: std::time::Duration::from_millis(
+                    config.ice_disconnected_timeout_ms,
+                ),
+                ice_failed_timeout: std::time::Duration::from_millis(config.ice_failed_timeout_ms),
+                max_nacks_per_packet: config.max_nacks_per_packet,
+            };
+            let (tx, rx) = mpsc::channel(4096);
+            let cfg = config.clone();
+            let st = stats.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("confab-media-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot build worker runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        match worker::Worker::new(i, socket, announce, factory, cfg, st) {
+                            Ok(w) => w.run(rx).await,
+                            Err(e) => tracing::error!(error = %e, "cannot start worker"),
+                        }
+                    });
+                })
+                .map_err(StartError::Thread)?;
+            workers.push(WorkerHandle {
+                commands: tx,
+                addr: announce,
+                thread: Some(thread),
+            });
+        }
+        Ok(Sfu {
+            inner: Arc::new(Inner {
+                config,
+                workers,
+                rooms: Mutex::new(HashMap::new()),
+                stats,
+                next_key: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &SfuConfig {
+        &self.inner.config
+    }
+
+    /// The announced media address of each worker.
+    pub fn media_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.workers.iter().map(|w| w.addr).collect()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    pub fn stats_handle(&self) -> Arc<SfuStats> {
+        self.inner.stats.clone()
+    }
+
+    /// Joins `room` as `name`. On success the participant's first messages (`joined`, then
+    /// an `offer`) are already queued on the returned receiver.
+    pub async fn join(
+        &self,
+        room: RoomId,
+        name: DisplayName,
+    ) -> Result<(Participant, mpsc::Receiver<ServerMessage>), JoinError> {
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        let id = ParticipantId::from_suffix(format!("{key:x}{:04x}", rand::random::<u16>()));
+        let worker = self.place(&room);
+        let (events_tx, events_rx) = mpsc::channel(self.inner.config.event_queue);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let commands = self.inner.workers[worker].commands.clone();
+        let sent = commands
+            .send(Command::Join {
+                key,
+                id: id.clone(),
+                room: room.clone(),
+                name,
+                events: events_tx,
+                reply: reply_tx,
+            })
+            .await;
+        let result = match sent {
+            Ok(()) => reply_rx.await.unwrap_or(Err(JoinError::ShuttingDown)),
+            Err(_) => Err(JoinError::ShuttingDown),
+        };
+        match result {
+            Ok(()) => Ok((
+                Participant {
+                    key,
+                    id,
+                    room,
+                    commands,
+                    sfu: self.clone(),
+                    left: false,
+                },
+                events_rx,
+            )),
+            Err(e) => {
+                self.unplace(&room);
+                Err(e)
+            }
+        }
+    }
+
+    /// The worker hosting `room`, placing it on the least loaded one if new.
+    fn place(&self, room: &RoomId) -> usize {
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = rooms.get_mut(room) {
+            p.participants += 1;
+            return p.worker;
+        }
+        let mut load = vec![0usize; self.inner.workers.len()];
+        for p in rooms.values() {
+            load[p.worker] += p.participants + 1;
+        }
+        let worker = (0..load.len()).min_by_key(|i| load[*i]).unwrap_or(0);
+        rooms.insert(
+            room.clone(),
+            Placement {
+                worker,
+                participants: 1,
+            },
+        );
+        worker
+    }
+
+    fn unplace(&self, room: &RoomId) {
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = rooms.get_mut(room) {
+            p.participants -= 1;
+            if p.participants == 0 {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// Stops the workers: every participant is disconnected. Waits for the threads.
+    pub fn shutdown(self) {
+        if let Ok(mut inner) = Arc::try_unwrap(self.inner) {
+            let threads: Vec<_> = inner.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
+            drop(inner);
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// One participant's handle on the media plane, held by its signaling session. Dropping
+/// it leaves the room.
+pub struct Participant {
+    key: u64,
+    id: ParticipantId,
+    room: RoomId,
+    commands: mpsc::Sender<Command>,
+    sfu: Sfu,
+    left: bool,
+}
+
+impl Participant {
+    pub fn id(&self) -> &ParticipantId {
+        &self.id
+    }
+
+    pub fn room(&self) -> &RoomId {
+        &self.room
+    }
+
+    async fn send(&self, c: Command) {
+        // The worker is gone only at shutdown, when the session ends anyway.
+        let _ = self.commands.send(c).await;
+    }
+
+    pub async fn publish(&self, sdp: String, tracks: Vec<PublishTrack>) {
+        self.send(Command::Publish {
+            key: self.key,
+            sdp,
+            tracks,
+        })
+        .await
+    }
+
+    pub async fn answer(&self, sdp: String) {
+        self.send(Command::Answer { key: self.key, sdp }).await
+    }
+
+    pub async fn candidate(&self, target: PcTarget, candidate: IceCandidate) {
+        self.send(Command::Candidate {
+            key: self.key,
+            target,
+            candidate,
+        })
+        .await
+    }
+
+    pub async fn mute(&self, source: TrackSource, muted: bool) {
+        self.send(Command::Mute {
+            key: self.key,
+            source,
+            muted,
+        })
+        .await
+    }
+
+    pub async fn leave(mut self) {
+        self.left = true;
+        self.send(Command::Leave { key: self.key }).await;
+        self.sfu.unplace(&self.room);
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        let leave = Command::Leave { key: self.key };
+        if let Err(mpsc::error::TrySendError::Full(c)) = self.commands.try_send(leave) {
+            let tx = self.commands.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(c).await;
+                });
+            }
+        }
+        self.sfu.unplace(&self.room);
+    }
+}

@@ -1,0 +1,436 @@
+//! A media worker: one thread, one UDP socket, every peer connection of the rooms placed
+//! on it, driven as sans-IO state machines from a single loop (the str0m shape).
+//!
+//! One pass of the loop: receive datagrams and route each to its peer (STUN by username
+//! fragment, everything else by remote address); fire due timers; apply commands from
+//! signaling; drain the events and messages of every peer that had input (which forwards
+//! RTP into other peers); send the offers that became due; flush the output of every peer
+//! touched. Nothing in the pass awaits, so a slow subscriber can only lose its own
+//! datagrams (the kernel drops, we count), never stall the others.
+//!
+//! The rooms on a worker are owned by it: the worker is the rooms' actor.
+
+mod ops;
+
+use crate::config::SfuConfig;
+use crate::error::JoinError;
+use crate::peer::{Peer, PeerFactory, PeerKey, ParticipantKey, is_binding_success, is_stun};
+use crate::room::Room;
+use crate::stats::SfuStats;
+use bytes::BytesMut;
+use confab_proto::{
+    DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackId,
+    TrackSource, signal::PublishTrack,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::{BTreeSet, HashMap};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// Datagrams read per pass before the loop looks at timers and commands again.
+const RECV_BATCH: usize = 64;
+/// Commands applied per pass, so that signaling cannot starve media (and vice versa).
+const COMMAND_BATCH: usize = 32;
+/// Housekeeping period: keyframe re-requests.
+const TICK: Duration = Duration::from_millis(100);
+const MAX_DATAGRAM: usize = 1500;
+
+/// What signaling asks of a worker.
+pub enum Command {
+    Join {
+        key: ParticipantKey,
+        id: ParticipantId,
+        room: RoomId,
+        name: DisplayName,
+        events: mpsc::Sender<ServerMessage>,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    Publish {
+        key: ParticipantKey,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+    },
+    Answer {
+        key: ParticipantKey,
+        sdp: String,
+    },
+    Candidate {
+        key: ParticipantKey,
+        target: PcTarget,
+        candidate: IceCandidate,
+    },
+    Mute {
+        key: ParticipantKey,
+        source: TrackSource,
+        muted: bool,
+    },
+    Leave {
+        key: ParticipantKey,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    Stable,
+    AwaitingAnswer,
+}
+
+struct Participant {
+    id: ParticipantId,
+    name: DisplayName,
+    joined_at: u64,
+    room: RoomId,
+    events: mpsc::Sender<ServerMessage>,
+    sub: PeerKey,
+    publ: Option<PeerKey>,
+    /// mid -> source, from the client's `publish`.
+    sources: HashMap<String, TrackSource>,
+    /// Published tracks, in publication order.
+    tracks: Vec<TrackId>,
+    sub_state: SubState,
+    needs_offer: bool,
+}
+
+pub struct Worker {
+    index: usize,
+    socket: UdpSocket,
+    announce: SocketAddr,
+    factory: PeerFactory,
+    config: Arc<SfuConfig>,
+    stats: Arc<SfuStats>,
+    next_peer: PeerKey,
+    peers: HashMap<PeerKey, Peer>,
+    by_ufrag: HashMap<String, PeerKey>,
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    timers: BTreeSet<(Instant, PeerKey)>,
+    /// Peers that had input this pass: their events and messages must be drained.
+    input: Vec<PeerKey>,
+    /// Peers that may have output this pass: their datagrams must be flushed.
+    touched: Vec<PeerKey>,
+    touched_flag: HashMap<PeerKey, ()>,
+    participants: HashMap<ParticipantKey, Participant>,
+    rooms: HashMap<RoomId, Room>,
+    /// Participants to remove at the end of the pass (failed connection, slow consumer).
+    doomed: Vec<(ParticipantKey, &'static str)>,
+    next_track: u64,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        socket: std::net::UdpSocket,
+        announce: SocketAddr,
+        factory: PeerFactory,
+        config: Arc<SfuConfig>,
+        stats: Arc<SfuStats>,
+    ) -> std::io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            index,
+            socket: UdpSocket::from_std(socket)?,
+            announce,
+            factory,
+            config,
+            stats,
+            next_peer: 1,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            timers: BTreeSet::new(),
+            input: Vec::new(),
+            touched: Vec::new(),
+            touched_flag: HashMap::new(),
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            doomed: Vec::new(),
+            next_track: 1,
+        })
+    }
+
+    /// Runs until every command sender is gone.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let span = tracing::info_span!("worker", index = self.index);
+        let _g = span.enter();
+        tracing::info!(addr = %self.announce, "media worker started");
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut next_tick = Instant::now() + TICK;
+        let mut open = true;
+        while open || !self.participants.is_empty() {
+            let deadline = self
+                .timers
+                .first()
+                .map_or(next_tick, |(t, _)| (*t).min(next_tick));
+            tokio::select! {
+                r = self.socket.readable() => {
+                    if r.is_ok() {
+                        self.receive(&mut buf);
+                    }
+                }
+                c = commands.recv(), if open => {
+                    match c {
+                        Some(c) => {
+                            self.command(c);
+                            for _ in 1..COMMAND_BATCH {
+                                match commands.try_recv() {
+                                    Ok(c) => self.command(c),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        None => {
+                            open = false;
+                            let keys: Vec<_> = self.participants.keys().copied().collect();
+                            for k in keys {
+                                self.doomed.push((k, "server shutting down"));
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+            self.end_of_pass();
+        }
+        tracing::info!("media worker stopped");
+    }
+
+    fn receive(&mut self, buf: &mut [u8]) {
+        for _ in 0..RECV_BATCH {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    SfuStats::inc(&self.stats.datagrams_in);
+                    SfuStats::add(&self.stats.bytes_in, n as u64);
+                    if n > MAX_DATAGRAM {
+                        continue;
+                    }
+                    self.datagram(&buf[..n], from, Instant::now());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // ICMP errors (a peer went away) surface here on Linux; they concern
+                    // one remote only.
+                    tracing::trace!(error = %e, "recv_from");
+                    continue;
+                }
+            }
+        }
+    }
+
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        let key = if is_stun(data) {
+            crate::peer::stun_target_ufrag(data)
+                .and_then(|u| self.by_ufrag.get(&u).copied())
+                .or_else(|| self.by_addr.get(&from).copied())
+        } else {
+            self.by_addr.get(&from).copied()
+        };
+        let Some(key) = key else {
+            SfuStats::inc(&self.stats.datagrams_unroutable);
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.announce,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = peer.pc.handle_read(msg) {
+            tracing::trace!(error = %e, "handle_read");
+        }
+        self.mark_input(key);
+    }
+
+    fn mark_input(&mut self, key: PeerKey) {
+        self.input.push(key);
+        self.mark_touched(key);
+    }
+
+    fn mark_touched(&mut self, key: PeerKey) {
+        if self.touched_flag.insert(key, ()).is_none() {
+            self.touched.push(key);
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(t, key)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.timer = None;
+                if let Err(e) = peer.pc.handle_timeout(now) {
+                    tracing::trace!(error = %e, "handle_timeout");
+                }
+                self.mark_input(key);
+            }
+        }
+    }
+
+    /// Drains inputs (which may touch more peers and queue offers), sends offers, removes
+    /// failed participants, then flushes every touched peer.
+    fn end_of_pass(&mut self) {
+        let mut guard = 0;
+        while !self.input.is_empty() || !self.doomed.is_empty() {
+            let input = std::mem::take(&mut self.input);
+            for key in input {
+                self.drain(key);
+            }
+            let doomed = std::mem::take(&mut self.doomed);
+            for (key, why) in doomed {
+                self.remove_participant(key, why);
+            }
+            guard += 1;
+            if guard > 8 {
+                break;
+            }
+        }
+        self.send_offers();
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let touched = std::mem::take(&mut self.touched);
+        self.touched_flag.clear();
+        for key in touched {
+            loop {
+                let Some(out) = self.peers.get_mut(&key).and_then(|p| p.pc.poll_write()) else {
+                    break;
+                };
+                let to = out.transport.peer_addr;
+                if is_binding_success(&out.message) {
+                    self.learn_addr(key, to);
+                }
+                match self.socket.try_send_to(&out.message, to) {
+                    Ok(n) => {
+                        SfuStats::inc(&self.stats.datagrams_out);
+                        SfuStats::add(&self.stats.bytes_out, n as u64);
+                    }
+                    Err(e) => {
+                        if e.kind() != ErrorKind::WouldBlock {
+                            tracing::trace!(error = %e, %to, "send_to");
+                        }
+                        SfuStats::inc(&self.stats.send_drops);
+                    }
+                }
+            }
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            let next = peer.pc.poll_timeout();
+            if next != peer.timer {
+                if let Some(old) = peer.timer {
+                    self.timers.remove(&(old, key));
+                }
+                if let Some(t) = next {
+                    self.timers.insert((t, key));
+                }
+                peer.timer = next;
+            }
+        }
+    }
+
+    /// The agent accepted a check from `to` (it answered with a binding success, which it
+    /// only does after verifying the message integrity): route `to`'s datagrams to `key`.
+    fn learn_addr(&mut self, key: PeerKey, to: SocketAddr) {
+        if self.peers.get(&key).is_none_or(|p| p.addrs.contains(&to)) {
+            return;
+        }
+        if let Some(old) = self.by_addr.insert(to, key)
+            && old != key
+            && let Some(p) = self.peers.get_mut(&old)
+        {
+            p.addrs.retain(|a| *a != to);
+        }
+        if let Some(peer) = self.peers.get_mut(&key) {
+            peer.addrs.push(to);
+            if peer.addrs.len() > 4 {
+                let gone = peer.addrs.remove(0);
+                self.by_addr.remove(&gone);
+            }
+        }
+    }
+
+    fn add_peer(&mut self, peer: Peer) -> PeerKey {
+        let key = self.next_peer;
+        self.next_peer += 1;
+        self.by_ufrag.insert(peer.ufrag.clone(), key);
+        self.peers.insert(key, peer);
+        SfuStats::gauge(&self.stats.peer_connections, 1);
+        self.mark_touched(key);
+        key
+    }
+
+    /// Closes a peer connection, sends its last datagrams and forgets it.
+    fn remove_peer(&mut self, key: PeerKey) {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return;
+        };
+        peer.close();
+        while let Some(out) = peer.pc.poll_write() {
+            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+        }
+        self.by_ufrag.remove(&peer.ufrag);
+        for a in &peer.addrs {
+            if self.by_addr.get(a) == Some(&key) {
+                self.by_addr.remove(a);
+            }
+        }
+        if let Some(t) = peer.timer {
+            self.timers.remove(&(t, key));
+        }
+        SfuStats::gauge(&self.stats.peer_connections, -1);
+    }
+
+    /// Queues a message to a participant's signaling session. A session that does not
+    /// keep up is removed rather than allowed to grow memory.
+    fn send_to(&mut self, key: ParticipantKey, msg: ServerMessage) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        match p.events.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                SfuStats::inc(&self.stats.events_dropped);
+                self.doomed.push((key, "signaling session too slow"));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.doomed.push((key, "signaling session gone"));
+            }
+        }
+    }
+
+    fn broadcast(&mut self, room: &RoomId, except: Option<ParticipantKey>, msg: ServerMessage) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let members: Vec<_> = r.members.iter().copied().filter(|k| Some(*k) != except).collect();
+        for k in members {
+            self.send_to(k, msg.clone());
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

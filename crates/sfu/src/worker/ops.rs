@@ -1,0 +1,831 @@
+//! What the worker does with commands, peer events and media: joins and leaves,
+//! negotiation, publication, forwarding, keyframe requests and chat.
+
+use super::{Command, Participant, SubState, Worker, unix_ms};
+use crate::error::{JoinError, PeerError};
+use crate::forwarder::PacketInfo;
+use crate::peer::{ChatSend, ParticipantKey, PeerKey, ReceivedTrack, Role};
+use crate::room::{PublishedTrack, Room};
+use crate::rtp::SeqResult;
+use crate::stats::SfuStats;
+use confab_proto::{
+    ChatOut, ClientConfig, ErrorCode, MediaKind, ParticipantInfo, PcTarget, PROTOCOL_VERSION,
+    RoomId, ServerMessage, SubscribedTrack, TrackId, TrackSource,
+};
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::sansio::Protocol;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A subscriber's data channel may hold this much unsent chat before messages to it are
+/// dropped (a stalled reader must not grow the server's memory).
+const CHAT_MAX_OUTSTANDING: usize = 256 * 1024;
+
+impl Worker {
+    pub(super) fn command(&mut self, c: Command) {
+        match c {
+            Command::Join {
+                key,
+                id,
+                room,
+                name,
+                events,
+                reply,
+            } => {
+                let r = self.join(key, id, room, name, events);
+                let _ = reply.send(r);
+            }
+            Command::Publish { key, sdp, tracks } => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    for t in tracks {
+                        p.sources.insert(t.mid, t.source);
+                    }
+                    self.publish(key, sdp);
+                }
+            }
+            Command::Answer { key, sdp } => self.answer(key, sdp),
+            Command::Candidate {
+                key,
+                target,
+                candidate,
+            } => {
+                let Some(p) = self.participants.get(&key) else {
+                    return;
+                };
+                let peer = match target {
+                    PcTarget::Subscriber => Some(p.sub),
+                    PcTarget::Publisher => p.publ,
+                };
+                let Some(pk) = peer else {
+                    self.send_to(
+                        key,
+                        ServerMessage::error(
+                            ErrorCode::OutOfOrder,
+                            "a publisher candidate arrived before any publish offer",
+                        ),
+                    );
+                    return;
+                };
+                if let Some(peer) = self.peers.get_mut(&pk)
+                    && let Err(e) = peer.add_remote_candidate(candidate)
+                {
+                    self.send_to(key, ServerMessage::error(ErrorCode::InvalidMessage, e.to_string()));
+                }
+            }
+            Command::Mute { key, source, muted } => self.mute(key, source, muted),
+            Command::Leave { key } => self.remove_participant(key, "left"),
+        }
+    }
+
+    fn join(
+        &mut self,
+        key: ParticipantKey,
+        id: confab_proto::ParticipantId,
+        room_id: RoomId,
+        name: confab_proto::DisplayName,
+        events: tokio::sync::mpsc::Sender<ServerMessage>,
+    ) -> Result<(), JoinError> {
+        let max = self.config.max_participants_per_room;
+        let members = self.rooms.get(&room_id).map_or(0, |r| r.members.len());
+        if members >= max {
+            return Err(JoinError::RoomFull {
+                room: room_id.to_string(),
+                max,
+            });
+        }
+        let span = tracing::info_span!("participant", room = %room_id, participant = %id);
+        let _g = span.enter();
+        let sub_peer = match self.factory.build(Role::Subscriber, key) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create subscriber connection");
+                let _ = events.try_send(ServerMessage::fatal(ErrorCode::Internal, e.to_string()));
+                return Ok(());
+            }
+        };
+        let sub = self.add_peer(sub_peer);
+        if !self.rooms.contains_key(&room_id) {
+            self.rooms
+                .insert(room_id.clone(), Room::new(room_id.clone(), self.config.chat_history));
+            SfuStats::gauge(&self.stats.rooms, 1);
+            tracing::info!("room created");
+        }
+        SfuStats::gauge(&self.stats.participants, 1);
+        self.participants.insert(
+            key,
+            Participant {
+                id,
+                name,
+                joined_at: unix_ms(),
+                room: room_id.clone(),
+                events,
+                sub,
+                publ: None,
+                sources: HashMap::new(),
+                tracks: Vec::new(),
+                sub_state: SubState::Stable,
+                needs_offer: true,
+            },
+        );
+        let room = self.rooms.get_mut(&room_id).expect("room just ensured");
+        room.members.push(key);
+        // Everything already published in the room becomes a down-track of the newcomer.
+        let track_ids: Vec<TrackId> = room.tracks.keys().cloned().collect();
+        for t in track_ids {
+            self.subscribe(key, &room_id, &t);
+        }
+        let others: Vec<ParticipantInfo> = self.rooms[&room_id]
+            .members
+            .iter()
+            .filter(|k| **k != key)
+            .filter_map(|k| self.participant_info(*k))
+            .collect();
+        let me = self.participant_info(key).expect("participant just inserted");
+        self.send_to(
+            key,
+            ServerMessage::Joined {
+                protocol: PROTOCOL_VERSION,
+                room: room_id.clone(),
+                participant: me.clone(),
+                participants: others,
+                config: ClientConfig {
+                    chat_max_bytes: self.config.chat_max_bytes,
+                    chat_history: self.config.chat_history,
+                    max_message_bytes: self.config.max_message_bytes,
+                },
+            },
+        );
+        self.broadcast(
+            &room_id,
+            Some(key),
+            ServerMessage::ParticipantJoined { participant: me },
+        );
+        tracing::info!("joined");
+        Ok(())
+    }
+
+    pub(super) fn participant_info(&self, key: ParticipantKey) -> Option<ParticipantInfo> {
+        let p = self.participants.get(&key)?;
+        let room = self.rooms.get(&p.room)?;
+        Some(ParticipantInfo {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            joined_at: p.joined_at,
+            tracks: p
+                .tracks
+                .iter()
+                .filter_map(|t| room.tracks.get(t).map(PublishedTrack::info))
+                .collect(),
+        })
+    }
+
+    /// Opens a down-track of `track` toward `subscriber` (not yet negotiated).
+    fn subscribe(&mut self, subscriber: ParticipantKey, room_id: &RoomId, track: &TrackId) {
+        let Some(owner_key) = self.rooms.get(room_id).and_then(|r| r.tracks.get(track)).map(|t| t.owner)
+        else {
+            return;
+        };
+        let Some(owner) = self.participants_id(owner_key) else {
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(t) = room.tracks.get_mut(track) else {
+            return;
+        };
+        if t.owner == subscriber || t.down.iter().any(|d| d.subscriber == subscriber) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&p.sub) else {
+            return;
+        };
+        match peer.add_down_track(&t.id, owner.as_str(), t.kind, &t.codec) {
+            Ok(slot) => {
+                t.add_down(subscriber, p.sub, slot);
+                p.needs_offer = true;
+                SfuStats::gauge(&self.stats.down_tracks, 1);
+            }
+            Err(e) => tracing::warn!(error = %e, track = %t.id, "cannot add down-track"),
+        }
+    }
+
+    fn participants_id(&self, key: ParticipantKey) -> Option<confab_proto::ParticipantId> {
+        self.participants.get(&key).map(|p| p.id.clone())
+    }
+
+    fn publish(&mut self, key: ParticipantKey, sdp: String) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let (publ, created) = match p.publ {
+            Some(k) => (k, false),
+            None => match self.factory.build(Role::Publisher, key) {
+                Ok(peer) => {
+                    let k = self.add_peer(peer);
+                    if let Some(p) = self.participants.get_mut(&key) {
+                        p.publ = Some(k);
+                    }
+                    (k, true)
+                }
+                Err(e) => {
+                    self.send_to(key, ServerMessage::error(ErrorCode::Internal, e.to_string()));
+                    return;
+                }
+            },
+        };
+        let announce = self.announce;
+        let Some(peer) = self.peers.get_mut(&publ) else {
+            return;
+        };
+        match peer.answer_offer(sdp, announce) {
+            Ok(answer) => {
+                self.mark_input(publ);
+                self.send_to(key, ServerMessage::Answer { sdp: answer });
+            }
+            Err(e) => {
+                let code = match e {
+                    PeerError::Sdp(_) => ErrorCode::InvalidSdp,
+                    _ => ErrorCode::Internal,
+                };
+                tracing::info!(error = %e, "publish offer refused");
+                if created {
+                    // A fresh connection that never got a valid offer is worth nothing.
+                    self.remove_peer(publ);
+                    if let Some(p) = self.participants.get_mut(&key) {
+                        p.publ = None;
+                    }
+                }
+                self.send_to(key, ServerMessage::error(code, e.to_string()));
+            }
+        }
+    }
+
+    fn answer(&mut self, key: ParticipantKey, sdp: String) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.sub_state != SubState::AwaitingAnswer {
+            self.send_to(
+                key,
+                ServerMessage::error(ErrorCode::OutOfOrder, "an answer arrived but no offer is pending"),
+            );
+            return;
+        }
+        let sub = p.sub;
+        let Some(peer) = self.peers.get_mut(&sub) else {
+            return;
+        };
+        match peer.apply_answer(sdp) {
+            Ok(()) => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.sub_state = SubState::Stable;
+                }
+                self.mark_input(sub);
+                self.activate_down_tracks(key, Instant::now());
+            }
+            Err(e) => {
+                // The offer stays pending: the client may send a corrected answer.
+                self.send_to(key, ServerMessage::error(ErrorCode::InvalidSdp, e.to_string()));
+            }
+        }
+    }
+
+    /// Starts forwarding on every negotiated down-track of a connected subscriber, and
+    /// asks the publishers for keyframes so that video starts at once.
+    fn activate_down_tracks(&mut self, key: ParticipantKey, now: Instant) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let Some(peer) = self.peers.get(&p.sub) else {
+            return;
+        };
+        if !peer.connected {
+            return;
+        }
+        let ready: Vec<bool> = peer
+            .senders
+            .iter()
+            .map(|s| s.as_ref().is_some_and(|s| s.payload_type.is_some()))
+            .collect();
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        let mut wants_key = Vec::new();
+        for t in room.tracks.values_mut() {
+            if let Some(d) = t.down_of(key)
+                && !d.forwarder.is_active()
+                && ready.get(d.slot).copied().unwrap_or(false)
+            {
+                d.forwarder.set_active(true);
+                if d.forwarder.needs_keyframe().is_some() {
+                    wants_key.push(t.id.clone());
+                }
+            }
+        }
+        let room_id = p.room.clone();
+        for t in wants_key {
+            self.request_keyframe(&room_id, &t, now);
+        }
+    }
+
+    fn request_keyframe(&mut self, room: &RoomId, track: &TrackId, now: Instant) {
+        let Some(t) = self.rooms.get_mut(room).and_then(|r| r.tracks.get_mut(track)) else {
+            return;
+        };
+        if !t.codec.codec.is_video() || !t.keyframes.try_request(now) {
+            return;
+        }
+        if let Some(peer) = self.peers.get_mut(&t.pub_peer) {
+            peer.send_pli(&t.rtc_id, now);
+            SfuStats::inc(&self.stats.keyframe_requests);
+            let k = t.pub_peer;
+            self.mark_touched(k);
+        }
+    }
+
+    fn mute(&mut self, key: ParticipantKey, source: TrackSource, muted: bool) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let room_id = p.room.clone();
+        let tracks = p.tracks.clone();
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        let mut changed = false;
+        for t in tracks {
+            if let Some(t) = room.tracks.get_mut(&t)
+                && t.source == source
+                && t.muted != muted
+            {
+                t.muted = muted;
+                changed = true;
+            }
+        }
+        if changed && let Some(info) = self.participant_info(key) {
+            self.broadcast(&room_id, None, ServerMessage::ParticipantUpdated { participant: info });
+        }
+    }
+
+    pub(super) fn remove_participant(&mut self, key: ParticipantKey, why: &str) {
+        let Some(p) = self.participants.remove(&key) else {
+            return;
+        };
+        let span = tracing::info_span!("participant", room = %p.room, participant = %p.id);
+        let _g = span.enter();
+        SfuStats::gauge(&self.stats.participants, -1);
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            room.members.retain(|k| *k != key);
+            // Its own tracks go away, with every down-track they fed.
+            for t in &p.tracks {
+                if let Some(track) = room.tracks.remove(t) {
+                    SfuStats::gauge(&self.stats.published_tracks, -1);
+                    for d in track.down {
+                        SfuStats::gauge(&self.stats.down_tracks, -1);
+                        if let Some(peer) = self.peers.get_mut(&d.sub_peer) {
+                            peer.remove_down_track(d.slot);
+                        }
+                        if let Some(s) = self.participants.get_mut(&d.subscriber) {
+                            s.needs_offer = true;
+                        }
+                    }
+                }
+            }
+            // And its subscriptions to everyone else's.
+            for t in room.tracks.values_mut() {
+                if t.remove_down(key).is_some() {
+                    SfuStats::gauge(&self.stats.down_tracks, -1);
+                }
+            }
+        }
+        self.remove_peer(p.sub);
+        if let Some(k) = p.publ {
+            self.remove_peer(k);
+        }
+        tracing::info!(reason = why, "left");
+        let empty = self.rooms.get(&p.room).is_some_and(|r| r.members.is_empty());
+        if empty {
+            self.rooms.remove(&p.room);
+            SfuStats::gauge(&self.stats.rooms, -1);
+            tracing::info!("room closed");
+        } else {
+            self.broadcast(
+                &p.room,
+                None,
+                ServerMessage::ParticipantLeft {
+                    participant_id: p.id.clone(),
+                },
+            );
+        }
+    }
+
+    /// Drains one peer's events and messages.
+    pub(super) fn drain(&mut self, key: PeerKey) {
+        let now = Instant::now();
+        loop {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                return;
+            };
+            let Some(ev) = peer.pc.poll_event() else {
+                break;
+            };
+            self.event(key, ev, now);
+        }
+        loop {
+            let Some(peer) = self.peers.get_mut(&key) else {
+                return;
+            };
+            let Some(TaggedRTCMessage { now: at, message }) = peer.pc.poll_read() else {
+                break;
+            };
+            match message {
+                RTCMessage::RtpPacket(track_id, pkt) => self.rtp(key, &track_id, pkt, at),
+                RTCMessage::RtcpPacket(track_id, pkts) => self.rtcp(key, &track_id, &pkts, at),
+                RTCMessage::DataChannelMessage(_, msg) => self.chat(key, &msg.data, now),
+                _ => {}
+            }
+        }
+    }
+
+    fn event(&mut self, key: PeerKey, ev: RTCPeerConnectionEvent, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let (role, owner) = (peer.role, peer.participant);
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                tracing::debug!(?role, %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        peer.connected = true;
+                        if role == Role::Subscriber {
+                            self.activate_down_tracks(owner, now);
+                        }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        peer.connected = false;
+                        self.doomed.push((owner, "media connection failed"));
+                    }
+                    RTCPeerConnectionState::Disconnected => peer.connected = false,
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if role == Role::Publisher => {
+                if peer.received.contains_key(&init.track_id) {
+                    // Renegotiation re-announces tracks already open.
+                    return;
+                }
+                let Some((codec, kind, mid)) = peer.describe_receiver(init.receiver_id, init.ssrc)
+                else {
+                    return;
+                };
+                self.track_opened(key, owner, init.track_id, init.receiver_id, init.ssrc, codec, kind, mid);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) if role == Role::Publisher => {
+                if let Some(rt) = peer.received.remove(&track_id) {
+                    self.unpublish(owner, &rt.track);
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) if role == Role::Subscriber => {
+                if let Some((chat_id, open)) = peer.chat.as_mut()
+                    && *chat_id == id
+                {
+                    *open = true;
+                    self.replay_chat(owner, now);
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) if role == Role::Subscriber => {
+                if let Some((chat_id, open)) = peer.chat.as_mut()
+                    && *chat_id == id
+                {
+                    *open = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn track_opened(
+        &mut self,
+        peer_key: PeerKey,
+        owner: ParticipantKey,
+        rtc_id: String,
+        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
+        ssrc: u32,
+        codec: crate::peer::TrackCodec,
+        kind: MediaKind,
+        mid: Option<String>,
+    ) {
+        let Some(p) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        let source = mid
+            .as_ref()
+            .and_then(|m| p.sources.get(m).copied())
+            .unwrap_or(match kind {
+                MediaKind::Audio => TrackSource::Microphone,
+                MediaKind::Video => TrackSource::Camera,
+            });
+        let id = TrackId::from_suffix(format!("{}{}", self.index, self.next_track));
+        self.next_track += 1;
+        p.tracks.push(id.clone());
+        let room_id = p.room.clone();
+        tracing::info!(participant = %p.id, track = %id, ?kind, ?source, codec = %codec.rtp.mime_type, "track published");
+        if let Some(peer) = self.peers.get_mut(&peer_key) {
+            peer.received.insert(
+                rtc_id.clone(),
+                ReceivedTrack {
+                    receiver,
+                    track: id.clone(),
+                    media_ssrc: ssrc,
+                },
+            );
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        room.tracks.insert(
+            id.clone(),
+            PublishedTrack::new(
+                id.clone(),
+                owner,
+                kind,
+                source,
+                codec,
+                peer_key,
+                rtc_id,
+                Duration::from_millis(self.config.keyframe_interval_ms),
+            ),
+        );
+        SfuStats::gauge(&self.stats.published_tracks, 1);
+        let members: Vec<_> = room.members.clone();
+        for m in members {
+            if m != owner {
+                self.subscribe(m, &room_id, &id);
+            }
+        }
+        if let Some(info) = self.participant_info(owner) {
+            self.broadcast(&room_id, None, ServerMessage::ParticipantUpdated { participant: info });
+        }
+    }
+
+    fn unpublish(&mut self, owner: ParticipantKey, track: &TrackId) {
+        let Some(p) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        p.tracks.retain(|t| t != track);
+        let room_id = p.room.clone();
+        let Some(t) = self.rooms.get_mut(&room_id).and_then(|r| r.tracks.remove(track)) else {
+            return;
+        };
+        SfuStats::gauge(&self.stats.published_tracks, -1);
+        for d in t.down {
+            SfuStats::gauge(&self.stats.down_tracks, -1);
+            if let Some(peer) = self.peers.get_mut(&d.sub_peer) {
+                peer.remove_down_track(d.slot);
+            }
+            if let Some(s) = self.participants.get_mut(&d.subscriber) {
+                s.needs_offer = true;
+            }
+        }
+        if let Some(info) = self.participant_info(owner) {
+            self.broadcast(&room_id, None, ServerMessage::ParticipantUpdated { participant: info });
+        }
+    }
+
+    fn rtp(&mut self, peer_key: PeerKey, rtc_id: &str, pkt: rtc::rtp::Packet, now: Instant) {
+        SfuStats::inc(&self.stats.rtp_in);
+        let Some(peer) = self.peers.get(&peer_key) else {
+            return;
+        };
+        let Some(rt) = peer.received.get(rtc_id) else {
+            return;
+        };
+        let owner = peer.participant;
+        let Some(room_id) = self.participants.get(&owner).map(|p| &p.room) else {
+            return;
+        };
+        let Some(t) = self.rooms.get_mut(room_id).and_then(|r| r.tracks.get_mut(&rt.track)) else {
+            return;
+        };
+        let ext_seq = match t.seq.push(pkt.header.sequence_number) {
+            SeqResult::New { ext, .. } => ext,
+            SeqResult::Duplicate { .. } | SeqResult::TooOld => {
+                SfuStats::inc(&self.stats.rtp_duplicates);
+                return;
+            }
+        };
+        let info = PacketInfo {
+            layer: 0,
+            ext_seq,
+            ts: pkt.header.timestamp,
+            keyframe: t.codec.codec.is_keyframe(&pkt.payload),
+            padding_only: pkt.payload.is_empty(),
+        };
+        let peers = &mut self.peers;
+        let touched = &mut self.touched;
+        let touched_flag = &mut self.touched_flag;
+        let mut written = 0u64;
+        let fan = t.fan_out(&info, now, |d, rw| {
+            let Some(sub) = peers.get_mut(&d.sub_peer) else {
+                return;
+            };
+            let mut out = pkt.clone();
+            out.header.sequence_number = rw.seq;
+            out.header.timestamp = rw.ts;
+            if sub.write_rtp(d.slot, out, now) {
+                written += 1;
+                if touched_flag.insert(d.sub_peer, ()).is_none() {
+                    touched.push(d.sub_peer);
+                }
+            }
+        });
+        SfuStats::add(&self.stats.rtp_out, written);
+        SfuStats::add(&self.stats.rtp_dropped, fan.dropped as u64);
+    }
+
+    fn rtcp(
+        &mut self,
+        peer_key: PeerKey,
+        rtc_id: &str,
+        pkts: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get(&peer_key) else {
+            return;
+        };
+        if peer.role != Role::Subscriber {
+            return;
+        }
+        let wants_key = pkts.iter().any(|p| {
+            let any = p.as_any();
+            any.downcast_ref::<PictureLossIndication>().is_some()
+                || any.downcast_ref::<FullIntraRequest>().is_some()
+        });
+        if !wants_key {
+            return;
+        }
+        let Some(room_id) = self.participants.get(&peer.participant).map(|p| p.room.clone()) else {
+            return;
+        };
+        // On a subscriber connection the rtc track id is our TrackId.
+        let track = TrackId::from_wire(rtc_id);
+        self.request_keyframe(&room_id, &track, now);
+    }
+
+    fn chat(&mut self, peer_key: PeerKey, data: &[u8], now: Instant) {
+        let Some(peer) = self.peers.get(&peer_key) else {
+            return;
+        };
+        if peer.role != Role::Subscriber {
+            return;
+        }
+        let from = peer.participant;
+        let text = match crate::chat::parse_chat(data, self.config.chat_max_bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let code = match e {
+                    crate::chat::ChatError::TooLong { .. } => ErrorCode::ChatTooLong,
+                    _ => ErrorCode::ChatInvalid,
+                };
+                self.send_to(from, ServerMessage::error(code, e.to_string()));
+                return;
+            }
+        };
+        let Some(p) = self.participants.get(&from) else {
+            return;
+        };
+        let (pid, name, room_id) = (p.id.clone(), p.name.clone(), p.room.clone());
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        let msg = room.chat.push(pid, name, text, unix_ms());
+        SfuStats::inc(&self.stats.chat_messages);
+        let Ok(json) = serde_json::to_string(&msg) else {
+            return;
+        };
+        let members: Vec<_> = room.members.iter().copied().filter(|k| *k != from).collect();
+        for m in members {
+            self.send_chat_to(m, &json, now);
+        }
+    }
+
+    fn send_chat_to(&mut self, key: ParticipantKey, json: &str, now: Instant) {
+        let Some(sub) = self.participants.get(&key).map(|p| p.sub) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&sub) else {
+            return;
+        };
+        match peer.send_chat(json, now, CHAT_MAX_OUTSTANDING) {
+            ChatSend::Sent => self.mark_touched(sub),
+            // Not open yet: the history replay on open will deliver it.
+            ChatSend::NotOpen => {}
+            ChatSend::Dropped => SfuStats::inc(&self.stats.chat_dropped),
+        }
+    }
+
+    fn replay_chat(&mut self, key: ParticipantKey, now: Instant) {
+        let Some(room_id) = self.participants.get(&key).map(|p| p.room.clone()) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&room_id) else {
+            return;
+        };
+        let history: Vec<String> = room
+            .chat
+            .replay()
+            .filter_map(|m: ChatOut| serde_json::to_string(&m).ok())
+            .collect();
+        for json in history {
+            self.send_chat_to(key, &json, now);
+        }
+    }
+
+    /// Offers to every subscriber whose down-tracks changed and who has no offer pending.
+    pub(super) fn send_offers(&mut self) {
+        let due: Vec<ParticipantKey> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.needs_offer && p.sub_state == SubState::Stable)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            p.needs_offer = false;
+            let sub = p.sub;
+            let announce = self.announce;
+            let Some(peer) = self.peers.get_mut(&sub) else {
+                continue;
+            };
+            match peer.create_offer(announce) {
+                Ok(sdp) => {
+                    let mids = peer.slot_mids();
+                    let tracks = self.describe_slots(key, &mids);
+                    if let Some(p) = self.participants.get_mut(&key) {
+                        p.sub_state = SubState::AwaitingAnswer;
+                    }
+                    self.mark_touched(sub);
+                    self.send_to(key, ServerMessage::Offer { sdp, tracks });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create subscriber offer");
+                    self.send_to(key, ServerMessage::error(ErrorCode::Internal, e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn describe_slots(&self, key: ParticipantKey, mids: &[(usize, String)]) -> Vec<SubscribedTrack> {
+        let Some(p) = self.participants.get(&key) else {
+            return Vec::new();
+        };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return Vec::new();
+        };
+        let Some(peer) = self.peers.get(&p.sub) else {
+            return Vec::new();
+        };
+        mids.iter()
+            .filter_map(|(slot, mid)| {
+                let s = peer.senders.get(*slot)?.as_ref()?;
+                let t = room.tracks.get(&s.track)?;
+                Some(SubscribedTrack {
+                    mid: mid.clone(),
+                    track_id: t.id.clone(),
+                    participant_id: self.participants.get(&t.owner)?.id.clone(),
+                    kind: t.kind,
+                    source: t.source,
+                })
+            })
+            .collect()
+    }
+
+    /// Periodic work: repeat keyframe requests until every waiting down-track has one.
+    pub(super) fn tick(&mut self, now: Instant) {
+        let waiting: Vec<(RoomId, TrackId)> = self
+            .rooms
+            .values()
+            .flat_map(|r| {
+                r.tracks
+                    .values()
+                    .filter(|t| t.wants_keyframe())
+                    .map(|t| (r.id.clone(), t.id.clone()))
+            })
+            .collect();
+        for (r, t) in waiting {
+            self.request_keyframe(&r, &t, now);
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Confab signaling: the HTTP surface of the server.
+//!
+//! - [`router`]: the axum router: the web client, `/ws`, health and stats.
+//! - [`session`]: one WebSocket connection, generic over its sink and stream so that it is
+//!   tested with channels. A small state machine (not joined, joined) that turns client
+//!   messages into media-plane commands and media-plane events into server messages.
+//! - [`assets`]: the web client (`web/`), embedded in the binary.
+
+pub mod assets;
+pub mod router;
+pub mod session;
+
+pub use router::{AppState, SignalConfig, router};
