@@ -39,8 +39,7 @@ mod tests {
     #[test]
     fn chat_in_rejects_spoofed_sender() {
         assert!(
-            serde_json::from_str::<ChatIn>(r#"{"type":"chat","text":"hi","from":"PA_x"}"#)
-                .is_err()
+            serde_json::from_str::<ChatIn>(r#"{"type":"chat","text":"hi","from":"PA_x"}"#).is_err()
         );
         assert_eq!(
             serde_json::from_str::<ChatIn>(r#"{"type":"chat","text":"hi"}"#).unwrap(),

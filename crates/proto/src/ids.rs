@@ -24,8 +24,7 @@ impl RoomId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -142,7 +141,14 @@ mod tests {
         for ok in ["a", "team-standup", "Room_1.2", &"x".repeat(64)] {
             assert!(RoomId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "with space", "slash/x", "ümlaut", &"x".repeat(65), "../etc"] {
+        for bad in [
+            "",
+            "with space",
+            "slash/x",
+            "ümlaut",
+            &"x".repeat(65),
+            "../etc",
+        ] {
             // "../etc" is letters, dots and a slash: the slash makes it invalid.
             assert!(RoomId::parse(bad).is_err(), "{bad}");
         }

@@ -44,7 +44,11 @@ pub struct IceCandidate {
     pub candidate: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "sdpMLineIndex")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "sdpMLineIndex"
+    )]
     pub sdp_mline_index: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username_fragment: Option<String>,
@@ -208,7 +212,9 @@ pub enum ServerMessage {
         config: ClientConfig,
     },
     /// The answer to the client's `publish`.
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     /// An offer on the subscriber connection; the client replies with `answer`.
     Offer {
         sdp: String,
@@ -255,6 +261,7 @@ pub enum ErrorCode {
     ChatTooLong,
     ChatInvalid,
     SlowConsumer,
+    MediaFailed,
     ServerShuttingDown,
     Internal,
 }
@@ -314,7 +321,10 @@ mod tests {
                 r#"{"type":"join","protocol":1,"room":"r","name":"x","extra":1}"#,
                 ErrorCode::InvalidMessage,
             ),
-            (r#"{"type":"mute","source":"nose","muted":true}"#, ErrorCode::InvalidMessage),
+            (
+                r#"{"type":"mute","source":"nose","muted":true}"#,
+                ErrorCode::InvalidMessage,
+            ),
         ];
         for (text, code) in cases {
             let err = ClientMessage::decode(text).unwrap_err();

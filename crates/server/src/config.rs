@@ -121,17 +121,25 @@ impl Config {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         let mut f = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
             f = f.merge(Toml::file(path));
         }
         f = f.merge(Env::prefixed("CONFAB_").ignore(&["config"]).split("__"));
-        let config: Config = f.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        let config: Config = f
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.sfu().validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        self.sfu()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         anyhow::ensure!(
             self.signal.max_message_bytes <= self.signal.hard_max_message_bytes,
             "configuration: signal.max_message_bytes exceeds signal.hard_max_message_bytes"
@@ -168,16 +176,15 @@ mod tests {
     use super::*;
 
     fn repo_file(rel: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel)
     }
 
     #[test]
     fn default_toml_equals_built_in_defaults() {
         let text = std::fs::read_to_string(repo_file("config/default.toml")).unwrap();
-        let from_file: Config = Figment::new()
-            .merge(Toml::string(&text))
-            .extract()
-            .unwrap();
+        let from_file: Config = Figment::new().merge(Toml::string(&text)).extract().unwrap();
         assert_eq!(from_file, Config::default());
     }
 

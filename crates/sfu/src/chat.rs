@@ -117,15 +117,25 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = parse_chat(input.as_bytes(), 10);
-            assert_eq!(got.as_deref().map_err(Clone::clone), want.clone(), "{input}");
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{input}"
+            );
         }
-        assert!(matches!(parse_chat(b"not json", 10), Err(ChatError::Invalid(_))));
+        assert!(matches!(
+            parse_chat(b"not json", 10),
+            Err(ChatError::Invalid(_))
+        ));
         assert!(matches!(
             parse_chat(br#"{"type":"chat","text":"x","from":"PA_1"}"#, 10),
             Err(ChatError::Invalid(_))
         ));
         let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(5000));
-        assert!(matches!(parse_chat(huge.as_bytes(), 10), Err(ChatError::TooLong { .. })));
+        assert!(matches!(
+            parse_chat(huge.as_bytes(), 10),
+            Err(ChatError::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -138,7 +148,11 @@ mod tests {
         }
         let texts: Vec<(u64, String, bool)> = log
             .replay()
-            .map(|ChatOut::Chat { id, text, history, .. }| (id, text, history))
+            .map(
+                |ChatOut::Chat {
+                     id, text, history, ..
+                 }| (id, text, history),
+            )
             .collect();
         assert_eq!(
             texts,
@@ -153,7 +167,12 @@ mod tests {
     #[test]
     fn zero_capacity_keeps_nothing() {
         let mut log = ChatLog::new(0);
-        log.push(ParticipantId::from_suffix("a"), DisplayName::parse("A").unwrap(), "x".into(), 0);
+        log.push(
+            ParticipantId::from_suffix("a"),
+            DisplayName::parse("A").unwrap(),
+            "x".into(),
+            0,
+        );
         assert_eq!(log.replay().count(), 0);
     }
 }

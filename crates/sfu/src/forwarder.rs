@@ -156,8 +156,14 @@ mod tests {
         f.set_active(true);
         assert_eq!(f.needs_keyframe(), Some(0));
         let cases = [
-            (pkt(0, 10, 100, false), Decision::Drop(DropReason::WaitingKeyframe)),
-            (pkt(0, 11, 100, false), Decision::Drop(DropReason::WaitingKeyframe)),
+            (
+                pkt(0, 10, 100, false),
+                Decision::Drop(DropReason::WaitingKeyframe),
+            ),
+            (
+                pkt(0, 11, 100, false),
+                Decision::Drop(DropReason::WaitingKeyframe),
+            ),
             (pkt(0, 12, 200, true), fwd(12, 200)),
             (pkt(0, 13, 200, false), fwd(13, 200)),
             (pkt(0, 11, 100, false), Decision::Drop(DropReason::TooOld)),

@@ -39,7 +39,14 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut k = KeyframeThrottle::new(ms(500));
-        let cases = [(0, true), (1, false), (499, false), (500, true), (600, false), (1000, true)];
+        let cases = [
+            (0, true),
+            (1, false),
+            (499, false),
+            (500, true),
+            (600, false),
+            (1000, true),
+        ];
         for (at, want) in cases {
             assert_eq!(k.try_request(t0 + ms(at)), want, "at {at} ms");
         }

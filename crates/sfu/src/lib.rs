@@ -73,17 +73,23 @@ impl Sfu {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let stats = Arc::new(SfuStats::default());
-        let provider = rtc::crypto::default_provider()
-            .map_err(|e| StartError::Certificate(e.to_string()))?;
+        let provider =
+            rtc::crypto::default_provider().map_err(|e| StartError::Certificate(e.to_string()))?;
         let mut workers = Vec::new();
         for i in 0..config.worker_count() {
-            let port = if config.port == 0 { 0 } else { config.port + i as u16 };
+            let port = if config.port == 0 {
+                0
+            } else {
+                config.port + i as u16
+            };
             let bind = SocketAddr::new(config.bind_ip, port);
-            let socket = UdpSocket::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
+            let socket =
+                UdpSocket::bind(bind).map_err(|source| StartError::Bind { addr: bind, source })?;
             let local = socket
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr: bind, source })?;
-            let announce = SocketAddr::new(config.announce_ip.unwrap_or(config.bind_ip), local.port());
+            let announce =
+                SocketAddr::new(config.announce_ip.unwrap_or(config.bind_ip), local.port());
             let certificate = rtc::peer_connection::certificate::RTCCertificate::generate(
                 provider.crypto(),
                 rtc::crypto::SignatureScheme::EcdsaP256Sha256,
@@ -106,7 +112,10 @@ impl Sfu {
             let thread = std::thread::Builder::new()
                 .name(format!("confab-media-{i}"))
                 .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
                         Ok(rt) => rt,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot build worker runtime");
@@ -236,7 +245,11 @@ impl Sfu {
     /// Stops the workers: every participant is disconnected. Waits for the threads.
     pub fn shutdown(self) {
         if let Ok(mut inner) = Arc::try_unwrap(self.inner) {
-            let threads: Vec<_> = inner.workers.iter_mut().filter_map(|w| w.thread.take()).collect();
+            let threads: Vec<_> = inner
+                .workers
+                .iter_mut()
+                .filter_map(|w| w.thread.take())
+                .collect();
             drop(inner);
             for t in threads {
                 let _ = t.join();

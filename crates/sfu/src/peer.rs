@@ -18,9 +18,9 @@ use confab_proto::{IceCandidate, MediaKind, TrackId};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet as InterceptorPacket,
-    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
-    TwccReceiverBuilder,
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
+    Packet as InterceptorPacket, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
+    StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -41,7 +41,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -246,7 +246,14 @@ fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError
         .map_err(PeerError::rtc)?;
     for c in [
         codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
-        codec(MIME_TYPE_VP9, 90000, 0, "profile-id=0", video_fb.clone(), 98),
+        codec(
+            MIME_TYPE_VP9,
+            90000,
+            0,
+            "profile-id=0",
+            video_fb.clone(),
+            98,
+        ),
         codec(
             MIME_TYPE_H264,
             90000,
@@ -372,6 +379,16 @@ impl Peer {
             .map_err(PeerError::candidate)
     }
 
+    /// Whether a transceiver with this mid exists.
+    pub fn has_mid(&mut self, mid: &str) -> bool {
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        ids.into_iter().any(|id| {
+            self.pc
+                .rtp_transceiver(id)
+                .is_some_and(|t| t.mid().as_deref() == Some(mid))
+        })
+    }
+
     /// The transceiver mid for each down-track slot, once negotiated.
     pub fn slot_mids(&mut self) -> Vec<(usize, String)> {
         let mut sender_mid = HashMap::new();
@@ -420,7 +437,12 @@ impl Peer {
                 ..Default::default()
             }],
         );
+        // add_track reuses a transceiver freed by remove_track (the SDP does not grow with
+        // churn); the server only ever sends on it.
         let sender = self.pc.add_track(media_track).map_err(PeerError::rtc)?;
+        if let Some(mut t) = self.pc.rtp_transceiver(sender.into()) {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+        }
         let slot = SenderSlot {
             sender,
             track: track.clone(),

@@ -122,7 +122,9 @@ impl PublishedTrack {
 
     /// Whether some down-track waits for a keyframe.
     pub fn wants_keyframe(&self) -> bool {
-        self.down.iter().any(|d| d.forwarder.needs_keyframe().is_some())
+        self.down
+            .iter()
+            .any(|d| d.forwarder.needs_keyframe().is_some())
     }
 
     /// Runs one incoming packet through every down-track's forwarder; `emit` is called
@@ -190,14 +192,26 @@ mod tests {
         let mut got = vec![];
         let f = t.fan_out(&key, now, |d, rw| got.push((d.subscriber, rw.seq)));
         assert_eq!(got, vec![(2, 100), (4, 100)]);
-        assert_eq!(f, Fanout { forwarded: 2, dropped: 0 });
+        assert_eq!(
+            f,
+            Fanout {
+                forwarded: 2,
+                dropped: 0
+            }
+        );
         assert!(!t.wants_keyframe());
         assert!(t.remove_down(2).is_some());
         assert!(t.remove_down(2).is_none());
         let mut got = vec![];
-        t.fan_out(&PacketInfo { ext_seq: 101, keyframe: false, ..key }, now, |d, _| {
-            got.push(d.subscriber)
-        });
+        t.fan_out(
+            &PacketInfo {
+                ext_seq: 101,
+                keyframe: false,
+                ..key
+            },
+            now,
+            |d, _| got.push(d.subscriber),
+        );
         assert_eq!(got, vec![4]);
     }
 }

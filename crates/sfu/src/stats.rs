@@ -43,7 +43,10 @@ counters!(
         rtp_duplicates: AtomicU64,
         /// Packets a down-track did not forward (waiting for a keyframe, padding, old).
         rtp_dropped: AtomicU64,
-        keyframe_requests: AtomicU64,
+        /// Keyframe requests (PLI/FIR) received from subscribers.
+        keyframe_requests_in: AtomicU64,
+        /// Keyframe requests sent to publishers, after throttling.
+        keyframe_requests_out: AtomicU64,
         chat_messages: AtomicU64,
         chat_dropped: AtomicU64,
         /// Signaling events dropped because a client did not read them.

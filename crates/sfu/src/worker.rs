@@ -14,7 +14,7 @@ mod ops;
 
 use crate::config::SfuConfig;
 use crate::error::JoinError;
-use crate::peer::{Peer, PeerFactory, PeerKey, ParticipantKey, is_binding_success, is_stun};
+use crate::peer::{ParticipantKey, Peer, PeerFactory, PeerKey, is_binding_success, is_stun};
 use crate::room::Room;
 use crate::stats::SfuStats;
 use bytes::BytesMut;
@@ -74,6 +74,46 @@ pub enum Command {
     },
 }
 
+/// Why a participant is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    Left,
+    SessionGone,
+    SlowConsumer,
+    MediaFailed,
+    Shutdown,
+}
+
+impl Removal {
+    /// The error the participant's session is told, when it did not leave by itself.
+    fn notice(self) -> Option<ServerMessage> {
+        use confab_proto::ErrorCode;
+        match self {
+            Removal::Left | Removal::SessionGone => None,
+            // Its queue is full: the notice cannot be queued; closing the channel tells it.
+            Removal::SlowConsumer => None,
+            Removal::MediaFailed => Some(ServerMessage::fatal(
+                ErrorCode::MediaFailed,
+                "the media connection failed (no ICE consent); rejoin",
+            )),
+            Removal::Shutdown => Some(ServerMessage::fatal(
+                ErrorCode::ServerShuttingDown,
+                "the server is shutting down",
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Removal::Left => "left",
+            Removal::SessionGone => "session gone",
+            Removal::SlowConsumer => "signaling session too slow",
+            Removal::MediaFailed => "media connection failed",
+            Removal::Shutdown => "server shutting down",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SubState {
     Stable,
@@ -116,7 +156,7 @@ pub struct Worker {
     participants: HashMap<ParticipantKey, Participant>,
     rooms: HashMap<RoomId, Room>,
     /// Participants to remove at the end of the pass (failed connection, slow consumer).
-    doomed: Vec<(ParticipantKey, &'static str)>,
+    doomed: Vec<(ParticipantKey, Removal)>,
     next_track: u64,
 }
 
@@ -186,7 +226,7 @@ impl Worker {
                             open = false;
                             let keys: Vec<_> = self.participants.keys().copied().collect();
                             for k in keys {
-                                self.doomed.push((k, "server shutting down"));
+                                self.doomed.push((k, Removal::Shutdown));
                             }
                         }
                     }
@@ -385,7 +425,9 @@ impl Worker {
         };
         peer.close();
         while let Some(out) = peer.pc.poll_write() {
-            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+            let _ = self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr);
         }
         self.by_ufrag.remove(&peer.ufrag);
         for a in &peer.addrs {
@@ -409,10 +451,10 @@ impl Worker {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 SfuStats::inc(&self.stats.events_dropped);
-                self.doomed.push((key, "signaling session too slow"));
+                self.doomed.push((key, Removal::SlowConsumer));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.doomed.push((key, "signaling session gone"));
+                self.doomed.push((key, Removal::SessionGone));
             }
         }
     }
@@ -421,7 +463,12 @@ impl Worker {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        let members: Vec<_> = r.members.iter().copied().filter(|k| Some(*k) != except).collect();
+        let members: Vec<_> = r
+            .members
+            .iter()
+            .copied()
+            .filter(|k| Some(*k) != except)
+            .collect();
         for k in members {
             self.send_to(k, msg.clone());
         }

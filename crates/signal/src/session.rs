@@ -31,11 +31,25 @@ pub enum Step {
     Refuse(ServerMessage),
     /// Tell the client and close the connection.
     Fatal(ServerMessage),
-    Join { room: RoomId, name: DisplayName },
-    Publish { sdp: String, tracks: Vec<PublishTrack> },
-    Answer { sdp: String },
-    Candidate { target: PcTarget, candidate: IceCandidate },
-    Mute { source: TrackSource, muted: bool },
+    Join {
+        room: RoomId,
+        name: DisplayName,
+    },
+    Publish {
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        target: PcTarget,
+        candidate: IceCandidate,
+    },
+    Mute {
+        source: TrackSource,
+        muted: bool,
+    },
     Leave,
 }
 
@@ -55,7 +69,14 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
         Err(e) => return Step::Refuse(ServerMessage::error(e.code(), e.to_string())),
     };
     match (joined, msg) {
-        (false, ClientMessage::Join { protocol, room, name }) => {
+        (
+            false,
+            ClientMessage::Join {
+                protocol,
+                room,
+                name,
+            },
+        ) => {
             if protocol != PROTOCOL_VERSION {
                 Step::Fatal(ServerMessage::fatal(
                     ErrorCode::UnsupportedProtocol,
@@ -77,7 +98,9 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
         )),
         (true, ClientMessage::Publish { sdp, tracks }) => Step::Publish { sdp, tracks },
         (true, ClientMessage::Answer { sdp }) => Step::Answer { sdp },
-        (true, ClientMessage::Candidate { target, candidate }) => Step::Candidate { target, candidate },
+        (true, ClientMessage::Candidate { target, candidate }) => {
+            Step::Candidate { target, candidate }
+        }
         (true, ClientMessage::Mute { source, muted }) => Step::Mute { source, muted },
         (true, ClientMessage::Leave) => Step::Leave,
     }
@@ -236,8 +259,12 @@ mod tests {
 
     fn code(step: &Step) -> Option<ErrorCode> {
         match step {
-            Step::Refuse(ServerMessage::Error { code, fatal: false, .. }) => Some(*code),
-            Step::Fatal(ServerMessage::Error { code, fatal: true, .. }) => Some(*code),
+            Step::Refuse(ServerMessage::Error {
+                code, fatal: false, ..
+            }) => Some(*code),
+            Step::Fatal(ServerMessage::Error {
+                code, fatal: true, ..
+            }) => Some(*code),
             _ => None,
         }
     }
@@ -251,10 +278,18 @@ mod tests {
             (true, join, Some(ErrorCode::AlreadyJoined)),
             (false, answer, Some(ErrorCode::NotJoined)),
             (true, answer, None),
-            (false, r#"{"type":"join","protocol":2,"room":"r","name":"Ada"}"#, Some(ErrorCode::UnsupportedProtocol)),
+            (
+                false,
+                r#"{"type":"join","protocol":2,"room":"r","name":"Ada"}"#,
+                Some(ErrorCode::UnsupportedProtocol),
+            ),
             (false, "{oops", Some(ErrorCode::MalformedMessage)),
             (true, r#"{"type":"explode"}"#, Some(ErrorCode::UnknownType)),
-            (true, r#"{"type":"mute","source":"camera"}"#, Some(ErrorCode::InvalidMessage)),
+            (
+                true,
+                r#"{"type":"mute","source":"camera"}"#,
+                Some(ErrorCode::InvalidMessage),
+            ),
             (true, r#"{"type":"leave"}"#, None),
         ];
         for (joined, text, want) in cases {
@@ -264,7 +299,11 @@ mod tests {
         assert!(matches!(classify(false, join, 1024), Step::Join { .. }));
         assert_eq!(classify(true, r#"{"type":"leave"}"#, 1024), Step::Leave);
         assert!(matches!(
-            classify(false, r#"{"type":"join","protocol":2,"room":"r","name":"Ada"}"#, 1024),
+            classify(
+                false,
+                r#"{"type":"join","protocol":2,"room":"r","name":"Ada"}"#,
+                1024
+            ),
             Step::Fatal(_)
         ));
     }

@@ -129,7 +129,12 @@ impl Vp8Descriptor {
 /// bit is clear and B (start of frame) is set, in spatial layer 0.
 fn vp9_is_keyframe(p: &[u8]) -> bool {
     let Some(&b0) = p.first() else { return false };
-    let (i_bit, p_bit, l_bit, b_bit) = (b0 & 0x80 != 0, b0 & 0x40 != 0, b0 & 0x20 != 0, b0 & 0x08 != 0);
+    let (i_bit, p_bit, l_bit, b_bit) = (
+        b0 & 0x80 != 0,
+        b0 & 0x40 != 0,
+        b0 & 0x20 != 0,
+        b0 & 0x08 != 0,
+    );
     if p_bit || !b_bit {
         return false;
     }
@@ -166,7 +171,9 @@ fn h264_is_keyframe(p: &[u8]) -> bool {
             }
             false
         }
-        28 => p.get(1).is_some_and(|&fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
+        28 => p
+            .get(1)
+            .is_some_and(|&fu| fu & 0x80 != 0 && is_key(fu & 0x1f)),
         t => is_key(t),
     }
 }
@@ -195,9 +202,21 @@ mod tests {
             // not the start of a partition: never a keyframe
             (&[0x00, 0x00], false, None, None, None),
             // X=1, I=1 with 15-bit picture id 0x1234, L=1 TL0PICIDX=7, T=1 TID=2; keyframe
-            (&[0x90, 0xE0, 0x92, 0x34, 0x07, 0x80, 0x00], true, Some((0x1234, true)), Some(7), Some(2)),
+            (
+                &[0x90, 0xE0, 0x92, 0x34, 0x07, 0x80, 0x00],
+                true,
+                Some((0x1234, true)),
+                Some(7),
+                Some(2),
+            ),
             // X=1, I=1, 7-bit picture id 5; delta
-            (&[0x90, 0x80, 0x05, 0x01], false, Some((5, false)), None, None),
+            (
+                &[0x90, 0x80, 0x05, 0x01],
+                false,
+                Some((5, false)),
+                None,
+                None,
+            ),
         ];
         for (i, (p, key, pid, tl0, tid)) in cases.iter().enumerate() {
             let d = Vp8Descriptor::parse(p).unwrap();
@@ -215,7 +234,13 @@ mod tests {
 
     #[test]
     fn truncated_payloads_are_not_keyframes() {
-        for p in [&[][..], &[0x90], &[0x90, 0x80], &[0x90, 0x80, 0x85], &[0x10]] {
+        for p in [
+            &[][..],
+            &[0x90],
+            &[0x90, 0x80],
+            &[0x90, 0x80, 0x85],
+            &[0x10],
+        ] {
             assert!(!Codec::Vp8.is_keyframe(p), "{p:?}");
             assert!(!Codec::H264.is_keyframe(p), "{p:?}");
             assert!(!Codec::Vp9.is_keyframe(p), "{p:?}");

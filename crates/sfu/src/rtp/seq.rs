@@ -128,17 +128,53 @@ mod tests {
         // (input sequence, expected result) applied in order to one tracker.
         let base = 1u64 << 16;
         let cases: &[(u16, SeqResult)] = &[
-            (65534, SeqResult::New { ext: base + 65534, newest: true }),
-            (65535, SeqResult::New { ext: base + 65535, newest: true }),
+            (
+                65534,
+                SeqResult::New {
+                    ext: base + 65534,
+                    newest: true,
+                },
+            ),
+            (
+                65535,
+                SeqResult::New {
+                    ext: base + 65535,
+                    newest: true,
+                },
+            ),
             // wrap-around
-            (0, SeqResult::New { ext: base + 65536, newest: true }),
+            (
+                0,
+                SeqResult::New {
+                    ext: base + 65536,
+                    newest: true,
+                },
+            ),
             (0, SeqResult::Duplicate { ext: base + 65536 }),
             (65535, SeqResult::Duplicate { ext: base + 65535 }),
             // a gap, then the late packet
-            (3, SeqResult::New { ext: base + 65539, newest: true }),
-            (2, SeqResult::New { ext: base + 65538, newest: false }),
+            (
+                3,
+                SeqResult::New {
+                    ext: base + 65539,
+                    newest: true,
+                },
+            ),
+            (
+                2,
+                SeqResult::New {
+                    ext: base + 65538,
+                    newest: false,
+                },
+            ),
             (2, SeqResult::Duplicate { ext: base + 65538 }),
-            (1, SeqResult::New { ext: base + 65537, newest: false }),
+            (
+                1,
+                SeqResult::New {
+                    ext: base + 65537,
+                    newest: false,
+                },
+            ),
         ];
         let mut t = SeqTracker::new();
         for (i, (seq, want)) in cases.iter().enumerate() {

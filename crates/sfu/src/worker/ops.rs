@@ -1,7 +1,7 @@
 //! What the worker does with commands, peer events and media: joins and leaves,
 //! negotiation, publication, forwarding, keyframe requests and chat.
 
-use super::{Command, Participant, SubState, Worker, unix_ms};
+use super::{Command, Participant, Removal, SubState, Worker, unix_ms};
 use crate::error::{JoinError, PeerError};
 use crate::forwarder::PacketInfo;
 use crate::peer::{ChatSend, ParticipantKey, PeerKey, ReceivedTrack, Role};
@@ -9,7 +9,7 @@ use crate::room::{PublishedTrack, Room};
 use crate::rtp::SeqResult;
 use crate::stats::SfuStats;
 use confab_proto::{
-    ChatOut, ClientConfig, ErrorCode, MediaKind, ParticipantInfo, PcTarget, PROTOCOL_VERSION,
+    ChatOut, ClientConfig, ErrorCode, MediaKind, PROTOCOL_VERSION, ParticipantInfo, PcTarget,
     RoomId, ServerMessage, SubscribedTrack, TrackId, TrackSource,
 };
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
@@ -41,10 +41,11 @@ impl Worker {
             }
             Command::Publish { key, sdp, tracks } => {
                 if let Some(p) = self.participants.get_mut(&key) {
+                    let mids: Vec<String> = tracks.iter().map(|t| t.mid.clone()).collect();
                     for t in tracks {
                         p.sources.insert(t.mid, t.source);
                     }
-                    self.publish(key, sdp);
+                    self.publish(key, sdp, &mids);
                 }
             }
             Command::Answer { key, sdp } => self.answer(key, sdp),
@@ -73,11 +74,14 @@ impl Worker {
                 if let Some(peer) = self.peers.get_mut(&pk)
                     && let Err(e) = peer.add_remote_candidate(candidate)
                 {
-                    self.send_to(key, ServerMessage::error(ErrorCode::InvalidMessage, e.to_string()));
+                    self.send_to(
+                        key,
+                        ServerMessage::error(ErrorCode::InvalidMessage, e.to_string()),
+                    );
                 }
             }
             Command::Mute { key, source, muted } => self.mute(key, source, muted),
-            Command::Leave { key } => self.remove_participant(key, "left"),
+            Command::Leave { key } => self.remove_participant(key, Removal::Left),
         }
     }
 
@@ -109,8 +113,10 @@ impl Worker {
         };
         let sub = self.add_peer(sub_peer);
         if !self.rooms.contains_key(&room_id) {
-            self.rooms
-                .insert(room_id.clone(), Room::new(room_id.clone(), self.config.chat_history));
+            self.rooms.insert(
+                room_id.clone(),
+                Room::new(room_id.clone(), self.config.chat_history),
+            );
             SfuStats::gauge(&self.stats.rooms, 1);
             tracing::info!("room created");
         }
@@ -144,7 +150,9 @@ impl Worker {
             .filter(|k| **k != key)
             .filter_map(|k| self.participant_info(*k))
             .collect();
-        let me = self.participant_info(key).expect("participant just inserted");
+        let me = self
+            .participant_info(key)
+            .expect("participant just inserted");
         self.send_to(
             key,
             ServerMessage::Joined {
@@ -185,7 +193,11 @@ impl Worker {
 
     /// Opens a down-track of `track` toward `subscriber` (not yet negotiated).
     fn subscribe(&mut self, subscriber: ParticipantKey, room_id: &RoomId, track: &TrackId) {
-        let Some(owner_key) = self.rooms.get(room_id).and_then(|r| r.tracks.get(track)).map(|t| t.owner)
+        let Some(owner_key) = self
+            .rooms
+            .get(room_id)
+            .and_then(|r| r.tracks.get(track))
+            .map(|t| t.owner)
         else {
             return;
         };
@@ -221,7 +233,7 @@ impl Worker {
         self.participants.get(&key).map(|p| p.id.clone())
     }
 
-    fn publish(&mut self, key: ParticipantKey, sdp: String) {
+    fn publish(&mut self, key: ParticipantKey, sdp: String, mids: &[String]) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
@@ -236,7 +248,10 @@ impl Worker {
                     (k, true)
                 }
                 Err(e) => {
-                    self.send_to(key, ServerMessage::error(ErrorCode::Internal, e.to_string()));
+                    self.send_to(
+                        key,
+                        ServerMessage::error(ErrorCode::Internal, e.to_string()),
+                    );
                     return;
                 }
             },
@@ -247,8 +262,19 @@ impl Worker {
         };
         match peer.answer_offer(sdp, announce) {
             Ok(answer) => {
+                let unknown: Vec<&String> = mids.iter().filter(|m| !peer.has_mid(m)).collect();
+                let unknown = (!unknown.is_empty()).then(|| format!("{unknown:?}"));
                 self.mark_input(publ);
                 self.send_to(key, ServerMessage::Answer { sdp: answer });
+                if let Some(list) = unknown {
+                    self.send_to(
+                        key,
+                        ServerMessage::error(
+                            ErrorCode::UnknownTrack,
+                            format!("publish names mids {list} that the offer does not contain"),
+                        ),
+                    );
+                }
             }
             Err(e) => {
                 let code = match e {
@@ -275,7 +301,10 @@ impl Worker {
         if p.sub_state != SubState::AwaitingAnswer {
             self.send_to(
                 key,
-                ServerMessage::error(ErrorCode::OutOfOrder, "an answer arrived but no offer is pending"),
+                ServerMessage::error(
+                    ErrorCode::OutOfOrder,
+                    "an answer arrived but no offer is pending",
+                ),
             );
             return;
         }
@@ -293,7 +322,10 @@ impl Worker {
             }
             Err(e) => {
                 // The offer stays pending: the client may send a corrected answer.
-                self.send_to(key, ServerMessage::error(ErrorCode::InvalidSdp, e.to_string()));
+                self.send_to(
+                    key,
+                    ServerMessage::error(ErrorCode::InvalidSdp, e.to_string()),
+                );
             }
         }
     }
@@ -337,7 +369,11 @@ impl Worker {
     }
 
     fn request_keyframe(&mut self, room: &RoomId, track: &TrackId, now: Instant) {
-        let Some(t) = self.rooms.get_mut(room).and_then(|r| r.tracks.get_mut(track)) else {
+        let Some(t) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.tracks.get_mut(track))
+        else {
             return;
         };
         if !t.codec.codec.is_video() || !t.keyframes.try_request(now) {
@@ -345,7 +381,7 @@ impl Worker {
         }
         if let Some(peer) = self.peers.get_mut(&t.pub_peer) {
             peer.send_pli(&t.rtc_id, now);
-            SfuStats::inc(&self.stats.keyframe_requests);
+            SfuStats::inc(&self.stats.keyframe_requests_out);
             let k = t.pub_peer;
             self.mark_touched(k);
         }
@@ -371,14 +407,21 @@ impl Worker {
             }
         }
         if changed && let Some(info) = self.participant_info(key) {
-            self.broadcast(&room_id, None, ServerMessage::ParticipantUpdated { participant: info });
+            self.broadcast(
+                &room_id,
+                None,
+                ServerMessage::ParticipantUpdated { participant: info },
+            );
         }
     }
 
-    pub(super) fn remove_participant(&mut self, key: ParticipantKey, why: &str) {
+    pub(super) fn remove_participant(&mut self, key: ParticipantKey, why: Removal) {
         let Some(p) = self.participants.remove(&key) else {
             return;
         };
+        if let Some(notice) = why.notice() {
+            let _ = p.events.try_send(notice);
+        }
         let span = tracing::info_span!("participant", room = %p.room, participant = %p.id);
         let _g = span.enter();
         SfuStats::gauge(&self.stats.participants, -1);
@@ -410,8 +453,11 @@ impl Worker {
         if let Some(k) = p.publ {
             self.remove_peer(k);
         }
-        tracing::info!(reason = why, "left");
-        let empty = self.rooms.get(&p.room).is_some_and(|r| r.members.is_empty());
+        tracing::info!(reason = why.as_str(), "left");
+        let empty = self
+            .rooms
+            .get(&p.room)
+            .is_some_and(|r| r.members.is_empty());
         if empty {
             self.rooms.remove(&p.room);
             SfuStats::gauge(&self.stats.rooms, -1);
@@ -472,13 +518,15 @@ impl Worker {
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         peer.connected = false;
-                        self.doomed.push((owner, "media connection failed"));
+                        self.doomed.push((owner, Removal::MediaFailed));
                     }
                     RTCPeerConnectionState::Disconnected => peer.connected = false,
                     _ => {}
                 }
             }
-            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) if role == Role::Publisher => {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if role == Role::Publisher =>
+            {
                 if peer.received.contains_key(&init.track_id) {
                     // Renegotiation re-announces tracks already open.
                     return;
@@ -487,14 +535,27 @@ impl Worker {
                 else {
                     return;
                 };
-                self.track_opened(key, owner, init.track_id, init.receiver_id, init.ssrc, codec, kind, mid);
+                self.track_opened(
+                    key,
+                    owner,
+                    init.track_id,
+                    init.receiver_id,
+                    init.ssrc,
+                    codec,
+                    kind,
+                    mid,
+                );
             }
-            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) if role == Role::Publisher => {
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
+                if role == Role::Publisher =>
+            {
                 if let Some(rt) = peer.received.remove(&track_id) {
                     self.unpublish(owner, &rt.track);
                 }
             }
-            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) if role == Role::Subscriber => {
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id))
+                if role == Role::Subscriber =>
+            {
                 if let Some((chat_id, open)) = peer.chat.as_mut()
                     && *chat_id == id
                 {
@@ -502,7 +563,9 @@ impl Worker {
                     self.replay_chat(owner, now);
                 }
             }
-            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) if role == Role::Subscriber => {
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id))
+                if role == Role::Subscriber =>
+            {
                 if let Some((chat_id, open)) = peer.chat.as_mut()
                     && *chat_id == id
                 {
@@ -574,7 +637,11 @@ impl Worker {
             }
         }
         if let Some(info) = self.participant_info(owner) {
-            self.broadcast(&room_id, None, ServerMessage::ParticipantUpdated { participant: info });
+            self.broadcast(
+                &room_id,
+                None,
+                ServerMessage::ParticipantUpdated { participant: info },
+            );
         }
     }
 
@@ -584,7 +651,11 @@ impl Worker {
         };
         p.tracks.retain(|t| t != track);
         let room_id = p.room.clone();
-        let Some(t) = self.rooms.get_mut(&room_id).and_then(|r| r.tracks.remove(track)) else {
+        let Some(t) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.tracks.remove(track))
+        else {
             return;
         };
         SfuStats::gauge(&self.stats.published_tracks, -1);
@@ -598,7 +669,11 @@ impl Worker {
             }
         }
         if let Some(info) = self.participant_info(owner) {
-            self.broadcast(&room_id, None, ServerMessage::ParticipantUpdated { participant: info });
+            self.broadcast(
+                &room_id,
+                None,
+                ServerMessage::ParticipantUpdated { participant: info },
+            );
         }
     }
 
@@ -614,7 +689,11 @@ impl Worker {
         let Some(room_id) = self.participants.get(&owner).map(|p| &p.room) else {
             return;
         };
-        let Some(t) = self.rooms.get_mut(room_id).and_then(|r| r.tracks.get_mut(&rt.track)) else {
+        let Some(t) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.tracks.get_mut(&rt.track))
+        else {
             return;
         };
         let ext_seq = match t.seq.push(pkt.header.sequence_number) {
@@ -674,7 +753,12 @@ impl Worker {
         if !wants_key {
             return;
         }
-        let Some(room_id) = self.participants.get(&peer.participant).map(|p| p.room.clone()) else {
+        SfuStats::inc(&self.stats.keyframe_requests_in);
+        let Some(room_id) = self
+            .participants
+            .get(&peer.participant)
+            .map(|p| p.room.clone())
+        else {
             return;
         };
         // On a subscriber connection the rtc track id is our TrackId.
@@ -713,7 +797,12 @@ impl Worker {
         let Ok(json) = serde_json::to_string(&msg) else {
             return;
         };
-        let members: Vec<_> = room.members.iter().copied().filter(|k| *k != from).collect();
+        let members: Vec<_> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|k| *k != from)
+            .collect();
         for m in members {
             self.send_chat_to(m, &json, now);
         }
@@ -781,13 +870,20 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create subscriber offer");
-                    self.send_to(key, ServerMessage::error(ErrorCode::Internal, e.to_string()));
+                    self.send_to(
+                        key,
+                        ServerMessage::error(ErrorCode::Internal, e.to_string()),
+                    );
                 }
             }
         }
     }
 
-    fn describe_slots(&self, key: ParticipantKey, mids: &[(usize, String)]) -> Vec<SubscribedTrack> {
+    fn describe_slots(
+        &self,
+        key: ParticipantKey,
+        mids: &[(usize, String)],
+    ) -> Vec<SubscribedTrack> {
         let Some(p) = self.participants.get(&key) else {
             return Vec::new();
         };

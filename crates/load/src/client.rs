@@ -1,0 +1,964 @@
+//! A Confab client on webrtc-rs: the signaling protocol over a real WebSocket, a
+//! publisher peer connection (we offer) and a subscriber peer connection (the server
+//! offers), as the browser client does.
+//!
+//! Everything the client observes arrives as an [`Event`] on one channel; tests wait on
+//! events with deadlines ([`Client::wait_for`]), never on sleeps.
+
+use crate::media::{self, SynthCodec};
+use anyhow::{Context, anyhow, bail};
+use confab_proto::signal::PublishTrack;
+use confab_proto::{
+    ChatIn, ChatOut, ClientMessage, IceCandidate, MediaKind, PROTOCOL_VERSION, ParticipantId,
+    ParticipantInfo, PcTarget, ServerMessage, SubscribedTrack, TrackId, TrackSource,
+};
+use futures_util::{SinkExt, StreamExt};
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, StreamInfo, TaggedPacket,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, mpsc};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::Track;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, configure_nack,
+    configure_rtcp_reports,
+};
+
+/// What a client publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Publish {
+    pub audio: bool,
+    pub video: bool,
+}
+
+impl Publish {
+    pub const NONE: Publish = Publish {
+        audio: false,
+        video: false,
+    };
+    pub const AUDIO_VIDEO: Publish = Publish {
+        audio: true,
+        video: true,
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `ws://host:port/ws`
+    pub url: String,
+    pub room: String,
+    pub name: String,
+    pub publish: Publish,
+    /// Deliver every received RTP packet as an [`Event::Rtp`] (tests) or only count it
+    /// in [`Client::received`] (load).
+    pub rtp_events: bool,
+}
+
+impl ClientOptions {
+    pub fn new(url: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            room: room.into(),
+            name: name.into(),
+            publish: Publish::AUDIO_VIDEO,
+            rtp_events: true,
+        }
+    }
+
+    pub fn publish(mut self, p: Publish) -> Self {
+        self.publish = p;
+        self
+    }
+}
+
+/// Something the client observed.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A server message the client did not consume itself (room events, errors).
+    Server(ServerMessage),
+    /// A remote track started on the subscriber connection.
+    TrackStarted {
+        track: TrackId,
+        participant: ParticipantId,
+        kind: MediaKind,
+    },
+    Rtp {
+        track: TrackId,
+        participant: ParticipantId,
+        kind: MediaKind,
+        packet: rtc::rtp::Packet,
+    },
+    ChatOpen,
+    Chat(ChatOut),
+    PublisherState(RTCPeerConnectionState),
+    SubscriberState(RTCPeerConnectionState),
+    /// The server asked for a keyframe of our video.
+    KeyframeRequested,
+    /// The signaling connection closed.
+    Closed,
+}
+
+/// Counters for load runs (when RTP is not delivered as events).
+#[derive(Debug, Default)]
+pub struct Received {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+type Pc = Arc<dyn PeerConnection>;
+
+struct Shared {
+    ws: mpsc::UnboundedSender<WsMessage>,
+    events: mpsc::UnboundedSender<Event>,
+    /// mid -> remote track, from the server's offers.
+    sub_tracks: Mutex<HashMap<String, SubscribedTrack>>,
+    chat: Mutex<Option<Arc<dyn DataChannel>>>,
+    /// Remote tracks of the subscriber connection, to send them feedback.
+    remote: Mutex<HashMap<TrackId, Arc<dyn TrackRemote>>>,
+    /// The reader task of each remote track. webrtc-rs does not end a remote track whose
+    /// transceiver went inactive, so readers of tracks the server's offer no longer lists
+    /// are stopped here.
+    readers: std::sync::Mutex<HashMap<TrackId, tokio::task::JoinHandle<()>>>,
+    rtp_events: bool,
+    received: Arc<Received>,
+    keyframe_requested: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shared {
+    fn send(&self, m: &ClientMessage) {
+        if let Ok(t) = serde_json::to_string(m) {
+            let _ = self.ws.send(WsMessage::Text(t.into()));
+        }
+    }
+}
+
+pub struct Client {
+    pub id: ParticipantId,
+    /// Everyone else in the room at join.
+    pub others: Vec<ParticipantInfo>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Events taken off the channel by `wait_for` but not matched, kept in order.
+    backlog: VecDeque<Event>,
+    publisher: Option<Pc>,
+    subscriber: Pc,
+    audio: Option<Arc<TrackLocalStaticRTP>>,
+    video: Option<Arc<TrackLocalStaticRTP>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
+
+fn media_engine() -> anyhow::Result<MediaEngine> {
+    let mut m = MediaEngine::default();
+    m.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: "audio/opus".into(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: OPUS_PT,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    m.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: vp8_codec(),
+            payload_type: VP8_PT,
+        },
+        RtpCodecKind::Video,
+    )?;
+    Ok(m)
+}
+
+fn vp8_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "video/VP8".into(),
+        clock_rate: 90000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: "pli".into(),
+            },
+        ],
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: "audio/opus".into(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+async fn build_pc(handler: Arc<dyn PeerConnectionEventHandler>, tap: bool) -> anyhow::Result<Pc> {
+    let mut media = media_engine()?;
+    let mut registry = Registry::new();
+    registry = configure_nack(registry, &mut media);
+    registry = configure_rtcp_reports(registry);
+    if tap {
+        registry = registry.with(rtc::interceptor::Slot::from(14_000), KeyframeTap::default());
+    }
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+struct PcHandler {
+    target: PcTarget,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PcHandler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            self.shared.send(&ClientMessage::Candidate {
+                target: self.target,
+                candidate: IceCandidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                    username_fragment: init.username_fragment,
+                },
+            });
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let ev = match self.target {
+            PcTarget::Publisher => Event::PublisherState(state),
+            PcTarget::Subscriber => Event::SubscriberState(state),
+        };
+        let _ = self.shared.events.send(ev);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let shared = self.shared.clone();
+        let track_id = TrackId::from_wire(track.track_id().await.to_string());
+        let key = track_id.clone();
+        let reader = tokio::spawn(async move {
+            let kind = match track.kind().await {
+                RtpCodecKind::Audio => MediaKind::Audio,
+                _ => MediaKind::Video,
+            };
+            let participant = {
+                let map = shared.sub_tracks.lock().await;
+                map.values()
+                    .find(|t| t.track_id == track_id)
+                    .map(|t| t.participant_id.clone())
+            }
+            .unwrap_or_else(|| ParticipantId::from_wire(String::new()));
+            shared
+                .remote
+                .lock()
+                .await
+                .insert(track_id.clone(), track.clone());
+            let _ = shared.events.send(Event::TrackStarted {
+                track: track_id.clone(),
+                participant: participant.clone(),
+                kind,
+            });
+            while let Some(ev) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(packet) = ev {
+                    shared.received.packets.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .received
+                        .bytes
+                        .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+                    if shared.rtp_events {
+                        let _ = shared.events.send(Event::Rtp {
+                            track: track_id.clone(),
+                            participant: participant.clone(),
+                            kind,
+                            packet,
+                        });
+                    }
+                }
+            }
+        });
+        let mut readers = self
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = readers.insert(key, reader) {
+            old.abort();
+        }
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        *self.shared.chat.lock().await = Some(dc.clone());
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if matches!(
+                dc.ready_state().await,
+                Ok(webrtc::data_channel::RTCDataChannelState::Open)
+            ) {
+                let _ = shared.events.send(Event::ChatOpen);
+            }
+            while let Some(ev) = dc.poll().await {
+                match ev {
+                    DataChannelEvent::OnOpen => {
+                        let _ = shared.events.send(Event::ChatOpen);
+                    }
+                    DataChannelEvent::OnMessage(m) => {
+                        if let Ok(c) = serde_json::from_slice::<ChatOut>(&m.data) {
+                            let _ = shared.events.send(Event::Chat(c));
+                        }
+                    }
+                    DataChannelEvent::OnClose => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+impl Client {
+    /// Connects, joins and (if asked) publishes. Returns once `joined` arrived.
+    pub async fn connect(opts: ClientOptions) -> anyhow::Result<Client> {
+        let (ws, _) = tokio_tungstenite::connect_async(&opts.url)
+            .await
+            .with_context(|| format!("connecting to {}", opts.url))?;
+        let (mut ws_tx, mut ws_rx) = ws.split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            ws: out_tx,
+            events: ev_tx,
+            sub_tracks: Mutex::new(HashMap::new()),
+            chat: Mutex::new(None),
+            remote: Mutex::new(HashMap::new()),
+            readers: std::sync::Mutex::new(HashMap::new()),
+            rtp_events: opts.rtp_events,
+            received: Arc::new(Received::default()),
+            keyframe_requested: Arc::new(Default::default()),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if ws_tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = ws_tx.close().await;
+        }));
+
+        let subscriber = build_pc(
+            Arc::new(PcHandler {
+                target: PcTarget::Subscriber,
+                shared: shared.clone(),
+            }),
+            false,
+        )
+        .await?;
+
+        shared.send(&ClientMessage::Join {
+            protocol: PROTOCOL_VERSION,
+            room: confab_proto::RoomId::parse(&opts.room)?,
+            name: confab_proto::DisplayName::parse(&opts.name)?,
+        });
+
+        // Wait for `joined` (or a fatal error) before handing the stream to the reader.
+        let (id, others) = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws_rx.next())
+                .await
+                .context("no answer to join")?;
+            let Some(Ok(WsMessage::Text(t))) = frame else {
+                match frame {
+                    Some(Ok(WsMessage::Close(_))) | None => {
+                        bail!("connection closed before joined")
+                    }
+                    Some(Err(e)) => bail!("websocket: {e}"),
+                    _ => continue,
+                }
+            };
+            match serde_json::from_str::<ServerMessage>(&t)? {
+                ServerMessage::Joined {
+                    participant,
+                    participants,
+                    ..
+                } => break (participant.id, participants),
+                ServerMessage::Error { code, message, .. } => {
+                    bail!("join refused: {code:?}: {message}")
+                }
+                other => bail!("unexpected message before joined: {other:?}"),
+            }
+        };
+
+        let publisher = if opts.publish.audio || opts.publish.video {
+            Some(
+                build_pc(
+                    Arc::new(PcHandler {
+                        target: PcTarget::Publisher,
+                        shared: shared.clone(),
+                    }),
+                    true,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+
+        // The reader applies offers, answers and candidates; everything else is an event.
+        {
+            let shared = shared.clone();
+            let subscriber = subscriber.clone();
+            let publisher = publisher.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(frame) = ws_rx.next().await {
+                    let text = match frame {
+                        Ok(WsMessage::Text(t)) => t,
+                        Ok(WsMessage::Close(_)) | Err(_) => break,
+                        Ok(_) => continue,
+                    };
+                    let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else {
+                        continue;
+                    };
+                    if let Err(e) =
+                        handle_server(&shared, &subscriber, publisher.as_ref(), msg).await
+                    {
+                        tracing::warn!(error = %e, "client failed to apply a server message");
+                    }
+                }
+                let _ = shared.events.send(Event::Closed);
+            }));
+        }
+
+        let mut client = Client {
+            id,
+            others,
+            shared,
+            events: ev_rx,
+            backlog: VecDeque::new(),
+            publisher,
+            subscriber,
+            audio: None,
+            video: None,
+            tasks,
+        };
+        if client.publisher.is_some() {
+            client.start_publishing(opts.publish).await?;
+        }
+        Ok(client)
+    }
+
+    async fn start_publishing(&mut self, p: Publish) -> anyhow::Result<()> {
+        let pc = self
+            .publisher
+            .clone()
+            .ok_or_else(|| anyhow!("no publisher"))?;
+        let mut tracks = Vec::new();
+        if p.audio {
+            let t = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("{}-stream", self.id),
+                format!("{}-audio", self.id),
+                "audio".into(),
+                RtpCodecKind::Audio,
+                vec![encoding(opus_codec())],
+            )));
+            pc.add_track(t.clone() as Arc<dyn TrackLocal>).await?;
+            self.audio = Some(t);
+            tracks.push(TrackSource::Microphone);
+        }
+        if p.video {
+            let t = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                format!("{}-stream", self.id),
+                format!("{}-video", self.id),
+                "video".into(),
+                RtpCodecKind::Video,
+                vec![encoding(vp8_codec())],
+            )));
+            pc.add_track(t.clone() as Arc<dyn TrackLocal>).await?;
+            // Keyframe requests reach the track through the tap interceptor.
+            let flag = self.shared.keyframe_requested.clone();
+            let events = self.shared.events.clone();
+            let track = t.clone();
+            self.tasks.push(tokio::spawn(async move {
+                while let Some(ev) = track.poll().await {
+                    let TrackLocalEvent::OnRtcpPacket(pkts) = ev else {
+                        continue;
+                    };
+                    if pkts.iter().any(|p| {
+                        p.as_any().is::<PictureLossIndication>()
+                            || p.as_any().is::<FullIntraRequest>()
+                    }) {
+                        flag.store(true, Ordering::Relaxed);
+                        let _ = events.send(Event::KeyframeRequested);
+                    }
+                }
+            }));
+            self.video = Some(t);
+            tracks.push(TrackSource::Camera);
+        }
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or_else(|| anyhow!("no local description"))?
+            .sdp;
+        let mut publish = Vec::new();
+        for t in pc.get_transceivers().await {
+            if let Ok(Some(mid)) = t.mid().await
+                && let Ok(Some(sender)) = t.sender().await
+            {
+                let kind = sender.track().kind().await;
+                publish.push(PublishTrack {
+                    mid,
+                    source: if kind == RtpCodecKind::Audio {
+                        TrackSource::Microphone
+                    } else {
+                        TrackSource::Camera
+                    },
+                });
+            }
+        }
+        let _ = tracks;
+        self.shared.send(&ClientMessage::Publish {
+            sdp,
+            tracks: publish,
+        });
+        Ok(())
+    }
+
+    /// Sends a raw text frame (for protocol tests).
+    pub fn send_raw(&self, text: impl Into<String>) {
+        let _ = self.shared.ws.send(WsMessage::Text(text.into().into()));
+    }
+
+    pub fn send(&self, m: &ClientMessage) {
+        self.shared.send(m);
+    }
+
+    /// Sends a chat message over the data channel.
+    pub async fn chat(&self, text: &str) -> anyhow::Result<()> {
+        let raw = serde_json::to_string(&ChatIn::Chat { text: text.into() })?;
+        self.chat_raw(&raw).await
+    }
+
+    pub async fn chat_raw(&self, raw: &str) -> anyhow::Result<()> {
+        let dc = self
+            .shared
+            .chat
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| anyhow!("chat channel not open"))?;
+        dc.send_text(raw).await?;
+        Ok(())
+    }
+
+    /// Sends a keyframe request (PLI) for a remote track, as a decoder would after loss.
+    pub async fn request_keyframe(&self, track: &TrackId) -> anyhow::Result<()> {
+        let t = self
+            .shared
+            .remote
+            .lock()
+            .await
+            .get(track)
+            .cloned()
+            .ok_or_else(|| anyhow!("no remote track {track}"))?;
+        let media_ssrc = t.ssrcs().await.first().copied().unwrap_or(0);
+        t.write_rtcp(vec![Box::new(PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        })])
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a keyframe was asked for since the last call.
+    pub fn take_keyframe_request(&self) -> bool {
+        self.shared
+            .keyframe_requested
+            .swap(false, Ordering::Relaxed)
+    }
+
+    pub fn received(&self) -> Arc<Received> {
+        self.shared.received.clone()
+    }
+
+    pub fn video_track(&self) -> Option<Arc<TrackLocalStaticRTP>> {
+        self.video.clone()
+    }
+
+    pub fn audio_track(&self) -> Option<Arc<TrackLocalStaticRTP>> {
+        self.audio.clone()
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Event> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Ok(e);
+        }
+        tokio::time::timeout(timeout, self.events.recv())
+            .await
+            .map_err(|_| anyhow!("no event within {timeout:?}"))?
+            .ok_or_else(|| anyhow!("client closed"))
+    }
+
+    /// Waits until `f` accepts an event, keeping the others for later calls.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&Event) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + timeout;
+        // Look at the backlog first, then at new events.
+        let mut kept = VecDeque::new();
+        while let Some(e) = self.backlog.pop_front() {
+            if let Some(t) = f(&e) {
+                kept.extend(self.backlog.drain(..));
+                self.backlog = kept;
+                return Ok(t);
+            }
+            kept.push_back(e);
+        }
+        self.backlog = kept;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = tokio::time::timeout(left, self.events.recv())
+                .await
+                .map_err(|_| anyhow!("timed out after {timeout:?} waiting for {what}"))?
+                .ok_or_else(|| anyhow!("client closed while waiting for {what}"))?;
+            if let Some(t) = f(&e) {
+                return Ok(t);
+            }
+            self.backlog.push_back(e);
+            if self.backlog.len() > 100_000 {
+                self.backlog.pop_front();
+            }
+        }
+    }
+
+    /// Drops events seen so far (RTP floods the backlog in long tests).
+    pub fn clear_backlog(&mut self) {
+        self.backlog.clear();
+        while self.events.try_recv().is_ok() {}
+    }
+
+    /// Leaves the room and closes both peer connections.
+    pub async fn leave(self) {
+        self.shared.send(&ClientMessage::Leave);
+        self.close().await;
+    }
+
+    /// Disappears without a word: the signaling socket is dropped without a close frame
+    /// and the peer connections stop answering (a crashed tab, a pulled cable).
+    pub async fn vanish(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.stop_readers();
+        if let Some(p) = &self.publisher {
+            let _ = p.close().await;
+        }
+        let _ = self.subscriber.close().await;
+    }
+
+    fn stop_readers(&self) {
+        let mut readers = self
+            .shared
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (_, t) in readers.drain() {
+            t.abort();
+        }
+    }
+
+    /// Closes without saying goodbye (as a crashed tab would, minus the TCP reset).
+    pub async fn close(self) {
+        if let Some(p) = &self.publisher {
+            let _ = p.close().await;
+        }
+        let _ = self.subscriber.close().await;
+        let _ = self.shared.ws.send(WsMessage::Close(None));
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.stop_readers();
+    }
+}
+
+/// What a [`Pump`] sends.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaPlan {
+    pub audio: bool,
+    pub video: bool,
+    /// Video frames per second; one packet per frame.
+    pub fps: u32,
+    pub video_bytes: usize,
+    /// Audio packets are 20 ms of Opus.
+    pub audio_bytes: usize,
+    pub keyframe_every: Duration,
+}
+
+impl Default for MediaPlan {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            fps: 30,
+            video_bytes: 1000,
+            audio_bytes: 100,
+            keyframe_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Sends synthetic media until dropped. A keyframe goes out on the plan's interval and
+/// whenever the server asks for one.
+pub struct Pump {
+    task: tokio::task::JoinHandle<()>,
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Client {
+    pub fn start_media(&self, plan: MediaPlan) -> Pump {
+        let audio = if plan.audio { self.audio.clone() } else { None };
+        let video = if plan.video { self.video.clone() } else { None };
+        let keyframe = self.shared.keyframe_requested.clone();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let task = tokio::spawn(async move {
+            let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+            let mut video_tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 / plan.fps.max(1) as u64));
+            let a_ssrc = match &audio {
+                Some(t) => t.ssrcs().await.first().copied().unwrap_or(0),
+                None => 0,
+            };
+            let v_ssrc = match &video {
+                Some(t) => t.ssrcs().await.first().copied().unwrap_or(0),
+                None => 0,
+            };
+            let (mut a_idx, mut v_idx) = (0u64, 0u64);
+            let (mut a_seq, mut v_seq) = (rand::random::<u16>(), rand::random::<u16>());
+            let mut last_key: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = audio_tick.tick(), if audio.is_some() => {
+                        let Some(t) = &audio else { continue };
+                        let pkt = synthetic(SynthCodec::Opus, OPUS_PT, a_ssrc, a_seq, a_idx as u32 * 960, a_idx, false, plan.audio_bytes);
+                        if t.write_rtp(pkt).await.is_ok() {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        a_idx += 1;
+                        a_seq = a_seq.wrapping_add(1);
+                    }
+                    _ = video_tick.tick(), if video.is_some() => {
+                        let Some(t) = &video else { continue };
+                        let now = Instant::now();
+                        let key = keyframe.swap(false, Ordering::Relaxed)
+                            || last_key.is_none_or(|k| now - k >= plan.keyframe_every);
+                        if key {
+                            last_key = Some(now);
+                        }
+                        let ts = (v_idx * 90_000 / plan.fps.max(1) as u64) as u32;
+                        let pkt = synthetic(SynthCodec::Vp8, VP8_PT, v_ssrc, v_seq, ts, v_idx, key, plan.video_bytes);
+                        if t.write_rtp(pkt).await.is_ok() {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        v_idx += 1;
+                        v_seq = v_seq.wrapping_add(1);
+                    }
+                }
+            }
+        });
+        Pump { task, sent }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn synthetic(
+    codec: SynthCodec,
+    pt: u8,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    index: u64,
+    keyframe: bool,
+    size: usize,
+) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+            ..Default::default()
+        },
+        payload: media::payload(codec, index, keyframe, size, media::now_micros()),
+    }
+}
+
+fn encoding(codec: RTCRtpCodec) -> RTCRtpEncodingParameters {
+    RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters {
+            ssrc: Some(rand::random::<u32>()),
+            ..Default::default()
+        },
+        codec,
+        ..Default::default()
+    }
+}
+
+async fn handle_server(
+    shared: &Arc<Shared>,
+    subscriber: &Pc,
+    publisher: Option<&Pc>,
+    msg: ServerMessage,
+) -> anyhow::Result<()> {
+    match msg {
+        ServerMessage::Offer { sdp, tracks } => {
+            tracing::debug!(sdp = %sdp.replace("\r\n", " | "), "subscriber offer");
+            {
+                let live: std::collections::HashSet<TrackId> =
+                    tracks.iter().map(|t| t.track_id.clone()).collect();
+                let mut map = shared.sub_tracks.lock().await;
+                *map = tracks.into_iter().map(|t| (t.mid.clone(), t)).collect();
+                shared.remote.lock().await.retain(|id, _| live.contains(id));
+                let mut readers = shared.readers.lock().unwrap_or_else(|e| e.into_inner());
+                readers.retain(|id, task| {
+                    let keep = live.contains(id);
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+            }
+            subscriber
+                .set_remote_description(RTCSessionDescription::offer(sdp)?)
+                .await?;
+            let answer = subscriber.create_answer(None).await?;
+            subscriber.set_local_description(answer).await?;
+            let sdp = subscriber
+                .local_description()
+                .await
+                .ok_or_else(|| anyhow!("no local description"))?
+                .sdp;
+            shared.send(&ClientMessage::Answer { sdp });
+        }
+        ServerMessage::Answer { sdp } => {
+            if let Some(p) = publisher {
+                p.set_remote_description(RTCSessionDescription::answer(sdp)?)
+                    .await?;
+            }
+        }
+        ServerMessage::Candidate { target, candidate } => {
+            let pc = match target {
+                PcTarget::Subscriber => Some(subscriber),
+                PcTarget::Publisher => publisher,
+            };
+            if let Some(pc) = pc {
+                pc.add_ice_candidate(RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    username_fragment: candidate.username_fragment,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        other => {
+            let _ = shared.events.send(Event::Server(other));
+        }
+    }
+    Ok(())
+}
+
+/// Marks keyframe requests for delivery to the application (a publishing client must see
+/// them to send a keyframe).
+#[derive(Default)]
+struct KeyframeTap {
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
+            && packets.iter().any(|p| {
+                p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+            })
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
