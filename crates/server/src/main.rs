@@ -51,11 +51,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_tracing(default_filter: &str) {
-    // webrtc-rs logs through the `log` crate: bridge it so one filter governs both.
-    let _ = tracing_log::LogTracer::init();
+    // webrtc-rs logs through the `log` crate; the subscriber's default `tracing-log`
+    // bridge routes it through the same filter.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

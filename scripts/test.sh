@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole Confab test suite, as CI runs it (.ci/run calls exactly this):
+#   formatting and lints, Rust unit and integration tests (real WebRTC over loopback),
+#   and the browser end-to-end tests in headless Chromium.
+# It installs what it needs when missing (Debian's chromium, the node packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "rust tests"
+cargo test --workspace
+
+step "browser tests"
+cargo build -p confab --quiet
+CONFAB_BIN="$PWD/target/debug/confab" bash tests/browser/run.sh
+
+step "all tests passed"
