@@ -1,0 +1,245 @@
+// The meeting page in real Chromium against the real server binary.
+//
+// Run: tests/browser/run.sh (installs Chromium and playwright-core when missing), or
+// `node --test tests/browser/` with CONFAB_BIN pointing at a built `confab`.
+// Screenshots and server logs land in target/browser-artifacts/.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startServer, launchBrowser, newParticipantPage, joinRoom, startJoin, waitMediaFlowing,
+  remoteTiles, waitRemoteTiles, waitChat, typeChat, screenshot, dumpPages, WAIT_MS,
+} from './harness.mjs';
+
+/** @type {import('playwright-core').Browser} */
+let browser;
+
+before(async () => {
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test('three participants see and hear each other, chat, and one leaves', async (t) => {
+  const server = await startServer({ label: 'meeting' });
+  const pages = {};
+  t.after(async () => {
+    await server.stop();
+  });
+  try {
+    const names = ['Ada', 'Grace', 'Linus'];
+    for (const n of names) pages[n] = await newParticipantPage(browser);
+    const ids = {};
+    // Join one after the other, as people do: each later joiner exercises the renegotiation
+    // of everyone already there.
+    for (const n of names) ids[n] = await joinRoom(pages[n], server.url, 'standup', n);
+
+    // Each page: two remote tiles, named, whose video decodes and audio arrives.
+    await Promise.all(names.map(async (n) => {
+      const others = names.filter((o) => o !== n);
+      await waitRemoteTiles(pages[n], others.map((o) => ids[o]));
+      await waitMediaFlowing(pages[n], others.map((o) => ids[o]));
+      await pages[n].waitForFunction(
+        () => [...document.querySelectorAll('[data-testid="remote-tile"]')].every((el) => el.dataset.video === 'on'),
+        null,
+        { timeout: WAIT_MS },
+      );
+      const tiles = await remoteTiles(pages[n]);
+      assert.deepEqual(
+        tiles.map((x) => x.name).sort(),
+        others.slice().sort(),
+        `${n} labels its tiles with the others' names`,
+      );
+    }));
+    for (const n of names) await screenshot(pages[n], `meeting-${n}`);
+
+    // Chat: typed in one page, Enter sends; the other two show it with the sender's name.
+    await typeChat(pages.Ada, 'hello from Ada');
+    const mine = await waitChat(pages.Ada, 'hello from Ada');
+    assert.ok(mine.some((m) => m.text === 'hello from Ada' && m.mine), 'the sender shows its own message');
+    for (const n of ['Grace', 'Linus']) {
+      const log = await waitChat(pages[n], 'hello from Ada');
+      const m = log.find((x) => x.text === 'hello from Ada');
+      assert.equal(m.name, 'Ada');
+      assert.match(m.time, /\d/);
+      assert.equal(m.history, false);
+    }
+    // And the send button works too.
+    await pages.Grace.getByTestId('chat-input').fill('hi Ada');
+    await pages.Grace.getByTestId('chat-send').click();
+    await waitChat(pages.Ada, 'hi Ada');
+    await waitChat(pages.Linus, 'hi Ada');
+
+    // Mute state reaches the others' tiles.
+    await pages.Grace.getByTestId('mic-button').click();
+    await pages.Grace.getByTestId('cam-button').click();
+    for (const n of ['Ada', 'Linus']) {
+      await pages[n].waitForFunction(
+        (id) => {
+          const el = document.querySelector(`[data-testid="remote-tile"][data-participant-id="${id}"]`);
+          return el?.dataset.micMuted === 'true' && el?.dataset.cameraOff === 'true' && el?.dataset.video === 'off';
+        },
+        ids.Grace,
+        { timeout: WAIT_MS },
+      );
+    }
+    await screenshot(pages.Ada, 'meeting-Ada-grace-muted');
+    await pages.Grace.getByTestId('cam-button').click();
+    await pages.Ada.waitForFunction(
+      (id) => document.querySelector(`[data-participant-id="${id}"]`)?.dataset.video === 'on',
+      ids.Grace,
+      { timeout: WAIT_MS },
+    );
+
+    // Linus leaves: his tile disappears from the others' grids; his page is back in the lobby.
+    await pages.Linus.getByTestId('leave-button').click();
+    await pages.Linus.waitForFunction(
+      () => document.querySelector('[data-testid="status"]').dataset.state === 'disconnected'
+        && !document.querySelector('[data-testid="lobby"]').hidden,
+      null,
+      { timeout: WAIT_MS },
+    );
+    await waitRemoteTiles(pages.Ada, [ids.Grace]);
+    await waitRemoteTiles(pages.Grace, [ids.Ada]);
+    // Media keeps flowing between those who stayed.
+    await waitMediaFlowing(pages.Ada, [ids.Grace]);
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    for (const n of names) await screenshot(pages[n], `meeting-after-leave-${n}`);
+  } catch (err) {
+    await dumpPages(pages, 'meeting');
+    console.error(`server log: ${server.logPath}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});
+
+test('late joiner gets the chat history; a listen-only participant; refusals are shown', async (t) => {
+  // A room holds two here, so that the third join is refused as full.
+  const server = await startServer({ label: 'history', env: { CONFAB_ROOM__MAX_PARTICIPANTS: '2' } });
+  const pages = {};
+  t.after(async () => {
+    await server.stop();
+  });
+  try {
+    pages.ada = await newParticipantPage(browser);
+    const ada = await joinRoom(pages.ada, server.url, 'retro', 'Ada');
+    await typeChat(pages.ada, 'first');
+    await waitChat(pages.ada, 'first');
+    await typeChat(pages.ada, 'second');
+    await waitChat(pages.ada, 'second');
+
+    // Bob has no camera or microphone: he joins listen-only, gets the history and Ada's media.
+    pages.bob = await newParticipantPage(browser, { noDevices: true });
+    const bob = await joinRoom(pages.bob, server.url, 'retro', 'Bob');
+    const log = await waitChat(pages.bob, 'second');
+    assert.deepEqual(
+      log.map((m) => [m.name, m.text, m.history]),
+      [['Ada', 'first', true], ['Ada', 'second', true]],
+      'history replayed in order, marked as history',
+    );
+    await waitMediaFlowing(pages.bob, [ada]);
+    assert.equal(await pages.bob.evaluate(() => window.confab.publisher), null, 'no publisher without devices');
+    // Ada sees Bob as a name tile, not black video; and Bob can chat.
+    await waitRemoteTiles(pages.ada, [bob]);
+    const [bobTile] = await remoteTiles(pages.ada);
+    assert.equal(bobTile.name, 'Bob');
+    assert.equal(bobTile.video, 'off');
+    await typeChat(pages.bob, 'listening in');
+    await waitChat(pages.ada, 'listening in');
+    await screenshot(pages.ada, 'history-Ada');
+    await screenshot(pages.bob, 'history-Bob-listen-only');
+
+    // A third participant is refused: the page says so, it does not only log it.
+    pages.carol = await newParticipantPage(browser);
+    await startJoin(pages.carol, server.url, 'retro', 'Carol');
+    await pages.carol.waitForFunction(
+      () => {
+        const err = document.querySelector('[data-testid="error"]');
+        return !err.hidden && /full/i.test(err.textContent)
+          && document.querySelector('[data-testid="status"]').dataset.state === 'disconnected';
+      },
+      null,
+      { timeout: WAIT_MS },
+    );
+    assert.ok(await pages.carol.getByTestId('lobby').isVisible(), 'a refused join stays in the lobby');
+    await screenshot(pages.carol, 'history-Carol-room-full');
+
+    // An invalid room name is refused by the server, and the page shows its message.
+    await startJoin(pages.carol, server.url, 'no spaces allowed', 'Carol');
+    await pages.carol.waitForFunction(
+      () => /room name/i.test(document.querySelector('[data-testid="error"]').textContent),
+      null,
+      { timeout: WAIT_MS },
+    );
+    await screenshot(pages.carol, 'history-Carol-invalid-room');
+  } catch (err) {
+    await dumpPages(pages, 'history');
+    console.error(`server log: ${server.logPath}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});
+
+test('the page reconnects after a server restart and says when the server is unreachable', async (t) => {
+  let server = await startServer({ label: 'reconnect' });
+  const port = server.port;
+  const pages = {};
+  t.after(async () => {
+    await server.stop();
+  });
+  try {
+    pages.ada = await newParticipantPage(browser);
+    pages.bob = await newParticipantPage(browser);
+    const ada0 = await joinRoom(pages.ada, server.url, 'sturdy', 'Ada');
+    const bob0 = await joinRoom(pages.bob, server.url, 'sturdy', 'Bob');
+    await waitMediaFlowing(pages.ada, [bob0]);
+
+    await server.stop();
+    for (const p of Object.values(pages)) {
+      await p.waitForFunction(
+        () => document.querySelector('[data-testid="status"]').dataset.state === 'reconnecting'
+          && /reconnecting/i.test(document.querySelector('[data-testid="status"]').textContent),
+        null,
+        { timeout: WAIT_MS },
+      );
+    }
+    await screenshot(pages.ada, 'reconnect-Ada-reconnecting');
+
+    // Same port, fresh server: both pages rejoin on their own and media flows again.
+    server = await startServer({ label: 'reconnect', httpBind: `127.0.0.1:${port}` });
+    const ada1 = await pages.ada.waitForFunction(
+      (old) => window.confab.state === 'connected' && window.confab.participantId !== old && window.confab.participantId,
+      ada0,
+      { timeout: WAIT_MS },
+    ).then((h) => h.jsonValue());
+    const bob1 = await pages.bob.waitForFunction(
+      (old) => window.confab.state === 'connected' && window.confab.participantId !== old && window.confab.participantId,
+      bob0,
+      { timeout: WAIT_MS },
+    ).then((h) => h.jsonValue());
+    await waitRemoteTiles(pages.ada, [bob1]);
+    await waitRemoteTiles(pages.bob, [ada1]);
+    await waitMediaFlowing(pages.ada, [bob1]);
+    await waitMediaFlowing(pages.bob, [ada1]);
+    await screenshot(pages.ada, 'reconnect-Ada-reconnected');
+
+    // Down for good: after a few attempts the page says the server is unreachable.
+    await server.stop();
+    await pages.ada.waitForFunction(
+      () => /server unreachable/i.test(document.querySelector('[data-testid="status"]').textContent),
+      null,
+      { timeout: 30_000 },
+    );
+    await screenshot(pages.ada, 'reconnect-Ada-unreachable');
+  } catch (err) {
+    await dumpPages(pages, 'reconnect');
+    console.error(`server log: ${server.logPath}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs the browser end-to-end tests from a clean checkout: installs Chromium and
+# playwright-core when missing, builds the server unless CONFAB_BIN names one, then runs
+# `node --test tests/browser/`. Exits non-zero on any failure.
+#
+#   tests/browser/run.sh                       # build target/debug/confab and test it
+#   CONFAB_BIN=path/to/confab tests/browser/run.sh
+#
+# Artifacts (screenshots, server logs): target/browser-artifacts/.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+chromium="${CHROMIUM_BIN:-/usr/lib/chromium/chromium}"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt may be busy (unattended upgrades, another install): retry while its lock is held.
+apt_retry() {
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    if as_root "$@"; then return 0; fi
+    echo "run.sh: '$*' failed (attempt $i), retrying in 5 s (apt lock held?)" >&2
+    sleep 5
+  done
+  return 1
+}
+
+if [ ! -x "$chromium" ]; then
+  echo "run.sh: installing Chromium" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt_retry apt-get update
+  apt_retry apt-get install -y chromium
+fi
+
+if [ ! -d "$here/node_modules/playwright-core" ]; then
+  echo "run.sh: installing playwright-core" >&2
+  if [ -f "$here/package-lock.json" ]; then
+    npm ci --prefix "$here" --no-audit --no-fund
+  else
+    npm install --prefix "$here" --no-audit --no-fund
+  fi
+fi
+
+if [ -z "${CONFAB_BIN:-}" ]; then
+  echo "run.sh: building the server (cargo build -p confab)" >&2
+  (cd "$root" && cargo build -p confab)
+  export CONFAB_BIN="$root/target/debug/confab"
+fi
+
+cd "$root"
+exec node --test tests/browser/

@@ -1,0 +1,624 @@
+// Confab browser client: signaling, the two peer connections and chat.
+//
+// A small ES module with no dependencies. The protocol it speaks is docs/protocol.md.
+//
+//   const client = new ConfabClient();
+//   client.addEventListener('trackadded', (e) => show(e.detail));
+//   await client.connect({ room: 'standup', name: 'Ada' });
+//   await client.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
+//
+// Each participant has two peer connections, as in LiveKit: `publisher` (we offer our own
+// tracks) and `subscriber` (the server offers everyone else's tracks and the `chat` data
+// channel). Each side only offers on its own connection, so offers never cross.
+//
+// Events (all CustomEvents; the payload is `event.detail`):
+//   state               {state, reason}  state: idle | connecting | connected | reconnecting | disconnected
+//   joined              {participant, participants, room, config, rejoined}
+//   participantjoined   {participant}
+//   participantupdated  {participant}
+//   participantleft     {participantId, participant}
+//   trackadded          {mid, trackId, participantId, kind, source, track}
+//   trackremoved        {mid, trackId, participantId, kind, source, track}
+//   chat                {id, from, name, text, ts, history, local}
+//   chatopen            {}
+//   error               {code, message, fatal}
+
+export const PROTOCOL_VERSION = 1;
+
+const DEFAULT_RECONNECT = { attempts: 5, firstDelayMs: 500, maxDelayMs: 4000 };
+const CONNECT_TIMEOUT_MS = 10000;
+// Fatal errors after which rejoining can work: the server restarts, our media connection
+// failed, or we fell behind. Any other fatal error (room full...) is final.
+const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer']);
+
+/** Why `connect()` failed: carries the server's error code when there is one. */
+export class ConfabError extends Error {
+  constructor(code, message, fatal = true) {
+    super(message);
+    this.name = 'ConfabError';
+    this.code = code;
+    this.fatal = fatal;
+  }
+}
+
+export class ConfabClient extends EventTarget {
+  /**
+   * @param {object} [options]
+   * @param {RTCConfiguration} [options.rtcConfig] passed to both peer connections.
+   * @param {{attempts:number, firstDelayMs:number, maxDelayMs:number}} [options.reconnect]
+   */
+  constructor(options = {}) {
+    super();
+    this.rtcConfig = options.rtcConfig ?? { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
+    this.reconnectPolicy = { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
+
+    this.state = 'idle';
+    this.url = null;
+    this.room = null;
+    this.name = null;
+    /** Our own ParticipantInfo, as the server last described it. */
+    this.participant = null;
+    /** Everyone else in the room: id -> ParticipantInfo. */
+    this.participants = new Map();
+    this.config = null;
+
+    /** @type {RTCPeerConnection|null} */
+    this.publisher = null;
+    /** @type {RTCPeerConnection|null} */
+    this.subscriber = null;
+    /** @type {RTCDataChannel|null} */
+    this.chatChannel = null;
+
+    /** Remote tracks by subscriber transceiver mid. */
+    this.remoteTracks = new Map();
+
+    // What we publish, kept across reconnections: [{track, source}].
+    this._local = [];
+    this._localStream = null;
+    this._muted = new Map(); // source -> bool, what the user asked for
+    this._ws = null;
+    this._session = 0; // bumped on every (re)join, so stale callbacks can tell they are stale
+    this._epoch = 0; // bumped by connect() and leave(): ends a reconnection loop of the past
+    this._leaving = false;
+    this._fatalError = null; // the last fatal `error`, read when the socket then closes
+    this._resetNegotiation();
+  }
+
+  _resetNegotiation() {
+    this._subOffers = Promise.resolve(); // subscriber offers are applied one at a time, in order
+    this._subMids = new Map(); // mid -> SubscribedTrack, from the latest applied offer
+    this._pubChain = Promise.resolve();
+    this._pubAnswerWaiter = null;
+    this._published = false; // a publish has been sent on this session
+    this._pendingCandidates = { publisher: [], subscriber: [] };
+    this._pubCandidatesHeld = [];
+  }
+
+  get participantId() {
+    return this.participant?.id ?? null;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Connection lifecycle
+  // ---------------------------------------------------------------------------------------
+
+  /**
+   * Joins `room` as `name`. Resolves with the `joined` message; rejects with a ConfabError
+   * when the server refuses (room full, invalid name...) or cannot be reached.
+   */
+  async connect({ url, room, name }) {
+    if (this.state === 'connecting' || this.state === 'connected' || this.state === 'reconnecting') {
+      throw new ConfabError('already_connected', 'this client is already connected');
+    }
+    this.url = url ?? defaultUrl();
+    this.room = room;
+    this.name = name;
+    this._leaving = false;
+    const epoch = ++this._epoch;
+    this._setState('connecting');
+    try {
+      return await this._join(false);
+    } catch (err) {
+      if (epoch === this._epoch) {
+        this._teardown();
+        this._setState('disconnected', err.message);
+      }
+      throw err;
+    }
+  }
+
+  /** Leaves the room: tells the server, closes everything. Local tracks are not stopped. */
+  leave() {
+    this._leaving = true;
+    this._epoch++;
+    this._send({ type: 'leave' });
+    this._teardown();
+    this._setState('disconnected', 'left');
+  }
+
+  _setState(state, reason = '') {
+    if (this.state === state && !reason) return;
+    this.state = state;
+    this._emit('state', { state, reason });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /**
+   * Opens a WebSocket and joins. Resolves on `joined`; rejects on an error before it, a
+   * close before it, or a timeout.
+   */
+  _join(rejoined) {
+    const session = ++this._session;
+    this._resetNegotiation();
+    this._fatalError = null;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      };
+      const timer = setTimeout(
+        () => fail(new ConfabError('timeout', 'server unreachable (no answer to join)')),
+        CONNECT_TIMEOUT_MS,
+      );
+      let ws;
+      try {
+        ws = new WebSocket(this.url);
+      } catch (err) {
+        fail(new ConfabError('unreachable', `server unreachable: ${err.message}`));
+        return;
+      }
+      this._ws = ws;
+      ws.onopen = () => {
+        ws.send(JSON.stringify({ type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name }));
+      };
+      ws.onmessage = (ev) => {
+        if (session !== this._session) return;
+        let msg;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          console.warn('confab: unreadable server message', ev.data);
+          return;
+        }
+        if (!settled) {
+          if (msg.type === 'joined') {
+            settled = true;
+            clearTimeout(timer);
+            this._onJoined(msg, rejoined);
+            resolve(msg);
+            return;
+          }
+          if (msg.type === 'error') {
+            // A refused join (invalid room or name, room full...): the connection is useless.
+            this._emit('error', { code: msg.code, message: msg.message, fatal: true });
+            fail(new ConfabError(msg.code, msg.message, true));
+            try { ws.close(1000, 'join refused'); } catch { /* already closed */ }
+            return;
+          }
+        }
+        this._onMessage(msg, session);
+      };
+      ws.onclose = (ev) => {
+        if (session !== this._session) return;
+        if (!settled) {
+          fail(new ConfabError('unreachable', `server unreachable${ev.reason ? `: ${ev.reason}` : ''}`));
+          return;
+        }
+        this._onSocketClosed();
+      };
+      ws.onerror = () => { /* onclose follows and says what to do */ };
+    });
+  }
+
+  _onJoined(msg, rejoined) {
+    this.participant = msg.participant;
+    this.config = msg.config;
+    this.participants = new Map(msg.participants.map((p) => [p.id, p]));
+    this._createSubscriber();
+    this._setState('connected');
+    this._emit('joined', {
+      participant: msg.participant,
+      participants: msg.participants,
+      room: msg.room,
+      config: msg.config,
+      rejoined,
+    });
+    for (const p of msg.participants) this._emit('participantjoined', { participant: p });
+    if (this._local.length > 0) this._negotiatePublisher();
+  }
+
+  _onSocketClosed() {
+    if (this._leaving || this.state === 'disconnected') return;
+    const fatal = this._fatalError;
+    this._fatalError = null;
+    this._teardown();
+    if (fatal && !REJOINABLE.has(fatal.code)) {
+      this._setState('disconnected', fatal.message);
+      return;
+    }
+    this._reconnect();
+  }
+
+  async _reconnect() {
+    const { attempts, firstDelayMs, maxDelayMs } = this.reconnectPolicy;
+    const epoch = this._epoch;
+    let delay = firstDelayMs;
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      this._setState('reconnecting', `attempt ${attempt} of ${attempts}`);
+      await sleep(delay);
+      if (epoch !== this._epoch) return; // left (or connected anew) meanwhile
+      delay = Math.min(delay * 2, maxDelayMs);
+      try {
+        await this._join(true);
+        return;
+      } catch (err) {
+        if (epoch !== this._epoch) return;
+        this._teardown();
+        if (err.code !== 'unreachable' && err.code !== 'timeout' && !REJOINABLE.has(err.code)) {
+          // The server answered and refused (room now full...): trying again will not help.
+          this._setState('disconnected', err.message);
+          return;
+        }
+      }
+    }
+    if (epoch === this._epoch) this._setState('disconnected', 'server unreachable');
+  }
+
+  /** Closes the socket and both peer connections; forgets remote state (emitting removals). */
+  _teardown() {
+    this._session++;
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try { ws.close(1000, 'bye'); } catch { /* ignore */ }
+    }
+    for (const [mid, t] of this.remoteTracks) {
+      this.remoteTracks.delete(mid);
+      this._emit('trackremoved', t);
+    }
+    for (const [id, p] of this.participants) {
+      this.participants.delete(id);
+      this._emit('participantleft', { participantId: id, participant: p });
+    }
+    if (this.chatChannel) {
+      this.chatChannel.onmessage = this.chatChannel.onopen = null;
+      try { this.chatChannel.close(); } catch { /* ignore */ }
+      this.chatChannel = null;
+    }
+    for (const pc of [this.publisher, this.subscriber]) {
+      if (pc) {
+        pc.onicecandidate = pc.ondatachannel = pc.onconnectionstatechange = null;
+        try { pc.close(); } catch { /* ignore */ }
+      }
+    }
+    this.publisher = null;
+    this.subscriber = null;
+    this._resetNegotiation();
+  }
+
+  _send(msg) {
+    const ws = this._ws;
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify(msg));
+      return true;
+    }
+    return false;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Server messages
+  // ---------------------------------------------------------------------------------------
+
+  _onMessage(msg, session) {
+    switch (msg.type) {
+      case 'offer':
+        this._subOffers = this._subOffers
+          .then(() => this._applySubscriberOffer(msg, session))
+          .catch((err) => this._localError('subscriber', err));
+        break;
+      case 'answer':
+        if (this._pubAnswerWaiter) this._pubAnswerWaiter(msg);
+        else console.warn('confab: answer with no publish pending');
+        break;
+      case 'candidate':
+        this._addRemoteCandidate(msg.target, msg.candidate);
+        break;
+      case 'participant_joined':
+        this.participants.set(msg.participant.id, msg.participant);
+        this._emit('participantjoined', { participant: msg.participant });
+        break;
+      case 'participant_updated':
+        if (msg.participant.id === this.participantId) {
+          this.participant = msg.participant;
+          this._reconcileMute();
+        } else {
+          this.participants.set(msg.participant.id, msg.participant);
+        }
+        this._emit('participantupdated', { participant: msg.participant });
+        break;
+      case 'participant_left': {
+        const p = this.participants.get(msg.participant_id);
+        this.participants.delete(msg.participant_id);
+        this._emit('participantleft', { participantId: msg.participant_id, participant: p });
+        break;
+      }
+      case 'error':
+        if (msg.fatal) this._fatalError = msg;
+        this._emit('error', { code: msg.code, message: msg.message, fatal: !!msg.fatal });
+        break;
+      default:
+        console.warn('confab: unknown server message', msg.type);
+    }
+  }
+
+  _localError(what, err) {
+    console.error(`confab: ${what}:`, err);
+    this._emit('error', { code: 'client', message: `${what}: ${err.message ?? err}`, fatal: false });
+  }
+
+  _addRemoteCandidate(target, candidate) {
+    const pc = target === 'publisher' ? this.publisher : this.subscriber;
+    if (!candidate || !candidate.candidate) return;
+    if (!pc || !pc.remoteDescription) {
+      // Arrived before the description it belongs to: applied right after it.
+      this._pendingCandidates[target].push(candidate);
+      return;
+    }
+    pc.addIceCandidate(candidate).catch((err) => console.warn('confab: bad remote candidate', err));
+  }
+
+  async _flushCandidates(target, pc) {
+    const queued = this._pendingCandidates[target];
+    this._pendingCandidates[target] = [];
+    for (const c of queued) {
+      try {
+        await pc.addIceCandidate(c);
+      } catch (err) {
+        console.warn('confab: bad remote candidate', err);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Subscriber connection: the server offers, we answer
+  // ---------------------------------------------------------------------------------------
+
+  _createSubscriber() {
+    const pc = new RTCPeerConnection(this.rtcConfig);
+    this.subscriber = pc;
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && ev.candidate.candidate) {
+        this._send({ type: 'candidate', target: 'subscriber', candidate: ev.candidate.toJSON() });
+      }
+    };
+    pc.ondatachannel = (ev) => {
+      if (ev.channel.label === 'chat') this._setupChat(ev.channel);
+    };
+  }
+
+  async _applySubscriberOffer(msg, session) {
+    const pc = this.subscriber;
+    if (session !== this._session || !pc) return;
+    // Set the mapping first: `track` events fire during setRemoteDescription.
+    this._subMids = new Map(msg.tracks.map((t) => [t.mid, t]));
+    await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
+    if (session !== this._session) return;
+    await this._flushCandidates('subscriber', pc);
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    if (session !== this._session) return;
+    this._send({ type: 'answer', sdp: pc.localDescription.sdp });
+    this._reconcileRemoteTracks(pc);
+  }
+
+  /** Emits trackadded/trackremoved so that `remoteTracks` matches the latest offer. */
+  _reconcileRemoteTracks(pc) {
+    const seen = new Set();
+    for (const tr of pc.getTransceivers()) {
+      const mid = tr.mid;
+      const info = mid != null ? this._subMids.get(mid) : undefined;
+      if (!info || tr.stopped || tr.currentDirection === 'inactive') continue;
+      seen.add(mid);
+      const prev = this.remoteTracks.get(mid);
+      if (prev && prev.trackId === info.track_id) continue;
+      if (prev) {
+        this.remoteTracks.delete(mid);
+        this._emit('trackremoved', prev);
+      }
+      const t = {
+        mid,
+        trackId: info.track_id,
+        participantId: info.participant_id,
+        kind: info.kind,
+        source: info.source,
+        track: tr.receiver.track,
+      };
+      this.remoteTracks.set(mid, t);
+      this._emit('trackadded', t);
+    }
+    for (const [mid, t] of this.remoteTracks) {
+      if (!seen.has(mid)) {
+        this.remoteTracks.delete(mid);
+        this._emit('trackremoved', t);
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Publisher connection: we offer our own tracks
+  // ---------------------------------------------------------------------------------------
+
+  /**
+   * Publishes a MediaStream (its audio as microphone, its video as camera), or a list of
+   * `{track, source}`. Replaces what was published before. Kept across reconnections.
+   */
+  async publish(what) {
+    let list;
+    if (what instanceof MediaStream) {
+      list = what.getTracks().map((track) => ({
+        track,
+        source: track.kind === 'audio' ? 'microphone' : 'camera',
+      }));
+      this._localStream = what;
+    } else {
+      list = Array.from(what ?? []);
+      this._localStream = new MediaStream(list.map((t) => t.track));
+    }
+    this._local = list;
+    for (const { track, source } of list) {
+      if (this._muted.get(source)) track.enabled = false;
+    }
+    if (this.state === 'connected') await this._negotiatePublisher();
+  }
+
+  _negotiatePublisher() {
+    const session = this._session;
+    this._pubChain = this._pubChain
+      .then(() => this._doPublish(session))
+      .catch((err) => this._localError('publish', err));
+    return this._pubChain;
+  }
+
+  async _doPublish(session) {
+    if (session !== this._session || this._local.length === 0) return;
+    // A fresh connection per publish keeps this simple: publishing happens once per join
+    // in practice, and the server answers every publish offer.
+    if (this.publisher) {
+      this.publisher.onicecandidate = null;
+      this.publisher.close();
+    }
+    const pc = new RTCPeerConnection(this.rtcConfig);
+    this.publisher = pc;
+    this._published = false;
+    this._pubCandidatesHeld = [];
+    pc.onicecandidate = (ev) => {
+      if (!ev.candidate || !ev.candidate.candidate) return;
+      const c = ev.candidate.toJSON();
+      // A publisher candidate before `publish` is out of order for the server.
+      if (this._published) this._send({ type: 'candidate', target: 'publisher', candidate: c });
+      else this._pubCandidatesHeld.push(c);
+    };
+    const sending = this._local.map(({ track, source }) => ({
+      source,
+      transceiver: pc.addTransceiver(track, { direction: 'sendonly', streams: [this._localStream] }),
+    }));
+    await pc.setLocalDescription(await pc.createOffer());
+    if (session !== this._session) return;
+    const answered = new Promise((resolve) => { this._pubAnswerWaiter = resolve; });
+    this._send({
+      type: 'publish',
+      sdp: pc.localDescription.sdp,
+      tracks: sending.map(({ source, transceiver }) => ({ mid: transceiver.mid, source })),
+    });
+    this._published = true;
+    for (const c of this._pubCandidatesHeld) this._send({ type: 'candidate', target: 'publisher', candidate: c });
+    this._pubCandidatesHeld = [];
+    const answer = await answered;
+    this._pubAnswerWaiter = null;
+    if (session !== this._session || this.publisher !== pc) return;
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    await this._flushCandidates('publisher', pc);
+  }
+
+  /** Local tracks being published, as `{track, source}`. */
+  get localTracks() {
+    return this._local.slice();
+  }
+
+  /**
+   * Mutes or unmutes our `source` ('microphone' | 'camera'): the track stops sending real
+   * media (silence, black frames) and the room is told.
+   */
+  setMuted(source, muted) {
+    this._muted.set(source, muted);
+    for (const t of this._local) {
+      if (t.source === source) t.track.enabled = !muted;
+    }
+    this._send({ type: 'mute', source, muted });
+  }
+
+  isMuted(source) {
+    return !!this._muted.get(source);
+  }
+
+  /**
+   * The server records mute state only on tracks it already has; a track that started after
+   * the user muted (or after a reconnection) is corrected here, once the server reports it.
+   */
+  _reconcileMute() {
+    const tracks = this.participant?.tracks ?? [];
+    for (const [source, muted] of this._muted) {
+      if (tracks.some((t) => t.source === source && t.muted !== muted)) {
+        this._send({ type: 'mute', source, muted });
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Chat
+  // ---------------------------------------------------------------------------------------
+
+  _setupChat(channel) {
+    this.chatChannel = channel;
+    channel.onmessage = (ev) => {
+      let msg;
+      try {
+        msg = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if (msg.type === 'chat') this._emit('chat', { ...msg, local: false });
+    };
+    const opened = () => this._emit('chatopen', {});
+    // A channel received through ondatachannel may already be open.
+    if (channel.readyState === 'open') opened();
+    else channel.onopen = opened;
+  }
+
+  get chatReady() {
+    return this.chatChannel?.readyState === 'open';
+  }
+
+  /**
+   * Sends a chat message to the room. The server does not echo it back, so the message is
+   * also emitted locally as a `chat` event with `local: true`. Throws when it cannot be sent.
+   */
+  sendChat(text) {
+    const t = String(text ?? '');
+    if (t.trim() === '') throw new ConfabError('chat_invalid', 'empty message');
+    const max = this.config?.chat_max_bytes;
+    if (max && new TextEncoder().encode(t).length > max) {
+      throw new ConfabError('chat_too_long', `message is longer than ${max} bytes`);
+    }
+    if (!this.chatReady) throw new ConfabError('chat_unavailable', 'chat is not connected yet');
+    this.chatChannel.send(JSON.stringify({ type: 'chat', text: t }));
+    const msg = {
+      type: 'chat',
+      id: null,
+      from: this.participantId,
+      name: this.participant?.name ?? this.name,
+      text: t,
+      ts: Date.now(),
+      history: false,
+      local: true,
+    };
+    this._emit('chat', msg);
+    return msg;
+  }
+}
+
+function defaultUrl() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/ws`;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
