@@ -151,10 +151,9 @@ async fn bad_signaling_input_is_refused_and_harms_nobody() {
     .unwrap();
     expect_error(&mut ws, ErrorCode::OutOfOrder, false).await;
 
-    // Over the hard cap: the WebSocket layer closes this connection (code 1009).
-    ws.send(Message::text("x".repeat(2 * 1024 * 1024)))
-        .await
-        .unwrap();
+    // Over the hard cap: the WebSocket layer closes this connection (code 1009), possibly
+    // while the frame is still being written.
+    let _ = ws.send(Message::text("x".repeat(2 * 1024 * 1024))).await;
     assert!(next_msg(&mut ws).await.is_none(), "connection closed");
 
     // A wrong protocol version is fatal.
@@ -284,4 +283,19 @@ async fn a_vanished_peer_is_removed_and_others_told() {
     assert_eq!(left, b_id);
     wait_until(|| server.sfu.stats().participants == 1).await;
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_tells_every_client() {
+    let server = start().await;
+    let mut a = join(&server, "bye", "alice", Publish::NONE).await;
+    let stop = tokio::spawn(server.stop());
+    let msg = wait_error(&mut a, ErrorCode::ServerShuttingDown).await;
+    assert!(msg.contains("shutting down"));
+    a.wait_for(WAIT, "socket closed", |e| {
+        matches!(e, Event::Closed).then_some(())
+    })
+    .await
+    .unwrap();
+    stop.await.unwrap();
 }

@@ -128,7 +128,13 @@ impl Config {
             );
             f = f.merge(Toml::file(path));
         }
-        f = f.merge(Env::prefixed("CONFAB_").ignore(&["config"]).split("__"));
+        // Only CONFAB_<SECTION>__<KEY> is configuration; other CONFAB_* variables (the
+        // config file path, tools' own settings) are not.
+        f = f.merge(
+            Env::prefixed("CONFAB_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = f
             .extract()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
@@ -194,6 +200,18 @@ mod tests {
             .merge(Toml::string("[http]\nbnd = \"127.0.0.1:1\"\n"))
             .extract();
         assert!(r.unwrap_err().to_string().contains("bnd"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns figment::Error
+    fn environment_overrides_and_foreign_variables_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONFAB_ROOM__MAX_PARTICIPANTS", "7");
+            jail.set_env("CONFAB_BIN", "/some/path");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.room.max_participants, 7);
+            Ok(())
+        });
     }
 
     #[test]

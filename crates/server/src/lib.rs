@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 pub struct Server {
     pub http_addr: SocketAddr,
     pub sfu: Sfu,
+    sessions: std::sync::Arc<std::sync::atomic::AtomicI64>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -29,7 +30,9 @@ impl Server {
             .await
             .with_context(|| format!("binding HTTP on {}", config.http.bind))?;
         let http_addr = listener.local_addr()?;
-        let app = router(AppState::new(sfu.clone(), config.signal.clone()));
+        let state = AppState::new(sfu.clone(), config.signal.clone());
+        let sessions = state.sessions.clone();
+        let app = router(state);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -42,6 +45,7 @@ impl Server {
         Ok(Server {
             http_addr,
             sfu,
+            sessions,
             stop,
             task,
         })
@@ -55,11 +59,18 @@ impl Server {
         format!("ws://{}/ws", self.http_addr)
     }
 
-    /// Stops accepting connections, closes every session and stops the media workers.
+    /// Tells every participant the server is shutting down, stops the media workers,
+    /// lets the sessions deliver that notice and close (for up to `drain`), then stops
+    /// the HTTP listener.
     pub async fn stop(self) {
+        self.sfu.shutdown().await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.sessions.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let _ = self.stop.send(());
         let _ = self.task.await;
-        let sfu = self.sfu;
-        let _ = tokio::task::spawn_blocking(move || sfu.shutdown()).await;
     }
 }

@@ -44,7 +44,7 @@ use worker::Command;
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     addr: SocketAddr,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Placement {
@@ -133,7 +133,7 @@ impl Sfu {
             workers.push(WorkerHandle {
                 commands: tx,
                 addr: announce,
-                thread: Some(thread),
+                thread: Mutex::new(Some(thread)),
             });
         }
         Ok(Sfu {
@@ -242,19 +242,24 @@ impl Sfu {
         }
     }
 
-    /// Stops the workers: every participant is disconnected. Waits for the threads.
-    pub fn shutdown(self) {
-        if let Ok(mut inner) = Arc::try_unwrap(self.inner) {
-            let threads: Vec<_> = inner
-                .workers
-                .iter_mut()
-                .filter_map(|w| w.thread.take())
-                .collect();
-            drop(inner);
+    /// Stops the media plane: every participant is told `server_shutting_down` and
+    /// removed, new joins are refused, and the worker threads end. Waits for them.
+    pub async fn shutdown(&self) {
+        for w in &self.inner.workers {
+            let _ = w.commands.send(Command::Shutdown).await;
+        }
+        let threads: Vec<_> = self
+            .inner
+            .workers
+            .iter()
+            .filter_map(|w| w.thread.lock().unwrap_or_else(|e| e.into_inner()).take())
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -72,6 +72,8 @@ pub enum Command {
     Leave {
         key: ParticipantKey,
     },
+    /// Remove everyone (they are told `server_shutting_down`), refuse joins, then stop.
+    Shutdown,
 }
 
 /// Why a participant is removed.
@@ -158,6 +160,7 @@ pub struct Worker {
     /// Participants to remove at the end of the pass (failed connection, slow consumer).
     doomed: Vec<(ParticipantKey, Removal)>,
     next_track: u64,
+    stopping: bool,
 }
 
 impl Worker {
@@ -189,10 +192,11 @@ impl Worker {
             rooms: HashMap::new(),
             doomed: Vec::new(),
             next_track: 1,
+            stopping: false,
         })
     }
 
-    /// Runs until every command sender is gone.
+    /// Runs until told to shut down (or every command sender is gone) and everyone left.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let span = tracing::info_span!("worker", index = self.index);
         let _g = span.enter();
@@ -200,7 +204,7 @@ impl Worker {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut next_tick = Instant::now() + TICK;
         let mut open = true;
-        while open || !self.participants.is_empty() {
+        while !self.stopping || !self.participants.is_empty() {
             let deadline = self
                 .timers
                 .first()
@@ -224,10 +228,7 @@ impl Worker {
                         }
                         None => {
                             open = false;
-                            let keys: Vec<_> = self.participants.keys().copied().collect();
-                            for k in keys {
-                                self.doomed.push((k, Removal::Shutdown));
-                            }
+                            self.stop();
                         }
                     }
                 }
@@ -242,6 +243,15 @@ impl Worker {
             self.end_of_pass();
         }
         tracing::info!("media worker stopped");
+    }
+
+    /// Refuses new joins and removes everyone, telling them why.
+    pub(crate) fn stop(&mut self) {
+        self.stopping = true;
+        let keys: Vec<_> = self.participants.keys().copied().collect();
+        for k in keys {
+            self.doomed.push((k, Removal::Shutdown));
+        }
     }
 
     fn receive(&mut self, buf: &mut [u8]) {

@@ -82,6 +82,7 @@ impl Worker {
             }
             Command::Mute { key, source, muted } => self.mute(key, source, muted),
             Command::Leave { key } => self.remove_participant(key, Removal::Left),
+            Command::Shutdown => self.stop(),
         }
     }
 
@@ -93,6 +94,9 @@ impl Worker {
         name: confab_proto::DisplayName,
         events: tokio::sync::mpsc::Sender<ServerMessage>,
     ) -> Result<(), JoinError> {
+        if self.stopping {
+            return Err(JoinError::ShuttingDown);
+        }
         let max = self.config.max_participants_per_room;
         let members = self.rooms.get(&room_id).map_or(0, |r| r.members.len());
         if members >= max {
