@@ -6,6 +6,7 @@
 //! events with deadlines ([`Client::wait_for`]), never on sleeps.
 
 use crate::media::{self, SynthCodec};
+use crate::stats::RecvStats;
 use anyhow::{Context, anyhow, bail};
 use confab_proto::signal::PublishTrack;
 use confab_proto::{
@@ -67,9 +68,29 @@ pub struct ClientOptions {
     pub room: String,
     pub name: String,
     pub publish: Publish,
-    /// Deliver every received RTP packet as an [`Event::Rtp`] (tests) or only count it
-    /// in [`Client::received`] (load).
-    pub rtp_events: bool,
+    /// Where received RTP goes: events (tests) or measurements (load runs).
+    pub sink: RtpSink,
+}
+
+/// Where a client's received RTP goes.
+#[derive(Clone)]
+pub enum RtpSink {
+    /// Every packet as an [`Event::Rtp`].
+    Events,
+    /// Measured into shared statistics, as subscriber number `subscriber`.
+    Stats {
+        stats: Arc<RecvStats>,
+        subscriber: usize,
+    },
+}
+
+impl std::fmt::Debug for RtpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RtpSink::Events => f.write_str("Events"),
+            RtpSink::Stats { subscriber, .. } => write!(f, "Stats({subscriber})"),
+        }
+    }
 }
 
 impl ClientOptions {
@@ -79,8 +100,13 @@ impl ClientOptions {
             room: room.into(),
             name: name.into(),
             publish: Publish::AUDIO_VIDEO,
-            rtp_events: true,
+            sink: RtpSink::Events,
         }
+    }
+
+    pub fn sink(mut self, sink: RtpSink) -> Self {
+        self.sink = sink;
+        self
     }
 
     pub fn publish(mut self, p: Publish) -> Self {
@@ -137,7 +163,9 @@ struct Shared {
     /// transceiver went inactive, so readers of tracks the server's offer no longer lists
     /// are stopped here.
     readers: std::sync::Mutex<HashMap<TrackId, tokio::task::JoinHandle<()>>>,
-    rtp_events: bool,
+    sink: RtpSink,
+    started: Instant,
+    first_video: std::sync::atomic::AtomicBool,
     received: Arc<Received>,
     keyframe_requested: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -303,13 +331,33 @@ impl PeerConnectionEventHandler for PcHandler {
                         .received
                         .bytes
                         .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-                    if shared.rtp_events {
-                        let _ = shared.events.send(Event::Rtp {
-                            track: track_id.clone(),
-                            participant: participant.clone(),
-                            kind,
-                            packet,
-                        });
+                    match &shared.sink {
+                        RtpSink::Events => {
+                            let _ = shared.events.send(Event::Rtp {
+                                track: track_id.clone(),
+                                participant: participant.clone(),
+                                kind,
+                                packet,
+                            });
+                        }
+                        RtpSink::Stats { stats, subscriber } => {
+                            let codec = match kind {
+                                MediaKind::Audio => SynthCodec::Opus,
+                                MediaKind::Video => SynthCodec::Vp8,
+                            };
+                            if kind == MediaKind::Video
+                                && !shared.first_video.swap(true, Ordering::Relaxed)
+                            {
+                                stats.first_frame(shared.started.elapsed());
+                            }
+                            stats.packet(
+                                *subscriber,
+                                &track_id,
+                                codec,
+                                &packet.payload,
+                                media::now_micros(),
+                            );
+                        }
                     }
                 }
             }
@@ -368,7 +416,9 @@ impl Client {
             chat: Mutex::new(None),
             remote: Mutex::new(HashMap::new()),
             readers: std::sync::Mutex::new(HashMap::new()),
-            rtp_events: opts.rtp_events,
+            sink: opts.sink.clone(),
+            started: Instant::now(),
+            first_video: Default::default(),
             received: Arc::new(Received::default()),
             keyframe_requested: Arc::new(Default::default()),
         });
@@ -722,13 +772,17 @@ impl Client {
     }
 }
 
+/// Largest synthetic video payload per packet (a frame larger than this spans packets).
+pub const MAX_VIDEO_PAYLOAD: usize = 1100;
+
 /// What a [`Pump`] sends.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaPlan {
     pub audio: bool,
     pub video: bool,
-    /// Video frames per second; one packet per frame.
+    /// Video frames per second.
     pub fps: u32,
+    /// Bytes per video frame, split into packets of at most [`MAX_VIDEO_PAYLOAD`].
     pub video_bytes: usize,
     /// Audio packets are 20 ms of Opus.
     pub audio_bytes: usize,
@@ -780,14 +834,14 @@ impl Client {
                 Some(t) => t.ssrcs().await.first().copied().unwrap_or(0),
                 None => 0,
             };
-            let (mut a_idx, mut v_idx) = (0u64, 0u64);
+            let (mut a_idx, mut v_idx, mut frame) = (0u64, 0u64, 0u64);
             let (mut a_seq, mut v_seq) = (rand::random::<u16>(), rand::random::<u16>());
             let mut last_key: Option<Instant> = None;
             loop {
                 tokio::select! {
                     _ = audio_tick.tick(), if audio.is_some() => {
                         let Some(t) = &audio else { continue };
-                        let pkt = synthetic(SynthCodec::Opus, OPUS_PT, a_ssrc, a_seq, a_idx as u32 * 960, a_idx, false, plan.audio_bytes);
+                        let pkt = synthetic(SynthCodec::Opus, OPUS_PT, a_ssrc, a_seq, a_idx as u32 * 960, a_idx, true, false, plan.audio_bytes);
                         if t.write_rtp(pkt).await.is_ok() {
                             counter.fetch_add(1, Ordering::Relaxed);
                         }
@@ -802,13 +856,19 @@ impl Client {
                         if key {
                             last_key = Some(now);
                         }
-                        let ts = (v_idx * 90_000 / plan.fps.max(1) as u64) as u32;
-                        let pkt = synthetic(SynthCodec::Vp8, VP8_PT, v_ssrc, v_seq, ts, v_idx, key, plan.video_bytes);
-                        if t.write_rtp(pkt).await.is_ok() {
-                            counter.fetch_add(1, Ordering::Relaxed);
+                        let ts = (frame * 90_000 / plan.fps.max(1) as u64) as u32;
+                        let parts = plan.video_bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
+                        let size = plan.video_bytes.div_ceil(parts);
+                        for part in 0..parts {
+                            let mut pkt = synthetic(SynthCodec::Vp8, VP8_PT, v_ssrc, v_seq, ts, v_idx, part == 0, key, size);
+                            pkt.header.marker = part + 1 == parts;
+                            if t.write_rtp(pkt).await.is_ok() {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            }
+                            v_idx += 1;
+                            v_seq = v_seq.wrapping_add(1);
                         }
-                        v_idx += 1;
-                        v_seq = v_seq.wrapping_add(1);
+                        frame += 1;
                     }
                 }
             }
@@ -825,6 +885,7 @@ fn synthetic(
     seq: u16,
     ts: u32,
     index: u64,
+    start: bool,
     keyframe: bool,
     size: usize,
 ) -> rtc::rtp::Packet {
@@ -838,7 +899,7 @@ fn synthetic(
             ssrc,
             ..Default::default()
         },
-        payload: media::payload(codec, index, keyframe, size, media::now_micros()),
+        payload: media::payload(codec, index, start, keyframe, size, media::now_micros()),
     }
 }
 

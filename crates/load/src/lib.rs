@@ -4,6 +4,8 @@
 //!
 //! - [`client`]: join, publish, subscribe, chat, events.
 //! - [`media`]: synthetic VP8 and Opus RTP packets, and their verification.
+//! - [`stats`]: what simulated subscribers measure (loss, duplicates, latency, first frame).
 
 pub mod client;
 pub mod media;
+pub mod stats;

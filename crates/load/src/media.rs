@@ -25,8 +25,17 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// A synthetic payload of `size` bytes (at least the headers and stamp).
-pub fn payload(codec: SynthCodec, index: u64, keyframe: bool, size: usize, sent_us: u64) -> Bytes {
+/// A synthetic payload of `size` bytes (at least the headers and stamp). For VP8,
+/// `start` marks the first packet of a frame (the descriptor's S bit); `keyframe` only
+/// matters there.
+pub fn payload(
+    codec: SynthCodec,
+    index: u64,
+    start: bool,
+    keyframe: bool,
+    size: usize,
+    sent_us: u64,
+) -> Bytes {
     let header = match codec {
         SynthCodec::Vp8 => VP8_HEADER,
         SynthCodec::Opus => OPUS_HEADER,
@@ -35,8 +44,8 @@ pub fn payload(codec: SynthCodec, index: u64, keyframe: bool, size: usize, sent_
     let mut b = BytesMut::with_capacity(size);
     match codec {
         SynthCodec::Vp8 => {
-            // Descriptor: S=1, PID=0, no extensions. Frame header: P bit 0 = keyframe.
-            b.put_u8(0x10);
+            // Descriptor: S bit, PID=0, no extensions. Frame header: P bit 0 = keyframe.
+            b.put_u8(if start { 0x10 } else { 0x00 });
             b.put_u8(if keyframe { 0x00 } else { 0x01 });
         }
         // TOC: config 31 (CELT FB 20 ms), mono, one frame.
@@ -97,7 +106,7 @@ mod tests {
     #[test]
     fn roundtrip() {
         for codec in [SynthCodec::Vp8, SynthCodec::Opus] {
-            let p = payload(codec, 42, true, 300, 123);
+            let p = payload(codec, 42, true, true, 300, 123);
             assert_eq!(p.len(), 300);
             let s = read_stamp(codec, &p).unwrap();
             assert_eq!((s.index, s.sent_us, s.intact), (42, 123, true));
@@ -110,7 +119,8 @@ mod tests {
 
     #[test]
     fn vp8_keyframe_bit() {
-        assert_eq!(payload(SynthCodec::Vp8, 1, true, 50, 0)[1] & 1, 0);
-        assert_eq!(payload(SynthCodec::Vp8, 1, false, 50, 0)[1] & 1, 1);
+        assert_eq!(payload(SynthCodec::Vp8, 1, true, true, 50, 0)[1] & 1, 0);
+        assert_eq!(payload(SynthCodec::Vp8, 1, true, false, 50, 0)[1] & 1, 1);
+        assert_eq!(payload(SynthCodec::Vp8, 1, false, true, 50, 0)[0], 0);
     }
 }
