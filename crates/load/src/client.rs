@@ -657,6 +657,14 @@ impl Client {
         Ok(())
     }
 
+    /// The server's ICE username fragment on our subscriber connection.
+    pub async fn server_ufrag(&self) -> Option<String> {
+        let sdp = self.subscriber.remote_description().await?.sdp;
+        sdp.lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .map(|u| u.trim().to_string())
+    }
+
     /// Whether a keyframe was asked for since the last call.
     pub fn take_keyframe_request(&self) -> bool {
         self.shared

@@ -1,0 +1,112 @@
+//! Garbage datagrams sprayed at the media port are dropped and counted; nobody notices.
+
+mod common;
+
+use common::*;
+use confab_load::client::{Event, MediaPlan, Publish};
+use confab_proto::MediaKind;
+use rand::Rng;
+
+fn stun_binding_request(username: &str) -> Vec<u8> {
+    use rtc::stun::message::{BINDING_REQUEST, Message, TransactionId};
+    use rtc::stun::textattrs::Username;
+    let mut m = Message::new();
+    m.build(&[
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(Username::new(
+            rtc::stun::attributes::ATTR_USERNAME,
+            username.into(),
+        )),
+    ])
+    .unwrap();
+    // No MESSAGE-INTEGRITY: the agent must refuse it.
+    m.raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_udp_is_dropped_and_media_flows_on() {
+    let server = start().await;
+    let a = join(&server, "spray", "alice", Publish::AUDIO_VIDEO).await;
+    let mut b = join(&server, "spray", "bob", Publish::NONE).await;
+    let _pump = a.start_media(MediaPlan::default());
+    wait_tracks(&mut b, 2).await;
+    let media = server.sfu.media_addrs()[0];
+    let ufrag = b.server_ufrag().await.expect("server ufrag in the offer");
+
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let before = server.sfu.stats();
+    let mut rng = rand::rng();
+    let mut sent = 0u64;
+    for i in 0..3000 {
+        let dgram: Vec<u8> = match i % 6 {
+            // random bytes of random length
+            0 => (0..rng.random_range(0..1500))
+                .map(|_| rng.random())
+                .collect(),
+            // RTP-looking (version 2) with random payload
+            1 => {
+                let mut v: Vec<u8> = (0..200).map(|_| rng.random()).collect();
+                v[0] = 0x80;
+                v[1] = 96;
+                v
+            }
+            // RTCP-looking (PT 200-206)
+            2 => {
+                let mut v: Vec<u8> = (0..60).map(|_| rng.random()).collect();
+                v[0] = 0x80;
+                v[1] = 201;
+                v
+            }
+            // DTLS-looking record
+            3 => {
+                let mut v: Vec<u8> = (0..100).map(|_| rng.random()).collect();
+                v[0] = 22;
+                v
+            }
+            // STUN naming a real peer's ufrag, without integrity
+            4 => stun_binding_request(&format!("{ufrag}:intruder")),
+            // truncated STUN header
+            _ => vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42],
+        };
+        if sock.send_to(&dgram, media).await.is_ok() {
+            sent += 1;
+        }
+    }
+    // Every one reached the server and was dropped without routing anywhere...
+    wait_until(|| server.sfu.stats().datagrams_in - before.datagrams_in >= sent as i64).await;
+    let after = server.sfu.stats();
+    assert!(
+        after.datagrams_unroutable - before.datagrams_unroutable >= (sent - sent / 6) as i64,
+        "non-STUN garbage is unroutable: {after:?}"
+    );
+    assert_eq!(after.participants, 2);
+    // ...and media still flows to bob, intact.
+    b.clear_backlog();
+    let got = sample_rtp(&mut b, 100).await;
+    assert!(got.iter().all(|(_, p)| *p == a.id));
+    // The intruder's check was not answered with a route: the server never sends to it.
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            sock.recv_from(&mut [0u8; 1500])
+        )
+        .await
+        .is_err(),
+        "no answer to unauthenticated datagrams"
+    );
+    let _ = b
+        .wait_for(WAIT, "still video", |e| {
+            matches!(
+                e,
+                Event::Rtp {
+                    kind: MediaKind::Video,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await
+        .unwrap();
+    server.stop().await;
+}
