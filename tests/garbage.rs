@@ -95,18 +95,17 @@ async fn garbage_udp_is_dropped_and_media_flows_on() {
         .is_err(),
         "no answer to unauthenticated datagrams"
     );
-    let _ = b
-        .wait_for(WAIT, "still video", |e| {
-            matches!(
-                e,
-                Event::Rtp {
-                    kind: MediaKind::Video,
-                    ..
-                }
-            )
-            .then_some(())
-        })
-        .await
-        .unwrap();
+    b.wait_for(WAIT, "still video", |e| {
+        matches!(
+            e,
+            Event::Rtp {
+                kind: MediaKind::Video,
+                ..
+            }
+        )
+        .then_some(())
+    })
+    .await
+    .unwrap();
     server.stop().await;
 }
