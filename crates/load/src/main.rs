@@ -216,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
         audio_bytes: 100,
         keyframe_every: Duration::from_secs(2),
     };
+    // The server's memory before anyone joins, for memory per participant.
+    let rss_before = server_pid
+        .as_deref()
+        .and_then(|p| proc_sample(p, tck))
+        .map(|s| s.rss_mb);
     let per_room = args.publishers + args.subscribers;
     let total = args.rooms * per_room;
 
@@ -378,12 +383,13 @@ async fn main() -> anyhow::Result<()> {
                 _ => (0, 0),
             };
             let participants = cnt1.map_or(joined as i64, |c| c.participants).max(1) as f64;
+            let rss_start = rss_before.unwrap_or(a.rss_mb);
             Some(ServerReport {
                 cpu_s: cpu,
                 cpu_pct: 100.0 * cpu / window,
-                rss_mb_start: a.rss_mb,
+                rss_mb_start: rss_start,
                 rss_mb_max: rss_max,
-                rss_mb_per_participant: (rss_max - a.rss_mb).max(0.0) / participants,
+                rss_mb_per_participant: (rss_max - rss_start).max(0.0) / participants,
                 egress_rtp_packets: rtp,
                 egress_rtp_pps: rtp as f64 / window,
                 egress_datagrams: dgrams,
