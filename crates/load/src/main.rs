@@ -71,6 +71,9 @@ struct Args {
     /// No progress bar (for scripts).
     #[arg(long)]
     quiet: bool,
+    /// Generator runtime threads (1 keeps it on one core).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 /// CPU time and memory of a process, from /proc.
@@ -111,11 +114,12 @@ fn proc_sample(pid: &str, tck: f64) -> Option<ProcSample> {
 }
 
 /// The server's own counters, from `/api/stats`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct ServerCounters {
     rtp_out: u64,
     datagrams_out: u64,
     participants: i64,
+    forward_latency: confab_sfu::LatencySnapshot,
 }
 
 fn server_counters(http: &str) -> Option<ServerCounters> {
@@ -131,6 +135,7 @@ fn server_counters(http: &str) -> Option<ServerCounters> {
         rtp_out: m["rtp_out"].as_u64()?,
         datagrams_out: m["datagrams_out"].as_u64()?,
         participants: m["participants"].as_i64()?,
+        forward_latency: serde_json::from_value(body["forward_latency"].clone()).unwrap_or_default(),
     })
 }
 
@@ -172,6 +177,9 @@ struct ServerReport {
     egress_datagrams: u64,
     /// The headline number: forwarded RTP packets per second of server CPU.
     egress_packets_per_cpu_s: f64,
+    /// Server-added latency (arrival at the server's socket to the last copy sent), as
+    /// measured by the server over the window.
+    added_latency_us: Percentiles,
 }
 
 struct Sim {
@@ -179,9 +187,20 @@ struct Sim {
     _pump: Option<Pump>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -309,7 +328,7 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut timeline = Vec::new();
     let mut rss_max = srv0.map_or(0.0, |s| s.rss_mb);
-    let (mut prev_srv, mut prev_load, mut prev_cnt, mut prev_t) = (srv0, load0, cnt0, t0);
+    let (mut prev_srv, mut prev_load, mut prev_cnt, mut prev_t) = (srv0, load0, cnt0.clone(), t0);
     bar.set_length(args.duration);
     bar.set_position(0);
     while t0.elapsed() < Duration::from_secs(args.duration) {
@@ -337,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
             },
             server_rss_mb: srv.map_or(0.0, |s| s.rss_mb),
             load_cpu_pct: 100.0 * (load.cpu_s - prev_load.cpu_s) / dt,
-            server_egress_pps: match (cnt, prev_cnt) {
+            server_egress_pps: match (&cnt, &prev_cnt) {
                 (Some(a), Some(b)) => (a.rtp_out - b.rtp_out) as f64 / dt,
                 _ => 0.0,
             },
@@ -378,11 +397,15 @@ async fn main() -> anyhow::Result<()> {
     let server = match (srv0, srv1) {
         (Some(a), Some(b)) => {
             let cpu = b.cpu_s - a.cpu_s;
-            let (rtp, dgrams) = match (cnt0, cnt1) {
-                (Some(x), Some(y)) => (y.rtp_out - x.rtp_out, y.datagrams_out - x.datagrams_out),
-                _ => (0, 0),
+            let (rtp, dgrams, lat) = match (&cnt0, &cnt1) {
+                (Some(x), Some(y)) => (
+                    y.rtp_out - x.rtp_out,
+                    y.datagrams_out - x.datagrams_out,
+                    y.forward_latency.since(&x.forward_latency),
+                ),
+                _ => (0, 0, Default::default()),
             };
-            let participants = cnt1.map_or(joined as i64, |c| c.participants).max(1) as f64;
+            let participants = cnt1.as_ref().map_or(joined as i64, |c| c.participants).max(1) as f64;
             let rss_start = rss_before.unwrap_or(a.rss_mb);
             Some(ServerReport {
                 cpu_s: cpu,
@@ -394,6 +417,13 @@ async fn main() -> anyhow::Result<()> {
                 egress_rtp_pps: rtp as f64 / window,
                 egress_datagrams: dgrams,
                 egress_packets_per_cpu_s: if cpu > 0.0 { rtp as f64 / cpu } else { 0.0 },
+                added_latency_us: Percentiles {
+                    count: lat.count,
+                    p50: lat.p50_us,
+                    p95: 0,
+                    p99: lat.p99_us,
+                    max: lat.max_us,
+                },
             })
         }
         _ => None,
@@ -461,6 +491,13 @@ fn print_summary(r: &Report) {
         println!(
             "  server egress     {} RTP packets ({:.0}/s) = {:.0} packets per CPU-second",
             s.egress_rtp_packets, s.egress_rtp_pps, s.egress_packets_per_cpu_s
+        );
+        println!(
+            "  server-added latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} packets, measured by the server)",
+            s.added_latency_us.p50 as f64 / 1e3,
+            s.added_latency_us.p99 as f64 / 1e3,
+            s.added_latency_us.max as f64 / 1e3,
+            s.added_latency_us.count
         );
     }
     println!("  generator CPU     {:.0} % of a core", r.load_cpu_pct);

@@ -28,7 +28,7 @@ pub mod worker;
 
 pub use config::SfuConfig;
 pub use error::{JoinError, PeerError, StartError};
-pub use stats::{SfuStats, StatsSnapshot};
+pub use stats::{LatencySnapshot, SfuStats, StatsSnapshot};
 
 use confab_proto::{
     DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackSource,
@@ -58,6 +58,7 @@ struct Inner {
     /// Which worker hosts each room, with its participant count (for least-loaded placement).
     rooms: Mutex<HashMap<RoomId, Placement>>,
     stats: Arc<SfuStats>,
+    latency: Arc<stats::LatencyHistogram>,
     next_key: AtomicU64,
 }
 
@@ -73,6 +74,7 @@ impl Sfu {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let stats = Arc::new(SfuStats::default());
+        let latency = Arc::new(stats::LatencyHistogram::default());
         let provider =
             rtc::crypto::default_provider().map_err(|e| StartError::Certificate(e.to_string()))?;
         let mut workers = Vec::new();
@@ -109,6 +111,7 @@ impl Sfu {
             let (tx, rx) = mpsc::channel(4096);
             let cfg = config.clone();
             let st = stats.clone();
+            let lat = latency.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("confab-media-{i}"))
                 .spawn(move || {
@@ -123,7 +126,7 @@ impl Sfu {
                         }
                     };
                     rt.block_on(async move {
-                        match worker::Worker::new(i, socket, announce, factory, cfg, st) {
+                        match worker::Worker::new(i, socket, announce, factory, cfg, st, lat) {
                             Ok(w) => w.run(rx).await,
                             Err(e) => tracing::error!(error = %e, "cannot start worker"),
                         }
@@ -142,6 +145,7 @@ impl Sfu {
                 workers,
                 rooms: Mutex::new(HashMap::new()),
                 stats,
+                latency,
                 next_key: AtomicU64::new(1),
             }),
         })
@@ -158,6 +162,12 @@ impl Sfu {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// Server-added forwarding latency: from a packet's arrival at the socket to the moment
+    /// its last copy was handed to the kernel.
+    pub fn forward_latency(&self) -> stats::LatencySnapshot {
+        self.inner.latency.snapshot()
     }
 
     pub fn stats_handle(&self) -> Arc<SfuStats> {

@@ -16,7 +16,7 @@ use crate::config::SfuConfig;
 use crate::error::JoinError;
 use crate::peer::{ParticipantKey, Peer, PeerFactory, PeerKey, is_binding_success, is_stun};
 use crate::room::Room;
-use crate::stats::SfuStats;
+use crate::stats::{LatencyHistogram, SfuStats};
 use bytes::BytesMut;
 use confab_proto::{
     DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackId,
@@ -161,6 +161,10 @@ pub struct Worker {
     doomed: Vec<(ParticipantKey, Removal)>,
     next_track: u64,
     stopping: bool,
+    /// When each RTP packet forwarded in this pass was received, to measure the
+    /// server-added latency once its copies are handed to the kernel.
+    forwarded_rx: Vec<Instant>,
+    latency: Arc<LatencyHistogram>,
 }
 
 impl Worker {
@@ -171,6 +175,7 @@ impl Worker {
         factory: PeerFactory,
         config: Arc<SfuConfig>,
         stats: Arc<SfuStats>,
+        latency: Arc<LatencyHistogram>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(Self {
@@ -193,6 +198,8 @@ impl Worker {
             doomed: Vec::new(),
             next_track: 1,
             stopping: false,
+            forwarded_rx: Vec::new(),
+            latency,
         })
     }
 
@@ -354,6 +361,13 @@ impl Worker {
         }
         self.send_offers();
         self.flush();
+        if !self.forwarded_rx.is_empty() {
+            let now = Instant::now();
+            for rx in self.forwarded_rx.drain(..) {
+                self.latency
+                    .record(now.saturating_duration_since(rx).as_micros() as u64);
+            }
+        }
     }
 
     fn flush(&mut self) {

@@ -82,6 +82,7 @@ async fn static_file(uri: axum::http::Uri) -> Response {
 struct StatsBody {
     sessions: i64,
     media: confab_sfu::StatsSnapshot,
+    forward_latency: confab_sfu::LatencySnapshot,
     tokio_tasks: usize,
 }
 
@@ -89,6 +90,7 @@ async fn stats(State(state): State<AppState>) -> Json<StatsBody> {
     Json(StatsBody {
         sessions: state.sessions.load(Ordering::Relaxed),
         media: state.sfu.stats(),
+        forward_latency: state.sfu.forward_latency(),
         tokio_tasks: tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks(),

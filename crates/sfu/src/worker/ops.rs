@@ -733,6 +733,9 @@ impl Worker {
             }
         });
         SfuStats::add(&self.stats.rtp_out, written);
+        if written > 0 {
+            self.forwarded_rx.push(now);
+        }
         SfuStats::add(&self.stats.rtp_dropped, fan.dropped as u64);
     }
 
