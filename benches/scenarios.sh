@@ -17,10 +17,14 @@ DURATION="${DURATION:-10}"
 SERVER_CORE="${SERVER_CORE:-0}"
 LOAD_CORE="${LOAD_CORE:-1}"
 PORT="${PORT:-8097}"
-OUT=target/bench
+OUT="${OUT:-target/bench}"
 mkdir -p "$OUT"
 
-cargo build --release -p confab -p confab-load --quiet
+# BIN_DIR lets a run use saved binaries (for before/after comparisons).
+BIN_DIR="${BIN_DIR:-target/release}"
+if [ "$BIN_DIR" = target/release ]; then
+  cargo build --release -p confab -p confab-load --quiet
+fi
 
 # scenario -> "confab-load arguments" and the N steps to try
 declare -A ARGS STEPS
@@ -33,12 +37,12 @@ STEPS[webinar]="25 50 100 150 200 300 400"
 
 run_one() { # scenario N -> prints "pass|fail" and leaves the JSON report
   local scenario=$1 n=$2 json="$OUT/$1-$2.json"
-  CONFAB_MEDIA__WORKERS=1 CONFAB_ROOM__MAX_PARTICIPANTS=1000 taskset -c "$SERVER_CORE" target/release/confab \
+  CONFAB_MEDIA__WORKERS=1 CONFAB_ROOM__MAX_PARTICIPANTS=1000 taskset -c "$SERVER_CORE" "$BIN_DIR/confab" \
     --http-bind "127.0.0.1:$PORT" --media-port 0 > "$OUT/$scenario-$n.server.log" 2>&1 &
   local srv=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break; sleep 0.05; done
   # shellcheck disable=SC2086
-  taskset -c "$LOAD_CORE" target/release/confab-load --url "ws://127.0.0.1:$PORT/ws" \
+  taskset -c "$LOAD_CORE" "$BIN_DIR/confab-load" --url "ws://127.0.0.1:$PORT/ws" \
     --server-pid "$srv" --duration "$DURATION" --ramp 25 --quiet \
     --json "$json" --chart "$OUT/$scenario-$n.svg" ${ARGS[$scenario]} "$n" \
     > "$OUT/$scenario-$n.txt" 2> "$OUT/$scenario-$n.load.log" || true

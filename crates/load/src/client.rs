@@ -990,7 +990,7 @@ async fn handle_server(
 /// Marks keyframe requests for delivery to the application (a publishing client must see
 /// them to send a keyframe).
 #[derive(Default)]
-struct KeyframeTap {
+pub(crate) struct KeyframeTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }

@@ -4,8 +4,10 @@
 //!
 //! - [`client`]: join, publish, subscribe, chat, events.
 //! - [`media`]: synthetic VP8 and Opus RTP packets, and their verification.
+//! - [`sim`]: a lighter simulated participant on the sans-IO core, for load runs.
 //! - [`stats`]: what simulated subscribers measure (loss, duplicates, latency, first frame).
 
 pub mod client;
 pub mod media;
+pub mod sim;
 pub mod stats;

@@ -9,6 +9,7 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use confab_load::client::{Client, ClientOptions, MediaPlan, Publish, Pump, RtpSink};
+use confab_load::sim::{self, SimControl, SimOptions};
 use confab_load::stats::{JoinStats, Percentiles, RecvStats, RecvSummary};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -71,6 +72,9 @@ struct Args {
     /// No progress bar (for scripts).
     #[arg(long)]
     quiet: bool,
+    /// Client implementation: `sim` (sans-IO, cheap) or `async` (webrtc-rs' async layer).
+    #[arg(long, value_enum, default_value = "sim")]
+    client: ClientKind,
     /// Generator runtime threads (1 keeps it on one core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -182,6 +186,16 @@ struct ServerReport {
     added_latency_us: Percentiles,
 }
 
+/// Which client implementation simulates participants.
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum ClientKind {
+    /// The sans-IO participant (`confab_load::sim`): one task per participant, cheap.
+    Sim,
+    /// The async webrtc-rs client the integration tests use.
+    Async,
+}
+
 struct Sim {
     client: Client,
     _pump: Option<Pump>,
@@ -197,7 +211,8 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
     };
-    rt.block_on(run(args))
+    let local = tokio::task::LocalSet::new();
+    rt.block_on(local.run_until(run(args)))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -257,6 +272,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Ramp: one join every 1/ramp seconds, all running concurrently.
     let gap = Duration::from_secs_f64(1.0 / args.ramp.max(0.1));
     let mut handles = Vec::new();
+    let mut light = Vec::new();
+    let control = Arc::new(SimControl::default());
     let mut n = 0usize;
     for room in 0..args.rooms {
         for i in 0..per_room {
@@ -277,6 +294,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
             let joins = joins.clone();
             let bar = bar.clone();
+            if args.client == ClientKind::Sim {
+                let sim = SimOptions {
+                    url: opts.url.clone(),
+                    room: opts.room.clone(),
+                    name: opts.name.clone(),
+                    publish: opts.publish,
+                    plan,
+                    stats: recv.clone(),
+                    index: n,
+                };
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let control = control.clone();
+                // Peer connections are Send but not Sync: keep each participant's task on
+                // this thread.
+                light.push(tokio::task::spawn_local(async move {
+                    if let Err(e) = sim::run(sim, control, tx).await {
+                        tracing::warn!(error = %e, "participant ended");
+                    }
+                }));
+                handles.push(tokio::spawn(async move {
+                    match rx.await {
+                        Ok(Ok(took)) => joins.joined(took),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "join failed");
+                            joins.failed();
+                        }
+                        Err(_) => joins.failed(),
+                    }
+                    bar.inc(1);
+                    None
+                }));
+                n += 1;
+                tokio::time::sleep(gap).await;
+                continue;
+            }
             handles.push(tokio::spawn(async move {
                 let t = Instant::now();
                 match Client::connect(opts).await {
@@ -316,7 +368,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .filter_map(|s| s._pump.as_ref())
         .map(|p| p.sent.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+        .sum::<u64>()
+        + control.sent.load(std::sync::atomic::Ordering::Relaxed);
     let self_pid = std::process::id().to_string();
     let srv0 = server_pid.as_deref().and_then(|p| proc_sample(p, tck));
     let load0 = proc_sample(&self_pid, tck).unwrap_or_default();
@@ -381,16 +434,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .filter_map(|s| s._pump.as_ref())
         .map(|p| p.sent.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+        .sum::<u64>()
+        + control.sent.load(std::sync::atomic::Ordering::Relaxed);
     // Stop sending, let in-flight packets land, then measure.
     for s in &mut sims {
         s._pump = None;
     }
+    // (sim participants stop after the measurement below)
     tokio::time::sleep(Duration::from_millis(500)).await;
     let received = recv.summary();
     bar.finish_and_clear();
     for s in sims {
         s.client.leave().await;
+    }
+    control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in light {
+        let _ = h.await;
     }
 
     let (joined, failed, join_ms) = joins.summary();

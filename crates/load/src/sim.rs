@@ -1,0 +1,493 @@
+//! A lightweight simulated participant for load runs: the same protocol as [`crate::client`]
+//! (real WebSocket, real ICE/DTLS/SRTP), but its peer connections are webrtc-rs' sans-IO
+//! `rtc` core driven from one task per participant, with no per-track tasks or channels.
+//! It costs several times less CPU per received packet than the async client, so one
+//! generator core can measure a server at tens of thousands of packets per second.
+//!
+//! It publishes synthetic media (see [`crate::media`]) and measures what it receives into
+//! [`RecvStats`]; it does not chat.
+
+use crate::client::{MAX_VIDEO_PAYLOAD, MediaPlan, Publish};
+use crate::media::{self, SynthCodec};
+use crate::stats::RecvStats;
+use anyhow::{Context, anyhow, bail};
+use bytes::BytesMut;
+use confab_proto::signal::PublishTrack;
+use confab_proto::{
+    ClientMessage, MediaKind, PROTOCOL_VERSION, ServerMessage, TrackId, TrackSource,
+};
+use futures_util::{SinkExt, StreamExt};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
+
+/// One simulated participant.
+#[derive(Clone)]
+pub struct SimOptions {
+    pub url: String,
+    pub room: String,
+    pub name: String,
+    pub publish: Publish,
+    pub plan: MediaPlan,
+    pub stats: Arc<RecvStats>,
+    /// This participant's number in `stats`.
+    pub index: usize,
+}
+
+/// Shared by a run's participants: stop flag and counters.
+#[derive(Default)]
+pub struct SimControl {
+    pub stop: AtomicBool,
+    pub sent: AtomicU64,
+}
+
+fn codec(kind: MediaKind) -> RTCRtpCodec {
+    match kind {
+        MediaKind::Audio => RTCRtpCodec {
+            mime_type: "audio/opus".into(),
+            clock_rate: 48000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+            rtcp_feedback: vec![],
+        },
+        MediaKind::Video => RTCRtpCodec {
+            mime_type: "video/VP8".into(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+    }
+}
+
+fn build_pc(local: SocketAddr, publisher: bool) -> anyhow::Result<RTCPeerConnection> {
+    let mut media = MediaEngine::default();
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(MediaKind::Audio),
+            payload_type: OPUS_PT,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(MediaKind::Video),
+            payload_type: VP8_PT,
+        },
+        RtpCodecKind::Video,
+    )?;
+    let mut registry = configure_rtcp_reports(Registry::new());
+    if publisher {
+        // Keyframe requests must reach us to be answered.
+        registry = registry.with(
+            rtc::interceptor::Slot::from(14_000),
+            crate::client::KeyframeTap::default(),
+        );
+    }
+    let settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())?;
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    pc.add_local_candidate(RTCIceCandidateInit::default())?;
+    Ok(pc)
+}
+
+/// A peer connection with its socket.
+struct Leg {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    connected: bool,
+}
+
+impl Leg {
+    async fn new(publisher: bool) -> anyhow::Result<Leg> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let local = socket.local_addr()?;
+        Ok(Leg {
+            pc: build_pc(local, publisher)?,
+            socket,
+            local,
+            connected: false,
+        })
+    }
+
+    fn read(&mut self, buf: &[u8], from: SocketAddr) {
+        let _ = self.pc.handle_read(TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(buf),
+        });
+    }
+
+    fn flush(&mut self) {
+        while let Some(out) = self.pc.poll_write() {
+            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+        }
+    }
+}
+
+struct Sender {
+    id: RTCRtpSenderId,
+    ssrc: u32,
+    seq: u16,
+    index: u64,
+}
+
+/// Joins and runs until `control.stop`; returns the time the join took.
+pub async fn run(
+    opts: SimOptions,
+    control: Arc<SimControl>,
+    joined: tokio::sync::oneshot::Sender<anyhow::Result<Duration>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (ws, _) = tokio_tungstenite::connect_async(&opts.url)
+        .await
+        .with_context(|| format!("connecting to {}", opts.url))?;
+    let (mut tx, mut rx) = ws.split();
+    let send = |m: &ClientMessage| WsMessage::Text(serde_json::to_string(m).unwrap_or_default().into());
+    tx.send(send(&ClientMessage::Join {
+        protocol: PROTOCOL_VERSION,
+        room: confab_proto::RoomId::parse(&opts.room)?,
+        name: confab_proto::DisplayName::parse(&opts.name)?,
+    }))
+    .await?;
+    loop {
+        let t = match rx.next().await {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            other => {
+                let e = anyhow!("closed before joined: {other:?}");
+                let _ = joined.send(Err(anyhow!("{e}")));
+                return Err(e);
+            }
+        };
+        match serde_json::from_str::<ServerMessage>(&t)? {
+            ServerMessage::Joined { .. } => break,
+            ServerMessage::Error { code, message, .. } => {
+                let e = anyhow!("join refused: {code:?}: {message}");
+                let _ = joined.send(Err(anyhow!("{e}")));
+                return Err(e);
+            }
+            _ => {}
+        }
+    }
+    let _ = joined.send(Ok(started.elapsed()));
+
+    let mut sub = Leg::new(false).await?;
+    // remote track id -> kind, from the server's offers
+    let mut kinds: HashMap<String, MediaKind> = HashMap::new();
+    let mut first_video = false;
+
+    // Publisher leg and its senders.
+    let mut publ: Option<Leg> = None;
+    let (mut audio, mut video): (Option<Sender>, Option<Sender>) = (None, None);
+    if opts.publish.audio || opts.publish.video {
+        let mut leg = Leg::new(true).await?;
+        let mut tracks = Vec::new();
+        for (kind, wanted) in [(MediaKind::Audio, opts.publish.audio), (MediaKind::Video, opts.publish.video)] {
+            if !wanted {
+                continue;
+            }
+            let ssrc: u32 = rand::random();
+            let rk = match kind {
+                MediaKind::Audio => RtpCodecKind::Audio,
+                MediaKind::Video => RtpCodecKind::Video,
+            };
+            let id = leg.pc.add_track(MediaStreamTrack::new(
+                format!("{}-stream", opts.name),
+                format!("{}-{kind:?}", opts.name),
+                format!("{kind:?}"),
+                rk,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec(kind),
+                    ..Default::default()
+                }],
+            ))?;
+            let s = Sender {
+                id,
+                ssrc,
+                seq: rand::random(),
+                index: 0,
+            };
+            match kind {
+                MediaKind::Audio => audio = Some(s),
+                MediaKind::Video => video = Some(s),
+            }
+            tracks.push(kind);
+        }
+        let offer = leg.pc.create_offer(None)?;
+        leg.pc.set_local_description(Instant::now(), offer)?;
+        let sdp = leg
+            .pc
+            .local_description()
+            .ok_or_else(|| anyhow!("no local description"))?
+            .sdp;
+        let mut publish = Vec::new();
+        let ids: Vec<_> = leg.pc.get_transceivers().collect();
+        for id in ids {
+            if let Some(t) = leg.pc.rtp_transceiver(id)
+                && let Some(mid) = t.mid().clone()
+            {
+                let source = if publish.is_empty() && opts.publish.audio {
+                    TrackSource::Microphone
+                } else {
+                    TrackSource::Camera
+                };
+                publish.push(PublishTrack { mid, source });
+            }
+        }
+        tx.send(send(&ClientMessage::Publish { sdp, tracks: publish }))
+            .await?;
+        publ = Some(leg);
+    }
+
+    let plan = opts.plan;
+    let mut audio_next = Instant::now();
+    let video_gap = Duration::from_micros(1_000_000 / plan.fps.max(1) as u64);
+    let mut video_next = Instant::now();
+    let mut last_key: Option<Instant> = None;
+    let mut key_requested = false;
+    let mut frame = 0u64;
+    let mut buf_sub = vec![0u8; 2048];
+    let mut buf_pub = vec![0u8; 2048];
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    while !control.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut deadline = now + Duration::from_millis(100);
+        for leg in std::iter::once(&mut sub).chain(publ.iter_mut()) {
+            if let Some(t) = leg.pc.poll_timeout() {
+                deadline = deadline.min(t);
+            }
+        }
+        let publishing = publ.as_ref().is_some_and(|l| l.connected);
+        if publishing {
+            if audio.is_some() {
+                deadline = deadline.min(audio_next);
+            }
+            if video.is_some() {
+                deadline = deadline.min(video_next);
+            }
+        }
+        tokio::select! {
+            frame_in = rx.next() => {
+                let t = match frame_in {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    other => {
+                        tracing::debug!(?other, "signaling closed");
+                        break;
+                    }
+                };
+                let Ok(msg) = serde_json::from_str::<ServerMessage>(&t) else { continue };
+                match msg {
+                    ServerMessage::Offer { sdp, tracks } => {
+                        for t in tracks {
+                            kinds.insert(t.track_id.as_str().to_string(), t.kind);
+                        }
+                        sub.pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(sdp)?)?;
+                        let answer = sub.pc.create_answer(None)?;
+                        sub.pc.set_local_description(Instant::now(), answer)?;
+                        let sdp = sub.pc.local_description().ok_or_else(|| anyhow!("no answer"))?.sdp;
+                        tx.send(send(&ClientMessage::Answer { sdp })).await?;
+                    }
+                    ServerMessage::Answer { sdp } => {
+                        if let Some(p) = publ.as_mut() {
+                            p.pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp)?)?;
+                        }
+                    }
+                    ServerMessage::Error { fatal: true, code, message } => bail!("{code:?}: {message}"),
+                    _ => {}
+                }
+            }
+            r = sub.socket.recv_from(&mut buf_sub) => {
+                if let Ok((n, from)) = r {
+                    sub.read(&buf_sub[..n], from);
+                    // Drain whatever else already arrived before looking at the rest.
+                    while let Ok((n, from)) = sub.socket.try_recv_from(&mut buf_sub) {
+                        sub.read(&buf_sub[..n], from);
+                    }
+                }
+            }
+            r = async { match publ.as_ref() { Some(p) => p.socket.recv_from(&mut buf_pub).await, None => std::future::pending().await } } => {
+                if let (Ok((n, from)), Some(p)) = (r, publ.as_mut()) {
+                    p.read(&buf_pub[..n], from);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        for leg in std::iter::once(&mut sub).chain(publ.iter_mut()) {
+            let _ = leg.pc.handle_timeout(now);
+            while let Some(ev) = leg.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    tracing::debug!(state = %s, "sim connection state");
+                    leg.connected = s == RTCPeerConnectionState::Connected;
+                }
+            }
+        }
+        // Received media.
+        while let Some(TaggedRTCMessage { message, .. }) = sub.pc.poll_read() {
+            if let RTCMessage::RtpPacket(track, pkt) = message {
+                let kind = kinds.get(&track).copied().unwrap_or(MediaKind::Video);
+                if kind == MediaKind::Video && !first_video {
+                    first_video = true;
+                    opts.stats.first_frame(started.elapsed());
+                }
+                let codec = match kind {
+                    MediaKind::Audio => SynthCodec::Opus,
+                    MediaKind::Video => SynthCodec::Vp8,
+                };
+                opts.stats.packet(opts.index, &TrackId::from_wire(track), codec, &pkt.payload, media::now_micros());
+            }
+        }
+        // Keyframe requests arrive as RTCP on the publisher leg; any PLI/FIR means "send one"
+        // (with the next frame).
+        if let Some(p) = publ.as_mut() {
+            while let Some(TaggedRTCMessage { message, .. }) = p.pc.poll_read() {
+                if let RTCMessage::RtcpPacket(_, _) = message {
+                    key_requested = true;
+                }
+            }
+        }
+        // Publish what is due.
+        if let (Some(p), true) = (publ.as_mut(), publishing) {
+            if let Some(a) = audio.as_mut()
+                && now >= audio_next
+            {
+                audio_next += Duration::from_millis(20);
+                if audio_next < now {
+                    audio_next = now + Duration::from_millis(20);
+                }
+                let pkt = packet(SynthCodec::Opus, OPUS_PT, a, a.index as u32 * 960, true, false, plan.audio_bytes);
+                if let Some(mut s) = p.pc.rtp_sender(a.id)
+                    && s.write_rtp(now, pkt).is_ok()
+                {
+                    control.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let Some(v) = video.as_mut()
+                && now >= video_next
+            {
+                video_next += video_gap;
+                if video_next < now {
+                    video_next = now + video_gap;
+                }
+                let key = std::mem::take(&mut key_requested)
+                    || last_key.is_none_or(|k| now - k >= plan.keyframe_every);
+                if key {
+                    last_key = Some(now);
+                }
+                let ts = (frame * 90_000 / plan.fps.max(1) as u64) as u32;
+                let parts = plan.video_bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
+                let size = plan.video_bytes.div_ceil(parts);
+                for part in 0..parts {
+                    let mut pkt = packet(SynthCodec::Vp8, VP8_PT, v, ts, part == 0, key, size);
+                    pkt.header.marker = part + 1 == parts;
+                    if let Some(mut s) = p.pc.rtp_sender(v.id)
+                        && s.write_rtp(now, pkt).is_ok()
+                    {
+                        control.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                frame += 1;
+            }
+        }
+        sub.flush();
+        if let Some(p) = publ.as_mut() {
+            p.flush();
+        }
+    }
+    let _ = tx.send(send(&ClientMessage::Leave)).await;
+    let _ = sub.pc.close();
+    sub.flush();
+    if let Some(mut p) = publ {
+        let _ = p.pc.close();
+        p.flush();
+    }
+    let _ = tx.close().await;
+    Ok(())
+}
+
+fn packet(
+    codec: SynthCodec,
+    pt: u8,
+    s: &mut Sender,
+    ts: u32,
+    start: bool,
+    keyframe: bool,
+    size: usize,
+) -> rtc::rtp::Packet {
+    let p = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type: pt,
+            sequence_number: s.seq,
+            timestamp: ts,
+            ssrc: s.ssrc,
+            ..Default::default()
+        },
+        payload: media::payload(codec, s.index, start, keyframe, size, media::now_micros()),
+    };
+    s.seq = s.seq.wrapping_add(1);
+    s.index += 1;
+    p
+}
