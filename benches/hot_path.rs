@@ -125,7 +125,10 @@ fn forwarding(c: &mut Criterion) {
         );
         for i in 0..n {
             t.add_down(100 + i as u64, 100 + i as u64, 0);
-            t.down_of(100 + i as u64).unwrap().forwarder.set_active(true);
+            t.down_of(100 + i as u64)
+                .unwrap()
+                .forwarder
+                .set_active(true);
         }
         let mut seq = 1u64 << 16;
         let key = PacketInfo {
@@ -165,8 +168,12 @@ fn signaling(c: &mut Criterion) {
     let mute = r#"{"type":"mute","source":"camera","muted":true}"#;
     let mut g = c.benchmark_group("signaling_decode");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("candidate", |b| b.iter(|| ClientMessage::decode(black_box(candidate)).unwrap()));
-    g.bench_function("mute", |b| b.iter(|| ClientMessage::decode(black_box(mute)).unwrap()));
+    g.bench_function("candidate", |b| {
+        b.iter(|| ClientMessage::decode(black_box(candidate)).unwrap())
+    });
+    g.bench_function("mute", |b| {
+        b.iter(|| ClientMessage::decode(black_box(mute)).unwrap())
+    });
     g.bench_function("unknown_type", |b| {
         b.iter(|| ClientMessage::decode(black_box(r#"{"type":"nope"}"#)).unwrap_err())
     });

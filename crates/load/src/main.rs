@@ -123,7 +123,7 @@ struct ServerCounters {
     rtp_out: u64,
     datagrams_out: u64,
     participants: i64,
-    forward_latency: confab_sfu::LatencySnapshot,
+    timing: confab_sfu::LoopSnapshot,
 }
 
 fn server_counters(http: &str) -> Option<ServerCounters> {
@@ -139,7 +139,7 @@ fn server_counters(http: &str) -> Option<ServerCounters> {
         rtp_out: m["rtp_out"].as_u64()?,
         datagrams_out: m["datagrams_out"].as_u64()?,
         participants: m["participants"].as_i64()?,
-        forward_latency: serde_json::from_value(body["forward_latency"].clone()).unwrap_or_default(),
+        timing: serde_json::from_value(body["loop"].clone()).unwrap_or_default(),
     })
 }
 
@@ -184,6 +184,20 @@ struct ServerReport {
     /// Server-added latency (arrival at the server's socket to the last copy sent), as
     /// measured by the server over the window.
     added_latency_us: Percentiles,
+    /// Duration of the media worker's loop passes.
+    pass_time_us: Percentiles,
+    /// How late the media worker woke after its timers (a descheduled core shows here).
+    timer_lag_us: Percentiles,
+}
+
+fn pct(l: &confab_sfu::LatencySnapshot) -> Percentiles {
+    Percentiles {
+        count: l.count,
+        p50: l.p50_us,
+        p95: 0,
+        p99: l.p99_us,
+        max: l.max_us,
+    }
 }
 
 /// Which client implementation simulates participants.
@@ -204,7 +218,9 @@ struct Sim {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = if args.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
@@ -447,7 +463,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for s in sims {
         s.client.leave().await;
     }
-    control.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    control
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     for h in light {
         let _ = h.await;
     }
@@ -460,11 +478,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 (Some(x), Some(y)) => (
                     y.rtp_out - x.rtp_out,
                     y.datagrams_out - x.datagrams_out,
-                    y.forward_latency.since(&x.forward_latency),
+                    (
+                        y.timing.forward_latency.since(&x.timing.forward_latency),
+                        y.timing.pass_time.since(&x.timing.pass_time),
+                        y.timing.timer_lag.since(&x.timing.timer_lag),
+                    ),
                 ),
                 _ => (0, 0, Default::default()),
             };
-            let participants = cnt1.as_ref().map_or(joined as i64, |c| c.participants).max(1) as f64;
+            let participants = cnt1
+                .as_ref()
+                .map_or(joined as i64, |c| c.participants)
+                .max(1) as f64;
             let rss_start = rss_before.unwrap_or(a.rss_mb);
             Some(ServerReport {
                 cpu_s: cpu,
@@ -476,13 +501,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 egress_rtp_pps: rtp as f64 / window,
                 egress_datagrams: dgrams,
                 egress_packets_per_cpu_s: if cpu > 0.0 { rtp as f64 / cpu } else { 0.0 },
-                added_latency_us: Percentiles {
-                    count: lat.count,
-                    p50: lat.p50_us,
-                    p95: 0,
-                    p99: lat.p99_us,
-                    max: lat.max_us,
-                },
+                added_latency_us: pct(&lat.0),
+                pass_time_us: pct(&lat.1),
+                timer_lag_us: pct(&lat.2),
             })
         }
         _ => None,
@@ -557,6 +578,14 @@ fn print_summary(r: &Report) {
             s.added_latency_us.p99 as f64 / 1e3,
             s.added_latency_us.max as f64 / 1e3,
             s.added_latency_us.count
+        );
+        println!(
+            "  server loop       pass p50 {} us, p99 {} us, max {} us; timer lag p99 {} us, max {} us",
+            s.pass_time_us.p50,
+            s.pass_time_us.p99,
+            s.pass_time_us.max,
+            s.timer_lag_us.p99,
+            s.timer_lag_us.max
         );
     }
     println!("  generator CPU     {:.0} % of a core", r.load_cpu_pct);

@@ -173,7 +173,9 @@ impl Leg {
 
     fn flush(&mut self) {
         while let Some(out) = self.pc.poll_write() {
-            let _ = self.socket.try_send_to(&out.message, out.transport.peer_addr);
+            let _ = self
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr);
         }
     }
 }
@@ -196,7 +198,8 @@ pub async fn run(
         .await
         .with_context(|| format!("connecting to {}", opts.url))?;
     let (mut tx, mut rx) = ws.split();
-    let send = |m: &ClientMessage| WsMessage::Text(serde_json::to_string(m).unwrap_or_default().into());
+    let send =
+        |m: &ClientMessage| WsMessage::Text(serde_json::to_string(m).unwrap_or_default().into());
     tx.send(send(&ClientMessage::Join {
         protocol: PROTOCOL_VERSION,
         room: confab_proto::RoomId::parse(&opts.room)?,
@@ -236,7 +239,10 @@ pub async fn run(
     if opts.publish.audio || opts.publish.video {
         let mut leg = Leg::new(true).await?;
         let mut tracks = Vec::new();
-        for (kind, wanted) in [(MediaKind::Audio, opts.publish.audio), (MediaKind::Video, opts.publish.video)] {
+        for (kind, wanted) in [
+            (MediaKind::Audio, opts.publish.audio),
+            (MediaKind::Video, opts.publish.video),
+        ] {
             if !wanted {
                 continue;
             }
@@ -292,8 +298,11 @@ pub async fn run(
                 publish.push(PublishTrack { mid, source });
             }
         }
-        tx.send(send(&ClientMessage::Publish { sdp, tracks: publish }))
-            .await?;
+        tx.send(send(&ClientMessage::Publish {
+            sdp,
+            tracks: publish,
+        }))
+        .await?;
         publ = Some(leg);
     }
 
@@ -395,7 +404,13 @@ pub async fn run(
                     MediaKind::Audio => SynthCodec::Opus,
                     MediaKind::Video => SynthCodec::Vp8,
                 };
-                opts.stats.packet(opts.index, &TrackId::from_wire(track), codec, &pkt.payload, media::now_micros());
+                opts.stats.packet(
+                    opts.index,
+                    &TrackId::from_wire(track),
+                    codec,
+                    &pkt.payload,
+                    media::now_micros(),
+                );
             }
         }
         // Keyframe requests arrive as RTCP on the publisher leg; any PLI/FIR means "send one"
@@ -416,7 +431,15 @@ pub async fn run(
                 if audio_next < now {
                     audio_next = now + Duration::from_millis(20);
                 }
-                let pkt = packet(SynthCodec::Opus, OPUS_PT, a, a.index as u32 * 960, true, false, plan.audio_bytes);
+                let pkt = packet(
+                    SynthCodec::Opus,
+                    OPUS_PT,
+                    a,
+                    a.index as u32 * 960,
+                    true,
+                    false,
+                    plan.audio_bytes,
+                );
                 if let Some(mut s) = p.pc.rtp_sender(a.id)
                     && s.write_rtp(now, pkt).is_ok()
                 {

@@ -42,6 +42,8 @@ pub struct MediaConfig {
     pub ice_disconnected_timeout_ms: u64,
     pub ice_failed_timeout_ms: u64,
     pub max_nacks_per_packet: u16,
+    /// Kernel buffer of each media socket, each way (0 keeps the system default).
+    pub socket_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,7 @@ impl Default for Config {
                 ice_disconnected_timeout_ms: sfu.ice_disconnected_timeout_ms,
                 ice_failed_timeout_ms: sfu.ice_failed_timeout_ms,
                 max_nacks_per_packet: sfu.max_nacks_per_packet,
+                socket_buffer_bytes: sfu.socket_buffer_bytes,
             },
             room: RoomConfig {
                 max_participants: sfu.max_participants_per_room,
@@ -173,6 +176,7 @@ impl Config {
             ice_disconnected_timeout_ms: self.media.ice_disconnected_timeout_ms,
             ice_failed_timeout_ms: self.media.ice_failed_timeout_ms,
             max_nacks_per_packet: self.media.max_nacks_per_packet,
+            socket_buffer_bytes: self.media.socket_buffer_bytes,
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct SfuConfig {
     pub ice_failed_timeout_ms: u64,
     /// How often one lost packet is re-requested from a publisher.
     pub max_nacks_per_packet: u16,
+    /// Kernel buffer of each media socket, each way (0 keeps the system default).
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for SfuConfig {
@@ -49,6 +51,7 @@ impl Default for SfuConfig {
             ice_disconnected_timeout_ms: 5_000,
             ice_failed_timeout_ms: 10_000,
             max_nacks_per_packet: 3,
+            socket_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

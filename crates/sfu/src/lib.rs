@@ -10,6 +10,7 @@
 //!
 //! IO at the edges:
 //! - [`peer`]: the only module that talks to the webrtc-rs `rtc` core.
+//! - [`udp`]: batched socket IO (recvmmsg/sendmmsg).
 //! - [`worker`]: one thread per core, one UDP socket each, driving every peer connection
 //!   of its rooms from one loop.
 //! - [`Sfu`] (this file): starts the workers, places rooms on them and hands signaling a
@@ -24,11 +25,12 @@ pub mod peer;
 pub mod room;
 pub mod rtp;
 pub mod stats;
+pub mod udp;
 pub mod worker;
 
 pub use config::SfuConfig;
 pub use error::{JoinError, PeerError, StartError};
-pub use stats::{LatencySnapshot, SfuStats, StatsSnapshot};
+pub use stats::{LatencySnapshot, LoopSnapshot, SfuStats, StatsSnapshot};
 
 use confab_proto::{
     DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackSource,
@@ -58,7 +60,7 @@ struct Inner {
     /// Which worker hosts each room, with its participant count (for least-loaded placement).
     rooms: Mutex<HashMap<RoomId, Placement>>,
     stats: Arc<SfuStats>,
-    latency: Arc<stats::LatencyHistogram>,
+    timing: Arc<stats::LoopStats>,
     next_key: AtomicU64,
 }
 
@@ -74,7 +76,7 @@ impl Sfu {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let stats = Arc::new(SfuStats::default());
-        let latency = Arc::new(stats::LatencyHistogram::default());
+        let timing = Arc::new(stats::LoopStats::default());
         let provider =
             rtc::crypto::default_provider().map_err(|e| StartError::Certificate(e.to_string()))?;
         let mut workers = Vec::new();
@@ -90,6 +92,8 @@ impl Sfu {
             let local = socket
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr: bind, source })?;
+            let (rcv, snd) = udp::set_buffers(&socket, config.socket_buffer_bytes);
+            tracing::debug!(%local, rcv, snd, "media socket buffers");
             let announce =
                 SocketAddr::new(config.announce_ip.unwrap_or(config.bind_ip), local.port());
             let certificate = rtc::peer_connection::certificate::RTCCertificate::generate(
@@ -111,7 +115,7 @@ impl Sfu {
             let (tx, rx) = mpsc::channel(4096);
             let cfg = config.clone();
             let st = stats.clone();
-            let lat = latency.clone();
+            let lat = timing.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("confab-media-{i}"))
                 .spawn(move || {
@@ -145,7 +149,7 @@ impl Sfu {
                 workers,
                 rooms: Mutex::new(HashMap::new()),
                 stats,
-                latency,
+                timing,
                 next_key: AtomicU64::new(1),
             }),
         })
@@ -164,10 +168,10 @@ impl Sfu {
         self.inner.stats.snapshot()
     }
 
-    /// Server-added forwarding latency: from a packet's arrival at the socket to the moment
-    /// its last copy was handed to the kernel.
-    pub fn forward_latency(&self) -> stats::LatencySnapshot {
-        self.inner.latency.snapshot()
+    /// Loop timing: server-added forwarding latency (a packet's arrival at the socket to
+    /// its last copy handed to the kernel), pass durations and timer lag.
+    pub fn loop_stats(&self) -> stats::LoopSnapshot {
+        self.inner.timing.snapshot()
     }
 
     pub fn stats_handle(&self) -> Arc<SfuStats> {

@@ -467,8 +467,8 @@ impl Peer {
         }
     }
 
-    /// Writes a rewritten packet on a down-track. `false` when the slot is gone or not
-    /// negotiated yet.
+    /// Writes a rewritten packet on a down-track (its header extensions already stripped:
+    /// ids are per leg). `false` when the slot is gone or not negotiated yet.
     pub fn write_rtp(&mut self, slot: usize, mut pkt: rtc::rtp::Packet, now: Instant) -> bool {
         let Some(Some(s)) = self.senders.get(slot) else {
             return false;
@@ -478,10 +478,6 @@ impl Peer {
         };
         pkt.header.ssrc = s.ssrc;
         pkt.header.payload_type = pt;
-        // Extension ids are per leg; none of the publisher's are meaningful here.
-        pkt.header.extension = false;
-        pkt.header.extensions.clear();
-        pkt.header.extensions_padding = 0;
         let sender = s.sender;
         match self.pc.rtp_sender(sender) {
             Some(mut tx) => tx.write_rtp(now, pkt).is_ok(),

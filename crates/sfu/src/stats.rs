@@ -152,7 +152,11 @@ impl LatencyHistogram {
     fn index(us: u64) -> usize {
         let v = us.max(1);
         let e = 63 - v.leading_zeros() as usize;
-        let sub = if e >= 2 { ((v >> (e - 2)) & 3) as usize } else { 0 };
+        let sub = if e >= 2 {
+            ((v >> (e - 2)) & 3) as usize
+        } else {
+            0
+        };
         (e * 4 + sub).min(Self::BUCKETS - 1)
     }
 
@@ -185,14 +189,31 @@ mod tests {
 
     #[test]
     fn buckets_bound_their_values() {
-        for v in [1u64, 2, 3, 4, 5, 7, 8, 100, 999, 1000, 1500, 20_000, 1 << 30] {
+        for v in [
+            1u64,
+            2,
+            3,
+            4,
+            5,
+            7,
+            8,
+            100,
+            999,
+            1000,
+            1500,
+            20_000,
+            1 << 30,
+        ] {
             let i = LatencyHistogram::index(v);
             assert!(LatencyHistogram::upper(i) >= v, "{v}");
             if i > 0 {
                 assert!(LatencyHistogram::upper(i - 1) < v, "{v}");
             }
             // within 25 %
-            assert!(LatencyHistogram::upper(i) as f64 <= v as f64 * 1.25 + 1.0, "{v}");
+            assert!(
+                LatencyHistogram::upper(i) as f64 <= v as f64 * 1.25 + 1.0,
+                "{v}"
+            );
         }
     }
 
@@ -213,5 +234,35 @@ mod tests {
         let w = h.snapshot().since(&s);
         assert_eq!(w.count, 2);
         assert!((10_000..=12_500).contains(&w.p50_us), "{w:?}");
+    }
+}
+
+/// Timing of the workers' loops: how long packets wait in the server, how long a pass
+/// takes, and how late timers fire (a loaded or descheduled worker shows here first).
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    /// Arrival at the socket to the last copy handed to the kernel, per forwarded packet.
+    pub forward_latency: LatencyHistogram,
+    /// Duration of each pass of a worker loop that did work.
+    pub pass_time: LatencyHistogram,
+    /// How late the loop woke after a timer deadline.
+    pub timer_lag: LatencyHistogram,
+}
+
+/// A copy of [`LoopStats`].
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoopSnapshot {
+    pub forward_latency: LatencySnapshot,
+    pub pass_time: LatencySnapshot,
+    pub timer_lag: LatencySnapshot,
+}
+
+impl LoopStats {
+    pub fn snapshot(&self) -> LoopSnapshot {
+        LoopSnapshot {
+            forward_latency: self.forward_latency.snapshot(),
+            pass_time: self.pass_time.snapshot(),
+            timer_lag: self.timer_lag.snapshot(),
+        }
     }
 }

@@ -16,7 +16,8 @@ use crate::config::SfuConfig;
 use crate::error::JoinError;
 use crate::peer::{ParticipantKey, Peer, PeerFactory, PeerKey, is_binding_success, is_stun};
 use crate::room::Room;
-use crate::stats::{LatencyHistogram, SfuStats};
+use crate::stats::{LoopStats, SfuStats};
+use crate::udp;
 use bytes::BytesMut;
 use confab_proto::{
     DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackId,
@@ -24,21 +25,20 @@ use confab_proto::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
-use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-/// Datagrams read per pass before the loop looks at timers and commands again.
-const RECV_BATCH: usize = 64;
+/// `recvmmsg` calls per pass before the loop looks at timers and commands again.
+const RECV_BATCHES: usize = 2;
 /// Commands applied per pass, so that signaling cannot starve media (and vice versa).
 const COMMAND_BATCH: usize = 32;
 /// Housekeeping period: keyframe re-requests.
 const TICK: Duration = Duration::from_millis(100);
-const MAX_DATAGRAM: usize = 1500;
 
 /// What signaling asks of a worker.
 pub enum Command {
@@ -146,25 +146,30 @@ pub struct Worker {
     config: Arc<SfuConfig>,
     stats: Arc<SfuStats>,
     next_peer: PeerKey,
-    peers: HashMap<PeerKey, Peer>,
+    peers: FxHashMap<PeerKey, Peer>,
     by_ufrag: HashMap<String, PeerKey>,
-    by_addr: HashMap<SocketAddr, PeerKey>,
+    by_addr: FxHashMap<SocketAddr, PeerKey>,
     timers: BTreeSet<(Instant, PeerKey)>,
     /// Peers that had input this pass: their events and messages must be drained.
     input: Vec<PeerKey>,
     /// Peers that may have output this pass: their datagrams must be flushed.
     touched: Vec<PeerKey>,
-    touched_flag: HashMap<PeerKey, ()>,
+    /// For each touched peer, whether its timers may have moved (false when only
+    /// forwarded RTP was written to it).
+    touched_flag: FxHashMap<PeerKey, bool>,
+    recv: Option<udp::RecvBatch>,
+    send: udp::SendBatch,
     participants: HashMap<ParticipantKey, Participant>,
     rooms: HashMap<RoomId, Room>,
     /// Participants to remove at the end of the pass (failed connection, slow consumer).
     doomed: Vec<(ParticipantKey, Removal)>,
     next_track: u64,
     stopping: bool,
-    /// When each RTP packet forwarded in this pass was received, to measure the
-    /// server-added latency once its copies are handed to the kernel.
-    forwarded_rx: Vec<Instant>,
-    latency: Arc<LatencyHistogram>,
+    /// When this pass's first datagram batch was read, and how many RTP packets it
+    /// forwarded: the server-added latency once their copies are handed to the kernel.
+    rx_at: Option<Instant>,
+    forwarded: u64,
+    timing: Arc<LoopStats>,
 }
 
 impl Worker {
@@ -175,7 +180,7 @@ impl Worker {
         factory: PeerFactory,
         config: Arc<SfuConfig>,
         stats: Arc<SfuStats>,
-        latency: Arc<LatencyHistogram>,
+        timing: Arc<LoopStats>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(Self {
@@ -186,20 +191,23 @@ impl Worker {
             config,
             stats,
             next_peer: 1,
-            peers: HashMap::new(),
+            peers: FxHashMap::default(),
             by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
+            by_addr: FxHashMap::default(),
             timers: BTreeSet::new(),
             input: Vec::new(),
             touched: Vec::new(),
-            touched_flag: HashMap::new(),
+            touched_flag: FxHashMap::default(),
+            recv: Some(udp::RecvBatch::default()),
+            send: udp::SendBatch::default(),
             participants: HashMap::new(),
             rooms: HashMap::new(),
             doomed: Vec::new(),
             next_track: 1,
             stopping: false,
-            forwarded_rx: Vec::new(),
-            latency,
+            rx_at: None,
+            forwarded: 0,
+            timing,
         })
     }
 
@@ -208,7 +216,6 @@ impl Worker {
         let span = tracing::info_span!("worker", index = self.index);
         let _g = span.enter();
         tracing::info!(addr = %self.announce, "media worker started");
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut next_tick = Instant::now() + TICK;
         let mut open = true;
         while !self.stopping || !self.participants.is_empty() {
@@ -219,7 +226,7 @@ impl Worker {
             tokio::select! {
                 r = self.socket.readable() => {
                     if r.is_ok() {
-                        self.receive(&mut buf);
+                        self.receive();
                     }
                 }
                 c = commands.recv(), if open => {
@@ -242,12 +249,20 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
+            if now > deadline {
+                self.timing
+                    .timer_lag
+                    .record((now - deadline).as_micros() as u64);
+            }
             self.fire_timers(now);
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
             }
             self.end_of_pass();
+            self.timing
+                .pass_time
+                .record(now.elapsed().as_micros() as u64);
         }
         tracing::info!("media worker stopped");
     }
@@ -261,24 +276,37 @@ impl Worker {
         }
     }
 
-    fn receive(&mut self, buf: &mut [u8]) {
-        for _ in 0..RECV_BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, from)) => {
-                    SfuStats::inc(&self.stats.datagrams_in);
-                    SfuStats::add(&self.stats.bytes_in, n as u64);
-                    if n > MAX_DATAGRAM {
-                        continue;
-                    }
-                    self.datagram(&buf[..n], from, Instant::now());
+    fn receive(&mut self) {
+        for _ in 0..RECV_BATCHES {
+            // Taken out for the pass so that routing (which needs `&mut self`) can borrow
+            // the datagrams; put back below.
+            let Some(mut recv) = self.recv.take() else {
+                return;
+            };
+            let n = match recv.recv(&self.socket) {
+                Ok(0) => {
+                    self.recv = Some(recv);
+                    break;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Ok(n) => n,
                 Err(e) => {
                     // ICMP errors (a peer went away) surface here on Linux; they concern
                     // one remote only.
-                    tracing::trace!(error = %e, "recv_from");
-                    continue;
+                    tracing::trace!(error = %e, "recvmmsg");
+                    0
                 }
+            };
+            let now = Instant::now();
+            self.rx_at.get_or_insert(now);
+            for (data, from) in recv.datagrams() {
+                SfuStats::add(&self.stats.bytes_in, data.len() as u64);
+                self.datagram(data, from, now);
+            }
+            // Counted once handled, so that a reader seeing the count sees their effects.
+            SfuStats::add(&self.stats.datagrams_in, n as u64);
+            self.recv = Some(recv);
+            if n < udp::BATCH {
+                break;
             }
         }
     }
@@ -319,8 +347,9 @@ impl Worker {
         self.mark_touched(key);
     }
 
+    /// The peer may have output, and its protocol timers may have moved.
     fn mark_touched(&mut self, key: PeerKey) {
-        if self.touched_flag.insert(key, ()).is_none() {
+        if self.touched_flag.insert(key, true).is_none() {
             self.touched.push(key);
         }
     }
@@ -361,19 +390,23 @@ impl Worker {
         }
         self.send_offers();
         self.flush();
-        if !self.forwarded_rx.is_empty() {
-            let now = Instant::now();
-            for rx in self.forwarded_rx.drain(..) {
-                self.latency
-                    .record(now.saturating_duration_since(rx).as_micros() as u64);
+        if let Some(rx) = self.rx_at.take()
+            && self.forwarded > 0
+        {
+            // Every packet forwarded in this pass arrived at or after `rx`, and its last
+            // copy has now been handed to the kernel.
+            let us = Instant::now().saturating_duration_since(rx).as_micros() as u64;
+            for _ in 0..self.forwarded {
+                self.timing.forward_latency.record(us);
             }
         }
+        self.forwarded = 0;
     }
 
     fn flush(&mut self) {
         let touched = std::mem::take(&mut self.touched);
-        self.touched_flag.clear();
         for key in touched {
+            let timer_dirty = self.touched_flag.get(&key).copied().unwrap_or(true);
             loop {
                 let Some(out) = self.peers.get_mut(&key).and_then(|p| p.pc.poll_write()) else {
                     break;
@@ -382,18 +415,11 @@ impl Worker {
                 if is_binding_success(&out.message) {
                     self.learn_addr(key, to);
                 }
-                match self.socket.try_send_to(&out.message, to) {
-                    Ok(n) => {
-                        SfuStats::inc(&self.stats.datagrams_out);
-                        SfuStats::add(&self.stats.bytes_out, n as u64);
-                    }
-                    Err(e) => {
-                        if e.kind() != ErrorKind::WouldBlock {
-                            tracing::trace!(error = %e, %to, "send_to");
-                        }
-                        SfuStats::inc(&self.stats.send_drops);
-                    }
-                }
+                self.send.push(out.message, to);
+            }
+            if !timer_dirty {
+                // Only forwarded RTP was written: no protocol timer moved.
+                continue;
             }
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
@@ -409,6 +435,18 @@ impl Worker {
                 peer.timer = next;
             }
         }
+        self.touched_flag.clear();
+        self.send_now();
+    }
+
+    fn send_now(&mut self) {
+        if self.send.is_empty() {
+            return;
+        }
+        let sent = self.send.flush(&self.socket);
+        SfuStats::add(&self.stats.datagrams_out, sent.datagrams);
+        SfuStats::add(&self.stats.bytes_out, sent.bytes);
+        SfuStats::add(&self.stats.send_drops, sent.dropped);
     }
 
     /// The agent accepted a check from `to` (it answered with a binding success, which it

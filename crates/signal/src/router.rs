@@ -82,7 +82,8 @@ async fn static_file(uri: axum::http::Uri) -> Response {
 struct StatsBody {
     sessions: i64,
     media: confab_sfu::StatsSnapshot,
-    forward_latency: confab_sfu::LatencySnapshot,
+    #[serde(rename = "loop")]
+    loop_stats: confab_sfu::LoopSnapshot,
     tokio_tasks: usize,
 }
 
@@ -90,7 +91,7 @@ async fn stats(State(state): State<AppState>) -> Json<StatsBody> {
     Json(StatsBody {
         sessions: state.sessions.load(Ordering::Relaxed),
         media: state.sfu.stats(),
-        forward_latency: state.sfu.forward_latency(),
+        loop_stats: state.sfu.loop_stats(),
         tokio_tasks: tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks(),

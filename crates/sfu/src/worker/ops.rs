@@ -714,6 +714,12 @@ impl Worker {
             keyframe: t.codec.codec.is_keyframe(&pkt.payload),
             padding_only: pkt.payload.is_empty(),
         };
+        // Extension ids are per leg: none of the publisher's mean anything downstream.
+        // Stripped once here rather than per copy.
+        let mut pkt = pkt;
+        pkt.header.extension = false;
+        pkt.header.extensions.clear();
+        pkt.header.extensions_padding = 0;
         let peers = &mut self.peers;
         let touched = &mut self.touched;
         let touched_flag = &mut self.touched_flag;
@@ -727,14 +733,17 @@ impl Worker {
             out.header.timestamp = rw.ts;
             if sub.write_rtp(d.slot, out, now) {
                 written += 1;
-                if touched_flag.insert(d.sub_peer, ()).is_none() {
+                // Output only: forwarded RTP moves no protocol timer.
+                if let std::collections::hash_map::Entry::Vacant(e) = touched_flag.entry(d.sub_peer)
+                {
+                    e.insert(false);
                     touched.push(d.sub_peer);
                 }
             }
         });
         SfuStats::add(&self.stats.rtp_out, written);
         if written > 0 {
-            self.forwarded_rx.push(now);
+            self.forwarded += 1;
         }
         SfuStats::add(&self.stats.rtp_dropped, fan.dropped as u64);
     }
