@@ -89,6 +89,7 @@ fn forwarding(c: &mut Criterion) {
                 ts: 0,
                 keyframe: true,
                 padding_only: false,
+                vp8: None,
             },
             now,
         );
@@ -101,6 +102,7 @@ fn forwarding(c: &mut Criterion) {
                     ts: seq as u32 * 3000,
                     keyframe: false,
                     padding_only: false,
+                    vp8: None,
                 },
                 now,
             ))
@@ -121,6 +123,7 @@ fn forwarding(c: &mut Criterion) {
             },
             1,
             "rtc".into(),
+            None,
             Duration::from_millis(500),
         );
         for i in 0..n {
@@ -137,6 +140,7 @@ fn forwarding(c: &mut Criterion) {
             ts: 0,
             keyframe: true,
             padding_only: false,
+            vp8: None,
         };
         t.fan_out(&key, now, |_, _| {});
         let pkt = vp8_packet(0, false);

@@ -258,8 +258,15 @@ async fn build_pc(handler: Arc<dyn PeerConnectionEventHandler>, tap: bool) -> an
     if tap {
         registry = registry.with(rtc::interceptor::Slot::from(14_000), KeyframeTap::default());
     }
+    // Behave like a browser: answer as the DTLS client (setup:active) and send the first
+    // ICE checks at once rather than after the default 200 ms interval.
+    let settings = webrtc::peer_connection::SettingEngineBuilder::new()
+        .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
+        .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(50))
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_handler(handler)

@@ -113,8 +113,12 @@ fn build_pc(local: SocketAddr, publisher: bool) -> anyhow::Result<RTCPeerConnect
             crate::client::KeyframeTap::default(),
         );
     }
+    // Behave like a browser: answer as the DTLS client (setup:active) and send the first
+    // ICE checks at once rather than after the default 200 ms interval.
     let settings = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
+        .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(50))
         .build();
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -348,6 +352,7 @@ pub async fn run(
                 let Ok(msg) = serde_json::from_str::<ServerMessage>(&t) else { continue };
                 match msg {
                     ServerMessage::Offer { sdp, tracks } => {
+                        tracing::debug!(after_ms = started.elapsed().as_millis() as u64, "offer");
                         for t in tracks {
                             kinds.insert(t.track_id.as_str().to_string(), t.kind);
                         }
@@ -387,7 +392,7 @@ pub async fn run(
             let _ = leg.pc.handle_timeout(now);
             while let Some(ev) = leg.pc.poll_event() {
                 if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
-                    tracing::debug!(state = %s, "sim connection state");
+                    tracing::debug!(state = %s, after_ms = started.elapsed().as_millis() as u64, "sim connection state");
                     leg.connected = s == RTCPeerConnectionState::Connected;
                 }
             }
@@ -398,6 +403,10 @@ pub async fn run(
                 let kind = kinds.get(&track).copied().unwrap_or(MediaKind::Video);
                 if kind == MediaKind::Video && !first_video {
                     first_video = true;
+                    tracing::debug!(
+                        after_ms = started.elapsed().as_millis() as u64,
+                        "first video"
+                    );
                     opts.stats.first_frame(started.elapsed());
                 }
                 let codec = match kind {

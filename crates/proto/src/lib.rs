@@ -15,7 +15,7 @@ pub use chat::{ChatIn, ChatOut};
 pub use ids::{DisplayName, IdError, ParticipantId, RoomId, TrackId};
 pub use signal::{
     ClientConfig, ClientMessage, DecodeError, ErrorCode, IceCandidate, MediaKind, ParticipantInfo,
-    PcTarget, ServerMessage, SubscribedTrack, TrackInfo, TrackSource,
+    PcTarget, Quality, ServerMessage, SubscribedTrack, TrackInfo, TrackSource,
 };
 
 /// The signaling protocol version this build speaks. A client names it in `join`.

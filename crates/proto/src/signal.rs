@@ -37,6 +37,21 @@ pub enum TrackSource {
     Unknown,
 }
 
+/// The highest video quality a subscriber wants of a track. For simulcast tracks the
+/// server picks the layer (low, medium, high) within this and within the bandwidth toward
+/// the subscriber; `off` pauses the track for that subscriber.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    Off,
+    Low,
+    Medium,
+    #[default]
+    High,
+}
+
 /// An ICE candidate, in the browser's `RTCIceCandidateInit` JSON shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +102,21 @@ pub enum ClientMessage {
     },
     /// Mute or unmute the published track of `source` (microphone off, camera off).
     Mute { source: TrackSource, muted: bool },
+    /// How this client wants a remote track: subscribed or not, the highest quality, and
+    /// (for video) the size it is rendered at, from which the server picks a layer.
+    Subscription {
+        track_id: TrackId,
+        #[serde(default = "default_true")]
+        subscribed: bool,
+        #[serde(default)]
+        quality: Quality,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+    },
+    /// Participants whose video this client always wants, whatever the last-N selection.
+    Pin { participant_ids: Vec<ParticipantId> },
     /// Leave the room; the server closes the connection after `participant_left` reaches others.
     Leave,
 }
@@ -100,6 +130,8 @@ impl ClientMessage {
             ClientMessage::Answer { .. } => "answer",
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::Mute { .. } => "mute",
+            ClientMessage::Subscription { .. } => "subscription",
+            ClientMessage::Pin { .. } => "pin",
             ClientMessage::Leave => "leave",
         }
     }
@@ -135,7 +167,20 @@ impl ClientMessage {
     }
 }
 
-const KNOWN_CLIENT_TYPES: &[&str] = &["join", "publish", "answer", "candidate", "mute", "leave"];
+const KNOWN_CLIENT_TYPES: &[&str] = &[
+    "join",
+    "publish",
+    "answer",
+    "candidate",
+    "mute",
+    "subscription",
+    "pin",
+    "leave",
+];
+
+fn default_true() -> bool {
+    true
+}
 
 fn truncate(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
@@ -169,6 +214,9 @@ pub struct TrackInfo {
     pub kind: MediaKind,
     pub source: TrackSource,
     pub muted: bool,
+    /// Published as simulcast (several layers).
+    #[serde(default)]
+    pub simulcast: bool,
 }
 
 /// A participant as the room sees it.
@@ -234,6 +282,17 @@ pub enum ServerMessage {
     },
     ParticipantLeft {
         participant_id: ParticipantId,
+    },
+    /// Who is speaking now, loudest first (empty when nobody is).
+    ActiveSpeakers {
+        speakers: Vec<ParticipantId>,
+    },
+    /// Dynacast: which simulcast encodings of the client's published track (by mid) are
+    /// wanted by someone. The client pauses the others (`RTCRtpEncodingParameters.active`)
+    /// to save its uplink, and resumes them when they are listed again.
+    PublisherLayers {
+        mid: String,
+        active_rids: Vec<String>,
     },
     /// Something the client sent was refused. When `fatal`, the server closes the connection.
     Error {

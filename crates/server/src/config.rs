@@ -50,6 +50,10 @@ pub struct MediaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoomConfig {
     pub max_participants: usize,
+    /// Video from at most this many participants per subscriber (0 = all).
+    pub last_n: usize,
+    /// Audio from only the K loudest participants (0 = all).
+    pub audio_top_k: usize,
     pub chat_history: usize,
     pub chat_max_bytes: usize,
     pub keyframe_interval_ms: u64,
@@ -80,6 +84,8 @@ impl Default for Config {
             },
             room: RoomConfig {
                 max_participants: sfu.max_participants_per_room,
+                last_n: sfu.last_n,
+                audio_top_k: sfu.audio_top_k,
                 chat_history: sfu.chat_history,
                 chat_max_bytes: sfu.chat_max_bytes,
                 keyframe_interval_ms: sfu.keyframe_interval_ms,
@@ -177,6 +183,8 @@ impl Config {
             ice_failed_timeout_ms: self.media.ice_failed_timeout_ms,
             max_nacks_per_packet: self.media.max_nacks_per_packet,
             socket_buffer_bytes: self.media.socket_buffer_bytes,
+            last_n: self.room.last_n,
+            audio_top_k: self.room.audio_top_k,
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct SfuConfig {
     pub max_nacks_per_packet: u16,
     /// Kernel buffer of each media socket, each way (0 keeps the system default).
     pub socket_buffer_bytes: usize,
+    /// Last-N: each subscriber gets video from at most this many participants, chosen by
+    /// pins, screen sharing and speaking recency (0 = everyone).
+    pub last_n: usize,
+    /// Each subscriber gets audio from only the K loudest participants (0 = everyone).
+    pub audio_top_k: usize,
 }
 
 impl Default for SfuConfig {
@@ -52,6 +57,8 @@ impl Default for SfuConfig {
             ice_failed_timeout_ms: 10_000,
             max_nacks_per_packet: 3,
             socket_buffer_bytes: 4 * 1024 * 1024,
+            last_n: 0,
+            audio_top_k: 0,
         }
     }
 }

@@ -7,11 +7,11 @@
 //! (simulcast encodings) are numbered from 0; a non-simulcast track has only layer 0.
 
 use crate::rtp::Codec;
-use crate::rtp::munger::{Munger, Rewritten};
+use crate::rtp::munger::Munger;
 use std::time::Instant;
 
 /// What the forwarder needs to know of an incoming packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PacketInfo {
     pub layer: u8,
     pub ext_seq: u64,
@@ -19,12 +19,77 @@ pub struct PacketInfo {
     pub keyframe: bool,
     /// No payload: padding sent for bandwidth probing; never forwarded.
     pub padding_only: bool,
+    /// The VP8 picture id (value, 15-bit form) and TL0PICIDX, when present.
+    pub vp8: Option<Vp8Fields>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vp8Fields {
+    pub picture_id: Option<(u16, bool)>,
+    pub tl0picidx: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    Forward(Rewritten),
+    Forward(Forward),
     Drop(DropReason),
+}
+
+/// How to rewrite a forwarded packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub seq: u16,
+    pub ts: u32,
+    /// New VP8 picture id and TL0PICIDX, when they differ from the packet's (after a
+    /// layer switch each layer's numbering must continue the previous one).
+    pub vp8: Option<Vp8Fields>,
+}
+
+/// Keeps VP8 picture ids and TL0PICIDX continuous across layer switches.
+#[derive(Debug, Clone, Copy, Default)]
+struct Vp8Munger {
+    pid_offset: u16,
+    tl0_offset: u8,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+impl Vp8Munger {
+    const PID_MOD: u16 = 1 << 15;
+
+    /// A new source starts at `f`: continue the numbering after the last one sent.
+    fn restart(&mut self, f: Option<Vp8Fields>) {
+        let Some(f) = f else { return };
+        if let (Some((pid, _)), Some(last)) = (f.picture_id, self.last_pid) {
+            let want = (last + 1) % Self::PID_MOD;
+            self.pid_offset = pid.wrapping_sub(want) % Self::PID_MOD;
+        }
+        if let (Some(tl0), Some(last)) = (f.tl0picidx, self.last_tl0) {
+            self.tl0_offset = tl0.wrapping_sub(last.wrapping_add(1));
+        }
+    }
+
+    fn rewrite(&mut self, f: Option<Vp8Fields>, newest: bool) -> Option<Vp8Fields> {
+        let f = f?;
+        let pid = f.picture_id.map(|(p, long)| {
+            let out = p.wrapping_sub(self.pid_offset) % Self::PID_MOD;
+            (if long { out } else { out & 0x7f }, long)
+        });
+        let tl0 = f.tl0picidx.map(|t| t.wrapping_sub(self.tl0_offset));
+        if newest {
+            if let Some((p, _)) = pid {
+                self.last_pid = Some(p);
+            }
+            if tl0.is_some() {
+                self.last_tl0 = tl0;
+            }
+        }
+        let out = Vp8Fields {
+            picture_id: pid,
+            tl0picidx: tl0,
+        };
+        (out != f).then_some(out)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +114,8 @@ pub struct Forwarder {
     current_layer: Option<u8>,
     target_layer: u8,
     munger: Munger,
+    vp8: Vp8Munger,
+    highest_seq: Option<u64>,
 }
 
 impl Forwarder {
@@ -60,6 +127,8 @@ impl Forwarder {
             current_layer: None,
             target_layer: 0,
             munger: Munger::new(),
+            vp8: Vp8Munger::default(),
+            highest_seq: None,
         }
     }
 
@@ -107,14 +176,24 @@ impl Forwarder {
                 return Decision::Drop(DropReason::WaitingKeyframe);
             }
             self.munger.restart(p.ext_seq, p.ts, now, self.clock_rate);
+            self.vp8.restart(p.vp8);
             self.current_layer = Some(p.layer);
+            self.highest_seq = None;
         }
         if p.padding_only {
             self.munger.skip(p.ext_seq);
             return Decision::Drop(DropReason::Padding);
         }
+        let newest = self.highest_seq.is_none_or(|h| p.ext_seq > h);
+        if newest {
+            self.highest_seq = Some(p.ext_seq);
+        }
         match self.munger.rewrite(p.ext_seq, p.ts, now) {
-            Some(r) => Decision::Forward(r),
+            Some(r) => Decision::Forward(Forward {
+                seq: r.seq,
+                ts: r.ts,
+                vp8: self.vp8.rewrite(p.vp8, newest),
+            }),
             None => Decision::Drop(DropReason::TooOld),
         }
     }
@@ -131,11 +210,81 @@ mod tests {
             ts,
             keyframe,
             padding_only: false,
+            vp8: None,
         }
     }
 
     fn fwd(seq: u16, ts: u32) -> Decision {
-        Decision::Forward(Rewritten { seq, ts })
+        Decision::Forward(Forward { seq, ts, vp8: None })
+    }
+
+    fn vp8(pid: u16, tl0: u8) -> Option<Vp8Fields> {
+        Some(Vp8Fields {
+            picture_id: Some((pid, true)),
+            tl0picidx: Some(tl0),
+        })
+    }
+
+    #[test]
+    fn vp8_numbering_continues_across_a_switch() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Codec::Vp8);
+        f.set_active(true);
+        let p = |layer, seq, ts, key, pid, tl0| PacketInfo {
+            vp8: vp8(pid, tl0),
+            ..pkt(layer, seq, ts, key)
+        };
+        // Layer 0 starts: numbering kept as is (no rewrite needed).
+        assert_eq!(f.on_packet(&p(0, 10, 0, true, 100, 5), t0), fwd(10, 0));
+        assert_eq!(
+            f.on_packet(&p(0, 11, 3000, false, 101, 5), t0),
+            fwd(11, 3000)
+        );
+        // Switch to layer 1, whose picture ids are elsewhere (and wrap soon).
+        f.set_target_layer(1);
+        let got = f.on_packet(&p(1, 900, 3000, true, 32767, 200), t0);
+        let Decision::Forward(Forward {
+            seq, vp8: Some(v), ..
+        }) = got
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!(seq, 12);
+        assert_eq!(v.picture_id, Some((102, true)));
+        assert_eq!(v.tl0picidx, Some(6));
+        // The source's picture id wraps at 2^15; the output follows without a jump.
+        let got = f.on_packet(&p(1, 901, 6000, false, 0, 201), t0);
+        let Decision::Forward(Forward { vp8: Some(v), .. }) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!(v.picture_id, Some((103, true)));
+        assert_eq!(v.tl0picidx, Some(7));
+    }
+
+    #[test]
+    fn vp8_tl0_wraps_and_7_bit_ids_are_truncated() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(Codec::Vp8);
+        f.set_active(true);
+        let p = |layer, seq, key, pid: u16, long, tl0| PacketInfo {
+            vp8: Some(Vp8Fields {
+                picture_id: Some((pid, long)),
+                tl0picidx: Some(tl0),
+            }),
+            ..pkt(layer, seq, 0, key)
+        };
+        assert_eq!(
+            f.on_packet(&p(0, 10, true, 127, false, 255), t0),
+            fwd(10, 0)
+        );
+        f.set_target_layer(1);
+        let got = f.on_packet(&p(1, 50, true, 5, false, 9), t0);
+        let Decision::Forward(Forward { vp8: Some(v), .. }) = got else {
+            panic!("{got:?}")
+        };
+        // 127 + 1 wraps to 0 in 7 bits; TL0PICIDX 255 + 1 wraps to 0.
+        assert_eq!(v.picture_id, Some((0, false)));
+        assert_eq!(v.tl0picidx, Some(0));
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! - [`forwarder`]: per down-track forward-or-drop decision.
 //! - [`keyframe`]: keyframe-request throttling.
 //! - [`chat`]: chat validation and history.
-//! - [`room`]: a room's topology (published tracks and their down-tracks) and fan-out.
+//! - [`room`]: a room's topology (published tracks, their layers and down-tracks) and
+//!   fan-out.
+//! - [`allocator`]: which layer of each track a subscriber gets, within its bandwidth.
+//! - [`bwe`]: downlink estimate from receiver-report loss; bitrate meters.
+//! - [`speaker`]: active speakers from RFC 6464 audio levels.
 //!
 //! IO at the edges:
 //! - [`peer`]: the only module that talks to the webrtc-rs `rtc` core.
@@ -16,6 +20,8 @@
 //! - [`Sfu`] (this file): starts the workers, places rooms on them and hands signaling a
 //!   [`Participant`] handle per join.
 
+pub mod allocator;
+pub mod bwe;
 pub mod chat;
 pub mod config;
 pub mod error;
@@ -24,6 +30,7 @@ pub mod keyframe;
 pub mod peer;
 pub mod room;
 pub mod rtp;
+pub mod speaker;
 pub mod stats;
 pub mod udp;
 pub mod worker;
@@ -320,6 +327,31 @@ impl Participant {
             key: self.key,
             target,
             candidate,
+        })
+        .await
+    }
+
+    pub async fn subscription(
+        &self,
+        track: confab_proto::TrackId,
+        subscribed: bool,
+        quality: confab_proto::Quality,
+        height: Option<u32>,
+    ) {
+        self.send(Command::Subscription {
+            key: self.key,
+            track,
+            subscribed,
+            quality,
+            height,
+        })
+        .await
+    }
+
+    pub async fn pin(&self, participants: Vec<ParticipantId>) {
+        self.send(Command::Pin {
+            key: self.key,
+            participants,
         })
         .await
     }

@@ -107,6 +107,8 @@ pub struct Peer {
     pub senders: Vec<Option<SenderSlot>>,
     /// Subscriber: the chat data channel, and whether it is open.
     pub chat: Option<(usize, bool)>,
+    /// Subscriber: what is sent toward it (for its bandwidth estimate).
+    pub egress: crate::bwe::RateMeter,
 }
 
 impl PeerFactory {
@@ -128,15 +130,28 @@ impl PeerFactory {
                     )
                     .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
                     .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
-                media
-                    .register_header_extension(
-                        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
-                            uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
-                        },
-                        RtpCodecKind::Video,
-                        None,
-                    )
-                    .map_err(PeerError::rtc)?;
+                // Transport-wide CC feedback for the browser's uplink estimate; mid and
+                // rid for simulcast; the audio level for the speaker detector.
+                use rtc::sdp::extmap;
+                for (uri, kind) in [
+                    (extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
+                    (extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
+                    (extmap::SDES_MID_URI, RtpCodecKind::Video),
+                    (extmap::SDES_RTP_STREAM_ID_URI, RtpCodecKind::Video),
+                    (extmap::SDES_REPAIR_RTP_STREAM_ID_URI, RtpCodecKind::Video),
+                    (extmap::SDES_MID_URI, RtpCodecKind::Audio),
+                    (extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+                ] {
+                    media
+                        .register_header_extension(
+                            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                                uri: uri.to_owned(),
+                            },
+                            kind,
+                            None,
+                        )
+                        .map_err(PeerError::rtc)?;
+                }
             }
             Role::Subscriber => {
                 registry = registry
@@ -188,6 +203,7 @@ impl PeerFactory {
             received: HashMap::new(),
             senders: Vec::new(),
             chat,
+            egress: Default::default(),
         })
     }
 }
@@ -485,12 +501,12 @@ impl Peer {
         }
     }
 
-    /// Publisher: asks for a keyframe of a received track.
-    pub fn send_pli(&mut self, rtc_track: &str, now: Instant) {
+    /// Publisher: asks for a keyframe of a received track's encoding `media_ssrc`.
+    pub fn send_pli(&mut self, rtc_track: &str, media_ssrc: u32, now: Instant) {
         let Some(rt) = self.received.get(rtc_track) else {
             return;
         };
-        let (receiver, media_ssrc) = (rt.receiver, rt.media_ssrc);
+        let receiver = rt.receiver;
         if let Some(mut rx) = self.pc.rtp_receiver(receiver) {
             let _ = rx.write_rtcp(
                 now,
@@ -502,13 +518,20 @@ impl Peer {
         }
     }
 
-    /// Publisher: the codec and mid of a track that just opened.
+    /// Publisher: the codec, mid and audio-level extension id of a track that just opened.
     pub fn describe_receiver(
         &mut self,
         receiver: RTCRtpReceiverId,
         ssrc: u32,
-    ) -> Option<(TrackCodec, MediaKind, Option<String>)> {
-        let rx = self.pc.rtp_receiver(receiver)?;
+    ) -> Option<(TrackCodec, MediaKind, Option<String>, Option<u8>)> {
+        let mut rx = self.pc.rtp_receiver(receiver)?;
+        let audio_level = rx
+            .get_parameters()
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .map(|e| e.id as u8);
         let track = rx.track();
         let kind = match track.kind() {
             RtpCodecKind::Audio => MediaKind::Audio,
@@ -527,7 +550,7 @@ impl Peer {
                 .then(|| t.mid().clone())
                 .flatten()
         });
-        Some((codec, kind, mid))
+        Some((codec, kind, mid, audio_level))
     }
 
     /// Subscriber: sends a chat frame if the channel is open and not backed up.
@@ -557,9 +580,10 @@ impl Peer {
 /// Registry slot of [`FeedbackTap`]: after every built-in interceptor (application-ward).
 const FEEDBACK_TAP_SLOT: usize = 14_000;
 
-/// Marks subscribers' keyframe requests (PLI, FIR) for delivery to the application.
-/// Inbound RTCP otherwise stops at the end of the interceptor chain, and the worker must
-/// relay keyframe requests to the publisher.
+/// Marks subscribers' keyframe requests (PLI, FIR) and receiver reports for delivery to the
+/// application. Inbound RTCP otherwise stops at the end of the interceptor chain; the
+/// worker relays keyframe requests to the publisher and estimates bandwidth from the loss
+/// that receiver reports carry.
 #[derive(Default)]
 struct FeedbackTap {
     reads: VecDeque<TaggedPacket>,
@@ -577,7 +601,9 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
         if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
             && packets.iter().any(|p| {
                 let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<rtc::rtcp::receiver_report::ReceiverReport>()
             })
         {
             msg.message.add(Attribute::DeliverToApplication);

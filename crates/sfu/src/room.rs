@@ -4,12 +4,14 @@
 //!
 //! Nouns, as in mediasoup: a [`PublishedTrack`] is a producer, a [`DownTrack`] a consumer.
 
+use crate::allocator::MAX_LAYERS;
+use crate::bwe::RateMeter;
 use crate::chat::ChatLog;
-use crate::forwarder::{Decision, DropReason, Forwarder, PacketInfo};
+use crate::forwarder::{Decision, DropReason, Forward, Forwarder, PacketInfo};
 use crate::keyframe::KeyframeThrottle;
 use crate::peer::{ParticipantKey, PeerKey, TrackCodec};
 use crate::rtp::SeqTracker;
-use crate::rtp::munger::Rewritten;
+use crate::speaker::{SpeakerConfig, SpeakerDetector};
 use confab_proto::{MediaKind, RoomId, TrackId, TrackInfo, TrackSource};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ pub struct Room {
     pub members: Vec<ParticipantKey>,
     pub tracks: HashMap<TrackId, PublishedTrack>,
     pub chat: ChatLog,
+    pub speakers: SpeakerDetector<ParticipantKey>,
 }
 
 impl Room {
@@ -29,6 +32,7 @@ impl Room {
             members: Vec::new(),
             tracks: HashMap::new(),
             chat: ChatLog::new(chat_history),
+            speakers: SpeakerDetector::new(SpeakerConfig::default()),
         }
     }
 }
@@ -41,12 +45,31 @@ pub struct PublishedTrack {
     pub source: TrackSource,
     pub muted: bool,
     pub codec: TrackCodec,
-    /// The publisher connection and the track's id there, to send keyframe requests.
+    /// The publisher connection, its rtc track id and transceiver mid.
     pub pub_peer: PeerKey,
     pub rtc_id: String,
+    pub mid: Option<String>,
+    /// Received layers, indexed lowest first. A non-simulcast track has one, without rid.
+    pub layers: Vec<Option<LayerIn>>,
+    /// The negotiated id of the RFC 6464 audio-level extension, for audio tracks.
+    pub audio_level_ext: Option<u8>,
+    /// Dynacast: the rids last announced to the publisher as wanted, and when each layer
+    /// was last wanted.
+    pub announced_rids: Option<Vec<String>>,
+    pub wanted_at: [Option<Instant>; MAX_LAYERS],
+    pub down: Vec<DownTrack>,
+    keyframe_interval: Duration,
+}
+
+/// One received encoding (simulcast layer) of a track.
+pub struct LayerIn {
+    pub rid: Option<String>,
+    pub ssrc: u32,
     pub seq: SeqTracker,
     pub keyframes: KeyframeThrottle,
-    pub down: Vec<DownTrack>,
+    pub rate: RateMeter,
+    /// Frame height, from the last keyframe.
+    pub height: Option<u32>,
 }
 
 /// One subscriber's copy of a published track.
@@ -56,6 +79,19 @@ pub struct DownTrack {
     /// Index of the sender slot in the subscriber connection.
     pub slot: usize,
     pub forwarder: Forwarder,
+    /// Negotiated and connected: allocation may turn it on.
+    pub ready: bool,
+}
+
+/// Where a simulcast rid sits in the layer order. Browsers' and libraries' usual names
+/// first; anything else takes the next free place.
+pub fn layer_of_rid(rid: &str) -> Option<usize> {
+    match rid {
+        "q" | "l" | "low" | "0" | "r0" => Some(0),
+        "h" | "m" | "mid" | "medium" | "1" | "r1" => Some(1),
+        "f" | "high" | "full" | "2" | "r2" => Some(2),
+        _ => None,
+    }
 }
 
 /// Counts of what happened to one incoming packet.
@@ -75,6 +111,7 @@ impl PublishedTrack {
         codec: TrackCodec,
         pub_peer: PeerKey,
         rtc_id: String,
+        mid: Option<String>,
         keyframe_interval: Duration,
     ) -> Self {
         Self {
@@ -86,10 +123,72 @@ impl PublishedTrack {
             codec,
             pub_peer,
             rtc_id,
-            seq: SeqTracker::new(),
-            keyframes: KeyframeThrottle::new(keyframe_interval),
+            mid,
+            layers: Vec::new(),
+            audio_level_ext: None,
+            announced_rids: None,
+            wanted_at: [None; MAX_LAYERS],
             down: Vec::new(),
+            keyframe_interval,
         }
+    }
+
+    /// Records a received encoding; returns its layer index. Idempotent.
+    pub fn add_layer(&mut self, rid: Option<String>, ssrc: u32) -> usize {
+        if let Some(i) = self.layer_of_ssrc(ssrc) {
+            return i;
+        }
+        let at = rid
+            .as_deref()
+            .and_then(layer_of_rid)
+            .filter(|i| self.layers.get(*i).is_none_or(Option::is_none))
+            .or_else(|| (0..MAX_LAYERS).find(|i| self.layers.get(*i).is_none_or(Option::is_none)))
+            .unwrap_or(MAX_LAYERS - 1);
+        if self.layers.len() <= at {
+            self.layers.resize_with(at + 1, || None);
+        }
+        self.layers[at] = Some(LayerIn {
+            rid,
+            ssrc,
+            seq: SeqTracker::new(),
+            keyframes: KeyframeThrottle::new(self.keyframe_interval),
+            rate: RateMeter::default(),
+            height: None,
+        });
+        at
+    }
+
+    pub fn layer_of_ssrc(&self, ssrc: u32) -> Option<usize> {
+        self.layers
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.ssrc == ssrc))
+    }
+
+    pub fn layer(&mut self, i: usize) -> Option<&mut LayerIn> {
+        self.layers.get_mut(i).and_then(Option::as_mut)
+    }
+
+    pub fn simulcast(&self) -> bool {
+        self.layers.iter().flatten().any(|l| l.rid.is_some())
+    }
+
+    /// Recent bitrate per layer (0 = not received lately).
+    pub fn layer_rates(&self, now: Instant) -> [u64; MAX_LAYERS] {
+        let mut r = [0; MAX_LAYERS];
+        for (i, l) in self.layers.iter().enumerate().take(MAX_LAYERS) {
+            if let Some(l) = l {
+                r[i] = l.rate.rate_bps(now);
+            }
+        }
+        r
+    }
+
+    pub fn layer_heights(&self) -> [Option<u32>; MAX_LAYERS] {
+        let mut h = [None; MAX_LAYERS];
+        for (i, l) in self.layers.iter().enumerate().take(MAX_LAYERS) {
+            h[i] = l.as_ref().and_then(|l| l.height);
+        }
+        h
     }
 
     pub fn info(&self) -> TrackInfo {
@@ -98,6 +197,7 @@ impl PublishedTrack {
             kind: self.kind,
             source: self.source,
             muted: self.muted,
+            simulcast: self.simulcast(),
         }
     }
 
@@ -107,6 +207,7 @@ impl PublishedTrack {
             sub_peer,
             slot,
             forwarder: Forwarder::new(self.codec.codec),
+            ready: false,
         });
     }
 
@@ -120,11 +221,11 @@ impl PublishedTrack {
         self.down.iter_mut().find(|d| d.subscriber == subscriber)
     }
 
-    /// Whether some down-track waits for a keyframe.
-    pub fn wants_keyframe(&self) -> bool {
+    /// The layers some down-track waits for a keyframe of.
+    pub fn wanted_keyframes(&self) -> impl Iterator<Item = u8> + '_ {
         self.down
             .iter()
-            .any(|d| d.forwarder.needs_keyframe().is_some())
+            .filter_map(|d| d.forwarder.needs_keyframe())
     }
 
     /// Runs one incoming packet through every down-track's forwarder; `emit` is called
@@ -133,7 +234,7 @@ impl PublishedTrack {
         &mut self,
         info: &PacketInfo,
         now: Instant,
-        mut emit: impl FnMut(&DownTrack, Rewritten),
+        mut emit: impl FnMut(&DownTrack, Forward),
     ) -> Fanout {
         let mut f = Fanout::default();
         for d in &mut self.down {
@@ -168,8 +269,24 @@ mod tests {
             },
             10,
             "rtc".into(),
+            None,
             Duration::from_millis(500),
         )
+    }
+
+    #[test]
+    fn layers_by_rid_and_ssrc() {
+        let mut t = track(Codec::Vp8);
+        assert_eq!(t.add_layer(Some("f".into()), 30), 2);
+        assert_eq!(t.add_layer(Some("q".into()), 10), 0);
+        assert_eq!(t.add_layer(Some("q".into()), 10), 0, "idempotent");
+        assert_eq!(t.add_layer(Some("weird".into()), 20), 1, "next free place");
+        assert_eq!(t.layer_of_ssrc(20), Some(1));
+        assert_eq!(t.layer_of_ssrc(99), None);
+        assert!(t.simulcast());
+        let mut single = track(Codec::Vp8);
+        assert_eq!(single.add_layer(None, 5), 0);
+        assert!(!single.simulcast());
     }
 
     #[test]
@@ -181,13 +298,14 @@ mod tests {
         t.add_down(4, 40, 1);
         t.down_of(2).unwrap().forwarder.set_active(true);
         t.down_of(4).unwrap().forwarder.set_active(true);
-        assert!(t.wants_keyframe());
+        assert_eq!(t.wanted_keyframes().collect::<Vec<_>>(), vec![0, 0]);
         let key = PacketInfo {
             layer: 0,
             ext_seq: 100,
             ts: 0,
             keyframe: true,
             padding_only: false,
+            vp8: None,
         };
         let mut got = vec![];
         let f = t.fan_out(&key, now, |d, rw| got.push((d.subscriber, rw.seq)));
@@ -199,7 +317,7 @@ mod tests {
                 dropped: 0
             }
         );
-        assert!(!t.wants_keyframe());
+        assert_eq!(t.wanted_keyframes().count(), 0);
         assert!(t.remove_down(2).is_some());
         assert!(t.remove_down(2).is_none());
         let mut got = vec![];

@@ -10,6 +10,7 @@
 //!
 //! The rooms on a worker are owned by it: the worker is the rooms' actor.
 
+mod media;
 mod ops;
 
 use crate::config::SfuConfig;
@@ -68,6 +69,17 @@ pub enum Command {
         key: ParticipantKey,
         source: TrackSource,
         muted: bool,
+    },
+    Subscription {
+        key: ParticipantKey,
+        track: TrackId,
+        subscribed: bool,
+        quality: confab_proto::Quality,
+        height: Option<u32>,
+    },
+    Pin {
+        key: ParticipantKey,
+        participants: Vec<ParticipantId>,
     },
     Leave {
         key: ParticipantKey,
@@ -136,6 +148,12 @@ struct Participant {
     tracks: Vec<TrackId>,
     sub_state: SubState,
     needs_offer: bool,
+    /// What this subscriber asked of each remote track.
+    prefs: HashMap<TrackId, media::Pref>,
+    pins: Vec<ParticipantId>,
+    /// Its downlink bandwidth estimate, and when its layers were last allocated.
+    bwe: crate::bwe::LossBwe,
+    allocated_at: Option<Instant>,
 }
 
 pub struct Worker {

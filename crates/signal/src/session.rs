@@ -50,6 +50,15 @@ pub enum Step {
         source: TrackSource,
         muted: bool,
     },
+    Subscription {
+        track_id: confab_proto::TrackId,
+        subscribed: bool,
+        quality: confab_proto::Quality,
+        height: Option<u32>,
+    },
+    Pin {
+        participant_ids: Vec<confab_proto::ParticipantId>,
+    },
     Leave,
 }
 
@@ -102,6 +111,22 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
             Step::Candidate { target, candidate }
         }
         (true, ClientMessage::Mute { source, muted }) => Step::Mute { source, muted },
+        (
+            true,
+            ClientMessage::Subscription {
+                track_id,
+                subscribed,
+                quality,
+                height,
+                ..
+            },
+        ) => Step::Subscription {
+            track_id,
+            subscribed,
+            quality,
+            height,
+        },
+        (true, ClientMessage::Pin { participant_ids }) => Step::Pin { participant_ids },
         (true, ClientMessage::Leave) => Step::Leave,
     }
 }
@@ -245,6 +270,22 @@ async fn on_text<S: Sink<Message> + Unpin>(
         }
         (Step::Mute { source, muted }, Some(p)) => {
             p.mute(source, muted).await;
+            Flow::Continue
+        }
+        (
+            Step::Subscription {
+                track_id,
+                subscribed,
+                quality,
+                height,
+            },
+            Some(p),
+        ) => {
+            p.subscription(track_id, subscribed, quality, height).await;
+            Flow::Continue
+        }
+        (Step::Pin { participant_ids }, Some(p)) => {
+            p.pin(participant_ids).await;
             Flow::Continue
         }
         (Step::Leave, _) => Flow::Close,

@@ -125,6 +125,17 @@ impl Vp8Descriptor {
     }
 }
 
+/// Width and height from a VP8 keyframe's frame header (RFC 6386 §9.1): `frame` is the
+/// payload after the payload descriptor.
+pub fn vp8_dimensions(frame: &[u8]) -> Option<(u16, u16)> {
+    if frame.len() < 10 || frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff;
+    let h = u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff;
+    Some((w, h))
+}
+
 /// VP9 (RFC 9628 §4.2): a keyframe starts with a packet whose P (inter-picture predicted)
 /// bit is clear and B (start of frame) is set, in spatial layer 0.
 fn vp9_is_keyframe(p: &[u8]) -> bool {
@@ -245,6 +256,17 @@ mod tests {
             assert!(!Codec::H264.is_keyframe(p), "{p:?}");
             assert!(!Codec::Vp9.is_keyframe(p), "{p:?}");
         }
+    }
+
+    #[test]
+    fn vp8_keyframe_dimensions() {
+        // frame tag (key), start code, 640 x 360 (little endian, 14 bits)
+        let f = [0x50, 0x2d, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+        assert_eq!(vp8_dimensions(&f), Some((640, 360)));
+        let mut delta = f;
+        delta[0] |= 1;
+        assert_eq!(vp8_dimensions(&delta), None);
+        assert_eq!(vp8_dimensions(&f[..5]), None);
     }
 
     #[test]

@@ -3,23 +3,19 @@
 
 use super::{Command, Participant, Removal, SubState, Worker, unix_ms};
 use crate::error::{JoinError, PeerError};
-use crate::forwarder::PacketInfo;
-use crate::peer::{ChatSend, ParticipantKey, PeerKey, ReceivedTrack, Role};
+use crate::peer::{ChatSend, ParticipantKey, PeerKey, Role};
 use crate::room::{PublishedTrack, Room};
-use crate::rtp::SeqResult;
 use crate::stats::SfuStats;
 use confab_proto::{
-    ChatOut, ClientConfig, ErrorCode, MediaKind, PROTOCOL_VERSION, ParticipantInfo, PcTarget,
-    RoomId, ServerMessage, SubscribedTrack, TrackId, TrackSource,
+    ChatOut, ClientConfig, ErrorCode, PROTOCOL_VERSION, ParticipantInfo, PcTarget, RoomId,
+    ServerMessage, SubscribedTrack, TrackId, TrackSource,
 };
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::sansio::Protocol;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A subscriber's data channel may hold this much unsent chat before messages to it are
 /// dropped (a stalled reader must not grow the server's memory).
@@ -81,6 +77,19 @@ impl Worker {
                 }
             }
             Command::Mute { key, source, muted } => self.mute(key, source, muted),
+            Command::Subscription {
+                key,
+                track,
+                subscribed,
+                quality,
+                height,
+            } => self.subscription(key, track, subscribed, quality, height),
+            Command::Pin { key, participants } => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.pins = participants;
+                    self.allocate(key, Instant::now());
+                }
+            }
             Command::Leave { key } => self.remove_participant(key, Removal::Left),
             Command::Shutdown => self.stop(),
         }
@@ -139,6 +148,10 @@ impl Worker {
                 tracks: Vec::new(),
                 sub_state: SubState::Stable,
                 needs_offer: true,
+                prefs: HashMap::new(),
+                pins: Vec::new(),
+                bwe: crate::bwe::LossBwe::new(crate::bwe::BweConfig::default()),
+                allocated_at: None,
             },
         );
         let room = self.rooms.get_mut(&room_id).expect("room just ensured");
@@ -196,7 +209,12 @@ impl Worker {
     }
 
     /// Opens a down-track of `track` toward `subscriber` (not yet negotiated).
-    fn subscribe(&mut self, subscriber: ParticipantKey, room_id: &RoomId, track: &TrackId) {
+    pub(super) fn subscribe(
+        &mut self,
+        subscriber: ParticipantKey,
+        room_id: &RoomId,
+        track: &TrackId,
+    ) {
         let Some(owner_key) = self
             .rooms
             .get(room_id)
@@ -334,61 +352,43 @@ impl Worker {
         }
     }
 
-    /// Starts forwarding on every negotiated down-track of a connected subscriber, and
-    /// asks the publishers for keyframes so that video starts at once.
-    fn activate_down_tracks(&mut self, key: ParticipantKey, now: Instant) {
+    fn subscription(
+        &mut self,
+        key: ParticipantKey,
+        track: TrackId,
+        subscribed: bool,
+        quality: confab_proto::Quality,
+        height: Option<u32>,
+    ) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
-        let Some(peer) = self.peers.get(&p.sub) else {
-            return;
-        };
-        if !peer.connected {
-            return;
-        }
-        let ready: Vec<bool> = peer
-            .senders
-            .iter()
-            .map(|s| s.as_ref().is_some_and(|s| s.payload_type.is_some()))
-            .collect();
-        let Some(room) = self.rooms.get_mut(&p.room) else {
-            return;
-        };
-        let mut wants_key = Vec::new();
-        for t in room.tracks.values_mut() {
-            if let Some(d) = t.down_of(key)
-                && !d.forwarder.is_active()
-                && ready.get(d.slot).copied().unwrap_or(false)
-            {
-                d.forwarder.set_active(true);
-                if d.forwarder.needs_keyframe().is_some() {
-                    wants_key.push(t.id.clone());
-                }
-            }
-        }
-        let room_id = p.room.clone();
-        for t in wants_key {
-            self.request_keyframe(&room_id, &t, now);
-        }
-    }
-
-    fn request_keyframe(&mut self, room: &RoomId, track: &TrackId, now: Instant) {
-        let Some(t) = self
+        let known = self
             .rooms
-            .get_mut(room)
-            .and_then(|r| r.tracks.get_mut(track))
-        else {
-            return;
-        };
-        if !t.codec.codec.is_video() || !t.keyframes.try_request(now) {
+            .get(&p.room)
+            .and_then(|r| r.tracks.get(&track))
+            .is_some_and(|t| t.owner != key);
+        if !known {
+            self.send_to(
+                key,
+                ServerMessage::error(
+                    ErrorCode::UnknownTrack,
+                    format!("no remote track {track} in this room"),
+                ),
+            );
             return;
         }
-        if let Some(peer) = self.peers.get_mut(&t.pub_peer) {
-            peer.send_pli(&t.rtc_id, now);
-            SfuStats::inc(&self.stats.keyframe_requests_out);
-            let k = t.pub_peer;
-            self.mark_touched(k);
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.prefs.insert(
+                track,
+                super::media::Pref {
+                    subscribed,
+                    quality,
+                    height,
+                },
+            );
         }
+        self.allocate(key, Instant::now());
     }
 
     fn mute(&mut self, key: ParticipantKey, source: TrackSource, muted: bool) {
@@ -431,6 +431,7 @@ impl Worker {
         SfuStats::gauge(&self.stats.participants, -1);
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.members.retain(|k| *k != key);
+            room.speakers.remove(&key);
             // Its own tracks go away, with every down-track they fed.
             for t in &p.tracks {
                 if let Some(track) = room.tracks.remove(t) {
@@ -511,6 +512,14 @@ impl Worker {
         };
         let (role, owner) = (peer.role, peer.participant);
         match ev {
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                rtc::peer_connection::state::RTCIceConnectionState::Connected,
+            ) => {
+                // When this side is the DTLS client, its first flight is queued until the
+                // next timer (up to ~200 ms away): run the timers now so it leaves at once.
+                let _ = peer.pc.handle_timeout(now);
+                self.mark_touched(key);
+            }
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 tracing::debug!(?role, %state, "connection state");
                 match state {
@@ -531,11 +540,15 @@ impl Worker {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if role == Role::Publisher =>
             {
-                if peer.received.contains_key(&init.track_id) {
+                if let Some(rt) = peer.received.get(&init.track_id)
+                    && init.rid.is_none()
+                    && rt.media_ssrc == init.ssrc
+                {
                     // Renegotiation re-announces tracks already open.
                     return;
                 }
-                let Some((codec, kind, mid)) = peer.describe_receiver(init.receiver_id, init.ssrc)
+                let Some((codec, kind, mid, audio_level)) =
+                    peer.describe_receiver(init.receiver_id, init.ssrc)
                 else {
                     return;
                 };
@@ -545,9 +558,11 @@ impl Worker {
                     init.track_id,
                     init.receiver_id,
                     init.ssrc,
+                    init.rid,
                     codec,
                     kind,
                     mid,
+                    audio_level,
                 );
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
@@ -577,75 +592,6 @@ impl Worker {
                 }
             }
             _ => {}
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn track_opened(
-        &mut self,
-        peer_key: PeerKey,
-        owner: ParticipantKey,
-        rtc_id: String,
-        receiver: rtc::rtp_transceiver::RTCRtpReceiverId,
-        ssrc: u32,
-        codec: crate::peer::TrackCodec,
-        kind: MediaKind,
-        mid: Option<String>,
-    ) {
-        let Some(p) = self.participants.get_mut(&owner) else {
-            return;
-        };
-        let source = mid
-            .as_ref()
-            .and_then(|m| p.sources.get(m).copied())
-            .unwrap_or(match kind {
-                MediaKind::Audio => TrackSource::Microphone,
-                MediaKind::Video => TrackSource::Camera,
-            });
-        let id = TrackId::from_suffix(format!("{}{}", self.index, self.next_track));
-        self.next_track += 1;
-        p.tracks.push(id.clone());
-        let room_id = p.room.clone();
-        tracing::info!(participant = %p.id, track = %id, ?kind, ?source, codec = %codec.rtp.mime_type, "track published");
-        if let Some(peer) = self.peers.get_mut(&peer_key) {
-            peer.received.insert(
-                rtc_id.clone(),
-                ReceivedTrack {
-                    receiver,
-                    track: id.clone(),
-                    media_ssrc: ssrc,
-                },
-            );
-        }
-        let Some(room) = self.rooms.get_mut(&room_id) else {
-            return;
-        };
-        room.tracks.insert(
-            id.clone(),
-            PublishedTrack::new(
-                id.clone(),
-                owner,
-                kind,
-                source,
-                codec,
-                peer_key,
-                rtc_id,
-                Duration::from_millis(self.config.keyframe_interval_ms),
-            ),
-        );
-        SfuStats::gauge(&self.stats.published_tracks, 1);
-        let members: Vec<_> = room.members.clone();
-        for m in members {
-            if m != owner {
-                self.subscribe(m, &room_id, &id);
-            }
-        }
-        if let Some(info) = self.participant_info(owner) {
-            self.broadcast(
-                &room_id,
-                None,
-                ServerMessage::ParticipantUpdated { participant: info },
-            );
         }
     }
 
@@ -679,107 +625,6 @@ impl Worker {
                 ServerMessage::ParticipantUpdated { participant: info },
             );
         }
-    }
-
-    fn rtp(&mut self, peer_key: PeerKey, rtc_id: &str, pkt: rtc::rtp::Packet, now: Instant) {
-        SfuStats::inc(&self.stats.rtp_in);
-        let Some(peer) = self.peers.get(&peer_key) else {
-            return;
-        };
-        let Some(rt) = peer.received.get(rtc_id) else {
-            return;
-        };
-        let owner = peer.participant;
-        let Some(room_id) = self.participants.get(&owner).map(|p| &p.room) else {
-            return;
-        };
-        let Some(t) = self
-            .rooms
-            .get_mut(room_id)
-            .and_then(|r| r.tracks.get_mut(&rt.track))
-        else {
-            return;
-        };
-        let ext_seq = match t.seq.push(pkt.header.sequence_number) {
-            SeqResult::New { ext, .. } => ext,
-            SeqResult::Duplicate { .. } | SeqResult::TooOld => {
-                SfuStats::inc(&self.stats.rtp_duplicates);
-                return;
-            }
-        };
-        let info = PacketInfo {
-            layer: 0,
-            ext_seq,
-            ts: pkt.header.timestamp,
-            keyframe: t.codec.codec.is_keyframe(&pkt.payload),
-            padding_only: pkt.payload.is_empty(),
-        };
-        // Extension ids are per leg: none of the publisher's mean anything downstream.
-        // Stripped once here rather than per copy.
-        let mut pkt = pkt;
-        pkt.header.extension = false;
-        pkt.header.extensions.clear();
-        pkt.header.extensions_padding = 0;
-        let peers = &mut self.peers;
-        let touched = &mut self.touched;
-        let touched_flag = &mut self.touched_flag;
-        let mut written = 0u64;
-        let fan = t.fan_out(&info, now, |d, rw| {
-            let Some(sub) = peers.get_mut(&d.sub_peer) else {
-                return;
-            };
-            let mut out = pkt.clone();
-            out.header.sequence_number = rw.seq;
-            out.header.timestamp = rw.ts;
-            if sub.write_rtp(d.slot, out, now) {
-                written += 1;
-                // Output only: forwarded RTP moves no protocol timer.
-                if let std::collections::hash_map::Entry::Vacant(e) = touched_flag.entry(d.sub_peer)
-                {
-                    e.insert(false);
-                    touched.push(d.sub_peer);
-                }
-            }
-        });
-        SfuStats::add(&self.stats.rtp_out, written);
-        if written > 0 {
-            self.forwarded += 1;
-        }
-        SfuStats::add(&self.stats.rtp_dropped, fan.dropped as u64);
-    }
-
-    fn rtcp(
-        &mut self,
-        peer_key: PeerKey,
-        rtc_id: &str,
-        pkts: &[Box<dyn rtc::rtcp::Packet>],
-        now: Instant,
-    ) {
-        let Some(peer) = self.peers.get(&peer_key) else {
-            return;
-        };
-        if peer.role != Role::Subscriber {
-            return;
-        }
-        let wants_key = pkts.iter().any(|p| {
-            let any = p.as_any();
-            any.downcast_ref::<PictureLossIndication>().is_some()
-                || any.downcast_ref::<FullIntraRequest>().is_some()
-        });
-        if !wants_key {
-            return;
-        }
-        SfuStats::inc(&self.stats.keyframe_requests_in);
-        let Some(room_id) = self
-            .participants
-            .get(&peer.participant)
-            .map(|p| p.room.clone())
-        else {
-            return;
-        };
-        // On a subscriber connection the rtc track id is our TrackId.
-        let track = TrackId::from_wire(rtc_id);
-        self.request_keyframe(&room_id, &track, now);
     }
 
     fn chat(&mut self, peer_key: PeerKey, data: &[u8], now: Instant) {
@@ -922,22 +767,5 @@ impl Worker {
                 })
             })
             .collect()
-    }
-
-    /// Periodic work: repeat keyframe requests until every waiting down-track has one.
-    pub(super) fn tick(&mut self, now: Instant) {
-        let waiting: Vec<(RoomId, TrackId)> = self
-            .rooms
-            .values()
-            .flat_map(|r| {
-                r.tracks
-                    .values()
-                    .filter(|t| t.wants_keyframe())
-                    .map(|t| (r.id.clone(), t.id.clone()))
-            })
-            .collect();
-        for (r, t) in waiting {
-            self.request_keyframe(&r, &t, now);
-        }
     }
 }

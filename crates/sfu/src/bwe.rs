@@ -1,0 +1,170 @@
+//! Downlink bandwidth estimation from the loss a subscriber reports (RTCP receiver
+//! reports), as in the loss-based half of GCC (draft-ietf-rmcat-gcc §6): above 10 % loss
+//! the estimate drops to what was delivered, below 2 % it grows 8 % per report, in between
+//! it holds. It reacts only once loss appears, which is what a link limited by a policer
+//! or a full queue produces; a delay-based estimator (transport-wide CC) would react
+//! earlier and is the next step.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BweConfig {
+    pub initial_bps: u64,
+    pub min_bps: u64,
+    pub max_bps: u64,
+}
+
+impl Default for BweConfig {
+    fn default() -> Self {
+        Self {
+            initial_bps: 3_000_000,
+            min_bps: 100_000,
+            max_bps: 20_000_000,
+        }
+    }
+}
+
+/// One subscriber's downlink estimate.
+#[derive(Debug, Clone)]
+pub struct LossBwe {
+    cfg: BweConfig,
+    estimate: u64,
+    last_increase: Option<Instant>,
+}
+
+impl LossBwe {
+    pub fn new(cfg: BweConfig) -> Self {
+        Self {
+            cfg,
+            estimate: cfg.initial_bps,
+            last_increase: None,
+        }
+    }
+
+    pub fn estimate_bps(&self) -> u64 {
+        self.estimate
+    }
+
+    /// A receiver report: `fraction_lost` is the RTCP field (0..=255 for 0..100 %) and
+    /// `sent_bps` what was sent toward this subscriber over the report's interval.
+    pub fn on_report(&mut self, fraction_lost: u8, sent_bps: u64, now: Instant) -> u64 {
+        let loss = fraction_lost as f64 / 256.0;
+        if loss > 0.10 {
+            let delivered = (sent_bps as f64 * (1.0 - 0.5 * loss)) as u64;
+            self.estimate = delivered.min(self.estimate).max(self.cfg.min_bps);
+        } else if loss < 0.02 {
+            // At most one increase per 200 ms, however many streams report.
+            if self
+                .last_increase
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(200))
+            {
+                // Growing past what is actually sent would be growing on no evidence.
+                let ceiling = (sent_bps as f64 * 1.5).max(self.cfg.min_bps as f64) as u64;
+                let grown = (self.estimate as f64 * 1.08) as u64;
+                self.estimate = grown.min(ceiling.max(self.estimate)).min(self.cfg.max_bps);
+                self.last_increase = Some(now);
+            }
+        }
+        self.estimate
+    }
+}
+
+/// Bits per second over a sliding window, from byte counts.
+#[derive(Debug, Clone, Default)]
+pub struct RateMeter {
+    window_start: Option<Instant>,
+    bytes: u64,
+    rate_bps: u64,
+}
+
+impl RateMeter {
+    const WINDOW: Duration = Duration::from_millis(1000);
+
+    pub fn add(&mut self, bytes: usize, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= Self::WINDOW {
+            self.rate_bps = self.bytes * 8 * 1000 / elapsed.as_millis().max(1) as u64;
+            self.bytes = 0;
+            self.window_start = Some(now);
+        }
+        self.bytes += bytes as u64;
+    }
+
+    /// The rate over the last complete window (during the first window, the rate so far,
+    /// and at least 1 once anything arrived: a stream that just started is available);
+    /// 0 once the stream stopped for two windows.
+    pub fn rate_bps(&self, now: Instant) -> u64 {
+        match self.window_start {
+            Some(s) if now.saturating_duration_since(s) < Self::WINDOW * 2 => {
+                if self.rate_bps > 0 {
+                    self.rate_bps
+                } else {
+                    let ms = now.saturating_duration_since(s).as_millis().max(100) as u64;
+                    (self.bytes * 8 * 1000 / ms).max(1)
+                }
+            }
+            _ => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_backs_off_and_clean_reports_grow() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut b = LossBwe::new(BweConfig::default());
+        assert_eq!(b.estimate_bps(), 3_000_000);
+        // 25 % loss while sending 2 Mbps: down to what was delivered (about 1.75 Mbps).
+        let e = b.on_report(64, 2_000_000, at(0));
+        assert!((1_700_000..=1_800_000).contains(&e), "{e}");
+        // 5 % loss: hold.
+        assert_eq!(b.on_report(13, 1_500_000, at(1000)), e);
+        // No loss: grow 8 % per report, not past 1.5x what is sent.
+        let e2 = b.on_report(0, 1_500_000, at(2000));
+        assert_eq!(e2, (e as f64 * 1.08) as u64);
+        // Two reports within 200 ms count once.
+        assert_eq!(b.on_report(0, 1_500_000, at(2100)), e2);
+        let mut last = e2;
+        for i in 0..50 {
+            last = b.on_report(0, 1_000_000, at(3000 + i * 1000));
+        }
+        assert_eq!(
+            last, e2,
+            "never above 1.5x of 1 Mbps sent, and never below the estimate"
+        );
+    }
+
+    #[test]
+    fn floor_and_ceiling() {
+        let t0 = Instant::now();
+        let mut b = LossBwe::new(BweConfig::default());
+        assert_eq!(b.on_report(255, 10_000, t0), 100_000);
+        let mut b = LossBwe::new(BweConfig {
+            max_bps: 3_100_000,
+            ..Default::default()
+        });
+        assert_eq!(b.on_report(0, 10_000_000, t0), 3_100_000);
+    }
+
+    #[test]
+    fn rate_meter() {
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        for i in 0..=100 {
+            m.add(1250, t0 + Duration::from_millis(i * 10));
+        }
+        // A stream that just started is available at once.
+        let mut fresh = RateMeter::default();
+        fresh.add(100, t0);
+        assert!(fresh.rate_bps(t0) > 0);
+        // 1250 bytes every 10 ms = 1 Mbps
+        let r = m.rate_bps(t0 + Duration::from_millis(1000));
+        assert!((990_000..=1_010_000).contains(&r), "{r}");
+        assert_eq!(m.rate_bps(t0 + Duration::from_secs(5)), 0);
+    }
+}
