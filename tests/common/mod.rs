@@ -2,6 +2,8 @@
 //! helpers around the Rust client. Waits are on events with deadlines, never sleeps.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use confab::{Config, Server};
 use confab_load::client::{Client, ClientOptions, Event, Publish};
 use confab_proto::{MediaKind, ParticipantId, TrackId};

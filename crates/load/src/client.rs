@@ -48,18 +48,31 @@ use webrtc::peer_connection::{
 pub struct Publish {
     pub audio: bool,
     pub video: bool,
+    /// Video as three simulcast layers (rids q, h, f).
+    pub simulcast: bool,
 }
 
 impl Publish {
     pub const NONE: Publish = Publish {
         audio: false,
         video: false,
+        simulcast: false,
     };
     pub const AUDIO_VIDEO: Publish = Publish {
         audio: true,
         video: true,
+        simulcast: false,
+    };
+    pub const SIMULCAST: Publish = Publish {
+        audio: true,
+        video: true,
+        simulcast: true,
     };
 }
+
+/// Simulcast rids, lowest first, and each layer's share of the top layer's frame size and
+/// its frame height.
+pub const SIMULCAST_LAYERS: [(&str, usize, u16); 3] = [("q", 8, 180), ("h", 3, 360), ("f", 1, 720)];
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -70,6 +83,9 @@ pub struct ClientOptions {
     pub publish: Publish,
     /// Where received RTP goes: events (tests) or measurements (load runs).
     pub sink: RtpSink,
+    /// Local address of the peer connections' sockets (tests put clients on other
+    /// loopback addresses to tell them apart in a relay).
+    pub bind_ip: std::net::IpAddr,
 }
 
 /// Where a client's received RTP goes.
@@ -101,7 +117,13 @@ impl ClientOptions {
             name: name.into(),
             publish: Publish::AUDIO_VIDEO,
             sink: RtpSink::Events,
+            bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
         }
+    }
+
+    pub fn bind_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind_ip = ip;
+        self
     }
 
     pub fn sink(mut self, sink: RtpSink) -> Self {
@@ -190,6 +212,8 @@ pub struct Client {
     subscriber: Pc,
     audio: Option<Arc<TrackLocalStaticRTP>>,
     video: Option<Arc<TrackLocalStaticRTP>>,
+    audio_mid: Option<String>,
+    video_mid: Option<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -198,6 +222,21 @@ const VP8_PT: u8 = 96;
 
 fn media_engine() -> anyhow::Result<MediaEngine> {
     let mut m = MediaEngine::default();
+    use rtc::sdp::extmap;
+    for (uri, kind) in [
+        (extmap::SDES_MID_URI, RtpCodecKind::Video),
+        (extmap::SDES_RTP_STREAM_ID_URI, RtpCodecKind::Video),
+        (extmap::SDES_MID_URI, RtpCodecKind::Audio),
+        (extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+    ] {
+        m.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
     m.register_codec(
         RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
@@ -250,7 +289,11 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-async fn build_pc(handler: Arc<dyn PeerConnectionEventHandler>, tap: bool) -> anyhow::Result<Pc> {
+async fn build_pc(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    tap: bool,
+    bind_ip: std::net::IpAddr,
+) -> anyhow::Result<Pc> {
     let mut media = media_engine()?;
     let mut registry = Registry::new();
     registry = configure_nack(registry, &mut media);
@@ -270,7 +313,7 @@ async fn build_pc(handler: Arc<dyn PeerConnectionEventHandler>, tap: bool) -> an
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .with_udp_addrs(vec![format!("{bind_ip}:0")])
         .build()
         .await?;
     Ok(Arc::new(pc))
@@ -445,6 +488,7 @@ impl Client {
                 shared: shared.clone(),
             }),
             false,
+            opts.bind_ip,
         )
         .await?;
 
@@ -489,6 +533,7 @@ impl Client {
                         shared: shared.clone(),
                     }),
                     true,
+                    opts.bind_ip,
                 )
                 .await?,
             )
@@ -531,6 +576,8 @@ impl Client {
             subscriber,
             audio: None,
             video: None,
+            audio_mid: None,
+            video_mid: None,
             tasks,
         };
         if client.publisher.is_some() {
@@ -558,12 +605,24 @@ impl Client {
             tracks.push(TrackSource::Microphone);
         }
         if p.video {
+            let encodings = if p.simulcast {
+                SIMULCAST_LAYERS
+                    .iter()
+                    .map(|(rid, _, _)| {
+                        let mut e = encoding(vp8_codec());
+                        e.rtp_coding_parameters.rid = (*rid).to_string();
+                        e
+                    })
+                    .collect()
+            } else {
+                vec![encoding(vp8_codec())]
+            };
             let t = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 format!("{}-stream", self.id),
                 format!("{}-video", self.id),
                 "video".into(),
                 RtpCodecKind::Video,
-                vec![encoding(vp8_codec())],
+                encodings,
             )));
             pc.add_track(t.clone() as Arc<dyn TrackLocal>).await?;
             // Keyframe requests reach the track through the tap interceptor.
@@ -600,6 +659,11 @@ impl Client {
                 && let Ok(Some(sender)) = t.sender().await
             {
                 let kind = sender.track().kind().await;
+                if kind == RtpCodecKind::Audio {
+                    self.audio_mid = Some(mid.clone());
+                } else {
+                    self.video_mid = Some(mid.clone());
+                }
                 publish.push(PublishTrack {
                     mid,
                     source: if kind == RtpCodecKind::Audio {
@@ -802,6 +866,8 @@ pub struct MediaPlan {
     /// Audio packets are 20 ms of Opus.
     pub audio_bytes: usize,
     pub keyframe_every: Duration,
+    /// RFC 6464 level put in every audio packet: 0 loudest, 127 silence.
+    pub audio_level: u8,
 }
 
 impl Default for MediaPlan {
@@ -813,6 +879,7 @@ impl Default for MediaPlan {
             video_bytes: 1000,
             audio_bytes: 100,
             keyframe_every: Duration::from_secs(2),
+            audio_level: 127,
         }
     }
 }
@@ -834,6 +901,7 @@ impl Client {
     pub fn start_media(&self, plan: MediaPlan) -> Pump {
         let audio = if plan.audio { self.audio.clone() } else { None };
         let video = if plan.video { self.video.clone() } else { None };
+        let (audio_mid, video_mid) = (self.audio_mid.clone(), self.video_mid.clone());
         let keyframe = self.shared.keyframe_requested.clone();
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -845,19 +913,51 @@ impl Client {
                 Some(t) => t.ssrcs().await.first().copied().unwrap_or(0),
                 None => 0,
             };
-            let v_ssrc = match &video {
-                Some(t) => t.ssrcs().await.first().copied().unwrap_or(0),
-                None => 0,
-            };
-            let (mut a_idx, mut v_idx, mut frame) = (0u64, 0u64, 0u64);
-            let (mut a_seq, mut v_seq) = (rand::random::<u16>(), rand::random::<u16>());
+            // One stream per encoding (three with simulcast), each with its own sequence
+            // numbers and picture ids, as a browser's encoder does.
+            let mut layers: Vec<LayerState> = Vec::new();
+            if let Some(t) = &video {
+                let ssrcs = t.ssrcs().await;
+                let simulcast = ssrcs.len() > 1;
+                for (i, ssrc) in ssrcs.into_iter().enumerate() {
+                    let (rid, share, height) = if simulcast {
+                        let (r, s, h) = SIMULCAST_LAYERS[i.min(2)];
+                        (Some(r), s, h)
+                    } else {
+                        (None, 1, 720)
+                    };
+                    layers.push(LayerState {
+                        ssrc,
+                        rid,
+                        layer: i as u64,
+                        bytes: (plan.video_bytes / share).max(60),
+                        height,
+                        seq: rand::random(),
+                        picture_id: rand::random::<u16>() & 0x7fff,
+                        tl0: rand::random(),
+                        index: 0,
+                    });
+                }
+            }
+            let (mut a_idx, mut frame) = (0u64, 0u64);
+            let mut a_seq = rand::random::<u16>();
             let mut last_key: Option<Instant> = None;
             loop {
                 tokio::select! {
                     _ = audio_tick.tick(), if audio.is_some() => {
                         let Some(t) = &audio else { continue };
-                        let pkt = synthetic(SynthCodec::Opus, OPUS_PT, a_ssrc, a_seq, a_idx as u32 * 960, a_idx, true, false, plan.audio_bytes);
-                        if t.write_rtp(pkt).await.is_ok() {
+                        let pkt = rtp_packet(OPUS_PT, a_ssrc, a_seq, a_idx as u32 * 960, true,
+                            media::payload(None, a_idx, plan.audio_bytes, media::now_micros()));
+                        let mut exts = vec![rtc::rtp::extension::HeaderExtension::AudioLevel(
+                            rtc::rtp::extension::audio_level_extension::AudioLevelExtension {
+                                level: plan.audio_level.min(127),
+                                voice: plan.audio_level < 127,
+                            },
+                        )];
+                        if let Some(mid) = &audio_mid {
+                            exts.push(text_extension(rtc::sdp::extmap::SDES_MID_URI, mid));
+                        }
+                        if t.write_rtp_with_extensions(pkt, &exts).await.is_ok() {
                             counter.fetch_add(1, Ordering::Relaxed);
                         }
                         a_idx += 1;
@@ -872,16 +972,40 @@ impl Client {
                             last_key = Some(now);
                         }
                         let ts = (frame * 90_000 / plan.fps.max(1) as u64) as u32;
-                        let parts = plan.video_bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
-                        let size = plan.video_bytes.div_ceil(parts);
-                        for part in 0..parts {
-                            let mut pkt = synthetic(SynthCodec::Vp8, VP8_PT, v_ssrc, v_seq, ts, v_idx, part == 0, key, size);
-                            pkt.header.marker = part + 1 == parts;
-                            if t.write_rtp(pkt).await.is_ok() {
-                                counter.fetch_add(1, Ordering::Relaxed);
+                        for l in layers.iter_mut() {
+                            let parts = l.bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
+                            let size = l.bytes.div_ceil(parts);
+                            if key {
+                                l.tl0 = l.tl0.wrapping_add(1);
                             }
-                            v_idx += 1;
-                            v_seq = v_seq.wrapping_add(1);
+                            for part in 0..parts {
+                                let meta = media::Vp8Meta {
+                                    start: part == 0,
+                                    keyframe: key,
+                                    picture_id: l.picture_id,
+                                    tl0picidx: l.tl0,
+                                    width: l.height * 16 / 9,
+                                    height: l.height,
+                                };
+                                // The layer is in the index's top byte, so that a receiver can
+                                // tell which layer it got.
+                                let index = (l.layer << 56) | l.index;
+                                let pkt = rtp_packet(VP8_PT, l.ssrc, l.seq, ts, part + 1 == parts,
+                                    media::payload(Some(meta), index, size, media::now_micros()));
+                                let mut exts = Vec::new();
+                                if let Some(mid) = &video_mid {
+                                    exts.push(text_extension(rtc::sdp::extmap::SDES_MID_URI, mid));
+                                }
+                                if let Some(rid) = l.rid {
+                                    exts.push(text_extension(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI, rid));
+                                }
+                                if t.write_rtp_with_extensions(pkt, &exts).await.is_ok() {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                }
+                                l.index += 1;
+                                l.seq = l.seq.wrapping_add(1);
+                            }
+                            l.picture_id = (l.picture_id + 1) & 0x7fff;
                         }
                         frame += 1;
                     }
@@ -892,29 +1016,68 @@ impl Client {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn synthetic(
-    codec: SynthCodec,
+/// One outgoing video encoding of a pump.
+struct LayerState {
+    ssrc: u32,
+    rid: Option<&'static str>,
+    layer: u64,
+    bytes: usize,
+    height: u16,
+    seq: u16,
+    picture_id: u16,
+    tl0: u8,
+    index: u64,
+}
+
+/// The layer a synthetic video packet came from (see [`Client::start_media`]).
+pub fn layer_of_index(index: u64) -> u8 {
+    (index >> 56) as u8
+}
+
+fn rtp_packet(
     pt: u8,
     ssrc: u32,
     seq: u16,
     ts: u32,
-    index: u64,
-    start: bool,
-    keyframe: bool,
-    size: usize,
+    marker: bool,
+    payload: bytes::Bytes,
 ) -> rtc::rtp::Packet {
     rtc::rtp::Packet {
         header: rtc::rtp::header::Header {
             version: 2,
-            marker: true,
+            marker,
             payload_type: pt,
             sequence_number: seq,
             timestamp: ts,
             ssrc,
             ..Default::default()
         },
-        payload: media::payload(codec, index, start, keyframe, size, media::now_micros()),
+        payload,
+    }
+}
+
+/// A header extension whose value is a short string (mid, rid).
+fn text_extension(uri: &'static str, value: &str) -> rtc::rtp::extension::HeaderExtension {
+    rtc::rtp::extension::HeaderExtension::Custom {
+        uri: uri.into(),
+        extension: Box::new(TextExt(bytes::Bytes::copy_from_slice(value.as_bytes()))),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TextExt(bytes::Bytes);
+
+impl rtc::shared::marshal::MarshalSize for TextExt {
+    fn marshal_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl rtc::shared::marshal::Marshal for TextExt {
+    fn marshal_to(&self, buf: &mut [u8]) -> rtc::shared::error::Result<usize> {
+        let n = self.0.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        Ok(n)
     }
 }
 

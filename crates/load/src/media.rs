@@ -7,8 +7,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 4] = b"CFB1";
-/// Bytes before the stamp: VP8 descriptor + frame header byte, or the Opus TOC byte.
-const VP8_HEADER: usize = 2;
+/// Bytes before the stamp: the VP8 payload descriptor (5: X, I with a 15-bit picture id,
+/// L with TL0PICIDX) and 10 bytes of VP8 frame header; or the Opus TOC byte.
+const VP8_HEADER: usize = 5 + 10;
 const OPUS_HEADER: usize = 1;
 const STAMP: usize = 4 + 8 + 8;
 
@@ -25,31 +26,44 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// A synthetic payload of `size` bytes (at least the headers and stamp). For VP8,
-/// `start` marks the first packet of a frame (the descriptor's S bit); `keyframe` only
-/// matters there.
-pub fn payload(
-    codec: SynthCodec,
-    index: u64,
-    start: bool,
-    keyframe: bool,
-    size: usize,
-    sent_us: u64,
-) -> Bytes {
-    let header = match codec {
-        SynthCodec::Vp8 => VP8_HEADER,
-        SynthCodec::Opus => OPUS_HEADER,
+/// VP8 fields of a synthetic video packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vp8Meta {
+    /// First packet of a frame (the descriptor's S bit).
+    pub start: bool,
+    pub keyframe: bool,
+    /// 15-bit picture id, one per frame.
+    pub picture_id: u16,
+    pub tl0picidx: u8,
+    pub width: u16,
+    pub height: u16,
+}
+
+/// A synthetic payload of `size` bytes (at least the headers and stamp). `vp8` describes
+/// a video packet; `None` makes an Opus one.
+pub fn payload(vp8: Option<Vp8Meta>, index: u64, size: usize, sent_us: u64) -> Bytes {
+    let header = match vp8 {
+        Some(_) => VP8_HEADER,
+        None => OPUS_HEADER,
     };
     let size = size.max(header + STAMP);
     let mut b = BytesMut::with_capacity(size);
-    match codec {
-        SynthCodec::Vp8 => {
-            // Descriptor: S bit, PID=0, no extensions. Frame header: P bit 0 = keyframe.
-            b.put_u8(if start { 0x10 } else { 0x00 });
-            b.put_u8(if keyframe { 0x00 } else { 0x01 });
+    match vp8 {
+        Some(m) => {
+            // Descriptor: X and S bits (PID 0); I and L; 15-bit picture id; TL0PICIDX.
+            b.put_u8(if m.start { 0x90 } else { 0x80 });
+            b.put_u8(0xC0);
+            b.put_u16(0x8000 | (m.picture_id & 0x7fff));
+            b.put_u8(m.tl0picidx);
+            // Frame header (RFC 6386 §9.1): tag with P = 0 for a keyframe, start code,
+            // 14-bit width and height.
+            b.put_u8(if m.keyframe { 0x50 } else { 0x51 });
+            b.put_slice(&[0x2d, 0x01, 0x9d, 0x01, 0x2a]);
+            b.put_u16_le(m.width & 0x3fff);
+            b.put_u16_le(m.height & 0x3fff);
         }
         // TOC: config 31 (CELT FB 20 ms), mono, one frame.
-        SynthCodec::Opus => b.put_u8(0xf8),
+        None => b.put_u8(0xf8),
     }
     b.put_slice(MAGIC);
     b.put_u64(index);
@@ -103,10 +117,24 @@ pub fn read_stamp(codec: SynthCodec, p: &[u8]) -> Option<Stamp> {
 mod tests {
     use super::*;
 
+    fn meta(start: bool, keyframe: bool) -> Option<Vp8Meta> {
+        Some(Vp8Meta {
+            start,
+            keyframe,
+            picture_id: 0x1234,
+            tl0picidx: 9,
+            width: 640,
+            height: 360,
+        })
+    }
+
     #[test]
     fn roundtrip() {
-        for codec in [SynthCodec::Vp8, SynthCodec::Opus] {
-            let p = payload(codec, 42, true, true, 300, 123);
+        for (codec, vp8) in [
+            (SynthCodec::Vp8, meta(true, true)),
+            (SynthCodec::Opus, None),
+        ] {
+            let p = payload(vp8, 42, 300, 123);
             assert_eq!(p.len(), 300);
             let s = read_stamp(codec, &p).unwrap();
             assert_eq!((s.index, s.sent_us, s.intact), (42, 123, true));
@@ -118,9 +146,15 @@ mod tests {
     }
 
     #[test]
-    fn vp8_keyframe_bit() {
-        assert_eq!(payload(SynthCodec::Vp8, 1, true, true, 50, 0)[1] & 1, 0);
-        assert_eq!(payload(SynthCodec::Vp8, 1, true, false, 50, 0)[1] & 1, 1);
-        assert_eq!(payload(SynthCodec::Vp8, 1, false, true, 50, 0)[0], 0);
+    fn vp8_header_is_what_the_server_parses() {
+        use confab_sfu::rtp::codec::{Codec, Vp8Descriptor, vp8_dimensions};
+        let key = payload(meta(true, true), 1, 100, 0);
+        let d = Vp8Descriptor::parse(&key).unwrap();
+        assert!(d.is_keyframe);
+        assert_eq!(d.picture_id, Some((0x1234, true)));
+        assert_eq!(d.tl0picidx, Some(9));
+        assert_eq!(vp8_dimensions(&key[d.len..]), Some((640, 360)));
+        assert!(!Codec::Vp8.is_keyframe(&payload(meta(true, false), 1, 100, 0)));
+        assert!(!Codec::Vp8.is_keyframe(&payload(meta(false, true), 1, 100, 0)));
     }
 }

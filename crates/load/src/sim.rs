@@ -184,11 +184,42 @@ impl Leg {
     }
 }
 
+/// One outgoing encoding: the audio track, the video track, or one simulcast layer of it.
 struct Sender {
     id: RTCRtpSenderId,
     ssrc: u32,
     seq: u16,
     index: u64,
+    rid: Option<&'static str>,
+    mid: Option<String>,
+    /// Video: frame bytes and height of this layer, picture id and TL0PICIDX.
+    bytes: usize,
+    height: u16,
+    picture_id: u16,
+    tl0: u8,
+}
+
+/// Negotiated header-extension ids of a sender, looked up once.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExtIds {
+    mid: Option<u8>,
+    rid: Option<u8>,
+    level: Option<u8>,
+}
+
+fn ext_ids(pc: &mut RTCPeerConnection, id: RTCRtpSenderId) -> ExtIds {
+    let mut ids = ExtIds::default();
+    if let Some(mut s) = pc.rtp_sender(id) {
+        for e in &s.get_parameters().rtp_parameters.header_extensions {
+            match e.uri.as_str() {
+                rtc::sdp::extmap::SDES_MID_URI => ids.mid = Some(e.id as u8),
+                rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI => ids.rid = Some(e.id as u8),
+                rtc::sdp::extmap::AUDIO_LEVEL_URI => ids.level = Some(e.id as u8),
+                _ => {}
+            }
+        }
+    }
+    ids
 }
 
 /// Joins and runs until `control.stop`; returns the time the join took.
@@ -239,10 +270,11 @@ pub async fn run(
 
     // Publisher leg and its senders.
     let mut publ: Option<Leg> = None;
-    let (mut audio, mut video): (Option<Sender>, Option<Sender>) = (None, None);
+    let mut audio: Option<Sender> = None;
+    let mut video: Vec<Sender> = Vec::new();
+    let plan = opts.plan;
     if opts.publish.audio || opts.publish.video {
         let mut leg = Leg::new(true).await?;
-        let mut tracks = Vec::new();
         for (kind, wanted) in [
             (MediaKind::Audio, opts.publish.audio),
             (MediaKind::Video, opts.publish.video),
@@ -250,36 +282,58 @@ pub async fn run(
             if !wanted {
                 continue;
             }
-            let ssrc: u32 = rand::random();
             let rk = match kind {
                 MediaKind::Audio => RtpCodecKind::Audio,
                 MediaKind::Video => RtpCodecKind::Video,
             };
+            // (rid, share of the top layer's frame size, height)
+            let layers: Vec<(Option<&'static str>, usize, u16)> =
+                if kind == MediaKind::Video && opts.publish.simulcast {
+                    crate::client::SIMULCAST_LAYERS
+                        .iter()
+                        .map(|(r, share, h)| (Some(*r), *share, *h))
+                        .collect()
+                } else {
+                    vec![(None, 1, 720)]
+                };
+            let ssrcs: Vec<u32> = layers.iter().map(|_| rand::random()).collect();
             let id = leg.pc.add_track(MediaStreamTrack::new(
                 format!("{}-stream", opts.name),
                 format!("{}-{kind:?}", opts.name),
                 format!("{kind:?}"),
                 rk,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
+                layers
+                    .iter()
+                    .zip(&ssrcs)
+                    .map(|((rid, _, _), ssrc)| RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(*ssrc),
+                            rid: rid.unwrap_or_default().to_string(),
+                            ..Default::default()
+                        },
+                        codec: codec(kind),
                         ..Default::default()
-                    },
-                    codec: codec(kind),
-                    ..Default::default()
-                }],
+                    })
+                    .collect(),
             ))?;
-            let s = Sender {
-                id,
-                ssrc,
-                seq: rand::random(),
-                index: 0,
-            };
-            match kind {
-                MediaKind::Audio => audio = Some(s),
-                MediaKind::Video => video = Some(s),
+            for ((rid, share, height), ssrc) in layers.into_iter().zip(ssrcs) {
+                let s = Sender {
+                    id,
+                    ssrc,
+                    seq: rand::random(),
+                    index: 0,
+                    rid,
+                    mid: None,
+                    bytes: (plan.video_bytes / share).max(60),
+                    height,
+                    picture_id: rand::random::<u16>() & 0x7fff,
+                    tl0: rand::random(),
+                };
+                match kind {
+                    MediaKind::Audio => audio = Some(s),
+                    MediaKind::Video => video.push(s),
+                }
             }
-            tracks.push(kind);
         }
         let offer = leg.pc.create_offer(None)?;
         leg.pc.set_local_description(Instant::now(), offer)?;
@@ -293,8 +347,15 @@ pub async fn run(
         for id in ids {
             if let Some(t) = leg.pc.rtp_transceiver(id)
                 && let Some(mid) = t.mid().clone()
+                && let Some(sender) = t.sender()
             {
-                let source = if publish.is_empty() && opts.publish.audio {
+                let is_audio = audio.as_ref().is_some_and(|a| a.id == sender);
+                for s in audio.iter_mut().chain(video.iter_mut()) {
+                    if s.id == sender {
+                        s.mid = Some(mid.clone());
+                    }
+                }
+                let source = if is_audio {
                     TrackSource::Microphone
                 } else {
                     TrackSource::Camera
@@ -309,8 +370,8 @@ pub async fn run(
         .await?;
         publ = Some(leg);
     }
+    let mut ids: HashMap<RTCRtpSenderId, ExtIds> = HashMap::new();
 
-    let plan = opts.plan;
     let mut audio_next = Instant::now();
     let video_gap = Duration::from_micros(1_000_000 / plan.fps.max(1) as u64);
     let mut video_next = Instant::now();
@@ -335,7 +396,7 @@ pub async fn run(
             if audio.is_some() {
                 deadline = deadline.min(audio_next);
             }
-            if video.is_some() {
+            if !video.is_empty() {
                 deadline = deadline.min(video_next);
             }
         }
@@ -440,24 +501,34 @@ pub async fn run(
                 if audio_next < now {
                     audio_next = now + Duration::from_millis(20);
                 }
-                let pkt = packet(
-                    SynthCodec::Opus,
+                let e = *ids.entry(a.id).or_insert_with(|| ext_ids(&mut p.pc, a.id));
+                let mut pkt = packet(
                     OPUS_PT,
                     a,
                     a.index as u32 * 960,
                     true,
-                    false,
+                    None,
                     plan.audio_bytes,
                 );
+                if let Some(id) = e.level {
+                    let v =
+                        (plan.audio_level.min(127)) | if plan.audio_level < 127 { 0x80 } else { 0 };
+                    let _ = pkt
+                        .header
+                        .set_extension(id, bytes::Bytes::copy_from_slice(&[v]));
+                }
+                if let (Some(id), Some(mid)) = (e.mid, &a.mid) {
+                    let _ = pkt
+                        .header
+                        .set_extension(id, bytes::Bytes::copy_from_slice(mid.as_bytes()));
+                }
                 if let Some(mut s) = p.pc.rtp_sender(a.id)
                     && s.write_rtp(now, pkt).is_ok()
                 {
                     control.sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if let Some(v) = video.as_mut()
-                && now >= video_next
-            {
+            if !video.is_empty() && now >= video_next {
                 video_next += video_gap;
                 if video_next < now {
                     video_next = now + video_gap;
@@ -468,16 +539,47 @@ pub async fn run(
                     last_key = Some(now);
                 }
                 let ts = (frame * 90_000 / plan.fps.max(1) as u64) as u32;
-                let parts = plan.video_bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
-                let size = plan.video_bytes.div_ceil(parts);
-                for part in 0..parts {
-                    let mut pkt = packet(SynthCodec::Vp8, VP8_PT, v, ts, part == 0, key, size);
-                    pkt.header.marker = part + 1 == parts;
-                    if let Some(mut s) = p.pc.rtp_sender(v.id)
-                        && s.write_rtp(now, pkt).is_ok()
-                    {
-                        control.sent.fetch_add(1, Ordering::Relaxed);
+                for (layer, v) in video.iter_mut().enumerate() {
+                    let e = *ids.entry(v.id).or_insert_with(|| ext_ids(&mut p.pc, v.id));
+                    let parts = v.bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
+                    let size = v.bytes.div_ceil(parts);
+                    if key {
+                        v.tl0 = v.tl0.wrapping_add(1);
                     }
+                    for part in 0..parts {
+                        let meta = media::Vp8Meta {
+                            start: part == 0,
+                            keyframe: key,
+                            picture_id: v.picture_id,
+                            tl0picidx: v.tl0,
+                            width: v.height * 16 / 9,
+                            height: v.height,
+                        };
+                        let mut pkt = packet(
+                            VP8_PT,
+                            v,
+                            ts,
+                            part + 1 == parts,
+                            Some((meta, layer as u64)),
+                            size,
+                        );
+                        if let (Some(id), Some(mid)) = (e.mid, &v.mid) {
+                            let _ = pkt
+                                .header
+                                .set_extension(id, bytes::Bytes::copy_from_slice(mid.as_bytes()));
+                        }
+                        if let (Some(id), Some(rid)) = (e.rid, v.rid) {
+                            let _ = pkt
+                                .header
+                                .set_extension(id, bytes::Bytes::copy_from_slice(rid.as_bytes()));
+                        }
+                        if let Some(mut s) = p.pc.rtp_sender(v.id)
+                            && s.write_rtp(now, pkt).is_ok()
+                        {
+                            control.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    v.picture_id = (v.picture_id + 1) & 0x7fff;
                 }
                 frame += 1;
             }
@@ -499,25 +601,29 @@ pub async fn run(
 }
 
 fn packet(
-    codec: SynthCodec,
     pt: u8,
     s: &mut Sender,
     ts: u32,
-    start: bool,
-    keyframe: bool,
+    marker: bool,
+    vp8: Option<(media::Vp8Meta, u64)>,
     size: usize,
 ) -> rtc::rtp::Packet {
+    // The layer is in the index's top byte, so that a receiver can tell which it got.
+    let (meta, index) = match vp8 {
+        Some((m, layer)) => (Some(m), (layer << 56) | s.index),
+        None => (None, s.index),
+    };
     let p = rtc::rtp::Packet {
         header: rtc::rtp::header::Header {
             version: 2,
-            marker: true,
+            marker,
             payload_type: pt,
             sequence_number: s.seq,
             timestamp: ts,
             ssrc: s.ssrc,
             ..Default::default()
         },
-        payload: media::payload(codec, s.index, start, keyframe, size, media::now_micros()),
+        payload: media::payload(meta, index, size, media::now_micros()),
     };
     s.seq = s.seq.wrapping_add(1);
     s.index += 1;

@@ -1,0 +1,126 @@
+//! A UDP relay that stands between clients and the server's media port, as a lossy or
+//! narrow network would: the server announces the relay's address, clients send to it, and
+//! it forwards each client's datagrams from a socket of its own (so the server's replies
+//! come back through it). Toward clients whose address matches a rule, it drops a chosen
+//! fraction of RTP and/or polices a bitrate; it counts what it dropped and which RTP
+//! packets it saw twice (retransmissions).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::net::UdpSocket;
+
+/// What happens to server → client traffic for clients on `ip`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub ip: IpAddr,
+    /// Fraction of RTP media packets dropped (every n-th, deterministic).
+    pub drop_every: Option<u64>,
+    /// A token-bucket policer: bits per second and burst bytes.
+    pub rate_bps: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub rtp_to_clients: AtomicU64,
+    pub dropped: AtomicU64,
+    /// RTP packets (ssrc, seq) forwarded to a client more than once.
+    pub retransmitted: AtomicU64,
+}
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub stats: Arc<RelayStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn is_rtp(b: &[u8]) -> bool {
+    // RFC 7983: 128..=191 is RTP/RTCP; RTCP payload types are 192..=223 (200-206 mostly).
+    b.len() >= 12 && (128..=191).contains(&b[0]) && !(192..=223).contains(&b[1])
+}
+
+impl Relay {
+    /// Listens on `listen` and forwards to `server`.
+    pub async fn start(listen: SocketAddr, server: SocketAddr, rules: Vec<Rule>) -> Relay {
+        let front = Arc::new(UdpSocket::bind(listen).await.expect("relay binds"));
+        let addr = front.local_addr().unwrap();
+        let stats = Arc::new(RelayStats::default());
+        let st = stats.clone();
+        let task = tokio::spawn(async move {
+            // client address -> the relay's socket toward the server for that client
+            let mut legs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                let leg = match legs.get(&client) {
+                    Some(l) => l.clone(),
+                    None => {
+                        let l = Arc::new(UdpSocket::bind((listen.ip(), 0)).await.unwrap());
+                        legs.insert(client, l.clone());
+                        // Server -> client direction of this leg.
+                        let (front, st) = (front.clone(), st.clone());
+                        let rule = rules.iter().copied().find(|r| r.ip == client.ip());
+                        let back = l.clone();
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 2048];
+                            let mut seen = HashSet::new();
+                            let mut count = 0u64;
+                            let mut tokens = 0f64;
+                            let mut last = Instant::now();
+                            loop {
+                                let Ok((n, _)) = back.recv_from(&mut buf).await else {
+                                    return;
+                                };
+                                let d = &buf[..n];
+                                if is_rtp(d) {
+                                    st.rtp_to_clients.fetch_add(1, Ordering::Relaxed);
+                                    let key = (
+                                        u32::from_be_bytes([d[8], d[9], d[10], d[11]]),
+                                        u16::from_be_bytes([d[2], d[3]]),
+                                    );
+                                    // Seen before (forwarded or dropped): a retransmission.
+                                    if !seen.insert(key) {
+                                        st.retransmitted.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    if let Some(r) = rule {
+                                        count += 1;
+                                        if r.drop_every.is_some_and(|k| count.is_multiple_of(k)) {
+                                            st.dropped.fetch_add(1, Ordering::Relaxed);
+                                            continue;
+                                        }
+                                        if let Some(bps) = r.rate_bps {
+                                            let now = Instant::now();
+                                            tokens = (tokens
+                                                + (now - last).as_secs_f64() * bps as f64 / 8.0)
+                                                .min(bps as f64 / 8.0 / 5.0);
+                                            last = now;
+                                            if tokens < n as f64 {
+                                                st.dropped.fetch_add(1, Ordering::Relaxed);
+                                                continue;
+                                            }
+                                            tokens -= n as f64;
+                                        }
+                                    }
+                                }
+                                let _ = front.send_to(d, client).await;
+                            }
+                        });
+                        l
+                    }
+                };
+                let _ = leg.send_to(&buf[..n], server).await;
+            }
+        });
+        Relay { addr, stats, task }
+    }
+}

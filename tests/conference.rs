@@ -1,0 +1,366 @@
+//! Large-conference features with webrtc-rs clients publishing three-layer simulcast:
+//! per-subscriber layers (asked for, or forced by bandwidth), continuity across switches,
+//! loss recovery without storms, active speakers, last-N and dynacast.
+
+mod common;
+
+use common::relay::{Relay, Rule};
+use common::*;
+use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish, layer_of_index};
+use confab_load::media::{SynthCodec, read_stamp};
+use confab_proto::{ClientMessage, MediaKind, ParticipantId, Quality, ServerMessage, TrackId};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// The first video track `c` receives, and the participant it comes from.
+async fn video_track(c: &mut Client) -> (TrackId, ParticipantId) {
+    c.wait_for(WAIT, "video", |e| match e {
+        Event::Rtp {
+            track,
+            participant,
+            kind: MediaKind::Video,
+            ..
+        } => Some((track.clone(), participant.clone())),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `c` receives video on `track` from layer `want`.
+async fn wait_layer(c: &mut Client, track: &TrackId, want: u8) {
+    c.wait_for(WAIT, &format!("layer {want}"), |e| match e {
+        Event::Rtp {
+            track: t,
+            kind: MediaKind::Video,
+            packet,
+            ..
+        } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
+            .filter(|s| layer_of_index(s.index) == want)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+}
+
+fn subscribe(c: &Client, track: &TrackId, quality: Quality, height: Option<u32>) {
+    c.send(&ClientMessage::Subscription {
+        track_id: track.clone(),
+        subscribed: quality != Quality::Off,
+        quality,
+        width: None,
+        height,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_the_layer_they_ask_for() {
+    let server = start().await;
+    let a = join(&server, "sim", "alice", Publish::SIMULCAST).await;
+    let _pump = a.start_media(MediaPlan::default());
+    let mut high = join(&server, "sim", "bob", Publish::NONE).await;
+    let mut low = join(&server, "sim", "carol", Publish::NONE).await;
+    let mut small = join(&server, "sim", "dave", Publish::NONE).await;
+    let (track, from) = video_track(&mut high).await;
+    assert_eq!(from, a.id);
+    // Default: the best layer.
+    wait_layer(&mut high, &track, 2).await;
+    // Asked for low quality: the low layer.
+    video_track(&mut low).await;
+    subscribe(&low, &track, Quality::Low, None);
+    wait_layer(&mut low, &track, 0).await;
+    // A 300-pixel-high tile: the 360p layer, not the 720p one.
+    video_track(&mut small).await;
+    subscribe(&small, &track, Quality::High, Some(300));
+    wait_layer(&mut small, &track, 1).await;
+    // Others are unaffected by dave's and carol's choices.
+    high.clear_backlog();
+    wait_layer(&mut high, &track, 2).await;
+    // Unsubscribing stops the video; subscribing again brings it back.
+    subscribe(&low, &track, Quality::Off, None);
+    low.clear_backlog();
+    subscribe(&low, &track, Quality::Medium, None);
+    wait_layer(&mut low, &track, 1).await;
+    // A track that does not exist is refused.
+    low.send(&ClientMessage::Subscription {
+        track_id: TrackId::from_wire("TR_nope"),
+        subscribed: true,
+        quality: Quality::High,
+        width: None,
+        height: None,
+    });
+    wait_error(&mut low, confab_proto::ErrorCode::UnknownTrack).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_switches_keep_the_stream_continuous() {
+    let server = start().await;
+    let a = join(&server, "cont", "alice", Publish::SIMULCAST).await;
+    let _pump = a.start_media(MediaPlan {
+        keyframe_every: Duration::from_secs(3600),
+        ..MediaPlan::default()
+    });
+    let mut b = join(&server, "cont", "bob", Publish::NONE).await;
+    let (track, _) = video_track(&mut b).await;
+    wait_layer(&mut b, &track, 2).await;
+    // Record every video packet across high -> low -> medium -> high.
+    let mut seen: Vec<(u16, u32, u16, u8)> = Vec::new(); // (seq, ts, picture id, layer)
+    for (quality, layer) in [
+        (Quality::Low, 0u8),
+        (Quality::Medium, 1),
+        (Quality::High, 2),
+    ] {
+        subscribe(&b, &track, quality, None);
+        loop {
+            let (seq, ts, payload) = b
+                .wait_for(WAIT, "video", |e| match e {
+                    Event::Rtp {
+                        track: t,
+                        kind: MediaKind::Video,
+                        packet,
+                        ..
+                    } if *t == track => Some((
+                        packet.header.sequence_number,
+                        packet.header.timestamp,
+                        packet.payload.clone(),
+                    )),
+                    _ => None,
+                })
+                .await
+                .unwrap();
+            let d = confab_sfu::rtp::codec::Vp8Descriptor::parse(&payload).unwrap();
+            let l = layer_of_index(read_stamp(SynthCodec::Vp8, &payload).unwrap().index);
+            seen.push((seq, ts, d.picture_id.unwrap().0, l));
+            // A few frames into the new layer.
+            if seen.iter().rev().take_while(|p| p.3 == layer).count() >= 20 {
+                break;
+            }
+        }
+    }
+    let layers: Vec<u8> = seen.iter().map(|p| p.3).collect();
+    assert!(
+        layers.contains(&0) && layers.contains(&1) && layers.contains(&2),
+        "{layers:?}"
+    );
+    for w in seen.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        // Sequence numbers continue (loopback loses nothing).
+        assert_eq!(
+            b.0,
+            a.0.wrapping_add(1),
+            "sequence gap between {a:?} and {b:?}"
+        );
+        // Timestamps never go back.
+        assert!(
+            b.1.wrapping_sub(a.1) < u32::MAX / 2,
+            "timestamp went back: {a:?} {b:?}"
+        );
+        // Picture ids: same frame, or the next one, whatever the layer.
+        let step = b.2.wrapping_sub(a.2) & 0x7fff;
+        assert!(step <= 1, "picture id jumped by {step}: {a:?} {b:?}");
+    }
+    server.stop().await;
+}
+
+/// A server whose media address is announced on 127.0.0.2, where a relay sits.
+async fn behind_relay(rules: Vec<Rule>) -> (confab::Server, Relay) {
+    let mut config = test_config();
+    config.media.announce_ip = Some("127.0.0.2".parse().unwrap());
+    let server = start_with(config).await;
+    let announced = server.sfu.media_addrs()[0];
+    let real = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), announced.port());
+    let relay = Relay::start(announced, real, rules).await;
+    (server, relay)
+}
+
+async fn join_from(
+    server: &confab::Server,
+    room: &str,
+    name: &str,
+    publish: Publish,
+    ip: &str,
+) -> Client {
+    Client::connect(
+        ClientOptions::new(server.ws_url(), room, name)
+            .publish(publish)
+            .bind_ip(ip.parse::<IpAddr>().unwrap()),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrow_downlink_gets_a_lower_layer() {
+    // Subscribers on 127.0.0.3 get 200 kbit/s; the rest is unlimited.
+    let (server, relay) = behind_relay(vec![Rule {
+        ip: "127.0.0.3".parse().unwrap(),
+        drop_every: None,
+        rate_bps: Some(200_000),
+    }])
+    .await;
+    let a = join_from(&server, "bw", "alice", Publish::SIMULCAST, "127.0.0.1").await;
+    // Top layer 1.2 Mbit/s (5 kB frames), the middle one ~400 kbit/s, the low one ~150.
+    let _pump = a.start_media(MediaPlan {
+        video_bytes: 5000,
+        ..MediaPlan::default()
+    });
+    let mut wide = join_from(&server, "bw", "bob", Publish::NONE, "127.0.0.1").await;
+    let mut narrow = join_from(&server, "bw", "carol", Publish::NONE, "127.0.0.3").await;
+    let (track, _) = video_track(&mut wide).await;
+    wait_layer(&mut wide, &track, 2).await;
+    // The narrow one starts high, loses, reports it, and is moved down.
+    wait_layer(&mut narrow, &track, 0).await;
+    assert!(
+        relay
+            .stats
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    // The wide one still gets the top layer.
+    wide.clear_backlog();
+    wait_layer(&mut wide, &track, 2).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_is_repaired_without_retransmission_storms() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Every 50th RTP packet toward the subscriber is lost: 2 %.
+    let (server, relay) = behind_relay(vec![Rule {
+        ip: "127.0.0.3".parse().unwrap(),
+        drop_every: Some(50),
+        rate_bps: None,
+    }])
+    .await;
+    let a = join_from(&server, "loss", "alice", Publish::AUDIO_VIDEO, "127.0.0.1").await;
+    // About 230 packets per second, so that losses accumulate quickly.
+    let _pump = a.start_media(MediaPlan {
+        fps: 60,
+        video_bytes: 3000,
+        ..MediaPlan::default()
+    });
+    let mut b = join_from(&server, "loss", "bob", Publish::NONE, "127.0.0.3").await;
+    video_track(&mut b).await;
+    // Run until enough packets were dropped...
+    let t0 = Instant::now();
+    while relay.stats.dropped.load(Relaxed) < 60 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "not enough traffic");
+        b.clear_backlog();
+        video_track(&mut b).await;
+    }
+    let dropped = relay.stats.dropped.load(Relaxed) as f64;
+    let retransmitted = relay.stats.retransmitted.load(Relaxed) as f64;
+    // ...each is asked for again and retransmitted from the server's buffer, but not in a
+    // storm: at most 1.2 retransmissions per lost packet.
+    eprintln!("{retransmitted} retransmissions for {dropped} lost packets");
+    assert!(retransmitted > 0.0, "lost packets are retransmitted");
+    assert!(
+        retransmitted <= dropped * 1.2,
+        "{retransmitted} retransmissions for {dropped} lost packets"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_speakers_are_announced() {
+    let server = start().await;
+    let loud = join(&server, "talk", "alice", Publish::AUDIO_VIDEO).await;
+    let quiet = join(&server, "talk", "bob", Publish::AUDIO_VIDEO).await;
+    let mut listener = join(&server, "talk", "carol", Publish::NONE).await;
+    let _p1 = loud.start_media(MediaPlan {
+        audio_level: 20,
+        ..MediaPlan::default()
+    });
+    let _p2 = quiet.start_media(MediaPlan::default());
+    let speakers = wait_server(&mut listener, "active speakers", |m| match m {
+        ServerMessage::ActiveSpeakers { speakers } if !speakers.is_empty() => {
+            Some(speakers.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(speakers, vec![loud.id.clone()]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_n_sends_video_of_the_speaker_only() {
+    let mut config = test_config();
+    config.room.last_n = 1;
+    let server = start_with(config).await;
+    let speaker = join(&server, "lastn", "alice", Publish::AUDIO_VIDEO).await;
+    let other = join(&server, "lastn", "bob", Publish::AUDIO_VIDEO).await;
+    let _p1 = speaker.start_media(MediaPlan {
+        audio_level: 20,
+        ..MediaPlan::default()
+    });
+    let _p2 = other.start_media(MediaPlan::default());
+    let mut viewer = join(&server, "lastn", "carol", Publish::NONE).await;
+    wait_server(&mut viewer, "active speakers", |m| match m {
+        ServerMessage::ActiveSpeakers { speakers } if !speakers.is_empty() => Some(()),
+        _ => None,
+    })
+    .await;
+    viewer.clear_backlog();
+    // From now on, video from alice only; audio from both.
+    let mut video_from = std::collections::HashSet::new();
+    let mut audio_from = std::collections::HashSet::new();
+    for _ in 0..400 {
+        let (p, k) = viewer
+            .wait_for(WAIT, "rtp", |e| match e {
+                Event::Rtp {
+                    participant, kind, ..
+                } => Some((participant.clone(), *kind)),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        match k {
+            MediaKind::Video => video_from.insert(p),
+            MediaKind::Audio => audio_from.insert(p),
+        };
+    }
+    use std::collections::HashSet;
+    assert_eq!(video_from, HashSet::from([speaker.id.clone()]));
+    assert_eq!(
+        audio_from,
+        HashSet::from([speaker.id.clone(), other.id.clone()])
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_pauses_layers_nobody_wants() {
+    let server = start().await;
+    let mut a = join(&server, "dyn", "alice", Publish::SIMULCAST).await;
+    let _pump = a.start_media(MediaPlan::default());
+    let mut b = join(&server, "dyn", "bob", Publish::NONE).await;
+    let (track, _) = video_track(&mut b).await;
+    // Everything is wanted while bob takes the best layer.
+    let rids = |m: &ServerMessage| match m {
+        ServerMessage::PublisherLayers { active_rids, .. } => Some(active_rids.clone()),
+        _ => None,
+    };
+    let all = wait_server(&mut a, "all layers wanted", |m| {
+        rids(m).filter(|r| r.len() == 3)
+    })
+    .await;
+    assert_eq!(all, ["q", "h", "f"]);
+    // bob only wants the low layer: the others are paused at the publisher.
+    subscribe(&b, &track, Quality::Low, None);
+    let low = wait_server(&mut a, "only q wanted", |m| {
+        rids(m).filter(|r| r.len() == 1)
+    })
+    .await;
+    assert_eq!(low, ["q"]);
+    // And resumed when wanted again.
+    subscribe(&b, &track, Quality::High, None);
+    wait_server(&mut a, "all wanted again", |m| {
+        rids(m).filter(|r| r.len() == 3)
+    })
+    .await;
+    server.stop().await;
+}
