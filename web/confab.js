@@ -22,11 +22,30 @@
 //   chat                {id, from, name, text, ts, history, local}
 //   chatopen            {}
 //   error               {code, message, fatal}
+//   mediastate          {target, state}   a peer connection's connectionState: publisher | subscriber
+//   localtrack          {source, track, previous}   a local track was added, replaced or removed
+//   screenshare         {active, track}   our own screen share started or stopped
+//   activespeakers      {speakers}        the server's `active_speakers` (loudest first), when it sends it
+//
+// Local media (all keep working across reconnections):
+//   publish(stream | [{track, source}])   camera and microphone (source: microphone | camera)
+//   setMuted(source, muted)               stops sending real media; the room is told
+//   switchDevice(kind, deviceId)          'audioinput' | 'videoinput': a new device, same sender
+//                                          (RTCRtpSender.replaceTrack, no renegotiation), mute kept
+//   replaceTrack(source, track)           the same with a track of your own
+//   startScreenShare() / stopScreenShare()  getDisplayMedia as a third transceiver, source
+//                                          `screen`; also stops when the browser's own control
+//                                          ends the capture. A stopped share stays published but
+//                                          muted (`mute {source: screen}`); receivers show a
+//                                          screen track only while it is not muted
+// Levels, speaking and network quality live beside this file: speaking.js, quality.js.
 
 export const PROTOCOL_VERSION = 1;
 
 const DEFAULT_RECONNECT = { attempts: 5, firstDelayMs: 500, maxDelayMs: 4000 };
 const CONNECT_TIMEOUT_MS = 10000;
+// Enough for a sharp 1080p screen of text at a modest frame rate.
+const SCREEN_MAX_BITRATE = 2_500_000;
 // Fatal errors after which rejoining can work: the server restarts, our media connection
 // failed, or we fell behind. Any other fatal error (room full...) is final.
 const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer']);
@@ -76,6 +95,7 @@ export class ConfabClient extends EventTarget {
     this._local = [];
     this._localStream = null;
     this._muted = new Map(); // source -> bool, what the user asked for
+    this._screen = null; // our screen share while it lasts: {track, source: 'screen', stream}
     this._ws = null;
     this._session = 0; // bumped on every (re)join, so stale callbacks can tell they are stale
     this._epoch = 0; // bumped by connect() and leave(): ends a reconnection loop of the past
@@ -90,6 +110,8 @@ export class ConfabClient extends EventTarget {
     this._pubChain = Promise.resolve();
     this._pubAnswerWaiter = null;
     this._published = false; // a publish has been sent on this session
+    this._senders = new Map(); // entry of _local -> its transceiver on the current publisher
+    this._parkedScreen = null; // the transceiver of an ended screen share, sending nothing
     this._pendingCandidates = { publisher: [], subscriber: [] };
     this._pubCandidatesHeld = [];
   }
@@ -349,8 +371,13 @@ export class ConfabClient extends EventTarget {
         this._emit('participantleft', { participantId: msg.participant_id, participant: p });
         break;
       }
+      case 'active_speakers':
+        this._emit('activespeakers', { speakers: msg.speakers ?? [] });
+        break;
       case 'error':
         if (msg.fatal) this._fatalError = msg;
+        // A refused publish offer gets no answer: let the publish chain go on.
+        if (msg.code === 'invalid_sdp' && this._pubAnswerWaiter) this._pubAnswerWaiter(null);
         this._emit('error', { code: msg.code, message: msg.message, fatal: !!msg.fatal });
         break;
       default:
@@ -400,6 +427,9 @@ export class ConfabClient extends EventTarget {
     };
     pc.ondatachannel = (ev) => {
       if (ev.channel.label === 'chat') this._setupChat(ev.channel);
+    };
+    pc.onconnectionstatechange = () => {
+      if (this.subscriber === pc) this._emit('mediastate', { target: 'subscriber', state: pc.connectionState });
     };
   }
 
@@ -471,7 +501,8 @@ export class ConfabClient extends EventTarget {
       list = Array.from(what ?? []);
       this._localStream = new MediaStream(list.map((t) => t.track));
     }
-    this._local = list;
+    // The screen share is managed by start/stopScreenShare and outlives a new publish().
+    this._local = this._screen ? [...list, this._screen] : list;
     for (const { track, source } of list) {
       if (this._muted.get(source)) track.enabled = false;
     }
@@ -487,13 +518,48 @@ export class ConfabClient extends EventTarget {
   }
 
   async _doPublish(session) {
-    if (session !== this._session || this._local.length === 0) return;
-    // A fresh connection per publish keeps this simple: publishing happens once per join
-    // in practice, and the server answers every publish offer.
-    if (this.publisher) {
-      this.publisher.onicecandidate = null;
-      this.publisher.close();
+    if (session !== this._session) return;
+    let pc = this.publisher;
+    if (!pc) {
+      if (this._local.length === 0) return;
+      pc = this._createPublisher();
     }
+    // The same connection is renegotiated when tracks come or go (the first screen share, a
+    // device added later): a transceiver per local entry; one whose entry went away (a new
+    // publish() without it) is stopped. NB the server does not unpublish the track of a
+    // stopped transceiver yet; stopScreenShare() does without stopping one.
+    const live = new Set(this._local);
+    for (const [entry, transceiver] of this._senders) {
+      if (live.has(entry)) continue;
+      this._senders.delete(entry);
+      try { transceiver.stop(); } catch { /* already stopped */ }
+    }
+    for (const entry of this._local) {
+      if (!this._senders.has(entry)) this._senders.set(entry, this._addSender(pc, entry));
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    if (session !== this._session || this.publisher !== pc) return;
+    const answered = new Promise((resolve) => { this._pubAnswerWaiter = resolve; });
+    this._send({
+      type: 'publish',
+      sdp: pc.localDescription.sdp,
+      tracks: [
+        ...[...this._senders].map(([entry, transceiver]) => ({ mid: transceiver.mid, source: entry.source })),
+        ...(this._parkedScreen?.mid ? [{ mid: this._parkedScreen.mid, source: 'screen' }] : []),
+      ],
+    });
+    this._published = true;
+    for (const c of this._pubCandidatesHeld) this._send({ type: 'candidate', target: 'publisher', candidate: c });
+    this._pubCandidatesHeld = [];
+    const answer = await answered;
+    this._pubAnswerWaiter = null;
+    if (session !== this._session || this.publisher !== pc) return;
+    if (!answer) throw new Error('the server refused the publish offer');
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    await this._flushCandidates('publisher', pc);
+  }
+
+  _createPublisher() {
     const pc = new RTCPeerConnection(this.rtcConfig);
     this.publisher = pc;
     this._published = false;
@@ -505,31 +571,181 @@ export class ConfabClient extends EventTarget {
       if (this._published) this._send({ type: 'candidate', target: 'publisher', candidate: c });
       else this._pubCandidatesHeld.push(c);
     };
-    const sending = this._local.map(({ track, source }) => ({
-      source,
-      transceiver: pc.addTransceiver(track, { direction: 'sendonly', streams: [this._localStream] }),
-    }));
-    await pc.setLocalDescription(await pc.createOffer());
-    if (session !== this._session) return;
-    const answered = new Promise((resolve) => { this._pubAnswerWaiter = resolve; });
-    this._send({
-      type: 'publish',
-      sdp: pc.localDescription.sdp,
-      tracks: sending.map(({ source, transceiver }) => ({ mid: transceiver.mid, source })),
-    });
-    this._published = true;
-    for (const c of this._pubCandidatesHeld) this._send({ type: 'candidate', target: 'publisher', candidate: c });
-    this._pubCandidatesHeld = [];
-    const answer = await answered;
-    this._pubAnswerWaiter = null;
-    if (session !== this._session || this.publisher !== pc) return;
-    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
-    await this._flushCandidates('publisher', pc);
+    pc.onconnectionstatechange = () => {
+      if (this.publisher === pc) this._emit('mediastate', { target: 'publisher', state: pc.connectionState });
+    };
+    return pc;
+  }
+
+  /** Adds the sending transceiver of one local entry. */
+  _addSender(pc, entry) {
+    const init = { direction: 'sendonly', streams: [entry.stream ?? this._localStream] };
+    const encodings = this._sendEncodings(entry);
+    if (encodings) init.sendEncodings = encodings;
+    return pc.addTransceiver(entry.track, init);
+  }
+
+  /**
+   * Encodings of a new sender, or undefined for the browser's default (one layer). Simulcast
+   * layers for the camera belong here. The screen stays one layer, favoured over the camera
+   * when bandwidth is short (its track's contentHint keeps text sharp).
+   */
+  _sendEncodings(entry) {
+    if (entry.source === 'screen') {
+      return [{ priority: 'high', networkPriority: 'high', maxBitrate: SCREEN_MAX_BITRATE }];
+    }
+    return undefined;
   }
 
   /** Local tracks being published, as `{track, source}`. */
   get localTracks() {
-    return this._local.slice();
+    return this._local.map(({ track, source }) => ({ track, source }));
+  }
+
+  /** The MediaStream of our microphone and camera (what publish() was given, kept current). */
+  get localStream() {
+    return this._localStream;
+  }
+
+  /** Our local track of `source` (microphone | camera | screen), or null. */
+  localTrack(source) {
+    return this._local.find((e) => e.source === source)?.track ?? null;
+  }
+
+  /**
+   * Switches the microphone ('audioinput') or camera ('videoinput') to another device. The
+   * new track replaces the old one on the same sender, so nothing is renegotiated and the
+   * others keep receiving; the mute state is kept. Resolves with the new track.
+   */
+  async switchDevice(kind, deviceId) {
+    const source = { audioinput: 'microphone', videoinput: 'camera' }[kind];
+    if (!source) throw new ConfabError('invalid_device', `cannot switch a device of kind ${kind}`);
+    const old = this.localTrack(source);
+    const media = old?.kind ?? (source === 'microphone' ? 'audio' : 'video');
+    const wanted = { ...(old?.getConstraints() ?? {}), deviceId: { exact: deviceId } };
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ [media]: wanted });
+    } catch (err) {
+      // Some devices cannot be open twice (or two cameras at once): free the old one, retry.
+      if (!old || err.name !== 'NotReadableError') throw err;
+      old.stop();
+      stream = await navigator.mediaDevices.getUserMedia({ [media]: wanted });
+    }
+    const track = stream.getTracks()[0];
+    const previous = await this.replaceTrack(source, track);
+    previous?.stop();
+    return track;
+  }
+
+  /**
+   * Puts `track` in place of our `source` track (microphone | camera) without renegotiating,
+   * keeping its mute state; a source not published yet is added (that renegotiates). Returns
+   * the previous track, which the caller owns (and usually stops).
+   */
+  async replaceTrack(source, track) {
+    track.enabled = !this._muted.get(source);
+    const entry = this._local.find((e) => e.source === source);
+    this._localStream ??= new MediaStream();
+    if (!entry) {
+      this._local.push({ track, source });
+      this._localStream.addTrack(track);
+      this._emit('localtrack', { source, track, previous: null });
+      if (this.state === 'connected') await this._negotiatePublisher();
+      return null;
+    }
+    const previous = entry.track;
+    entry.track = track;
+    if (entry.stream) {
+      entry.stream.removeTrack(previous);
+      entry.stream.addTrack(track);
+    } else {
+      this._localStream.removeTrack(previous);
+      this._localStream.addTrack(track);
+    }
+    const transceiver = this._senders.get(entry);
+    if (transceiver && !transceiver.stopped) await transceiver.sender.replaceTrack(track);
+    this._emit('localtrack', { source, track, previous });
+    return previous;
+  }
+
+  /** Whether we are sharing our screen. */
+  get screenSharing() {
+    return this._screen !== null;
+  }
+
+  /** The track of our screen share, or null. */
+  get screenShareTrack() {
+    return this._screen?.track ?? null;
+  }
+
+  /**
+   * Asks the browser for a screen, window or tab (getDisplayMedia) and publishes it as the
+   * `screen` source, on a transceiver of its own. Ends by stopScreenShare() or by the
+   * browser's own "stop sharing" control. Resolves with the track; rejects when the user
+   * declines.
+   */
+  async startScreenShare({ video = { frameRate: { ideal: 15, max: 30 } } } = {}) {
+    if (this._screen) return this._screen.track;
+    if (!navigator.mediaDevices?.getDisplayMedia) {
+      throw new ConfabError('unsupported', 'this browser cannot share its screen');
+    }
+    const stream = await navigator.mediaDevices.getDisplayMedia({ video, audio: false });
+    const track = stream.getVideoTracks()[0];
+    // Text on a shared screen must stay legible: resolution over frame rate.
+    if ('contentHint' in track) track.contentHint = 'detail';
+    const entry = { track, source: 'screen', stream };
+    this._screen = entry;
+    track.addEventListener('ended', () => {
+      if (this._screen === entry) this.stopScreenShare();
+    });
+    this._local.push(entry);
+    const parked = this._parkedScreen;
+    this._parkedScreen = null;
+    const reuse = !!parked && !parked.stopped && parked === this._senderOn(this.publisher, parked);
+    if (reuse) {
+      // The transceiver of an earlier share on this connection carries the new one.
+      this._senders.set(entry, parked);
+      await parked.sender.replaceTrack(track);
+    }
+    if (this._muted.get('screen')) {
+      this._muted.set('screen', false);
+      this._send({ type: 'mute', source: 'screen', muted: false });
+    }
+    this._emit('localtrack', { source: 'screen', track, previous: null });
+    this._emit('screenshare', { active: true, track });
+    if (!reuse && this.state === 'connected') await this._negotiatePublisher();
+    return track;
+  }
+
+  _senderOn(pc, transceiver) {
+    return pc?.getTransceivers().includes(transceiver) ? transceiver : null;
+  }
+
+  /**
+   * Stops sharing: the capture ends and the room is told (`screen` muted, which is what
+   * receivers go by). The transceiver is kept, sending nothing, and carries the next share
+   * without renegotiation: the server neither unpublishes a stopped transceiver's track nor
+   * answers a second switch to `inactive` correctly, so removing it is left for later.
+   */
+  async stopScreenShare() {
+    const entry = this._screen;
+    if (!entry) return;
+    this._screen = null;
+    this._local = this._local.filter((e) => e !== entry);
+    entry.track.stop();
+    const transceiver = this._senders.get(entry);
+    this._senders.delete(entry);
+    this._muted.set('screen', true);
+    this._send({ type: 'mute', source: 'screen', muted: true });
+    this._emit('localtrack', { source: 'screen', track: null, previous: entry.track });
+    this._emit('screenshare', { active: false, track: entry.track });
+    if (transceiver && !transceiver.stopped && this._senderOn(this.publisher, transceiver)) {
+      this._parkedScreen = transceiver;
+      try {
+        await transceiver.sender.replaceTrack(null);
+      } catch { /* the connection closed meanwhile: nothing is sent anyway */ }
+    }
   }
 
   /**

@@ -3,8 +3,10 @@
 // `data-testid` hooks. Everything waits on conditions with deadlines, never fixed sleeps.
 
 import { spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { once } from 'node:events';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -13,7 +15,24 @@ export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url
 export const ARTIFACTS = path.join(REPO_ROOT, 'target', 'browser-artifacts');
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/lib/chromium/chromium';
 
+/**
+ * Whether this machine has no network interface but loopback. Chromium then needs
+ * --allow-loopback-in-peer-connection to gather any candidate. Where there is another
+ * interface it must not get it: with two host candidates Chromium may move its selected
+ * pair from one to the other, and the server's ICE-lite agent (rtc-ice 0.21.1,
+ * handle_binding_request) keeps the first nominated pair, stops hearing consent on it and
+ * drops the participant ~15 s later as `media_failed`.
+ */
+const LOOPBACK_ONLY = Object.values(os.networkInterfaces())
+  .flat()
+  .every((a) => a.internal || a.family !== 'IPv4');
+
 // From /work/shared/BROWSER-TESTING.md: what makes WebRTC work headless with fake devices.
+// Three fake cameras (device-count=3) so that a camera can be switched: to fake_device_2,
+// as fake_device_1 delivers Y16 (depth) frames that WebRTC does not encode (a sender given
+// it stops sending). Chromium always has three fake microphones and three fake speakers.
+// With fake devices and the fake UI, getDisplayMedia returns a fake screen without any
+// picker (checked on Chromium 156: --auto-select-desktop-capture-source is not needed).
 export const CHROMIUM_ARGS = [
   '--no-sandbox',
   '--disable-gpu',
@@ -22,9 +41,10 @@ export const CHROMIUM_ARGS = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
-  '--use-fake-device-for-media-stream',
+  '--use-fake-device-for-media-stream=device-count=3',
   '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
+  // Loopback candidates only where loopback is all there is (see LOOPBACK_ONLY).
+  ...(LOOPBACK_ONLY ? ['--allow-loopback-in-peer-connection'] : []),
 ];
 
 /** Default wait for a condition; generous for a loaded 2-core machine, never slept. */
@@ -92,14 +112,26 @@ export async function launchBrowser() {
 
 /**
  * A page in its own browser context (its own participant). `noDevices` makes getUserMedia
- * fail as on a machine without camera or microphone.
+ * fail as on a machine without camera or microphone; `noCamera` as on one with a
+ * microphone only.
  */
-export async function newParticipantPage(browser, { noDevices = false } = {}) {
+export async function newParticipantPage(browser, { noDevices = false, noCamera = false } = {}) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   if (noDevices) {
     await context.addInitScript(() => {
       const refuse = () => Promise.reject(new DOMException('Requested device not found', 'NotFoundError'));
       if (navigator.mediaDevices) navigator.mediaDevices.getUserMedia = refuse;
+    });
+  } else if (noCamera) {
+    await context.addInitScript(() => {
+      const md = navigator.mediaDevices;
+      if (!md) return;
+      const gum = md.getUserMedia.bind(md);
+      const list = md.enumerateDevices.bind(md);
+      md.getUserMedia = (c) => (c?.video
+        ? Promise.reject(new DOMException('Requested device not found', 'NotFoundError'))
+        : gum(c));
+      md.enumerateDevices = async () => (await list()).filter((d) => d.kind !== 'videoinput');
     });
   }
   context.setDefaultTimeout(WAIT_MS);
@@ -133,8 +165,9 @@ export async function joinRoom(page, baseUrl, room, name) {
 }
 
 /**
- * Per remote participant, from the subscriber connection's getStats(): video
- * framesDecoded and audio packetsReceived, mapped through the client's mid -> track table.
+ * Per remote participant, from the subscriber connection's getStats(): camera video
+ * framesDecoded, screen-share framesDecoded and audio packetsReceived, mapped through the
+ * client's mid -> track table.
  */
 export async function inboundByParticipant(page) {
   return page.evaluate(async () => {
@@ -147,8 +180,13 @@ export async function inboundByParticipant(page) {
       if (s.type !== 'inbound-rtp' || s.mid == null) return;
       const t = byMid.get(s.mid);
       if (!t) return;
-      const p = (out[t.participantId] ??= { framesDecoded: 0, audioPackets: 0, videoMid: null, audioMid: null });
-      if (s.kind === 'video') {
+      const p = (out[t.participantId] ??= {
+        framesDecoded: 0, audioPackets: 0, videoMid: null, audioMid: null, screenFrames: 0, screenMid: null,
+      });
+      if (s.kind === 'video' && t.source === 'screen') {
+        p.screenFrames = s.framesDecoded ?? 0;
+        p.screenMid = s.mid;
+      } else if (s.kind === 'video') {
         p.framesDecoded = s.framesDecoded ?? 0;
         p.videoMid = s.mid;
       } else if (s.kind === 'audio') {
@@ -250,4 +288,57 @@ export async function dumpPages(pages, prefix) {
       console.error(`--- console of ${name} ---\n${page.consoleLines.join('\n')}`);
     }
   }
+}
+
+/** A condition on `page` polled until true (each poll may be async); throws with `what`. */
+export async function waitFor(page, what, fn, { timeout = WAIT_MS, interval = 250 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    last = await fn();
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await page.waitForTimeout(interval); // polling interval, not synchronisation
+  }
+}
+
+/**
+ * Waits until the screen share of participant `id` decodes on `page`: its frame counter must
+ * rise by `minFrames` past a first non-zero sample. Returns the last sample.
+ */
+export async function waitScreenFlowing(page, id, { minFrames = 5, timeout = WAIT_MS } = {}) {
+  let base = null;
+  let last = null;
+  try {
+    return await waitFor(page, `screen frames from ${id}`, async () => {
+      last = (await inboundByParticipant(page))[id];
+      if (!last?.screenFrames) return false;
+      base ??= last;
+      return last.screenMid === base.screenMid && last.screenFrames - base.screenFrames >= minFrames && last;
+    }, { timeout });
+  } catch (err) {
+    throw new Error(`${err.message}: ${JSON.stringify({ base, last })}`);
+  }
+}
+
+const require = createRequire(import.meta.url);
+export const AXE_PATH = require.resolve('axe-core/axe.min.js');
+
+/**
+ * Runs axe-core on the page as it is now. Returns the violations of impact serious or
+ * critical (each as {id, impact, help, targets}), and writes every violation to
+ * `<name>-axe.json` in the artifacts for a person to read.
+ */
+export async function axeScan(page, name) {
+  if (!(await page.evaluate(() => typeof window.axe !== 'undefined'))) {
+    await page.addScriptTag({ path: AXE_PATH });
+  }
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.map((v) => ({
+      id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')).slice(0, 5),
+    }));
+  });
+  writeFileSync(path.join(ARTIFACTS, `${name}-axe.json`), JSON.stringify(violations, null, 2));
+  return violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the browser end-to-end tests from a clean checkout: installs Chromium and
-# playwright-core when missing, builds the server unless CONFAB_BIN names one, then runs
-# `node --test tests/browser/`. Exits non-zero on any failure.
+# Runs the browser end-to-end tests from a clean checkout: installs Chromium and the node
+# packages (playwright-core, axe-core) when missing, builds the server unless CONFAB_BIN
+# names one, then runs `node --test tests/browser/`. Exits non-zero on any failure.
 #
 #   tests/browser/run.sh                       # build target/debug/confab and test it
 #   CONFAB_BIN=path/to/confab tests/browser/run.sh
@@ -35,8 +35,8 @@ if [ ! -x "$chromium" ]; then
   apt_retry apt-get install -y chromium
 fi
 
-if [ ! -d "$here/node_modules/playwright-core" ]; then
-  echo "run.sh: installing playwright-core" >&2
+if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/axe-core" ]; then
+  echo "run.sh: installing playwright-core and axe-core" >&2
   if [ -f "$here/package-lock.json" ]; then
     npm ci --prefix "$here" --no-audit --no-fund
   else

@@ -1,0 +1,58 @@
+// The people panel: everyone in the room, their microphone, camera and screen state, who is
+// speaking, and which entry is us. Rendered from plain records, keyed by participant id, so
+// that an update never rebuilds the list (nothing flickers, nothing loses focus).
+
+/**
+ * State of one source of a participant, from the server's ParticipantInfo:
+ * 'none' (not published), 'off' (every track of it muted) or 'on'.
+ */
+export function sourceState(info, source) {
+  const tracks = (info?.tracks ?? []).filter((tr) => tr.source === source);
+  if (tracks.length === 0) return 'none';
+  return tracks.every((tr) => tr.muted) ? 'off' : 'on';
+}
+
+const CHIP_TEXT = {
+  microphone: { on: 'Mic on', off: 'Mic off', none: 'No mic' },
+  camera: { on: 'Cam on', off: 'Cam off', none: 'No cam' },
+  screen: { on: 'Sharing screen', off: '', none: '' },
+};
+
+/**
+ * @param {HTMLUListElement} list
+ * @param {HTMLTemplateElement} template
+ * @param {{id, name, local, microphone, camera, screen, speaking}[]} people in display order
+ */
+export function renderPeople(list, template, people) {
+  const existing = new Map([...list.children].map((li) => [li.dataset.participantId, li]));
+  let prev = null;
+  for (const p of people) {
+    let li = existing.get(p.id);
+    existing.delete(p.id);
+    if (!li) li = template.content.firstElementChild.cloneNode(true);
+    li.dataset.participantId = p.id;
+    li.dataset.local = String(p.local);
+    li.dataset.microphone = p.microphone;
+    li.dataset.camera = p.camera;
+    li.dataset.screen = p.screen;
+    li.dataset.speaking = String(p.speaking);
+    setText(li.querySelector('.person-name'), p.local ? `${p.name} (you)` : p.name);
+    setText(li.querySelector('.person-speaking-text'), p.speaking ? ', speaking' : '');
+    for (const chip of li.querySelectorAll('[data-chip]')) {
+      const source = chip.dataset.chip;
+      const state = p[source];
+      chip.dataset.state = state;
+      setText(chip, CHIP_TEXT[source][state]);
+      chip.hidden = CHIP_TEXT[source][state] === '';
+    }
+    // Insert or move only when out of place.
+    const want = prev ? prev.nextElementSibling : list.firstElementChild;
+    if (want !== li) list.insertBefore(li, want);
+    prev = li;
+  }
+  for (const li of existing.values()) li.remove();
+}
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
