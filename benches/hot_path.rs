@@ -120,6 +120,7 @@ fn forwarding(c: &mut Criterion) {
             TrackCodec {
                 codec: Codec::Vp8,
                 rtp: Default::default(),
+                payload_type: 96,
             },
             1,
             "rtc".into(),

@@ -321,6 +321,7 @@ pub enum ErrorCode {
     ChatInvalid,
     SlowConsumer,
     MediaFailed,
+    Removed,
     ServerShuttingDown,
     Internal,
 }

@@ -3,8 +3,9 @@
 //! flags; then validation. The built-in defaults equal `config/default.toml`, so the
 //! server runs from anywhere without it.
 
-use confab_sfu::SfuConfig;
+use confab_sfu::{RecordingConfig, SfuConfig};
 use confab_signal::SignalConfig;
+use confab_signal::webhooks::WebhookConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,17 @@ pub struct Config {
     pub media: MediaConfig,
     pub room: RoomConfig,
     pub signal: SignalConfig,
+    pub recording: RecordingConfig,
+    pub webhooks: WebhookConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Key for the admin API (`Authorization: Bearer <key>`); empty disables it.
+    pub api_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +103,9 @@ impl Default for Config {
                 event_queue: sfu.event_queue,
             },
             signal: SignalConfig::default(),
+            recording: RecordingConfig::default(),
+            webhooks: WebhookConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -166,6 +180,13 @@ impl Config {
         Ok(())
     }
 
+    /// The signaling layer's view of this configuration.
+    pub fn signal(&self) -> SignalConfig {
+        let mut s = self.signal.clone();
+        s.admin_api_key = Some(self.admin.api_key.clone()).filter(|k| !k.is_empty());
+        s
+    }
+
     /// The media plane's view of this configuration.
     pub fn sfu(&self) -> SfuConfig {
         SfuConfig {
@@ -185,6 +206,7 @@ impl Config {
             socket_buffer_bytes: self.media.socket_buffer_bytes,
             last_n: self.room.last_n,
             audio_top_k: self.room.audio_top_k,
+            recording: self.recording.clone(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub struct Server {
     pub http_addr: SocketAddr,
     pub sfu: Sfu,
     sessions: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -25,13 +26,20 @@ impl Server {
     /// Binds the HTTP listener and the media sockets and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
-        let sfu = Sfu::start(config.sfu()).context("starting the media plane")?;
+        let webhook_stats = std::sync::Arc::new(confab_signal::webhooks::WebhookStats::default());
+        let events = (!config.webhooks.urls.is_empty()).then(|| {
+            confab_signal::webhooks::start(config.webhooks.clone(), webhook_stats.clone())
+        });
+        let sfu =
+            Sfu::start_with_events(config.sfu(), events).context("starting the media plane")?;
         let listener = tokio::net::TcpListener::bind(config.http.bind)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http.bind))?;
         let http_addr = listener.local_addr()?;
-        let state = AppState::new(sfu.clone(), config.signal.clone());
+        let mut state = AppState::new(sfu.clone(), config.signal());
+        state.webhooks = webhook_stats;
         let sessions = state.sessions.clone();
+        let ready = state.ready.clone();
         let app = router(state);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -42,10 +50,14 @@ impl Server {
                 .await
         });
         tracing::info!(http = %http_addr, media = ?sfu.media_addrs(), "confab listening");
+        if config.admin.api_key.is_empty() {
+            tracing::info!("admin API disabled (no admin.api_key)");
+        }
         Ok(Server {
             http_addr,
             sfu,
             sessions,
+            ready,
             stop,
             task,
         })
@@ -63,6 +75,8 @@ impl Server {
     /// lets the sessions deliver that notice and close (for up to `drain`), then stops
     /// the HTTP listener.
     pub async fn stop(self) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.sfu.shutdown().await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         while self.sessions.load(std::sync::atomic::Ordering::Relaxed) > 0

@@ -38,6 +38,51 @@ pub struct SfuConfig {
     pub last_n: usize,
     /// Each subscriber gets audio from only the K loudest participants (0 = everyone).
     pub audio_top_k: usize,
+    pub recording: RecordingConfig,
+}
+
+/// Server-side recording and media hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Where recordings go: `<dir>/<room>/<UTC time>/`.
+    pub dir: std::path::PathBuf,
+    /// Rooms recorded as soon as they start: `*` for all, `prefix*`, or an exact name.
+    /// Empty: only on request (admin API).
+    pub auto: String,
+    /// Also send every recorded track as plain RTP to this `host:port` (ports port,
+    /// port + 2, ... per track), with an SDP file per track in the recording directory.
+    pub rtp_forward: Option<std::net::SocketAddr>,
+    /// Also run this command (through `sh -c`) per track, fed by RTP; see docs/operations.md.
+    pub command: Option<String>,
+    /// Packets queued toward a recording before it drops (never slowing media).
+    pub queue: usize,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        Self {
+            dir: "recordings".into(),
+            auto: String::new(),
+            rtp_forward: None,
+            command: None,
+            queue: 8192,
+        }
+    }
+}
+
+impl RecordingConfig {
+    /// Whether `room` is recorded automatically.
+    pub fn auto_records(&self, room: &str) -> bool {
+        let p = self.auto.trim();
+        if p.is_empty() {
+            false
+        } else if let Some(prefix) = p.strip_suffix('*') {
+            room.starts_with(prefix)
+        } else {
+            room == p
+        }
+    }
 }
 
 impl Default for SfuConfig {
@@ -59,6 +104,7 @@ impl Default for SfuConfig {
             socket_buffer_bytes: 4 * 1024 * 1024,
             last_n: 0,
             audio_top_k: 0,
+            recording: RecordingConfig::default(),
         }
     }
 }

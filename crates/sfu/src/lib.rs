@@ -11,6 +11,9 @@
 //! - [`allocator`]: which layer of each track a subscriber gets, within its bandwidth.
 //! - [`bwe`]: downlink estimate from receiver-report loss; bitrate meters.
 //! - [`speaker`]: active speakers from RFC 6464 audio levels.
+//! - [`sink`]: the recording hook (`TrackSink`), fed through bounded taps; built-in sinks
+//!   in [`record`] (files + manifest, plain-RTP forwarder, command hook).
+//! - [`control`]: recordings and administration; [`events`]: room events for webhooks.
 //!
 //! IO at the edges:
 //! - [`peer`]: the only module that talks to the webrtc-rs `rtc` core.
@@ -24,20 +27,27 @@ pub mod allocator;
 pub mod bwe;
 pub mod chat;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod events;
 pub mod forwarder;
 pub mod keyframe;
 pub mod peer;
+pub mod record;
 pub mod room;
 pub mod rtp;
+pub mod sink;
 pub mod speaker;
 pub mod stats;
 pub mod udp;
 pub mod worker;
 
-pub use config::SfuConfig;
+pub use config::{RecordingConfig, SfuConfig};
+pub use control::ControlError;
 pub use error::{JoinError, PeerError, StartError};
+pub use events::RoomEvent;
 pub use stats::{LatencySnapshot, LoopSnapshot, SfuStats, StatsSnapshot};
+pub use worker::RoomSummary;
 
 use confab_proto::{
     DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackSource,
@@ -69,6 +79,8 @@ struct Inner {
     stats: Arc<SfuStats>,
     timing: Arc<stats::LoopStats>,
     next_key: AtomicU64,
+    recordings: Mutex<HashMap<RoomId, control::Recording>>,
+    events: Option<mpsc::Sender<events::RoomEvent>>,
 }
 
 /// The media plane: a set of workers. Cheap to clone.
@@ -77,9 +89,25 @@ pub struct Sfu {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("workers", &self.inner.workers.len())
+            .finish()
+    }
+}
+
 impl Sfu {
     /// Binds one media socket per worker and starts the worker threads.
     pub fn start(config: SfuConfig) -> Result<Sfu, StartError> {
+        Self::start_with_events(config, None)
+    }
+
+    /// As [`Sfu::start`], sending room events (for webhooks) to `events`.
+    pub fn start_with_events(
+        config: SfuConfig,
+        events: Option<mpsc::Sender<events::RoomEvent>>,
+    ) -> Result<Sfu, StartError> {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let stats = Arc::new(SfuStats::default());
@@ -123,6 +151,7 @@ impl Sfu {
             let cfg = config.clone();
             let st = stats.clone();
             let lat = timing.clone();
+            let ev = events.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("confab-media-{i}"))
                 .spawn(move || {
@@ -137,7 +166,7 @@ impl Sfu {
                         }
                     };
                     rt.block_on(async move {
-                        match worker::Worker::new(i, socket, announce, factory, cfg, st, lat) {
+                        match worker::Worker::new(i, socket, announce, factory, cfg, st, lat, ev) {
                             Ok(w) => w.run(rx).await,
                             Err(e) => tracing::error!(error = %e, "cannot start worker"),
                         }
@@ -158,6 +187,8 @@ impl Sfu {
                 stats,
                 timing,
                 next_key: AtomicU64::new(1),
+                recordings: Mutex::new(HashMap::new()),
+                events,
             }),
         })
     }
@@ -212,6 +243,22 @@ impl Sfu {
             Ok(()) => reply_rx.await.unwrap_or(Err(JoinError::ShuttingDown)),
             Err(_) => Err(JoinError::ShuttingDown),
         };
+        if result.is_ok()
+            && self.inner.config.recording.auto_records(room.as_str())
+            && !self.is_recording(&room)
+        {
+            let sfu = self.clone();
+            let r = room.clone();
+            tokio::spawn(async move {
+                match sfu.start_recording(&r).await {
+                    Ok(dir) => {
+                        tracing::info!(room = %r, dir = %dir.display(), "recording automatically")
+                    }
+                    Err(control::ControlError::AlreadyRecording(_)) => {}
+                    Err(e) => tracing::warn!(room = %r, error = %e, "automatic recording failed"),
+                }
+            });
+        }
         match result {
             Ok(()) => Ok((
                 Participant {
@@ -266,6 +313,17 @@ impl Sfu {
     /// Stops the media plane: every participant is told `server_shutting_down` and
     /// removed, new joins are refused, and the worker threads end. Waits for them.
     pub async fn shutdown(&self) {
+        let recording: Vec<RoomId> = self
+            .inner
+            .recordings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for r in recording {
+            let _ = self.stop_recording(&r).await;
+        }
         for w in &self.inner.workers {
             let _ = w.commands.send(Command::Shutdown).await;
         }

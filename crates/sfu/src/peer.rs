@@ -129,7 +129,8 @@ impl PeerFactory {
                             .build(),
                     )
                     .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-                    .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build());
+                    .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+                    .with(Slot::from(FEEDBACK_TAP_SLOT), FeedbackTap::default());
                 // Transport-wide CC feedback for the browser's uplink estimate; mid and
                 // rid for simulcast; the audio level for the speaker detector.
                 use rtc::sdp::extmap;
@@ -291,6 +292,8 @@ fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError
 pub struct TrackCodec {
     pub codec: Codec,
     pub rtp: RTCRtpCodec,
+    /// The payload type the publisher sends it with.
+    pub payload_type: u8,
 }
 
 impl Peer {
@@ -525,9 +528,8 @@ impl Peer {
         ssrc: u32,
     ) -> Option<(TrackCodec, MediaKind, Option<String>, Option<u8>)> {
         let mut rx = self.pc.rtp_receiver(receiver)?;
-        let audio_level = rx
-            .get_parameters()
-            .rtp_parameters
+        let params = rx.get_parameters().rtp_parameters.clone();
+        let audio_level = params
             .header_extensions
             .iter()
             .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
@@ -539,9 +541,15 @@ impl Peer {
             _ => return None,
         };
         let rtp = track.codec(ssrc)?.clone();
+        let payload_type = params
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&rtp.mime_type))
+            .map_or(0, |c| c.payload_type);
         let codec = TrackCodec {
             codec: Codec::from_mime(&rtp.mime_type),
             rtp,
+            payload_type,
         };
         let ids: Vec<_> = self.pc.get_transceivers().collect();
         let mid = ids.into_iter().find_map(|id| {
@@ -580,14 +588,27 @@ impl Peer {
 /// Registry slot of [`FeedbackTap`]: after every built-in interceptor (application-ward).
 const FEEDBACK_TAP_SLOT: usize = 14_000;
 
-/// Marks subscribers' keyframe requests (PLI, FIR) and receiver reports for delivery to the
-/// application. Inbound RTCP otherwise stops at the end of the interceptor chain; the
-/// worker relays keyframe requests to the publisher and estimates bandwidth from the loss
-/// that receiver reports carry.
+/// Marks keyframe requests (PLI, FIR), receiver reports and sender reports for delivery to
+/// the application. Inbound RTCP otherwise stops at the end of the interceptor chain; the
+/// worker relays subscribers' keyframe requests to the publisher, estimates bandwidth
+/// from the loss their receiver reports carry, and gives publishers' sender reports (the
+/// RTP-to-wall-clock mapping) to recordings.
 #[derive(Default)]
 struct FeedbackTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
+}
+
+/// The RTCP the worker acts on.
+fn wanted_rtcp(any: &dyn std::any::Any) -> bool {
+    use rtc::rtcp::receiver_report::ReceiverReport;
+    use rtc::rtcp::sender_report::SenderReport;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+    any.is::<PictureLossIndication>()
+        || any.is::<FullIntraRequest>()
+        || any.is::<ReceiverReport>()
+        || any.is::<SenderReport>()
+        || any.is::<TransportLayerNack>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
@@ -599,12 +620,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| {
-                let any = p.as_any();
-                any.is::<PictureLossIndication>()
-                    || any.is::<FullIntraRequest>()
-                    || any.is::<rtc::rtcp::receiver_report::ReceiverReport>()
-            })
+            && packets.iter().any(|p| wanted_rtcp(p.as_any()))
         {
             msg.message.add(Attribute::DeliverToApplication);
         }

@@ -23,6 +23,8 @@ pub struct Room {
     pub tracks: HashMap<TrackId, PublishedTrack>,
     pub chat: ChatLog,
     pub speakers: SpeakerDetector<ParticipantKey>,
+    /// Recording and hook sessions receiving this room's media.
+    pub taps: Vec<crate::sink::Tap>,
 }
 
 impl Room {
@@ -33,6 +35,7 @@ impl Room {
             tracks: HashMap::new(),
             chat: ChatLog::new(chat_history),
             speakers: SpeakerDetector::new(SpeakerConfig::default()),
+            taps: Vec::new(),
         }
     }
 }
@@ -44,6 +47,8 @@ pub struct PublishedTrack {
     pub kind: MediaKind,
     pub source: TrackSource,
     pub muted: bool,
+    /// Muted by an administrator: not forwarded to anyone.
+    pub admin_muted: bool,
     pub codec: TrackCodec,
     /// The publisher connection, its rtc track id and transceiver mid.
     pub pub_peer: PeerKey,
@@ -120,6 +125,7 @@ impl PublishedTrack {
             kind,
             source,
             muted: false,
+            admin_muted: false,
             codec,
             pub_peer,
             rtc_id,
@@ -189,6 +195,28 @@ impl PublishedTrack {
             h[i] = l.as_ref().and_then(|l| l.height);
         }
         h
+    }
+
+    /// What a recording sink is told of this track.
+    pub fn meta(
+        &self,
+        room: &RoomId,
+        participant: &confab_proto::ParticipantId,
+        name: &confab_proto::DisplayName,
+    ) -> crate::sink::TrackMeta {
+        crate::sink::TrackMeta {
+            room: room.clone(),
+            participant: participant.clone(),
+            participant_name: name.clone(),
+            track: self.id.clone(),
+            kind: self.kind,
+            source: self.source,
+            codec: self.codec.codec,
+            mime: self.codec.rtp.mime_type.clone(),
+            clock_rate: self.codec.rtp.clock_rate,
+            channels: self.codec.rtp.channels,
+            payload_type: self.codec.payload_type,
+        }
     }
 
     pub fn info(&self) -> TrackInfo {
@@ -266,6 +294,7 @@ mod tests {
             TrackCodec {
                 codec,
                 rtp: RTCRtpCodec::default(),
+                payload_type: 96,
             },
             10,
             "rtc".into(),

@@ -45,12 +45,20 @@ counters!(
         rtp_dropped: AtomicU64,
         /// Keyframe requests (PLI/FIR) received from subscribers.
         keyframe_requests_in: AtomicU64,
+        /// NACKs from subscribers (answered by the retransmission buffer).
+        nacks_in: AtomicU64,
         /// Keyframe requests sent to publishers, after throttling.
         keyframe_requests_out: AtomicU64,
         chat_messages: AtomicU64,
         chat_dropped: AtomicU64,
         /// Signaling events dropped because a client did not read them.
         events_dropped: AtomicU64,
+        /// Room events (webhooks) dropped because their consumer was behind.
+        room_events_dropped: AtomicU64,
+        /// Recordings in progress.
+        recordings: AtomicI64,
+        /// Packets a recording or hook never got (its queue was full).
+        recording_dropped: AtomicU64,
     }
 );
 

@@ -86,6 +86,50 @@ pub enum Command {
     },
     /// Remove everyone (they are told `server_shutting_down`), refuse joins, then stop.
     Shutdown,
+    /// Start delivering a room's media to a recording or hook session; `false` when the
+    /// room does not exist here.
+    AddTap {
+        room: RoomId,
+        tap: crate::sink::Tap,
+        reply: oneshot::Sender<bool>,
+    },
+    RemoveTap {
+        room: RoomId,
+        tap: u64,
+    },
+    /// A recording has a gap in `track`: ask its publisher for a keyframe.
+    TapKeyframe {
+        room: RoomId,
+        track: TrackId,
+    },
+    /// Administration.
+    Inspect {
+        reply: oneshot::Sender<Vec<RoomSummary>>,
+    },
+    Kick {
+        room: RoomId,
+        participant: ParticipantId,
+        reply: oneshot::Sender<bool>,
+    },
+    MuteTrack {
+        room: RoomId,
+        track: TrackId,
+        muted: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    CloseRoom {
+        room: RoomId,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// A room as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomSummary {
+    pub room: RoomId,
+    pub participants: Vec<confab_proto::ParticipantInfo>,
+    pub recording: bool,
+    pub worker: usize,
 }
 
 /// Why a participant is removed.
@@ -96,6 +140,8 @@ pub(crate) enum Removal {
     SlowConsumer,
     MediaFailed,
     Shutdown,
+    Kicked,
+    RoomClosed,
 }
 
 impl Removal {
@@ -114,6 +160,14 @@ impl Removal {
                 ErrorCode::ServerShuttingDown,
                 "the server is shutting down",
             )),
+            Removal::Kicked => Some(ServerMessage::fatal(
+                ErrorCode::Removed,
+                "an administrator removed you from the room",
+            )),
+            Removal::RoomClosed => Some(ServerMessage::fatal(
+                ErrorCode::Removed,
+                "an administrator closed the room",
+            )),
         }
     }
 
@@ -124,6 +178,8 @@ impl Removal {
             Removal::SlowConsumer => "signaling session too slow",
             Removal::MediaFailed => "media connection failed",
             Removal::Shutdown => "server shutting down",
+            Removal::Kicked => "removed by an administrator",
+            Removal::RoomClosed => "room closed by an administrator",
         }
     }
 }
@@ -188,9 +244,12 @@ pub struct Worker {
     rx_at: Option<Instant>,
     forwarded: u64,
     timing: Arc<LoopStats>,
+    /// Room events for webhooks.
+    events: Option<mpsc::Sender<crate::events::RoomEvent>>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: usize,
         socket: std::net::UdpSocket,
@@ -199,6 +258,7 @@ impl Worker {
         config: Arc<SfuConfig>,
         stats: Arc<SfuStats>,
         timing: Arc<LoopStats>,
+        events: Option<mpsc::Sender<crate::events::RoomEvent>>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(Self {
@@ -226,6 +286,7 @@ impl Worker {
             rx_at: None,
             forwarded: 0,
             timing,
+            events,
         })
     }
 
@@ -536,6 +597,15 @@ impl Worker {
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.doomed.push((key, Removal::SessionGone));
             }
+        }
+    }
+
+    /// A room event for webhooks; dropped (and counted) if the consumer is behind.
+    fn emit(&self, ev: crate::events::RoomEvent) {
+        if let Some(tx) = &self.events
+            && tx.try_send(ev).is_err()
+        {
+            SfuStats::inc(&self.stats.room_events_dropped);
         }
     }
 

@@ -5,9 +5,14 @@
 //!   tested with channels. A small state machine (not joined, joined) that turns client
 //!   messages into media-plane commands and media-plane events into server messages.
 //! - [`assets`]: the web client (`web/`), embedded in the binary.
+//! - [`admin`]: the admin API (API key, OpenAPI document); [`metrics`]: Prometheus.
+//! - [`webhooks`]: signed, ordered, retried delivery of room events.
 
+pub mod admin;
 pub mod assets;
+pub mod metrics;
 pub mod router;
 pub mod session;
+pub mod webhooks;
 
 pub use router::{AppState, SignalConfig, router};

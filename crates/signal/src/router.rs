@@ -1,6 +1,7 @@
 //! Routes: `/` and `/room/{name}` serve the meeting page, `/ws` upgrades to signaling,
-//! `/healthz` answers liveness, `/api/stats` reports counters as JSON, and anything else
-//! is looked up among the web client's files.
+//! `/healthz` and `/readyz` answer liveness and readiness, `/metrics` is for Prometheus,
+//! `/api/stats` reports counters as JSON, `/api/...` is the admin API (see
+//! [`crate::admin`]), and anything else is looked up among the web client's files.
 
 use crate::assets;
 use crate::session::{self, SessionLimits};
@@ -25,6 +26,9 @@ pub struct SignalConfig {
     pub hard_max_message_bytes: usize,
     /// Interval of WebSocket pings; a client silent for three intervals is disconnected.
     pub ping_interval_ms: u64,
+    /// The admin API key (from the `[admin]` section); none disables the admin API.
+    #[serde(skip)]
+    pub admin_api_key: Option<String>,
 }
 
 impl Default for SignalConfig {
@@ -33,6 +37,7 @@ impl Default for SignalConfig {
             max_message_bytes: 64 * 1024,
             hard_max_message_bytes: 1024 * 1024,
             ping_interval_ms: 5_000,
+            admin_api_key: None,
         }
     }
 }
@@ -42,6 +47,9 @@ pub struct AppState {
     pub sfu: Sfu,
     pub config: Arc<SignalConfig>,
     pub sessions: Arc<AtomicI64>,
+    pub webhooks: Arc<crate::webhooks::WebhookStats>,
+    /// False once shutdown began: `/readyz` then fails so load balancers drain.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -50,6 +58,8 @@ impl AppState {
             sfu,
             config: Arc::new(config),
             sessions: Arc::new(AtomicI64::new(0)),
+            webhooks: Default::default(),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 }
@@ -60,9 +70,31 @@ pub fn router(state: AppState) -> Router {
         .route("/room/{name}", get(room_page))
         .route("/ws", get(ws))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/stats", get(stats))
+        .merge(crate::admin::routes())
         .fallback(get(static_file))
         .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        "ready".into_response()
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&state),
+    )
+        .into_response()
 }
 
 async fn index() -> Response {

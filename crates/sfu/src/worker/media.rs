@@ -117,7 +117,26 @@ impl Worker {
         );
         t.add_layer(rid, ssrc);
         t.audio_level_ext = audio_level_ext;
-        room.tracks.insert(id.clone(), t);
+        if let Some(p) = self.participants.get(&owner) {
+            let meta = t.meta(&room_id, &p.id, &p.name);
+            room.taps
+                .retain(|tap| tap.send(crate::sink::TapEvent::TrackStarted(meta.clone())));
+            let ev = crate::events::RoomEvent::TrackPublished {
+                room: room_id.clone(),
+                participant_id: p.id.clone(),
+                track_id: id.clone(),
+                kind,
+                source: t.source,
+                codec: t.codec.rtp.mime_type.clone(),
+            };
+            room.tracks.insert(id.clone(), t);
+            self.emit(ev);
+        } else {
+            room.tracks.insert(id.clone(), t);
+        }
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
         SfuStats::gauge(&self.stats.published_tracks, 1);
         let members: Vec<_> = room.members.clone();
         for m in members {
@@ -268,6 +287,27 @@ impl Worker {
         let Some(t) = room.tracks.get_mut(&rt.track) else {
             return;
         };
+        if !room.taps.is_empty() {
+            let ev = crate::sink::TapEvent::Rtp {
+                track: t.id.clone(),
+                layer: layer as u8,
+                keyframe,
+                packet: pkt.clone(),
+                at: std::time::SystemTime::now(),
+            };
+            let stats = &self.stats;
+            room.taps.retain(|tap| {
+                let before = tap.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                let alive = tap.send(ev.clone());
+                if tap.dropped.load(std::sync::atomic::Ordering::Relaxed) > before {
+                    SfuStats::inc(&stats.recording_dropped);
+                }
+                alive
+            });
+        }
+        let Some(t) = room.tracks.get_mut(&rt.track) else {
+            return;
+        };
         let info = PacketInfo {
             layer: layer as u8,
             ext_seq,
@@ -328,7 +368,8 @@ impl Worker {
         let Some(peer) = self.peers.get(&peer_key) else {
             return;
         };
-        if peer.role != crate::peer::Role::Subscriber {
+        if peer.role == crate::peer::Role::Publisher {
+            self.publisher_rtcp(peer_key, pkts);
             return;
         }
         let subscriber = peer.participant;
@@ -338,6 +379,10 @@ impl Worker {
             let any = p.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 wants_key = true;
+            } else if any
+                .is::<rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>()
+            {
+                SfuStats::inc(&self.stats.nacks_in);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 for r in &rr.reports {
                     worst_loss = Some(worst_loss.unwrap_or(0).max(r.fraction_lost));
@@ -377,6 +422,51 @@ impl Worker {
             })
             .unwrap_or(0);
         self.request_keyframe(&room_id, &track, layer, now);
+    }
+
+    /// A publisher's sender reports map its RTP clocks to wall-clock time: recordings use
+    /// them to date their files.
+    fn publisher_rtcp(&mut self, peer_key: PeerKey, pkts: &[Box<dyn rtc::rtcp::Packet>]) {
+        let Some(peer) = self.peers.get(&peer_key) else {
+            return;
+        };
+        let Some(room_id) = self
+            .participants
+            .get(&peer.participant)
+            .map(|p| p.room.clone())
+        else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if room.taps.is_empty() {
+            return;
+        }
+        for p in pkts {
+            let Some(sr) = p
+                .as_any()
+                .downcast_ref::<rtc::rtcp::sender_report::SenderReport>()
+            else {
+                continue;
+            };
+            let track = room
+                .tracks
+                .values()
+                .find(|t| t.pub_peer == peer_key && t.layer_of_ssrc(sr.ssrc).is_some())
+                .map(|t| t.id.clone());
+            if let Some(track) = track {
+                let ev = crate::sink::TapEvent::SenderReport {
+                    track,
+                    ssrc: sr.ssrc,
+                    ntp: sr.ntp_time,
+                    rtp_ts: sr.rtp_time,
+                };
+                for tap in &room.taps {
+                    tap.send(ev.clone());
+                }
+            }
+        }
     }
 
     /// Decides which layer of each video track `subscriber` gets (and which tracks it gets
@@ -465,7 +555,7 @@ impl Worker {
             let pref = prefs.get(&t.id).copied().unwrap_or_default();
             match t.kind {
                 MediaKind::Audio => {
-                    let on = pref.subscribed && audio_from.contains(&t.owner);
+                    let on = pref.subscribed && !t.admin_muted && audio_from.contains(&t.owner);
                     if on {
                         audio_bps += t.layer_rates(now)[0];
                     }
@@ -474,6 +564,7 @@ impl Worker {
                 MediaKind::Video => {
                     let layers = t.layers.len().max(1);
                     let wanted = pref.subscribed
+                        && !t.admin_muted
                         && (t.source == TrackSource::Screen || video_from.contains(&t.owner));
                     let max_layer = if wanted {
                         allocator::max_layer(pref.quality, pref.height, &t.layer_heights(), layers)

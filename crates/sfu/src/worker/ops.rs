@@ -92,6 +92,97 @@ impl Worker {
             }
             Command::Leave { key } => self.remove_participant(key, Removal::Left),
             Command::Shutdown => self.stop(),
+            Command::AddTap { room, tap, reply } => {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    let _ = reply.send(false);
+                    return;
+                };
+                // Tracks already published start now.
+                let metas: Vec<_> = r
+                    .tracks
+                    .values()
+                    .filter_map(|t| {
+                        let p = self.participants.get(&t.owner)?;
+                        Some(t.meta(&room, &p.id, &p.name))
+                    })
+                    .collect();
+                for m in metas {
+                    tap.send(crate::sink::TapEvent::TrackStarted(m));
+                }
+                r.taps.push(tap);
+                SfuStats::gauge(&self.stats.recordings, 1);
+                let _ = reply.send(true);
+                // Video starts on a keyframe.
+                let tracks: Vec<TrackId> = r.tracks.keys().cloned().collect();
+                let now = Instant::now();
+                for t in tracks {
+                    self.request_keyframe(&room, &t, 2, now);
+                }
+            }
+            Command::RemoveTap { room, tap } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    let before = r.taps.len();
+                    r.taps.retain(|t| t.id != tap);
+                    if r.taps.len() < before {
+                        SfuStats::gauge(&self.stats.recordings, -1);
+                    }
+                }
+            }
+            Command::TapKeyframe { room, track } => {
+                self.request_keyframe(&room, &track, 2, Instant::now());
+            }
+            Command::Inspect { reply } => {
+                let rooms = self
+                    .rooms
+                    .values()
+                    .map(|r| super::RoomSummary {
+                        room: r.id.clone(),
+                        participants: r
+                            .members
+                            .iter()
+                            .filter_map(|k| self.participant_info(*k))
+                            .collect(),
+                        recording: !r.taps.is_empty(),
+                        worker: self.index,
+                    })
+                    .collect();
+                let _ = reply.send(rooms);
+            }
+            Command::Kick {
+                room,
+                participant,
+                reply,
+            } => {
+                let key = self
+                    .participants
+                    .iter()
+                    .find(|(_, p)| p.room == room && p.id == participant)
+                    .map(|(k, _)| *k);
+                if let Some(k) = key {
+                    self.remove_participant(k, Removal::Kicked);
+                }
+                let _ = reply.send(key.is_some());
+            }
+            Command::MuteTrack {
+                room,
+                track,
+                muted,
+                reply,
+            } => {
+                let _ = reply.send(self.admin_mute(&room, &track, muted));
+            }
+            Command::CloseRoom { room, reply } => {
+                let members: Vec<ParticipantKey> = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.members.clone())
+                    .unwrap_or_default();
+                let found = self.rooms.contains_key(&room);
+                for k in members {
+                    self.remove_participant(k, Removal::RoomClosed);
+                }
+                let _ = reply.send(found);
+            }
         }
     }
 
@@ -132,6 +223,9 @@ impl Worker {
             );
             SfuStats::gauge(&self.stats.rooms, 1);
             tracing::info!("room created");
+            self.emit(crate::events::RoomEvent::RoomStarted {
+                room: room_id.clone(),
+            });
         }
         SfuStats::gauge(&self.stats.participants, 1);
         self.participants.insert(
@@ -190,6 +284,13 @@ impl Worker {
             ServerMessage::ParticipantJoined { participant: me },
         );
         tracing::info!("joined");
+        if let Some(p) = self.participants.get(&key) {
+            self.emit(crate::events::RoomEvent::ParticipantJoined {
+                room: room_id.clone(),
+                participant_id: p.id.clone(),
+                name: p.name.to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -391,6 +492,43 @@ impl Worker {
         self.allocate(key, Instant::now());
     }
 
+    /// An administrator mutes a track: it is marked muted and nobody receives it until it
+    /// is unmuted (the publisher cannot undo this by itself).
+    fn admin_mute(&mut self, room_id: &RoomId, track: &TrackId, muted: bool) -> bool {
+        let Some(t) = self
+            .rooms
+            .get_mut(room_id)
+            .and_then(|r| r.tracks.get_mut(track))
+        else {
+            return false;
+        };
+        t.muted = muted;
+        t.admin_muted = muted;
+        let owner = t.owner;
+        if muted {
+            for d in t.down.iter_mut() {
+                d.forwarder.set_active(false);
+            }
+        }
+        let members: Vec<ParticipantKey> = self
+            .rooms
+            .get(room_id)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        let now = Instant::now();
+        for m in members {
+            self.allocate(m, now);
+        }
+        if let Some(info) = self.participant_info(owner) {
+            self.broadcast(
+                room_id,
+                None,
+                ServerMessage::ParticipantUpdated { participant: info },
+            );
+        }
+        true
+    }
+
     fn mute(&mut self, key: ParticipantKey, source: TrackSource, muted: bool) {
         let Some(p) = self.participants.get(&key) else {
             return;
@@ -405,6 +543,7 @@ impl Worker {
             if let Some(t) = room.tracks.get_mut(&t)
                 && t.source == source
                 && t.muted != muted
+                && !t.admin_muted
             {
                 t.muted = muted;
                 changed = true;
@@ -429,6 +568,7 @@ impl Worker {
         let span = tracing::info_span!("participant", room = %p.room, participant = %p.id);
         let _g = span.enter();
         SfuStats::gauge(&self.stats.participants, -1);
+        let mut unpublished = Vec::new();
         if let Some(room) = self.rooms.get_mut(&p.room) {
             room.members.retain(|k| *k != key);
             room.speakers.remove(&key);
@@ -436,6 +576,9 @@ impl Worker {
             for t in &p.tracks {
                 if let Some(track) = room.tracks.remove(t) {
                     SfuStats::gauge(&self.stats.published_tracks, -1);
+                    room.taps
+                        .retain(|tap| tap.send(crate::sink::TapEvent::TrackEnded(t.clone())));
+                    unpublished.push(t.clone());
                     for d in track.down {
                         SfuStats::gauge(&self.stats.down_tracks, -1);
                         if let Some(peer) = self.peers.get_mut(&d.sub_peer) {
@@ -459,14 +602,32 @@ impl Worker {
             self.remove_peer(k);
         }
         tracing::info!(reason = why.as_str(), "left");
+        for t in unpublished {
+            self.emit(crate::events::RoomEvent::TrackUnpublished {
+                room: p.room.clone(),
+                participant_id: p.id.clone(),
+                track_id: t,
+            });
+        }
+        self.emit(crate::events::RoomEvent::ParticipantLeft {
+            room: p.room.clone(),
+            participant_id: p.id.clone(),
+            reason: why.as_str().to_string(),
+        });
         let empty = self
             .rooms
             .get(&p.room)
             .is_some_and(|r| r.members.is_empty());
         if empty {
-            self.rooms.remove(&p.room);
+            // Dropping the room drops its taps: their sessions finish.
+            if let Some(r) = self.rooms.remove(&p.room) {
+                SfuStats::gauge(&self.stats.recordings, -(r.taps.len() as i64));
+            }
             SfuStats::gauge(&self.stats.rooms, -1);
             tracing::info!("room closed");
+            self.emit(crate::events::RoomEvent::RoomFinished {
+                room: p.room.clone(),
+            });
         } else {
             self.broadcast(
                 &p.room,
@@ -609,6 +770,17 @@ impl Worker {
             return;
         };
         SfuStats::gauge(&self.stats.published_tracks, -1);
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.taps
+                .retain(|tap| tap.send(crate::sink::TapEvent::TrackEnded(track.clone())));
+        }
+        if let Some(p) = self.participants.get(&owner) {
+            self.emit(crate::events::RoomEvent::TrackUnpublished {
+                room: room_id.clone(),
+                participant_id: p.id.clone(),
+                track_id: track.clone(),
+            });
+        }
         for d in t.down {
             SfuStats::gauge(&self.stats.down_tracks, -1);
             if let Some(peer) = self.peers.get_mut(&d.sub_peer) {

@@ -1,0 +1,236 @@
+//! Prometheus metrics at `/metrics`: the media plane's counters and gauges, loop timing,
+//! signaling sessions and webhook delivery, read at scrape time (nothing on the media
+//! path but the atomics the workers already keep).
+
+use crate::router::AppState;
+use crate::webhooks::WebhookStats;
+use confab_sfu::Sfu;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+#[derive(Debug)]
+struct ConfabCollector {
+    sfu: Sfu,
+    sessions: Arc<AtomicI64>,
+    webhooks: Arc<WebhookStats>,
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    let m = e.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+impl Collector for ConfabCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.sfu.stats();
+        let l = self.sfu.loop_stats();
+        let c = |v: i64| v.max(0) as u64;
+        gauge(&mut e, "confab_rooms", "Rooms open", s.rooms)?;
+        gauge(
+            &mut e,
+            "confab_participants",
+            "Participants joined",
+            s.participants,
+        )?;
+        gauge(
+            &mut e,
+            "confab_peer_connections",
+            "WebRTC peer connections",
+            s.peer_connections,
+        )?;
+        gauge(
+            &mut e,
+            "confab_tracks",
+            "Published tracks",
+            s.published_tracks,
+        )?;
+        gauge(
+            &mut e,
+            "confab_down_tracks",
+            "Subscribed copies of tracks",
+            s.down_tracks,
+        )?;
+        gauge(
+            &mut e,
+            "confab_sessions",
+            "Signaling WebSocket sessions",
+            self.sessions.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "confab_recordings",
+            "Recordings in progress",
+            s.recordings,
+        )?;
+        counter(
+            &mut e,
+            "confab_datagrams_in",
+            "UDP datagrams received",
+            c(s.datagrams_in),
+        )?;
+        counter(
+            &mut e,
+            "confab_datagrams_out",
+            "UDP datagrams sent",
+            c(s.datagrams_out),
+        )?;
+        counter(
+            &mut e,
+            "confab_bytes_in",
+            "UDP bytes received",
+            c(s.bytes_in),
+        )?;
+        counter(&mut e, "confab_bytes_out", "UDP bytes sent", c(s.bytes_out))?;
+        counter(
+            &mut e,
+            "confab_datagrams_unroutable",
+            "Datagrams from unknown addresses, dropped",
+            c(s.datagrams_unroutable),
+        )?;
+        counter(
+            &mut e,
+            "confab_send_drops",
+            "Datagrams the kernel refused (socket buffer full)",
+            c(s.send_drops),
+        )?;
+        counter(
+            &mut e,
+            "confab_rtp_packets_in",
+            "RTP packets received from publishers",
+            c(s.rtp_in),
+        )?;
+        counter(
+            &mut e,
+            "confab_rtp_packets_out",
+            "RTP packets forwarded to subscribers",
+            c(s.rtp_out),
+        )?;
+        counter(
+            &mut e,
+            "confab_rtp_duplicates",
+            "Duplicate RTP packets dropped",
+            c(s.rtp_duplicates),
+        )?;
+        counter(
+            &mut e,
+            "confab_rtp_dropped",
+            "RTP packets a down-track did not forward",
+            c(s.rtp_dropped),
+        )?;
+        counter(
+            &mut e,
+            "confab_keyframe_requests_in",
+            "Keyframe requests (PLI/FIR) from subscribers",
+            c(s.keyframe_requests_in),
+        )?;
+        counter(
+            &mut e,
+            "confab_keyframe_requests_out",
+            "Keyframe requests sent to publishers",
+            c(s.keyframe_requests_out),
+        )?;
+        counter(
+            &mut e,
+            "confab_nacks_in",
+            "NACKs from subscribers (answered from the retransmission buffer)",
+            c(s.nacks_in),
+        )?;
+        counter(
+            &mut e,
+            "confab_chat_messages",
+            "Chat messages relayed",
+            c(s.chat_messages),
+        )?;
+        counter(
+            &mut e,
+            "confab_chat_dropped",
+            "Chat messages dropped toward slow receivers",
+            c(s.chat_dropped),
+        )?;
+        counter(
+            &mut e,
+            "confab_signal_events_dropped",
+            "Signaling messages dropped (slow clients)",
+            c(s.events_dropped),
+        )?;
+        counter(
+            &mut e,
+            "confab_room_events_dropped",
+            "Room events dropped (webhook queue full)",
+            c(s.room_events_dropped),
+        )?;
+        counter(
+            &mut e,
+            "confab_recording_dropped",
+            "Packets a recording never got (queue full)",
+            c(s.recording_dropped),
+        )?;
+        counter(
+            &mut e,
+            "confab_webhooks_delivered",
+            "Webhook deliveries",
+            self.webhooks.delivered.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "confab_webhooks_retries",
+            "Webhook delivery retries",
+            self.webhooks.retries.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "confab_webhooks_failed",
+            "Webhook deliveries given up",
+            self.webhooks.failed.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "confab_forward_latency_p99_microseconds",
+            "Server-added latency p99 since start",
+            l.forward_latency.p99_us as i64,
+        )?;
+        gauge(
+            &mut e,
+            "confab_loop_pass_p99_microseconds",
+            "Media loop pass duration p99 since start",
+            l.pass_time.p99_us as i64,
+        )?;
+        gauge(
+            &mut e,
+            "confab_timer_lag_p99_microseconds",
+            "Media loop timer lag p99 since start",
+            l.timer_lag.p99_us as i64,
+        )?;
+        Ok(())
+    }
+}
+
+/// The text exposition of every metric.
+pub fn render(state: &AppState) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ConfabCollector {
+        sfu: state.sfu.clone(),
+        sessions: state.sessions.clone(),
+        webhooks: state.webhooks.clone(),
+    }));
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
