@@ -405,11 +405,13 @@ impl Worker {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        let authenticated = peer.addrs.contains(&from);
+        let shown = peer.paths.inbound(data, from, authenticated);
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
                 local_addr: self.announce,
-                peer_addr: from,
+                peer_addr: shown,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
@@ -494,6 +496,10 @@ impl Worker {
                 if is_binding_success(&out.message) {
                     self.learn_addr(key, to);
                 }
+                let to = match self.peers.get_mut(&key) {
+                    Some(p) => p.paths.outbound(&out.message, to),
+                    None => to,
+                };
                 self.send.push(out.message, to);
             }
             if !timer_dirty {
@@ -531,6 +537,9 @@ impl Worker {
     /// The agent accepted a check from `to` (it answered with a binding success, which it
     /// only does after verifying the message integrity): route `to`'s datagrams to `key`.
     fn learn_addr(&mut self, key: PeerKey, to: SocketAddr) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.paths.accepted(to);
+        }
         if self.peers.get(&key).is_none_or(|p| p.addrs.contains(&to)) {
             return;
         }
@@ -542,8 +551,9 @@ impl Worker {
         }
         if let Some(peer) = self.peers.get_mut(&key) {
             peer.addrs.push(to);
+            // Keep the first (the agent's) path and the latest few.
             if peer.addrs.len() > 4 {
-                let gone = peer.addrs.remove(0);
+                let gone = peer.addrs.remove(1);
                 self.by_addr.remove(&gone);
             }
         }
