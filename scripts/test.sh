@@ -2,7 +2,8 @@
 # The whole Confab test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting and lints, Rust unit and integration tests (real WebRTC over loopback),
 #   and the browser end-to-end tests in headless Chromium.
-# It installs what it needs when missing (Debian's chromium, the node packages).
+# It installs what it needs when missing (Debian's chromium, ffmpeg and node, the node
+# packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ cargo fmt --all -- --check
 
 step "lints"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "tools"
+scripts/need.sh ffprobe ffmpeg # the recording tests check real files with ffprobe
 
 step "rust tests"
 cargo test --workspace

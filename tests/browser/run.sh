@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the browser end-to-end tests from a clean checkout: installs Chromium and the node
+# Runs the browser end-to-end tests from a clean checkout: installs Chromium, node and the node
 # packages (playwright-core, axe-core) when missing, builds the server unless CONFAB_BIN
 # names one, then runs `node --test tests/browser/`. Exits non-zero on any failure.
 #
@@ -13,27 +13,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 chromium="${CHROMIUM_BIN:-/usr/lib/chromium/chromium}"
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# apt may be busy (unattended upgrades, another install): retry while its lock is held.
-apt_retry() {
-  local i
-  for i in 1 2 3 4 5 6 7 8 9 10; do
-    if as_root "$@"; then return 0; fi
-    echo "run.sh: '$*' failed (attempt $i), retrying in 5 s (apt lock held?)" >&2
-    sleep 5
-  done
-  return 1
-}
-
-if [ ! -x "$chromium" ]; then
-  echo "run.sh: installing Chromium" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt_retry apt-get update
-  apt_retry apt-get install -y chromium
-fi
+"$root/scripts/need.sh" "$chromium" chromium
+"$root/scripts/need.sh" node nodejs
+"$root/scripts/need.sh" npm npm
 
 if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/axe-core" ]; then
   echo "run.sh: installing playwright-core and axe-core" >&2

@@ -55,10 +55,10 @@ pub fn payload(vp8: Option<Vp8Meta>, index: u64, size: usize, sent_us: u64) -> B
             b.put_u8(0xC0);
             b.put_u16(0x8000 | (m.picture_id & 0x7fff));
             b.put_u8(m.tl0picidx);
-            // Frame header (RFC 6386 §9.1): tag with P = 0 for a keyframe, start code,
-            // 14-bit width and height.
+            // Frame header (RFC 6386 §9.1): the 3-byte tag (P = 0 for a keyframe, version 0,
+            // shown, a first partition of 10 bytes), the start code, 14-bit width and height.
             b.put_u8(if m.keyframe { 0x50 } else { 0x51 });
-            b.put_slice(&[0x2d, 0x01, 0x9d, 0x01, 0x2a]);
+            b.put_slice(&[0x01, 0x00, 0x9d, 0x01, 0x2a]);
             b.put_u16_le(m.width & 0x3fff);
             b.put_u16_le(m.height & 0x3fff);
         }

@@ -9,7 +9,8 @@
 //!
 //! IVF is written here rather than with `rtc::media`'s writer because that one stamps
 //! frames with their index, which misplaces every frame of a variable-rate browser stream;
-//! these are stamped with their RTP time (1/90000 s).
+//! these are stamped in milliseconds of RTP time, and the header's length field holds the
+//! duration in the same unit (what ffmpeg reads it as).
 
 use crate::record::Reorder;
 use crate::rtp::Codec;
@@ -374,13 +375,14 @@ impl<W: Writer + Send> MediaFile for WriterFile<W> {
     }
 }
 
-/// VP8/VP9 in IVF with frames stamped in RTP time (timebase 1/90000).
+/// VP8/VP9 in IVF with frames stamped from RTP time (timebase 1/1000).
 struct IvfFile {
     out: BufWriter<File>,
     codec: Codec,
     frame: Vec<u8>,
     frame_pts: u64,
     frames: u32,
+    last_ms: u64,
     size: Option<(u16, u16)>,
     vp8: rtc::rtp::codec::vp8::Vp8Packet,
     vp9: rtc::rtp::codec::vp9::Vp9Packet,
@@ -396,6 +398,7 @@ impl IvfFile {
             frame: Vec::new(),
             frame_pts: 0,
             frames: 0,
+            last_ms: 0,
             size: None,
             vp8: Default::default(),
             vp9: Default::default(),
@@ -411,7 +414,9 @@ impl IvfFile {
         }
         self.out
             .write_all(&(self.frame.len() as u32).to_le_bytes())?;
-        self.out.write_all(&self.frame_pts.to_le_bytes())?;
+        // RTP time (90 kHz) to the file's millisecond timebase.
+        self.last_ms = self.frame_pts / 90;
+        self.out.write_all(&self.last_ms.to_le_bytes())?;
         self.out.write_all(&self.frame)?;
         self.frames += 1;
         self.frame.clear();
@@ -419,7 +424,9 @@ impl IvfFile {
     }
 }
 
-fn ivf_header(fourcc: [u8; 4], width: u16, height: u16, frames: u32) -> [u8; 32] {
+/// `length`: libvpx reads it as a frame count, ffmpeg as a duration in timebase units;
+/// the duration (ms) is written, which players use.
+fn ivf_header(fourcc: [u8; 4], width: u16, height: u16, length: u32) -> [u8; 32] {
     let mut h = [0u8; 32];
     h[0..4].copy_from_slice(b"DKIF");
     h[4..6].copy_from_slice(&0u16.to_le_bytes());
@@ -427,10 +434,10 @@ fn ivf_header(fourcc: [u8; 4], width: u16, height: u16, frames: u32) -> [u8; 32]
     h[8..12].copy_from_slice(&fourcc);
     h[12..14].copy_from_slice(&width.to_le_bytes());
     h[14..16].copy_from_slice(&height.to_le_bytes());
-    // timebase: 1/90000 (denominator, then numerator)
-    h[16..20].copy_from_slice(&90_000u32.to_le_bytes());
+    // timebase: 1/1000 (denominator, then numerator)
+    h[16..20].copy_from_slice(&1_000u32.to_le_bytes());
     h[20..24].copy_from_slice(&1u32.to_le_bytes());
-    h[24..28].copy_from_slice(&frames.to_le_bytes());
+    h[24..28].copy_from_slice(&length.to_le_bytes());
     h
 }
 
@@ -469,7 +476,14 @@ impl MediaFile for IvfFile {
         self.out.flush()?;
         let f = self.out.get_mut();
         f.seek(SeekFrom::Start(0))?;
-        f.write_all(&ivf_header(fourcc, w, h, self.frames))?;
+        // The last frame lasts about as long as the average one.
+        let avg = if self.frames > 1 {
+            self.last_ms / (self.frames as u64 - 1)
+        } else {
+            0
+        };
+        let length = (self.last_ms + avg).min(u32::MAX as u64) as u32;
+        f.write_all(&ivf_header(fourcc, w, h, length))?;
         f.flush()
     }
 }

@@ -51,10 +51,24 @@ struct Forwarded {
     layer: Option<u8>,
     video: bool,
     packets: u64,
+    /// The SSRC of the forwarded layer, for the closing RTCP BYE.
+    ssrc: Option<u32>,
+}
+
+/// A compound RTCP packet, an empty receiver report then a BYE for `ssrc` (RFC 3550
+/// 6.1, 6.6): tells a receiver the stream has ended, which ffmpeg's SDP/RTP demuxer takes
+/// as end of input (it then finishes its file; it ignores RTCP shorter than 12 bytes).
+fn rtcp_bye(ssrc: u32) -> [u8; 16] {
+    let s = ssrc.to_be_bytes();
+    [
+        0x80, 201, 0, 1, s[0], s[1], s[2], s[3], // RR, no report blocks
+        0x81, 203, 0, 1, s[0], s[1], s[2], s[3], // BYE, one source
+    ]
 }
 
 /// Sends each track as plain RTP to `host`, on ports `base_port`, `base_port + 2`, ...
-/// (RTCP would be the odd ports; none is sent). Writes `<participant>-<track>.sdp` into
+/// (RTCP is on the odd ports: an RTCP BYE is sent there, and on the RTP port for
+/// receivers that mux, when a track ends). Writes `<participant>-<track>.sdp` into
 /// `dir` for each.
 pub struct RtpForwarder {
     socket: UdpSocket,
@@ -90,6 +104,14 @@ impl RtpForwarder {
             .join(format!("{}-{}.sdp", meta.participant, meta.track))
     }
 
+    fn bye(&self, f: &Forwarded) {
+        let Some(ssrc) = f.ssrc else { return };
+        let bye = rtcp_bye(ssrc);
+        let rtcp = SocketAddr::new(f.to.ip(), f.to.port().wrapping_add(1));
+        let _ = self.socket.send_to(&bye, rtcp);
+        let _ = self.socket.send_to(&bye, f.to);
+    }
+
     fn start(&mut self, meta: &TrackMeta, to: SocketAddr) {
         let path = self.sdp_path(meta);
         if let Err(e) = std::fs::write(&path, sdp_for(meta, to)) {
@@ -103,6 +125,7 @@ impl RtpForwarder {
                 layer: None,
                 video: meta.codec.is_video(),
                 packets: 0,
+                ssrc: None,
             },
         );
     }
@@ -145,15 +168,20 @@ impl TrackSink for RtpForwarder {
         if let Ok(bytes) = packet.marshal() {
             let _ = self.socket.send_to(&bytes, f.to);
             f.packets += 1;
+            f.ssrc = Some(packet.header.ssrc);
         }
     }
 
     fn track_ended(&mut self, track: &TrackId) {
-        self.tracks.remove(track);
+        if let Some(f) = self.tracks.remove(track) {
+            self.bye(&f);
+        }
     }
 
     fn finish(&mut self, _dropped: u64) {
-        self.tracks.clear();
+        for (_, f) in std::mem::take(&mut self.tracks) {
+            self.bye(&f);
+        }
     }
 }
 
@@ -161,8 +189,9 @@ impl TrackSink for RtpForwarder {
 /// local port, with the track described in environment variables:
 /// `CONFAB_ROOM`, `CONFAB_PARTICIPANT`, `CONFAB_PARTICIPANT_NAME`, `CONFAB_TRACK`,
 /// `CONFAB_KIND`, `CONFAB_SOURCE`, `CONFAB_CODEC`, `CONFAB_RTP_PORT`, `CONFAB_SDP` (the
-/// SDP file to read) and `CONFAB_DIR`. The process gets SIGINT when the track ends (ffmpeg
-/// then finishes its file), and is killed if still running 5 s later.
+/// SDP file to read) and `CONFAB_DIR`. When the track ends the process gets an RTCP BYE
+/// (ffmpeg ends its input on it), a SIGINT 1 s later if still running, and SIGKILL 4 s
+/// after that.
 pub struct CommandHook {
     command: String,
     dir: PathBuf,
@@ -184,16 +213,23 @@ impl CommandHook {
         let Some((mut child, _)) = self.children.remove(track) else {
             return;
         };
+        // The forwarder has sent an RTCP BYE, on which ffmpeg finishes by itself; other
+        // tools get one SIGINT (a second would make ffmpeg abandon its file).
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let interrupt_at = Instant::now() + Duration::from_secs(1);
+        let kill_at = interrupt_at + Duration::from_secs(4);
+        let mut interrupted = false;
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
                     tracing::info!(track = %track, %status, "hook command finished");
                     return;
                 }
-                Ok(None) if Instant::now() < deadline => {
+                Ok(None) if Instant::now() < kill_at => {
+                    if !interrupted && Instant::now() >= interrupt_at {
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                        interrupted = true;
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 _ => {
