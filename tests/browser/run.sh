@@ -16,6 +16,7 @@ chromium="${CHROMIUM_BIN:-/usr/lib/chromium/chromium}"
 "$root/scripts/need.sh" "$chromium" chromium
 "$root/scripts/need.sh" node nodejs
 "$root/scripts/need.sh" npm npm
+"$root/scripts/need.sh" ffprobe ffmpeg # recording.test.mjs reads the recorded files
 
 if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/axe-core" ]; then
   echo "run.sh: installing playwright-core and axe-core" >&2

@@ -110,9 +110,10 @@ impl Reorder {
         out
     }
 
-    /// Everything held, in order (at the end of a track).
+    /// Everything held, in order, and a fresh start: at the end of a track, or before a
+    /// switch to another simulcast layer (another sequence number space).
     pub fn drain(&mut self) -> Vec<(rtc::rtp::Packet, bool, bool)> {
-        let held = std::mem::take(&mut self.held);
+        let held = std::mem::take(self).held;
         held.into_values().map(|(p, k, _)| (p, false, k)).collect()
     }
 }

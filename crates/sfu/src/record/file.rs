@@ -5,7 +5,9 @@
 //!
 //! A small reorder buffer per track absorbs reordering; a gap that it cannot fill makes the
 //! video writer wait for the next keyframe (and asks for one) rather than write a broken
-//! frame. With simulcast, the best layer received is recorded, switching up at a keyframe.
+//! frame. With simulcast, the best layer received is recorded, switching up at a keyframe,
+//! and down at one when the layer recorded has been silent for a second (the media plane
+//! keeps the top layer on while a room is recorded).
 //!
 //! IVF is written here rather than with `rtc::media`'s writer because that one stamps
 //! frames with their index, which misplaces every frame of a variable-rate browser stream;
@@ -23,7 +25,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// One recorded file, as listed in the manifest.
 #[derive(Debug, Clone, Serialize)]
@@ -77,9 +79,11 @@ struct TrackFile {
     pts_base: Option<i64>,
     last_pts: u64,
     last_at: Option<SystemTime>,
-    first: Option<(u32, SystemTime)>,
-    /// The latest sender report: (ssrc, RTP time, Unix ms).
-    sr: Option<(u32, u32, i64)>,
+    /// The first packet written: (SSRC, RTP time).
+    first: Option<(u32, u32)>,
+    /// The latest sender report of each SSRC (simulcast layers have their own RTP
+    /// clocks): RTP time and Unix ms.
+    sr: HashMap<u32, (u32, i64)>,
     start: Option<(i64, bool)>,
     packets: u64,
     bytes: u64,
@@ -193,6 +197,16 @@ impl FileRecorder {
     }
 }
 
+/// The wall-clock time (Unix ms) of RTP time `ts`, from a sender report's mapping of
+/// `sr_ts` to `sr_ms`.
+fn wall_ms(ts: u32, sr_ts: u32, sr_ms: i64, clock_rate: u32) -> i64 {
+    let d = ts.wrapping_sub(sr_ts) as i32 as i64;
+    sr_ms + d * 1000 / clock_rate.max(1) as i64
+}
+
+/// How long the recorded layer may be silent before another one takes over.
+const LAYER_SILENCE: Duration = Duration::from_secs(1);
+
 fn write_packet(t: &mut TrackFile, p: &rtc::rtp::Packet) {
     // The file's clock: RTP time of this layer, unwrapped, rebased at switches.
     let ts = p.header.timestamp;
@@ -233,7 +247,7 @@ impl TrackSink for FileRecorder {
                         last_pts: 0,
                         last_at: None,
                         first: None,
-                        sr: None,
+                        sr: HashMap::new(),
                         start: None,
                         packets: 0,
                         bytes: 0,
@@ -260,9 +274,15 @@ impl TrackSink for FileRecorder {
         };
         let video = t.meta.codec.is_video();
         // Simulcast: record the best layer seen, switching up at one of its keyframes.
+        // The layer recorded has gone quiet (the publisher paused it, or its link cannot
+        // carry it): another layer takes over at its next keyframe.
+        let silent = t
+            .last_at
+            .and_then(|a| at.duration_since(a).ok())
+            .is_some_and(|d| d >= LAYER_SILENCE);
         match t.layer {
             Some(l) if layer == l => {}
-            Some(l) if layer > l && keyframe => {
+            Some(l) if keyframe && (layer > l || silent) => {
                 for (p, _, _) in t.reorder.drain() {
                     write_packet(t, &p);
                 }
@@ -277,7 +297,12 @@ impl TrackSink for FileRecorder {
                 t.layer = Some(layer);
                 t.waiting_key = false;
             }
-            Some(_) => return,
+            Some(_) => {
+                if silent {
+                    t.wants_key = true; // the media plane throttles the requests
+                }
+                return;
+            }
             None => {
                 if video && !keyframe {
                     return;
@@ -288,12 +313,10 @@ impl TrackSink for FileRecorder {
         }
         t.last_at = Some(at);
         if t.first.is_none() {
-            t.first = Some((packet.header.timestamp, at));
-            t.start = Some(match t.sr {
-                Some((_, sr_ts, sr_ms)) => {
-                    let d = packet.header.timestamp.wrapping_sub(sr_ts) as i32 as i64;
-                    (sr_ms + d * 1000 / t.meta.clock_rate as i64, true)
-                }
+            let (ssrc, ts) = (packet.header.ssrc, packet.header.timestamp);
+            t.first = Some((ssrc, ts));
+            t.start = Some(match t.sr.get(&ssrc) {
+                Some(&(sr_ts, sr_ms)) => (wall_ms(ts, sr_ts, sr_ms, t.meta.clock_rate), true),
                 None => (unix_ms(at), false),
             });
         }
@@ -318,11 +341,14 @@ impl TrackSink for FileRecorder {
     fn sender_report(&mut self, track: &TrackId, ssrc: u32, ntp: u64, rtp_ts: u32) {
         if let Some(t) = self.tracks.get_mut(track) {
             let ms = ntp_to_unix_ms(ntp);
-            t.sr = Some((ssrc, rtp_ts, ms));
+            if t.sr.len() < 8 || t.sr.contains_key(&ssrc) {
+                t.sr.insert(ssrc, (rtp_ts, ms));
+            }
             // A report that arrives after the first packet still dates the file.
-            if let (Some((first_ts, _)), Some((_, false))) = (t.first, t.start) {
-                let d = first_ts.wrapping_sub(rtp_ts) as i32 as i64;
-                t.start = Some((ms + d * 1000 / t.meta.clock_rate as i64, true));
+            if let (Some((first_ssrc, first_ts)), Some((_, false))) = (t.first, t.start)
+                && first_ssrc == ssrc
+            {
+                t.start = Some((wall_ms(first_ts, rtp_ts, ms, t.meta.clock_rate), true));
             }
         }
     }
@@ -485,5 +511,165 @@ impl MediaFile for IvfFile {
         let length = (self.last_ms + avg).min(u32::MAX as u64) as u32;
         f.write_all(&ivf_header(fourcc, w, h, length))?;
         f.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_proto::{DisplayName, MediaKind, ParticipantId, RoomId, TrackSource};
+
+    fn meta() -> TrackMeta {
+        TrackMeta {
+            room: RoomId::parse("r").unwrap(),
+            participant: ParticipantId::from_wire("PA_1"),
+            participant_name: DisplayName::parse("Ada").unwrap(),
+            track: TrackId::from_wire("TR_1"),
+            kind: MediaKind::Video,
+            source: TrackSource::Camera,
+            codec: Codec::Vp8,
+            mime: "video/VP8".into(),
+            clock_rate: 90_000,
+            channels: 0,
+            payload_type: 96,
+        }
+    }
+
+    /// One single-packet VP8 frame: payload descriptor (start of partition 0) and a frame
+    /// tag (a keyframe carries the start code and 320x180).
+    fn frame(ssrc: u32, seq: u16, ts: u32, key: bool) -> rtc::rtp::Packet {
+        let mut payload = vec![0x10];
+        if key {
+            payload.extend_from_slice(&[0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a, 64, 1, 180, 0]);
+        } else {
+            payload.extend_from_slice(&[0x51, 0x01, 0x00, 0, 0, 0]);
+        }
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                ssrc,
+                sequence_number: seq,
+                timestamp: ts,
+                marker: true,
+                payload_type: 96,
+                ..Default::default()
+            },
+            payload: payload.into(),
+        }
+    }
+
+    /// The frames of an IVF file: (timestamp ms, size).
+    fn ivf_frames(path: &Path) -> Vec<(u64, u32)> {
+        let data = std::fs::read(path).unwrap();
+        assert_eq!(&data[0..4], b"DKIF");
+        let mut out = Vec::new();
+        let mut at = 32;
+        while at + 12 <= data.len() {
+            let size = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+            let pts = u64::from_le_bytes(data[at + 4..at + 12].try_into().unwrap());
+            out.push((pts, size));
+            at += 12 + size as usize;
+        }
+        out
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "confab-file-test-{name}-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_switch_up_to_another_layer_keeps_the_file_going() {
+        let dir = scratch("switch");
+        let mut rec = FileRecorder::new(&dir, "r").unwrap();
+        let m = meta();
+        rec.track_started(&m);
+        let t0 = SystemTime::now();
+        let at = |i: u64| t0 + Duration::from_millis(i * 33);
+        // Layer 0 (its own SSRC, sequence and RTP clock) for 30 frames...
+        for i in 0..30u16 {
+            let p = frame(100, 5000 + i, 1_000 + 3000 * i as u32, i == 0);
+            rec.rtp(&m.track, 0, i == 0, &p, at(i as u64));
+        }
+        // ...then layer 2, from a keyframe, in a sequence space far behind.
+        for i in 0..30u16 {
+            let p = frame(300, 10 + i, 7_000_000 + 3000 * i as u32, i == 0);
+            rec.rtp(&m.track, 2, i == 0, &p, at(30 + i as u64));
+        }
+        // A late packet of layer 0 is no longer written.
+        rec.rtp(&m.track, 0, false, &frame(100, 5030, 91_000, false), at(60));
+        rec.finish(0);
+        let manifest = rec.manifest().unwrap();
+        let frames = ivf_frames(&dir.join(&manifest.files[0].path));
+        assert_eq!(frames.len(), 60);
+        // One clock across the switch: 33 ms a frame, the switch one wall-clock frame on.
+        let pts: Vec<u64> = frames.iter().map(|f| f.0).collect();
+        assert!(pts.windows(2).all(|w| w[1] > w[0]), "{pts:?}");
+        assert_eq!(pts[29], 29 * 3000 / 90);
+        assert!((pts[30] as i64 - pts[29] as i64 - 33).abs() <= 1, "{pts:?}");
+        assert!(
+            (pts[59] as i64 - pts[30] as i64 - 29 * 3000 / 90).abs() <= 1,
+            "{pts:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_silent_layer_gives_way_to_another_at_its_keyframe() {
+        let dir = scratch("down");
+        let mut rec = FileRecorder::new(&dir, "r").unwrap();
+        let m = meta();
+        rec.track_started(&m);
+        // A new video track asks for a keyframe to start from.
+        assert_eq!(rec.keyframes_wanted(), vec![m.track.clone()]);
+        let t0 = SystemTime::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Layer 2 for 10 frames, then it stops; layer 1 keeps coming.
+        for i in 0..10u16 {
+            let p = frame(300, 100 + i, 3000 * i as u32, i == 0);
+            rec.rtp(&m.track, 2, i == 0, &p, at(33 * i as u64));
+        }
+        // Within the second, layer 1 is ignored, keyframe or not.
+        rec.rtp(&m.track, 1, true, &frame(200, 1, 50_000, true), at(500));
+        assert!(rec.keyframes_wanted().is_empty());
+        // After it, layer 1 makes the recorder ask for a keyframe, and takes over at one.
+        rec.rtp(&m.track, 1, false, &frame(200, 2, 90_000, false), at(1_400));
+        assert_eq!(rec.keyframes_wanted(), vec![m.track.clone()]);
+        for i in 0..5u16 {
+            let p = frame(200, 3 + i, 93_000 + 3000 * i as u32, i == 0);
+            rec.rtp(&m.track, 1, i == 0, &p, at(1_433 + 33 * i as u64));
+        }
+        rec.finish(0);
+        let frames = ivf_frames(&dir.join(&rec.manifest().unwrap().files[0].path));
+        assert_eq!(frames.len(), 15);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_recorded_layers_sender_report_dates_the_file() {
+        let dir = scratch("sr");
+        let mut rec = FileRecorder::new(&dir, "r").unwrap();
+        let m = meta();
+        rec.track_started(&m);
+        // NTP for 2026-01-01T00:00:00Z (Unix 1767225600).
+        let ntp = |unix: u64| (unix + 2_208_988_800) << 32;
+        // A report from another layer, whose RTP clock has nothing to do with this one.
+        rec.sender_report(&m.track, 300, ntp(1_767_225_600), 77_000_000);
+        let now = SystemTime::now();
+        rec.rtp(&m.track, 0, true, &frame(100, 1, 90_000, true), now);
+        rec.rtp(&m.track, 0, false, &frame(100, 2, 93_000, false), now);
+        // The wall clock dates it until this layer's own report arrives: its RTP time
+        // 0 is 2026-01-01T00:00:00Z, so the first packet (RTP 90000) is one second later.
+        rec.sender_report(&m.track, 100, ntp(1_767_225_600), 0);
+        rec.sender_report(&m.track, 300, ntp(1_767_225_700), 77_000_000);
+        rec.finish(0);
+        let f = &rec.manifest().unwrap().files[0];
+        assert!(f.start_from_sender_report);
+        assert_eq!(f.start_unix_ms, 1_767_225_601_000);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -716,18 +716,23 @@ impl Worker {
     fn dynacast(&mut self, now: Instant) {
         let mut notices: Vec<(ParticipantKey, ServerMessage)> = Vec::new();
         for room in self.rooms.values_mut() {
+            // A recording takes the best layer: it stays on while the room is recorded.
+            let recorded = !room.taps.is_empty();
             for t in room.tracks.values_mut() {
                 if t.kind != MediaKind::Video || !t.simulcast() {
                     continue;
                 }
                 let Some(mid) = t.mid.clone() else { continue };
+                let top = t.layers.iter().rposition(|l| l.is_some());
                 let mut active = Vec::new();
                 for i in 0..MAX_LAYERS {
                     let wanted = t.wanted_at[i]
                         .is_some_and(|w| now.saturating_duration_since(w) < DYNACAST_GRACE);
                     // The lowest layer stays on while anyone subscribes at all, so that a
                     // switch down always has somewhere to land.
-                    let keep = i == 0 && t.down.iter().any(|d| d.ready && d.forwarder.is_active());
+                    let keep = (i == 0
+                        && t.down.iter().any(|d| d.ready && d.forwarder.is_active()))
+                        || (recorded && Some(i) == top);
                     if (wanted || keep)
                         && let Some(Some(l)) = t.layers.get(i)
                         && let Some(rid) = &l.rid
