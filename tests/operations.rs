@@ -149,6 +149,7 @@ async fn a_recording_plays_in_ffprobe_and_has_a_manifest() {
     codecs.sort();
     assert_eq!(codecs, ["opus", "vp8"]);
     assert_eq!(manifest["dropped_packets"], 0);
+    assert!(server.sfu.stats().recording_bytes > 0);
     server.stop().await;
 }
 
@@ -303,6 +304,14 @@ async fn metrics_move_with_traffic_and_health_answers() {
     assert_eq!(after["confab_tracks"], 2.0);
     assert!(after["confab_rtp_packets_out"] > before["confab_rtp_packets_out"]);
     assert!(after["confab_bytes_in"] > 0.0);
+    // Round-trip time, once bob's receiver reports answer the server's sender reports
+    // (each side reports about once a second).
+    wait_until(|| server.sfu.loop_stats().rtt.count > 0).await;
+    let text = http("GET", format!("{}/metrics", server.url()), None, None)
+        .await
+        .1;
+    let rtt = scrape(&text)["confab_rtt_p50_microseconds"];
+    assert!(rtt > 0.0 && rtt < 1_000_000.0, "loopback RTT {rtt} us");
     assert_eq!(
         http("GET", format!("{}/healthz", server.url()), None, None)
             .await

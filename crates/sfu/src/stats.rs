@@ -59,6 +59,8 @@ counters!(
         recordings: AtomicI64,
         /// Packets a recording or hook never got (its queue was full).
         recording_dropped: AtomicU64,
+        /// RTP payload bytes handed to recordings and hooks.
+        recording_bytes: AtomicU64,
     }
 );
 
@@ -255,6 +257,8 @@ pub struct LoopStats {
     pub pass_time: LatencyHistogram,
     /// How late the loop woke after a timer deadline.
     pub timer_lag: LatencyHistogram,
+    /// Round-trip time to subscribers, from their RTCP receiver reports.
+    pub rtt: LatencyHistogram,
 }
 
 /// A copy of [`LoopStats`].
@@ -263,6 +267,7 @@ pub struct LoopSnapshot {
     pub forward_latency: LatencySnapshot,
     pub pass_time: LatencySnapshot,
     pub timer_lag: LatencySnapshot,
+    pub rtt: LatencySnapshot,
 }
 
 impl LoopStats {
@@ -271,6 +276,7 @@ impl LoopStats {
             forward_latency: self.forward_latency.snapshot(),
             pass_time: self.pass_time.snapshot(),
             timer_lag: self.timer_lag.snapshot(),
+            rtt: self.rtt.snapshot(),
         }
     }
 }

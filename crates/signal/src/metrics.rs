@@ -200,6 +200,24 @@ impl Collector for ConfabCollector {
             "Webhook deliveries given up",
             self.webhooks.failed.load(Ordering::Relaxed),
         )?;
+        counter(
+            &mut e,
+            "confab_recording_bytes",
+            "RTP payload bytes handed to recordings and hooks",
+            c(s.recording_bytes),
+        )?;
+        gauge(
+            &mut e,
+            "confab_rtt_p50_microseconds",
+            "Round-trip time to subscribers (RTCP receiver reports), median since start",
+            l.rtt.p50_us as i64,
+        )?;
+        gauge(
+            &mut e,
+            "confab_rtt_p99_microseconds",
+            "Round-trip time to subscribers (RTCP receiver reports), p99 since start",
+            l.rtt.p99_us as i64,
+        )?;
         gauge(
             &mut e,
             "confab_forward_latency_p99_microseconds",

@@ -301,6 +301,8 @@ impl Worker {
                 let alive = tap.send(ev.clone());
                 if tap.dropped.load(std::sync::atomic::Ordering::Relaxed) > before {
                     SfuStats::inc(&stats.recording_dropped);
+                } else {
+                    SfuStats::add(&stats.recording_bytes, pkt.payload.len() as u64);
                 }
                 alive
             });
@@ -386,6 +388,12 @@ impl Worker {
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 for r in &rr.reports {
                     worst_loss = Some(worst_loss.unwrap_or(0).max(r.fraction_lost));
+                    let now_ntp = crate::bwe::ntp_time(std::time::SystemTime::now());
+                    if let Some(rtt) =
+                        crate::bwe::rtt_from_report(now_ntp, r.last_sender_report, r.delay)
+                    {
+                        self.timing.rtt.record(rtt.as_micros() as u64);
+                    }
                 }
             }
         }
