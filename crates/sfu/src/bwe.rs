@@ -128,7 +128,7 @@ pub fn rtt_from_report(now_ntp: u64, lsr: u32, dlsr: u32) -> Option<Duration> {
     let now = (now_ntp >> 16) as u32;
     let rtt = now.wrapping_sub(lsr).wrapping_sub(dlsr);
     // Above 60 s it is a negative difference that wrapped.
-    (rtt < 60 << 16).then(|| Duration::from_micros(u64::from(rtt) * 1_000_000 >> 16))
+    (rtt < 60 << 16).then(|| Duration::from_micros((u64::from(rtt) * 1_000_000) >> 16))
 }
 
 #[cfg(test)]
@@ -207,7 +207,7 @@ mod tests {
         let now = u64::from(20u32) << 16;
         assert_eq!(
             rtt_from_report(now, lsr, 0),
-            Some(Duration::from_micros(31 * 1_000_000 >> 16))
+            Some(Duration::from_micros((31 * 1_000_000) >> 16))
         );
     }
 }
