@@ -150,6 +150,115 @@ async fn a_recording_plays_in_ffprobe_and_has_a_manifest() {
     assert_eq!(codecs, ["opus", "vp8"]);
     assert_eq!(manifest["dropped_packets"], 0);
     assert!(server.sfu.stats().recording_bytes > 0);
+    // `confab mux`: the participant's audio and video in one file ffprobe reads.
+    let muxed = confab_sfu::record::mux::run(rec_dir, None, None).unwrap();
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&muxed)
+        .output()
+        .unwrap();
+    let mut streams: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    streams.sort();
+    assert_eq!(streams, ["opus", "vp8"], "{}", muxed.display());
+    let (_, duration) = ffprobe(&muxed);
+    assert!(
+        (duration - recorded).abs() <= recorded * 0.10 + 0.3,
+        "muxed: {duration:.2} s for {recorded:.2} s"
+    );
+    server.stop().await;
+}
+
+/// What a custom sink saw: lifecycle calls in order, and packets per track.
+#[derive(Default)]
+struct Seen {
+    calls: Vec<String>,
+    packets: std::collections::HashMap<String, u64>,
+}
+
+struct CountingSink(Arc<Mutex<Seen>>);
+
+impl confab_sfu::sink::TrackSink for CountingSink {
+    fn track_started(&mut self, meta: &confab_sfu::sink::TrackMeta) {
+        let mut s = self.0.lock().unwrap();
+        s.calls.push(format!("started {:?}", meta.kind));
+    }
+    fn rtp(
+        &mut self,
+        track: &confab_proto::TrackId,
+        _layer: u8,
+        _keyframe: bool,
+        _packet: &rtc::rtp::Packet,
+        _at: std::time::SystemTime,
+    ) {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .packets
+            .entry(track.to_string())
+            .or_default() += 1;
+    }
+    fn track_ended(&mut self, _track: &confab_proto::TrackId) {
+        self.0.lock().unwrap().calls.push("ended".into());
+    }
+    fn finish(&mut self, dropped: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .calls
+            .push(format!("finish {dropped}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_track_sink_gets_every_track_and_its_lifecycle() {
+    let dir = scratch_dir("sink");
+    let server = start_with(recording_config(&dir)).await;
+    let a = join(&server, "sink", "alice", Publish::AUDIO_VIDEO).await;
+    // Bob keeps the room open when alice leaves.
+    let _b = join(&server, "sink", "bob", Publish::NONE).await;
+    let _pump = a.start_media(MediaPlan::default());
+    wait_until(|| server.sfu.stats().published_tracks == 2).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let room = confab_proto::RoomId::parse("sink").unwrap();
+    server
+        .sfu
+        .start_recording_with(&room, vec![Box::new(CountingSink(seen.clone()))])
+        .await
+        .unwrap();
+    wait_until(|| {
+        let s = seen.lock().unwrap();
+        s.packets.len() == 2 && s.packets.values().all(|n| *n >= 50)
+    })
+    .await;
+    // The participant leaves: both tracks end, then the recording is stopped.
+    a.leave().await;
+    wait_until(|| seen.lock().unwrap().calls.len() == 4).await;
+    assert!(
+        !seen
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .any(|c| c.starts_with("finish"))
+    );
+    server.sfu.stop_recording(&room).await.unwrap();
+    let s = seen.lock().unwrap();
+    let mut started: Vec<_> = s.calls[..2].to_vec();
+    started.sort();
+    assert_eq!(started, ["started Audio", "started Video"]);
+    assert_eq!(s.calls[2..], ["ended", "ended", "finish 0"]);
+    drop(s);
     server.stop().await;
 }
 

@@ -1,6 +1,6 @@
 //! `confab`: the Confab server.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use confab::Config;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -25,10 +25,38 @@ struct Cli {
     /// Address announced to clients for media (public / NAT 1:1 address).
     #[arg(long)]
     announce_ip: Option<IpAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mux one participant's recorded camera and microphone into one file, in sync
+    /// (runs ffmpeg; streams are copied, not re-encoded).
+    Mux {
+        /// A recording directory (the one holding manifest.json).
+        dir: PathBuf,
+        /// Participant id, as in the manifest; needed when the recording has several.
+        #[arg(long)]
+        participant: Option<String>,
+        /// Output file (default <dir>/<participant>.webm, .mkv for H.264).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Mux {
+        dir,
+        participant,
+        output,
+    }) = &cli.command
+    {
+        let out = confab_sfu::record::mux::run(dir, participant.as_deref(), output.as_deref())?;
+        println!("{}", out.display());
+        return Ok(());
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(b) = cli.http_bind {
         config.http.bind = b;

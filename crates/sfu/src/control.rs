@@ -65,6 +65,17 @@ impl Sfu {
     /// Starts recording `room` into `<recording.dir>/<room>/<time>/` (and into the RTP
     /// forwarder and command hook, when configured). Returns the directory.
     pub async fn start_recording(&self, room: &RoomId) -> Result<PathBuf, ControlError> {
+        self.start_recording_with(room, Vec::new()).await
+    }
+
+    /// [`Sfu::start_recording`], with `extra` sinks (your own [`TrackSink`]s) fed the
+    /// room's tracks alongside the built-in ones, on the recording's thread, from the
+    /// same bounded queue: a slow sink loses packets (counted), never slows media.
+    pub async fn start_recording_with(
+        &self,
+        room: &RoomId,
+        extra: Vec<Box<dyn TrackSink>>,
+    ) -> Result<PathBuf, ControlError> {
         let worker = self
             .worker_of(room)
             .ok_or_else(|| ControlError::NoSuchRoom(room.to_string()))?;
@@ -101,6 +112,7 @@ impl Sfu {
                 CommandHook::new(cmd, &dir).map_err(|e| ControlError::Io(e.to_string()))?,
             ));
         }
+        sinks.extend(extra);
         let id = NEXT_TAP.fetch_add(1, Ordering::Relaxed);
         let (tap, rx) = Tap::new(id, cfg.queue.max(64));
         let dropped = tap.dropped.clone();

@@ -5,8 +5,10 @@
 //!   SDP file for the receiver (ffmpeg, GStreamer).
 //! - [`rtp::CommandHook`]: runs a command per track, fed by an RTP forwarder, described by
 //!   environment variables.
+//! - [`mux`]: one participant's recorded audio and video into one file (`confab mux`).
 
 pub mod file;
+pub mod mux;
 pub mod rtp;
 
 use crate::rtp::SeqTracker;

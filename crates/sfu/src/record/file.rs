@@ -20,7 +20,7 @@ use crate::sink::{TrackMeta, TrackSink, ntp_to_unix_ms};
 use confab_proto::TrackId;
 use rtc::media::io::Writer;
 use rtc::rtp::packetizer::Depacketizer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// One recorded file, as listed in the manifest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEntry {
     pub path: String,
     pub participant_id: String,
@@ -48,7 +48,7 @@ pub struct FileEntry {
     pub gaps: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub room: String,
     pub started_unix_ms: i64,
