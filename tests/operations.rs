@@ -253,12 +253,11 @@ async fn a_custom_track_sink_gets_every_track_and_its_lifecycle() {
             .any(|c| c.starts_with("finish"))
     );
     server.sfu.stop_recording(&room).await.unwrap();
-    let s = seen.lock().unwrap();
-    let mut started: Vec<_> = s.calls[..2].to_vec();
+    let calls = seen.lock().unwrap().calls.clone();
+    let mut started: Vec<_> = calls[..2].to_vec();
     started.sort();
     assert_eq!(started, ["started Audio", "started Video"]);
-    assert_eq!(s.calls[2..], ["ended", "ended", "finish 0"]);
-    drop(s);
+    assert_eq!(calls[2..], ["ended", "ended", "finish 0"]);
     server.stop().await;
 }
 
