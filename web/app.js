@@ -6,15 +6,20 @@
 // `window.confab` (the client) for peer-connection stats.
 //
 // Beside this file: prejoin.js (preview, meter, device choice before joining), devices.js
-// (device lists and the remembered choice), speaking.js (levels, who speaks), quality.js
-// (getStats network quality), people.js (the people panel).
+// (device lists and the remembered choice), speaking.js (levels, who speaks: the server's
+// active speakers), quality.js (getStats network quality), people.js (the people panel),
+// layout.js (paged gallery and speaker view), subscriptions.js (each tile tells the server
+// whether and how large it shows a video), chat.js (the chat log's entries).
 
 import { ConfabClient } from './confab.js';
 import { canChooseSpeaker, deviceOf, fillSelect, listDevices, saveChoice } from './devices.js';
 import { Prejoin } from './prejoin.js';
-import { SpeakingDetector } from './speaking.js';
-import { QualityMonitor } from './quality.js';
+import { ActiveSpeakers } from './speaking.js';
+import { QualityMonitor, renderBadges } from './quality.js';
 import { renderPeople, sourceState } from './people.js';
+import { StageLayout } from './layout.js';
+import { SubscriptionReporter } from './subscriptions.js';
+import { appendChat, appendSystemMessage } from './chat.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -37,6 +42,13 @@ const ui = {
   screenOwner: $('[data-testid="screen-owner"]'),
   stageStopShare: $('#stage-stop-share'),
   grid: $('#grid'),
+  speakerMain: $('#speaker-main'),
+  galleryButton: $('#gallery-button'),
+  speakerButton: $('#speaker-button'),
+  pager: $('[data-testid="pager"]'),
+  pagePrev: $('#page-prev'),
+  pageNext: $('#page-next'),
+  pageLabel: $('#page-label'),
   localTile: $('[data-testid="local-tile"]'),
   localVideo: $('#local-video'),
   uploadBadge: $('[data-testid="upload-state"]'),
@@ -66,7 +78,7 @@ let client = null;
 /** @type {MediaStream|null} */
 let localStream = null;
 /**
- * participant id -> {el, video, audio, info, videoTrack, audioTrack, screen}
+ * participant id -> {el, video, audio, info, videoTrack, videoTrackId, audioTrack, screen}
  * where screen is {track, trackId} of their screen share track, live or not.
  */
 const tiles = new Map();
@@ -80,10 +92,38 @@ let screenOrder = [];
 const departed = new Set();
 /** The audio output chosen for remote audio ('' or 'default': the system's). */
 let speakerId = '';
-const speaking = new SpeakingDetector();
+/** Who speaks: the server's `active_speakers`, measured locally until the server sends any. */
+const speaking = new ActiveSpeakers();
 /** @type {QualityMonitor|null} */
 let quality = null;
+/** @type {SubscriptionReporter|null} */
+let reporter = null;
+/** Participants we pin: shown first in the gallery, large in speaker view, always received. */
+let pins = [];
 let bannerTimer = null;
+
+const layout = new StageLayout({
+  stage: ui.stage,
+  grid: ui.grid,
+  main: ui.speakerMain,
+  galleryButton: ui.galleryButton,
+  speakerButton: ui.speakerButton,
+  pager: ui.pager,
+  prev: ui.pagePrev,
+  next: ui.pageNext,
+  pageLabel: ui.pageLabel,
+}, { dominant: (accept) => speaking.dominant(accept) });
+try {
+  layout.setMode(localStorage.getItem('confab.layout') ?? 'gallery');
+} catch { /* storage may be unavailable */ }
+layout.addEventListener('change', () => {
+  try {
+    localStorage.setItem('confab.layout', layout.mode);
+  } catch { /* ignore */ }
+  renderLayout();
+});
+// For tests and debugging, like window.confab.
+window.confabLayout = layout;
 
 const prejoin = new Prejoin($('[data-testid="prejoin"]'), {
   onSpeakerChange: (id) => setSpeaker(id),
@@ -167,6 +207,11 @@ function roomFromUrl() {
   }
 }
 
+/** An access token given in the page's URL (`/room/standup?token=<jwt>`), if any. */
+function tokenFromUrl() {
+  return new URLSearchParams(location.search).get('token') || undefined;
+}
+
 function initLobby() {
   ui.roomInput.value = roomFromUrl();
   try {
@@ -220,7 +265,7 @@ async function join() {
   if (localStream) client.publish(localStream);
 
   try {
-    await client.connect({ room, name });
+    await client.connect({ room, name, token: tokenFromUrl() });
   } catch (err) {
     // The client already emitted `state` (disconnected) and, for a server refusal, `error`.
     showError(err.message, err.code);
@@ -241,15 +286,18 @@ function enterMeeting(room, name) {
   ui.roomLabel.hidden = false;
   document.title = `${room} – Confab`;
   if (location.pathname !== `/room/${encodeURIComponent(room)}`) {
-    history.replaceState(null, '', `/room/${encodeURIComponent(room)}`);
+    // The token stays in the URL: a reload joins again with it.
+    history.replaceState(null, '', `/room/${encodeURIComponent(room)}${location.search}`);
   }
   ui.localTile.querySelector('.tile-name').textContent = `${name} (you)`;
   ui.localTile.querySelector('.avatar').textContent = initials(name);
   ui.localVideo.srcObject = localStream;
   ui.shareButton.hidden = !navigator.mediaDevices?.getDisplayMedia;
   watchLocalSpeaking();
+  reporter = new SubscriptionReporter(client);
+  renderLayout();
   quality = new QualityMonitor(client);
-  quality.addEventListener('update', ({ detail }) => renderQuality(detail));
+  quality.addEventListener('update', ({ detail }) => renderBadges(detail, tiles, ui.uploadBadge));
   quality.start();
   renderControls();
   renderLocalTile();
@@ -266,8 +314,11 @@ function leaveMeeting(message) {
   hideBanner();
   quality?.stop();
   quality = null;
-  speaking.unwatch(SELF);
   for (const id of [...tiles.keys()]) removeTile(id);
+  reporter?.clear();
+  reporter = null;
+  speaking.reset();
+  pins = [];
   screenOrder = [];
   renderStage();
   ui.chatLog.replaceChildren();
@@ -312,10 +363,21 @@ function wireClient(c) {
       connectionBack();
     }
   }));
-  c.addEventListener('error', mine((detail) => showError(detail.message, detail.code)));
+  c.addEventListener('error', mine((detail) => {
+    // A subscription that crossed the track's removal: nothing for a person to act on.
+    if (detail.code === 'unknown_track') {
+      console.info('confab: subscription for a track that just went away', detail.message);
+      return;
+    }
+    showError(detail.message, detail.code);
+  }));
+  c.addEventListener('activespeakers', mine((detail) => {
+    speaking.fromServer(detail.speakers.map((id) => (id === c.participantId ? SELF : id)));
+    if (ui.peopleList.dataset.speakingSource !== speaking.source) renderPeoplePanel();
+  }));
   c.addEventListener('joined', mine((detail) => {
     if (detail.rejoined) {
-      appendSystemMessage('Reconnected.');
+      appendSystemMessage(ui.chatLog, 'Reconnected.');
       connectionBack();
     }
     renderPeoplePanel();
@@ -332,10 +394,12 @@ function wireClient(c) {
   c.addEventListener('participantleft', mine((detail) => {
     departed.add(detail.participantId);
     removeTile(detail.participantId);
+    // Pins are kept: after our own reconnection everyone comes back with the same id (the
+    // server ignores pins of people who are gone).
   }));
   c.addEventListener('trackadded', mine((detail) => attachTrack(detail)));
   c.addEventListener('trackremoved', mine((detail) => detachTrack(detail)));
-  c.addEventListener('chat', mine((detail) => appendChat(detail)));
+  c.addEventListener('chat', mine((detail) => appendChat(ui.chatLog, detail)));
   c.addEventListener('localtrack', mine((detail) => {
     if (detail.source === 'screen') {
       screenOrder = screenOrder.filter((id) => id !== SELF);
@@ -378,11 +442,16 @@ function ensureTile(id) {
   audio.dataset.testid = 'remote-audio';
   applySpeaker(audio);
   ui.audioSinks.append(audio);
-  t = { el, video: el.querySelector('video'), audio, info: null, videoTrack: null, audioTrack: null, screen: null };
+  t = {
+    el, video: el.querySelector('video'), audio, info: null,
+    videoTrack: null, videoTrackId: null, audioTrack: null, screen: null,
+  };
   t.video.dataset.testid = 'remote-video';
+  el.querySelector('.tile-pin').addEventListener('click', () => togglePin(id));
   tiles.set(id, t);
   ui.grid.append(el);
   renderTile(t);
+  renderLayout();
   return t;
 }
 
@@ -399,11 +468,13 @@ function removeTile(id) {
   if (!t) return;
   t.video.srcObject = null;
   t.audio.srcObject = null;
+  reporter?.unobserve(t.el);
   t.el.remove();
   t.audio.remove();
   tiles.delete(id);
   speaking.unwatch(id);
   updateScreenOrder(id);
+  renderLayout();
   renderPeoplePanel();
 }
 
@@ -412,6 +483,12 @@ function renderTile(t) {
   t.el.querySelector('.tile-name').textContent = name;
   t.el.querySelector('.avatar').textContent = initials(t.info?.name);
   t.el.setAttribute('aria-label', name);
+  const pin = t.el.querySelector('.tile-pin');
+  const pinned = pins.includes(t.el.dataset.participantId);
+  pin.setAttribute('aria-label', `Pin ${name}`);
+  pin.setAttribute('aria-pressed', String(pinned));
+  pin.title = pinned ? `${name} is pinned: click to unpin` : `Pin ${name}: always shown, large in speaker view`;
+  t.el.dataset.pinned = String(pinned);
   const micMuted = sourceState(t.info, 'microphone') === 'off';
   const camOff = sourceState(t.info, 'camera') === 'off';
   t.el.querySelector('.flag-mic').hidden = !micMuted;
@@ -432,6 +509,7 @@ function attachTrack({ participantId, kind, source, track, trackId }) {
     updateScreenOrder(participantId);
   } else if (kind === 'video') {
     t.videoTrack = track;
+    t.videoTrackId = trackId;
     t.video.srcObject = new MediaStream([track]);
     // A receiver's track is muted until media flows (and again when it stops).
     track.onmute = track.onunmute = () => renderTile(t);
@@ -441,6 +519,7 @@ function attachTrack({ participantId, kind, source, track, trackId }) {
     speaking.watch(participantId, track);
   }
   renderTile(t);
+  if (kind === 'video') renderLayout();
   renderPeoplePanel();
 }
 
@@ -454,7 +533,10 @@ function detachTrack({ participantId, kind, source, track }) {
   } else if (kind === 'video' && t.videoTrack === track) {
     track.onmute = track.onunmute = null;
     t.videoTrack = null;
+    t.videoTrackId = null;
     t.video.srcObject = null;
+    // A track that comes back (our reconnection) is reported afresh.
+    reporter?.unobserve(t.el);
   } else if (kind === 'audio' && t.audioTrack === track) {
     t.audioTrack = null;
     t.audio.srcObject = null;
@@ -504,11 +586,16 @@ function renderStage() {
   const owner = screenOrder[screenOrder.length - 1];
   const local = owner === SELF;
   const track = local ? client?.screenShareTrack : tiles.get(owner)?.screen?.track;
+  // Only the screen on the stage is received; others (ended, or older) are paused.
+  for (const [id, t] of tiles) {
+    if (t.screen) client?.setSubscription(t.screen.trackId, { subscribed: id === owner && screenLive(t) });
+  }
   if (!owner || !track) {
     ui.screenStage.hidden = true;
     ui.stage.classList.remove('sharing');
     ui.screenVideo.srcObject = null;
     delete ui.screenStage.dataset.participantId;
+    renderLayout();
     return;
   }
   if (ui.screenVideo.srcObject?.getVideoTracks()[0] !== track) {
@@ -522,6 +609,7 @@ function renderStage() {
   ui.stageStopShare.hidden = !local;
   ui.screenStage.hidden = false;
   ui.stage.classList.add('sharing');
+  renderLayout();
 }
 
 async function toggleScreenShare() {
@@ -545,9 +633,42 @@ ui.stageStopShare.addEventListener('click', () => {
 });
 
 // ---------------------------------------------------------------------------------------
-// Who is speaking. Computed here from each audio track's level (speaking.js). When the
-// server sends `active_speakers` (the client's `activespeakers` event), feed
-// speaking.set(id, ...) from it instead of watch(): everything below listens to `change`.
+// Layout: the paged gallery or the speaker view (layout.js), pins, and what each tile
+// asks of the server (subscriptions.js)
+// ---------------------------------------------------------------------------------------
+
+function renderLayout() {
+  if (!reporter) return; // not in a meeting
+  layout.setTiles([
+    { id: SELF, el: ui.localTile, remote: false },
+    ...[...tiles].map(([id, t]) => ({ id, el: t.el, remote: true })),
+  ]);
+  layout.setSharing(!ui.screenStage.hidden);
+  layout.setPinned(pins);
+  const placed = layout.render();
+  for (const [id, t] of tiles) {
+    const where = placed.get(id);
+    if (t.videoTrackId && where) {
+      reporter.observe(t.el, { trackId: t.videoTrackId, quality: where.quality, shown: where.shown });
+    }
+  }
+}
+
+function setPins(ids) {
+  pins = ids;
+  client?.setPins(pins);
+  for (const t of tiles.values()) renderTile(t);
+  renderLayout();
+}
+
+function togglePin(id) {
+  setPins(pins.includes(id) ? pins.filter((x) => x !== id) : [...pins, id]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Who is speaking: speaking.js gives one answer (the server's active speakers, or levels
+// measured here until the server sends any); the tiles, the people panel and the speaker
+// view follow its events.
 // ---------------------------------------------------------------------------------------
 
 function watchLocalSpeaking() {
@@ -562,8 +683,12 @@ speaking.addEventListener('change', ({ detail: { id, speaking: on } }) => {
   renderPeoplePanel();
 });
 
+speaking.addEventListener('dominant', () => {
+  if (layout.mode === 'speaker') renderLayout();
+});
+
 // ---------------------------------------------------------------------------------------
-// People panel and quality badges
+// People panel
 // ---------------------------------------------------------------------------------------
 
 function renderPeoplePanel() {
@@ -590,6 +715,8 @@ function renderPeoplePanel() {
   }));
   others.sort((a, b) => a.joinedAt - b.joinedAt || a.name.localeCompare(b.name));
   renderPeople(ui.peopleList, ui.personTemplate, [self, ...others]);
+  // Where "speaking" comes from: 'server' (active_speakers) or 'local' (levels measured here).
+  ui.peopleList.dataset.speakingSource = speaking.source;
   ui.peopleCount.textContent = `(${1 + others.length})`;
 }
 
@@ -597,53 +724,6 @@ function localState(source) {
   const has = source === 'microphone' ? localStream?.getAudioTracks().length : localStream?.getVideoTracks().length;
   if (!has) return 'none';
   return client?.isMuted(source) ? 'off' : 'on';
-}
-
-const GRADE_TEXT = { good: 'Good', fair: 'Fair', poor: 'Poor', unknown: 'Measuring…' };
-
-function renderQuality({ remote, local }) {
-  for (const [id, t] of tiles) {
-    const q = remote.get(id);
-    const badge = t.el.querySelector('[data-testid="quality-badge"]');
-    if (!q && t.info && t.info.tracks.length === 0) {
-      // Listen-only: nothing to measure, nothing to worry about.
-      badge.textContent = 'Listen-only';
-      badge.dataset.grade = 'none';
-      badge.title = 'Sends no audio or video';
-      continue;
-    }
-    const grade = q?.grade ?? 'unknown';
-    const parts = [GRADE_TEXT[grade]];
-    if (q?.width) parts.push(`${q.width}×${q.height}`);
-    if (q?.fps != null && !q.audioOnly) parts.push(`${Math.round(q.fps)} fps`);
-    if (q?.audioOnly) parts.push('audio');
-    // Below "good", say why.
-    if (grade === 'fair' || grade === 'poor') {
-      parts.push(`loss ${q.lossPct.toFixed(1)} %`, `jitter ${Math.round(q.jitterMs ?? 0)} ms`);
-    }
-    badge.textContent = parts.join(' · ');
-    badge.dataset.grade = grade;
-    badge.dataset.width = q?.width ?? '';
-    badge.dataset.fps = q?.fps != null ? String(Math.round(q.fps)) : '';
-    badge.title = q?.lossPct != null
-      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms`
-      : 'Network quality: measuring';
-  }
-  const b = ui.uploadBadge;
-  b.dataset.state = local.state;
-  if (local.state === 'none') b.textContent = 'Listen-only';
-  else if (local.state === 'connecting') b.textContent = 'Connecting…';
-  else if (local.state === 'stalled') b.textContent = 'Upload stalled';
-  else {
-    const parts = ['Sending'];
-    if (local.width) parts.push(`${local.width}×${local.height}`);
-    if (local.fps != null) parts.push(`${Math.round(local.fps)} fps`);
-    if (local.screen) parts.push(`screen ${local.screen.width}×${local.screen.height}`);
-    if (local.kbps != null) parts.push(`${local.kbps} kb/s`);
-    b.textContent = parts.join(' · ');
-  }
-  b.title = local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload';
-  b.dataset.kbps = local.kbps ?? '';
 }
 
 // ---------------------------------------------------------------------------------------
@@ -750,50 +830,6 @@ for (const select of ui.devicesDialog.querySelectorAll('select[data-kind]')) {
 // ---------------------------------------------------------------------------------------
 // Chat
 // ---------------------------------------------------------------------------------------
-
-function formatTime(ts) {
-  return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-}
-
-function appendChat(msg) {
-  const li = document.createElement('li');
-  li.className = 'chat-message';
-  li.dataset.testid = 'chat-message';
-  if (msg.local) li.classList.add('mine');
-  if (msg.history) li.classList.add('history');
-  li.dataset.from = msg.from ?? '';
-  li.dataset.history = String(!!msg.history);
-  const head = document.createElement('div');
-  head.className = 'chat-meta';
-  const who = document.createElement('span');
-  who.className = 'chat-name';
-  who.dataset.testid = 'chat-name';
-  who.textContent = msg.local ? `${msg.name} (you)` : msg.name;
-  const time = document.createElement('time');
-  time.dateTime = new Date(msg.ts).toISOString();
-  time.textContent = formatTime(msg.ts);
-  head.append(who, ' ', time);
-  const text = document.createElement('p');
-  text.className = 'chat-text';
-  text.dataset.testid = 'chat-text';
-  text.textContent = msg.text;
-  li.append(head, text);
-  appendToLog(li);
-}
-
-function appendSystemMessage(text) {
-  const li = document.createElement('li');
-  li.className = 'chat-system';
-  li.textContent = text;
-  appendToLog(li);
-}
-
-function appendToLog(li) {
-  const log = ui.chatLog;
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  log.append(li);
-  if (atBottom) log.scrollTop = log.scrollHeight;
-}
 
 ui.chatForm.addEventListener('submit', (ev) => {
   ev.preventDefault();

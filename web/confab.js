@@ -4,7 +4,7 @@
 //
 //   const client = new ConfabClient();
 //   client.addEventListener('trackadded', (e) => show(e.detail));
-//   await client.connect({ room: 'standup', name: 'Ada' });
+//   await client.connect({ room: 'standup', name: 'Ada' });   // token: '<jwt>' when required
 //   await client.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: true }));
 //
 // Each participant has two peer connections, as in LiveKit: `publisher` (we offer our own
@@ -26,6 +26,10 @@
 //   localtrack          {source, track, previous}   a local track was added, replaced or removed
 //   screenshare         {active, track}   our own screen share started or stopped
 //   activespeakers      {speakers}        the server's `active_speakers` (loudest first), when it sends it
+//   resumed             {participant}     the signaling connection broke and the session was
+//                                          resumed over a new one (peer connections kept)
+//   publisherlayers     {mid, activeRids, sending}  the server's `publisher_layers` (dynacast),
+//                                          once applied; `sending`: the encodings left active
 //
 // Local media (all keep working across reconnections):
 //   publish(stream | [{track, source}])   camera and microphone (source: microphone | camera)
@@ -38,7 +42,23 @@
 //                                          ends the capture. A stopped share stays published but
 //                                          muted (`mute {source: screen}`); receivers show a
 //                                          screen track only while it is not muted
-// Levels, speaking and network quality live beside this file: speaking.js, quality.js.
+//
+// Large rooms (docs/protocol.md, Simulcast):
+//   options.simulcast (default true)      the camera is published as three encodings, rids
+//                                          q (1/4 size), h (1/2) and f (full), lowest first;
+//                                          the server forwards one of them to each subscriber.
+//                                          Encodings nobody wants are paused when the server
+//                                          says so (`publisher_layers`, dynacast: simulcast.js)
+//   setSubscription(trackId, {subscribed, quality, width, height})
+//                                          how we want one remote track: paused or not, the
+//                                          highest quality (off | low | medium | high) and the
+//                                          size it is shown at (CSS px x devicePixelRatio).
+//                                          Sent only when it changes; again after a rejoin
+//   setPins(participantIds)               whose video we always get, whatever last-N
+// Levels, speaking and network quality live beside this file: speaking.js, quality.js;
+// which tile shows what and at which size: layout.js, subscriptions.js.
+
+import { Dynacast, cameraEncodings } from './simulcast.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -46,6 +66,7 @@ const DEFAULT_RECONNECT = { attempts: 5, firstDelayMs: 500, maxDelayMs: 4000 };
 const CONNECT_TIMEOUT_MS = 10000;
 // Enough for a sharp 1080p screen of text at a modest frame rate.
 const SCREEN_MAX_BITRATE = 2_500_000;
+const QUALITIES = new Set(['off', 'low', 'medium', 'high']);
 // Fatal errors after which rejoining can work: the server restarts, our media connection
 // failed, or we fell behind. Any other fatal error (room full...) is final.
 const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer']);
@@ -65,11 +86,14 @@ export class ConfabClient extends EventTarget {
    * @param {object} [options]
    * @param {RTCConfiguration} [options.rtcConfig] passed to both peer connections.
    * @param {{attempts:number, firstDelayMs:number, maxDelayMs:number}} [options.reconnect]
+   * @param {boolean} [options.simulcast] publish the camera in three layers (default true;
+   *   also off when the server's `joined.config.simulcast` is false).
    */
   constructor(options = {}) {
     super();
     this.rtcConfig = options.rtcConfig ?? { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
     this.reconnectPolicy = { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
+    this.simulcast = options.simulcast ?? true;
 
     this.state = 'idle';
     this.url = null;
@@ -101,6 +125,7 @@ export class ConfabClient extends EventTarget {
     this._epoch = 0; // bumped by connect() and leave(): ends a reconnection loop of the past
     this._leaving = false;
     this._fatalError = null; // the last fatal `error`, read when the socket then closes
+    this._pins = []; // participant ids we pin, kept across reconnections
     this._resetNegotiation();
   }
 
@@ -111,9 +136,12 @@ export class ConfabClient extends EventTarget {
     this._pubAnswerWaiter = null;
     this._published = false; // a publish has been sent on this session
     this._senders = new Map(); // entry of _local -> its transceiver on the current publisher
-    this._parkedScreen = null; // the transceiver of an ended screen share, sending nothing
+    this._parkedScreen = null; // the screen transceiver while not sharing (idle, or an ended share)
     this._pendingCandidates = { publisher: [], subscriber: [] };
     this._pubCandidatesHeld = [];
+    this._subscriptions = new Map(); // track id -> the last `subscription` sent (JSON), this session
+    this._dynacast?.close();
+    this._dynacast = new Dynacast({ onApplied: (detail) => this._emit('publisherlayers', detail) });
   }
 
   get participantId() {
@@ -128,14 +156,16 @@ export class ConfabClient extends EventTarget {
    * Joins `room` as `name`. Resolves with the `joined` message; rejects with a ConfabError
    * when the server refuses (room full, invalid name...) or cannot be reached.
    */
-  async connect({ url, room, name }) {
+  async connect({ url, room, name, token }) {
     if (this.state === 'connecting' || this.state === 'connected' || this.state === 'reconnecting') {
       throw new ConfabError('already_connected', 'this client is already connected');
     }
     this.url = url ?? defaultUrl();
     this.room = room;
     this.name = name;
+    this.token = token || null; // an access token (JWT), when the server requires one
     this._leaving = false;
+    this._pins = [];
     const epoch = ++this._epoch;
     this._setState('connecting');
     try {
@@ -197,7 +227,9 @@ export class ConfabClient extends EventTarget {
       }
       this._ws = ws;
       ws.onopen = () => {
-        ws.send(JSON.stringify({ type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name }));
+        const join = { type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name };
+        if (this.token) join.token = this.token;
+        ws.send(JSON.stringify(join));
       };
       ws.onmessage = (ev) => {
         if (session !== this._session) return;
@@ -240,6 +272,7 @@ export class ConfabClient extends EventTarget {
 
   _onJoined(msg, rejoined) {
     this.participant = msg.participant;
+    this._resumeToken = msg.resume_token || null;
     this.config = msg.config;
     this.participants = new Map(msg.participants.map((p) => [p.id, p]));
     this._createSubscriber();
@@ -253,18 +286,146 @@ export class ConfabClient extends EventTarget {
     });
     for (const p of msg.participants) this._emit('participantjoined', { participant: p });
     if (this._local.length > 0) this._negotiatePublisher();
+    // Pins of those still here survive our reconnection (the others keep their ids).
+    const pins = this._pins.filter((id) => this.participants.has(id));
+    if (pins.length > 0) this._send({ type: 'pin', participant_ids: pins });
   }
 
   _onSocketClosed() {
     if (this._leaving || this.state === 'disconnected') return;
     const fatal = this._fatalError;
     this._fatalError = null;
+    // Only the signaling connection broke: resume the session over a new one, keeping the
+    // peer connections (the others see nothing). Otherwise, or if that fails, rejoin.
+    if (!fatal && this._resumeToken && this._mediaAlive()) {
+      this._resumeOrRejoin();
+      return;
+    }
     this._teardown();
     if (fatal && !REJOINABLE.has(fatal.code)) {
       this._setState('disconnected', fatal.message);
       return;
     }
     this._reconnect();
+  }
+
+  _mediaAlive() {
+    const s = this.subscriber?.connectionState;
+    return !!s && s !== 'failed' && s !== 'closed';
+  }
+
+  async _resumeOrRejoin() {
+    const { attempts, firstDelayMs, maxDelayMs } = this.reconnectPolicy;
+    const epoch = this._epoch;
+    let delay = Math.min(250, firstDelayMs);
+    for (let attempt = 1; attempt <= attempts; attempt++) {
+      this._setState('reconnecting', `resuming, attempt ${attempt} of ${attempts}`);
+      await sleep(delay);
+      if (epoch !== this._epoch) return;
+      delay = Math.min(delay * 2, maxDelayMs);
+      try {
+        await this._resume();
+        return;
+      } catch (err) {
+        if (epoch !== this._epoch) return;
+        // The server answered but has no session to resume: join afresh.
+        if (err.code !== 'unreachable' && err.code !== 'timeout') break;
+      }
+    }
+    if (epoch !== this._epoch) return;
+    this._teardown();
+    this._reconnect();
+  }
+
+  /**
+   * A new WebSocket that resumes this session (`join.resume`): same participant, same peer
+   * connections, tracks and subscriptions. Resolves on `joined`.
+   */
+  _resume() {
+    const session = this._session;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+      };
+      const timer = setTimeout(
+        () => fail(new ConfabError('timeout', 'server unreachable (no answer to resume)')),
+        CONNECT_TIMEOUT_MS,
+      );
+      let ws;
+      try {
+        ws = new WebSocket(this.url);
+      } catch (err) {
+        fail(new ConfabError('unreachable', `server unreachable: ${err.message}`));
+        return;
+      }
+      this._ws = ws;
+      const current = () => session === this._session && this._ws === ws;
+      ws.onopen = () => {
+        ws.send(JSON.stringify({
+          type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name, resume: this._resumeToken,
+        }));
+      };
+      ws.onmessage = (ev) => {
+        if (!current()) return;
+        let msg;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        if (!settled) {
+          if (msg.type === 'joined') {
+            settled = true;
+            clearTimeout(timer);
+            this._onResumed(msg);
+            resolve(msg);
+            return;
+          }
+          if (msg.type === 'error') {
+            ws.onclose = null;
+            fail(new ConfabError(msg.code, msg.message, true));
+            try { ws.close(1000, 'resume refused'); } catch { /* already closed */ }
+            return;
+          }
+        }
+        this._onMessage(msg, session);
+      };
+      ws.onclose = () => {
+        if (!current()) return;
+        if (!settled) {
+          fail(new ConfabError('unreachable', 'server unreachable'));
+          return;
+        }
+        this._onSocketClosed();
+      };
+      ws.onerror = () => { /* onclose follows */ };
+    });
+  }
+
+  /** The session goes on: bring the room up to date from the fresh `joined`. */
+  _onResumed(msg) {
+    this.participant = msg.participant;
+    this.config = msg.config;
+    this._resumeToken = msg.resume_token || this._resumeToken;
+    const now = new Map(msg.participants.map((p) => [p.id, p]));
+    for (const [id, p] of this.participants) {
+      if (now.has(id)) continue;
+      this.participants.delete(id);
+      this._emit('participantleft', { participantId: id, participant: p });
+    }
+    for (const [id, p] of now) {
+      const known = this.participants.has(id);
+      this.participants.set(id, p);
+      this._emit(known ? 'participantupdated' : 'participantjoined', { participant: p });
+    }
+    this._setState('connected', 'resumed');
+    this._emit('resumed', { participant: msg.participant });
+    // A publish offer the broken connection may have swallowed: the server answers again.
+    if (this._pubAnswerWaiter && this._lastPublish) this._send(this._lastPublish);
   }
 
   async _reconnect() {
@@ -374,6 +535,9 @@ export class ConfabClient extends EventTarget {
       case 'active_speakers':
         this._emit('activespeakers', { speakers: msg.speakers ?? [] });
         break;
+      case 'publisher_layers':
+        this._dynacast.wish(this.publisher, msg.mid, msg.active_rids ?? []);
+        break;
       case 'error':
         if (msg.fatal) this._fatalError = msg;
         // A refused publish offer gets no answer: let the publish chain go on.
@@ -460,6 +624,7 @@ export class ConfabClient extends EventTarget {
       if (prev && prev.trackId === info.track_id) continue;
       if (prev) {
         this.remoteTracks.delete(mid);
+        this._subscriptions.delete(prev.trackId);
         this._emit('trackremoved', prev);
       }
       const t = {
@@ -476,6 +641,7 @@ export class ConfabClient extends EventTarget {
     for (const [mid, t] of this.remoteTracks) {
       if (!seen.has(mid)) {
         this.remoteTracks.delete(mid);
+        this._subscriptions.delete(t.trackId);
         this._emit('trackremoved', t);
       }
     }
@@ -537,17 +703,19 @@ export class ConfabClient extends EventTarget {
     for (const entry of this._local) {
       if (!this._senders.has(entry)) this._senders.set(entry, this._addSender(pc, entry));
     }
+    this._reserveScreenSender(pc);
     await pc.setLocalDescription(await pc.createOffer());
     if (session !== this._session || this.publisher !== pc) return;
     const answered = new Promise((resolve) => { this._pubAnswerWaiter = resolve; });
-    this._send({
+    this._lastPublish = {
       type: 'publish',
       sdp: pc.localDescription.sdp,
       tracks: [
         ...[...this._senders].map(([entry, transceiver]) => ({ mid: transceiver.mid, source: entry.source })),
         ...(this._parkedScreen?.mid ? [{ mid: this._parkedScreen.mid, source: 'screen' }] : []),
       ],
-    });
+    };
+    this._send(this._lastPublish);
     this._published = true;
     for (const c of this._pubCandidatesHeld) this._send({ type: 'candidate', target: 'publisher', candidate: c });
     this._pubCandidatesHeld = [];
@@ -577,6 +745,26 @@ export class ConfabClient extends EventTarget {
     return pc;
   }
 
+  /**
+   * With a simulcast camera, the screen share's transceiver is created (idle, no track) in
+   * the first offer, so that sharing later is a replaceTrack, not a renegotiation. The
+   * server (rtc 0.21.1) forgets the SSRCs of a simulcast track on every renegotiated offer
+   * and can only learn them again from the mid/rid header extensions, which Chromium stops
+   * sending once the server's receiver reports arrive: the camera would go dark for
+   * everyone the moment a share starts. An idle transceiver sends nothing, so the server
+   * publishes no screen track until a share starts.
+   */
+  _reserveScreenSender(pc) {
+    if (this._screen || this._parkedScreen || !navigator.mediaDevices?.getDisplayMedia) return;
+    const camera = [...this._senders].find(([entry]) => entry.source === 'camera')?.[1];
+    const layered = camera?.sender.getParameters().encodings?.length > 1;
+    if (!layered) return;
+    this._parkedScreen = pc.addTransceiver('video', {
+      direction: 'sendonly',
+      sendEncodings: this._sendEncodings({ source: 'screen' }),
+    });
+  }
+
   /** Adds the sending transceiver of one local entry. */
   _addSender(pc, entry) {
     const init = { direction: 'sendonly', streams: [entry.stream ?? this._localStream] };
@@ -586,15 +774,24 @@ export class ConfabClient extends EventTarget {
   }
 
   /**
-   * Encodings of a new sender, or undefined for the browser's default (one layer). Simulcast
-   * layers for the camera belong here. The screen stays one layer, favoured over the camera
-   * when bandwidth is short (its track's contentHint keeps text sharp).
+   * Encodings of a new sender, or undefined for the browser's default (one layer). The
+   * camera is simulcast (three layers, lowest first) unless turned off; the screen stays one
+   * layer, favoured over the camera when bandwidth is short (its track's contentHint keeps
+   * text sharp). A replaced track (switchDevice) keeps its sender, hence its encodings.
    */
   _sendEncodings(entry) {
     if (entry.source === 'screen') {
       return [{ priority: 'high', networkPriority: 'high', maxBitrate: SCREEN_MAX_BITRATE }];
     }
+    if (entry.source === 'camera' && entry.track.kind === 'video' && this.simulcastEnabled) {
+      return cameraEncodings();
+    }
     return undefined;
+  }
+
+  /** Whether the camera is published in layers: our option, unless the server says no. */
+  get simulcastEnabled() {
+    return this.simulcast && this.config?.simulcast !== false;
   }
 
   /** Local tracks being published, as `{track, source}`. */
@@ -775,6 +972,61 @@ export class ConfabClient extends EventTarget {
         this._send({ type: 'mute', source, muted });
       }
     }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // What we receive: subscriptions and pins
+  // ---------------------------------------------------------------------------------------
+
+  /**
+   * How we want the remote track `trackId`: `subscribed` false pauses it; `quality` (off |
+   * low | medium | high) caps its simulcast layer; `width` and `height` are the size it is
+   * rendered at in device pixels, from which the server picks the smallest layer at least
+   * that tall. Sent only when it differs from what was last sent for that track (and only
+   * for tracks the room has). Returns whether a message was sent.
+   */
+  setSubscription(trackId, { subscribed = true, quality = 'high', width, height } = {}) {
+    if (!QUALITIES.has(quality)) throw new ConfabError('invalid_quality', `unknown quality ${quality}`);
+    if (!this._roomHasTrack(trackId)) return false;
+    const msg = { type: 'subscription', track_id: trackId, subscribed: !!subscribed };
+    if (subscribed) {
+      msg.quality = quality;
+      if (width > 0) msg.width = Math.round(width);
+      if (height > 0) msg.height = Math.round(height);
+    }
+    const key = JSON.stringify(msg);
+    if (this._subscriptions.get(trackId) === key) return false;
+    if (!this._send(msg)) return false;
+    this._subscriptions.set(trackId, key);
+    return true;
+  }
+
+  /** What was last sent for `trackId` this session, as {subscribed, quality, width, height}. */
+  subscriptionOf(trackId) {
+    const key = this._subscriptions.get(trackId);
+    if (!key) return null;
+    const { subscribed, quality, width, height } = JSON.parse(key);
+    return { subscribed, quality, width, height };
+  }
+
+  _roomHasTrack(trackId) {
+    for (const t of this.remoteTracks.values()) if (t.trackId === trackId) return true;
+    for (const p of this.participants.values()) {
+      if (p.tracks?.some((tr) => tr.id === trackId)) return true;
+    }
+    return false;
+  }
+
+  /** Participants whose video we always get, whatever the server's last-N choice. */
+  setPins(participantIds) {
+    const ids = [...new Set(participantIds)];
+    if (JSON.stringify(ids) === JSON.stringify(this._pins)) return;
+    this._pins = ids;
+    this._send({ type: 'pin', participant_ids: ids });
+  }
+
+  get pins() {
+    return [...this._pins];
   }
 
   // ---------------------------------------------------------------------------------------

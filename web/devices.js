@@ -64,7 +64,8 @@ export async function acquireMedia({ videoinput, audioinput } = {}) {
   if (!navigator.mediaDevices?.getUserMedia) {
     return { stream: null, note: 'No media devices available here: you will join listen-only.' };
   }
-  const video = { width: 640, height: 480 };
+  // 720p when the camera has it: the top simulcast layer, with 640x360 and 320x180 below.
+  const video = { width: { ideal: 1280 }, height: { ideal: 720 } };
   const attempts = [
     [{ audio: constraint(audioinput, true), video: constraint(videoinput, video) }, ''],
     [{ audio: true, video }, ''],

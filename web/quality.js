@@ -4,10 +4,12 @@
 //   const monitor = new QualityMonitor(client);   // a ConfabClient
 //   monitor.addEventListener('update', (e) => { e.detail.remote; e.detail.local; });
 //   monitor.start();  ...  monitor.stop();
+//   renderBadges(e.detail, tiles, uploadBadge);   the meeting page's badges
 //
 // remote: Map participantId -> {grade, lossPct, jitterMs, width, height, fps, audioOnly}
 // local:  {state, kbps, width, height, fps, limitedBy, screen}   state: none | connecting | sending | stalled
-//         width, height, fps: the camera's; screen: {width, height, fps} while sharing
+//         width, height, fps: the camera's (its largest simulcast layer being sent);
+//         screen: {width, height, fps} while sharing
 // grade:  good | fair | poor | unknown (nothing measured yet)
 //
 // Loss and jitter are deltas between two samples, so a loss burst long ago does not colour
@@ -121,7 +123,9 @@ export class QualityMonitor extends EventTarget {
       const media = s.mediaSourceId ? stats.get(s.mediaSourceId) : null;
       const size = { width: s.frameWidth, height: s.frameHeight, fps: s.framesPerSecond };
       if (sourceOfTrack.get(media?.trackIdentifier) === 'screen') local.screen = size;
-      else Object.assign(local, size);
+      // A simulcast camera has one outbound-rtp per layer: the largest one sending counts
+      // (a paused layer keeps its last frameWidth but is not `active`).
+      else if (s.active !== false && !(local.width >= size.width)) Object.assign(local, size);
       if (s.qualityLimitationReason && s.qualityLimitationReason !== 'none') {
         local.limitedBy = s.qualityLimitationReason;
       }
@@ -138,4 +142,55 @@ export class QualityMonitor extends EventTarget {
     local.state = local.kbps > 0 ? 'sending' : 'stalled';
     return local;
   }
+}
+
+const GRADE_TEXT = { good: 'Good', fair: 'Fair', poor: 'Poor', unknown: 'Measuring…' };
+
+/**
+ * The badges: one per remote tile (`tiles`: participant id -> {el, info}) and our upload's
+ * (`uploadBadge`), from a QualityMonitor `update`.
+ */
+export function renderBadges({ remote, local }, tiles, uploadBadge) {
+  for (const [id, t] of tiles) {
+    const q = remote.get(id);
+    const badge = t.el.querySelector('[data-testid="quality-badge"]');
+    if (!q && t.info && t.info.tracks.length === 0) {
+      // Listen-only: nothing to measure, nothing to worry about.
+      badge.textContent = 'Listen-only';
+      badge.dataset.grade = 'none';
+      badge.title = 'Sends no audio or video';
+      continue;
+    }
+    const grade = q?.grade ?? 'unknown';
+    const parts = [GRADE_TEXT[grade]];
+    if (q?.width) parts.push(`${q.width}×${q.height}`);
+    if (q?.fps != null && !q.audioOnly) parts.push(`${Math.round(q.fps)} fps`);
+    if (q?.audioOnly) parts.push('audio');
+    // Below "good", say why.
+    if (grade === 'fair' || grade === 'poor') {
+      parts.push(`loss ${q.lossPct.toFixed(1)} %`, `jitter ${Math.round(q.jitterMs ?? 0)} ms`);
+    }
+    badge.textContent = parts.join(' · ');
+    badge.dataset.grade = grade;
+    badge.dataset.width = q?.width ?? '';
+    badge.dataset.fps = q?.fps != null ? String(Math.round(q.fps)) : '';
+    badge.title = q?.lossPct != null
+      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms`
+      : 'Network quality: measuring';
+  }
+  const b = uploadBadge;
+  b.dataset.state = local.state;
+  if (local.state === 'none') b.textContent = 'Listen-only';
+  else if (local.state === 'connecting') b.textContent = 'Connecting…';
+  else if (local.state === 'stalled') b.textContent = 'Upload stalled';
+  else {
+    const parts = ['Sending'];
+    if (local.width) parts.push(`${local.width}×${local.height}`);
+    if (local.fps != null) parts.push(`${Math.round(local.fps)} fps`);
+    if (local.screen) parts.push(`screen ${local.screen.width}×${local.screen.height}`);
+    if (local.kbps != null) parts.push(`${local.kbps} kb/s`);
+    b.textContent = parts.join(' · ');
+  }
+  b.title = local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload';
+  b.dataset.kbps = local.kbps ?? '';
 }

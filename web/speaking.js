@@ -1,17 +1,23 @@
-// Audio levels and "who is speaking", computed in the page from the audio tracks themselves.
+// Audio levels and "who is speaking".
 //
 //   const meter = new AudioLevelMeter(track);   meter.level() -> 0..1 (peak of the last window)
-//   const speaking = new SpeakingDetector();
+//   const speaking = new SpeakingDetector();    from the audio tracks themselves
 //   speaking.addEventListener('change', (e) => e.detail /* {id, speaking} */);
 //   speaking.watch('PA_1', track);  speaking.unwatch('PA_1');  speaking.isSpeaking('PA_1');
+//
+//   const speakers = new ActiveSpeakers();      the page's one answer: the server's
+//   speakers.fromServer(['PA_1', ...]);         `active_speakers` once it has sent any, the
+//   speakers.watch(id, track) / unwatch(id);    local detector until then (a fallback)
+//   speakers.addEventListener('change', ...);   {id, speaking}
+//   speakers.addEventListener('dominant', ...); {id}: the main speaker changed (steadied)
+//   speakers.dominant((id) => id !== 'self');   the latest dominant speaker passing a filter
 //
 // One WebAudio AnalyserNode per track, sampled on a timer (not per animation frame: the
 // answer is needed even when the tab is in the background). A remote WebRTC track only
 // feeds WebAudio while it also plays in a media element, which the meeting page does anyway.
 //
-// The server may later say who speaks (`active_speakers`); a page then feeds
-// SpeakingDetector.set(id, speaking) from those events instead of watch(): the rest of the
-// page listens to `change` either way.
+// The server says who speaks (`active_speakers`, from the RFC 6464 level of every audio
+// packet): ActiveSpeakers uses it as soon as it arrives and stops measuring levels itself.
 
 let sharedContext = null;
 
@@ -130,5 +136,100 @@ export class SpeakingDetector extends EventTarget {
       if (w.meter.level() >= this.threshold) w.lastLoud = now;
       this.set(id, now - w.lastLoud < this.holdMs && w.lastLoud > 0);
     }
+  }
+}
+
+/**
+ * Who is speaking, for the whole page: the server's `active_speakers` when it sends them,
+ * the local SpeakingDetector until it does (a server without the audio-level extension, or
+ * before anyone has spoken). It also keeps the *dominant* speaker for a speaker view: the
+ * server's first entry, taken only once it has led for `steadyMs`, so that two people
+ * talking at once (or equal fake-microphone beeps, which make the server's order rotate
+ * every 300 ms) do not swap the large tile several times a second.
+ */
+export class ActiveSpeakers extends EventTarget {
+  constructor({ steadyMs = 1500, detector = {} } = {}) {
+    super();
+    this.steadyMs = steadyMs;
+    this._detectorOptions = detector;
+    this.reset();
+  }
+
+  /** Forgets everything (a new meeting): back to local detection until the server speaks. */
+  reset() {
+    this._local?.close();
+    this._local = new SpeakingDetector(this._detectorOptions);
+    this._local.addEventListener('change', ({ detail }) => {
+      if (this.source !== 'local') return;
+      this._set(detail.id, detail.speaking);
+      if (detail.speaking) this._lead(detail.id);
+    });
+    for (const id of this._speaking ?? []) this._emitChange(id, false);
+    /** 'local' until the first server event, then 'server'. */
+    this.source = 'local';
+    this._speaking = new Set();
+    this._recent = []; // ids, most recently dominant first
+    this._leader = null; // the current first speaker and since when: {id, since}
+    clearTimeout(this._steadyTimer);
+  }
+
+  watch(id, track) {
+    if (this.source === 'local') this._local.watch(id, track);
+  }
+
+  unwatch(id) {
+    this._local.unwatch(id);
+    this._set(id, false);
+    this._recent = this._recent.filter((x) => x !== id);
+  }
+
+  /** The server's list, loudest first (ids as the page knows them). */
+  fromServer(ids) {
+    if (this.source === 'local') {
+      // The server is the source from now on: stop sampling levels in the page.
+      this.source = 'server';
+      this._local.close();
+    }
+    const now = new Set(ids);
+    for (const id of [...this._speaking]) if (!now.has(id)) this._set(id, false);
+    for (const id of ids) this._set(id, true);
+    if (ids.length > 0) this._lead(ids[0]);
+  }
+
+  isSpeaking(id) {
+    return this._speaking.has(id);
+  }
+
+  /** The latest dominant speaker for which `accept(id)` is true, or null. */
+  dominant(accept = () => true) {
+    return this._recent.find(accept) ?? null;
+  }
+
+  _set(id, speaking) {
+    if (speaking === this._speaking.has(id)) return;
+    if (speaking) this._speaking.add(id);
+    else this._speaking.delete(id);
+    this._emitChange(id, speaking);
+  }
+
+  _emitChange(id, speaking) {
+    this.dispatchEvent(new CustomEvent('change', { detail: { id, speaking } }));
+  }
+
+  /** `id` leads now; it becomes dominant once it has led for steadyMs. */
+  _lead(id) {
+    if (this._leader?.id === id) return;
+    this._leader = { id, since: performance.now() };
+    clearTimeout(this._steadyTimer);
+    if (this._recent[0] === id) return;
+    const leader = this._leader;
+    const promote = () => {
+      if (this._leader !== leader) return;
+      this._recent = [id, ...this._recent.filter((x) => x !== id)];
+      this.dispatchEvent(new CustomEvent('dominant', { detail: { id } }));
+    };
+    // The very first speaker needs no wait: there is nobody to flicker with.
+    if (this._recent.length === 0) promote();
+    else this._steadyTimer = setTimeout(promote, this.steadyMs);
   }
 }

@@ -67,7 +67,14 @@ export async function startServer({ label, env = {}, httpBind = '127.0.0.1:0' } 
   const { CONFAB_BIN: _bin, ...inherited } = process.env;
   const proc = spawn(bin, ['--http-bind', httpBind, '--media-port', '0'], {
     cwd: REPO_ROOT,
-    env: { ...inherited, NO_COLOR: '1', RUST_LOG: process.env.RUST_LOG ?? 'confab=debug,webrtc=warn', ...env },
+    env: {
+      ...inherited,
+      NO_COLOR: '1',
+      RUST_LOG: process.env.RUST_LOG ?? 'confab=debug,webrtc=warn',
+      // stop() sends SIGTERM: a short drain, so that a test never waits on a meeting.
+      CONFAB_HTTP__DRAIN_TIMEOUT_MS: '1000',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   proc.stderr.pipe(log, { end: false });

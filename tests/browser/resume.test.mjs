@@ -1,0 +1,106 @@
+// A page whose WebSocket breaks (no close frame: a proxy or a network dropping the TCP
+// connection) resumes its session on a new one. The others never see it leave, its camera
+// keeps reaching them, and its chat works again.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import {
+  startServer, launchBrowser, newParticipantPage, joinRoom, waitMediaFlowing, typeChat, waitChat,
+  dumpPages, WAIT_MS,
+} from './harness.mjs';
+
+/** @type {import('playwright-core').Browser} */
+let browser;
+
+before(async () => {
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/** A TCP proxy in front of the server's HTTP port whose connections can all be cut. */
+async function tcpProxy(port) {
+  const pairs = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    const pair = [client, upstream];
+    pairs.add(pair);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', drop);
+    upstream.on('error', drop);
+    client.on('close', drop);
+    upstream.on('close', drop);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    /** Ends every connection at the TCP level: no WebSocket close frame either way. */
+    cut() {
+      const n = pairs.size;
+      for (const [a, b] of [...pairs]) {
+        a.destroy();
+        b.destroy();
+      }
+      pairs.clear();
+      return n;
+    },
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+
+test('a broken WebSocket is resumed; the others never see a leave', async () => {
+  const server = await startServer({ label: 'resume' });
+  const proxy = await tcpProxy(server.port);
+  const pages = {
+    ada: await newParticipantPage(browser),
+    bob: await newParticipantPage(browser),
+  };
+  try {
+    const adaId = await joinRoom(pages.ada, proxy.url, 'resume', 'Ada');
+    await joinRoom(pages.bob, server.url, 'resume', 'Bob');
+    await pages.bob.evaluate(() => {
+      window.__left = [];
+      window.confab.addEventListener('participantleft', (e) => window.__left.push(e.detail.participantId));
+    });
+    await pages.ada.evaluate(() => {
+      window.__states = [];
+      window.__resumed = 0;
+      window.confab.addEventListener('state', (e) => window.__states.push(e.detail.state));
+      window.confab.addEventListener('resumed', () => { window.__resumed += 1; });
+    });
+    await waitMediaFlowing(pages.bob, [adaId]);
+
+    assert.ok(proxy.cut() >= 1, 'the WebSocket went through the proxy');
+    await pages.ada.waitForFunction(() => window.__resumed === 1, null, { timeout: WAIT_MS });
+    const after = await pages.ada.evaluate(() => ({
+      id: window.confab.participantId,
+      state: window.confab.state,
+      states: window.__states,
+    }));
+    assert.equal(after.id, adaId, 'the same participant');
+    assert.equal(after.state, 'connected');
+    assert.ok(after.states.includes('reconnecting'), JSON.stringify(after.states));
+
+    // Bob still gets Ada's camera and microphone, and never saw her leave.
+    await waitMediaFlowing(pages.bob, [adaId]);
+    await typeChat(pages.ada, 'back again');
+    await waitChat(pages.bob, 'back again');
+    assert.deepEqual(await pages.bob.evaluate(() => window.__left), []);
+  } catch (err) {
+    await dumpPages(pages, 'resume');
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.close();
+    await proxy.close();
+    await server.stop();
+  }
+});
