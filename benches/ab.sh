@@ -19,7 +19,7 @@ cargo build --release -p confab-load --quiet
 run() { # dir label round -- load arguments
   local dir=$1 label=$2 round=$3
   shift 3
-  CONFAB_MEDIA__WORKERS=1 CONFAB_ROOM__MAX_PARTICIPANTS=1000 taskset -c 0 "$dir/confab" \
+  CONFAB_MEDIA__WORKERS=1 CONFAB_ROOM__MAX_PARTICIPANTS=1000 CONFAB_SIGNAL__JOINS_PER_SECOND_PER_IP=0 CONFAB_HTTP__DRAIN_TIMEOUT_MS=1000 taskset -c 0 "$dir/confab" \
     --http-bind "127.0.0.1:$PORT" --media-port 0 > /dev/null 2>&1 &
   local srv=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break; sleep 0.05; done

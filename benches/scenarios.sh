@@ -37,7 +37,7 @@ STEPS[webinar]="25 50 100 150 200 300 400"
 
 run_one() { # scenario N -> prints "pass|fail" and leaves the JSON report
   local scenario=$1 n=$2 json="$OUT/$1-$2.json"
-  CONFAB_MEDIA__WORKERS=1 CONFAB_ROOM__MAX_PARTICIPANTS=1000 taskset -c "$SERVER_CORE" "$BIN_DIR/confab" \
+  CONFAB_MEDIA__WORKERS=1 CONFAB_ROOM__MAX_PARTICIPANTS=1000 CONFAB_SIGNAL__JOINS_PER_SECOND_PER_IP=0 CONFAB_HTTP__DRAIN_TIMEOUT_MS=1000 taskset -c "$SERVER_CORE" "$BIN_DIR/confab" \
     --http-bind "127.0.0.1:$PORT" --media-port 0 > "$OUT/$scenario-$n.server.log" 2>&1 &
   local srv=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break; sleep 0.05; done

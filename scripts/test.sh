@@ -2,8 +2,8 @@
 # The whole Confab test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting and lints, Rust unit and integration tests (real WebRTC over loopback),
 #   and the browser end-to-end tests in headless Chromium.
-# It installs what it needs when missing (Debian's chromium, ffmpeg and node, the node
-# packages).
+# It installs what it needs when missing (Debian's chromium, ffmpeg, redis-server and
+# node, the node packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "tools"
 scripts/need.sh ffprobe ffmpeg # the recording tests check real files with ffprobe
+scripts/need.sh redis-server redis-server # the cluster tests start their own Redis
 
 step "rust tests"
 cargo test --workspace

@@ -124,6 +124,11 @@ async fn bad_signaling_input_is_refused_and_harms_nobody() {
         next_msg(&mut ws).await,
         Some(ServerMessage::Joined { .. })
     ));
+    // The subscriber offer follows: the bad answer below must find it pending.
+    assert!(matches!(
+        next_msg(&mut ws).await,
+        Some(ServerMessage::Offer { .. })
+    ));
     ws.send(Message::text(JOIN)).await.unwrap();
     expect_error(&mut ws, ErrorCode::AlreadyJoined, false).await;
     ws.send(Message::text(

@@ -364,3 +364,105 @@ async fn dynacast_pauses_layers_nobody_wants() {
     .await;
     server.stop().await;
 }
+
+/// Waits until `c` received `n` video packets of layer `want` on `track`.
+async fn receive_layer(c: &mut Client, track: &TrackId, want: u8, n: usize, what: &str) {
+    for i in 0..n {
+        c.wait_for(
+            WAIT,
+            &format!("{what} (packet {i} of {n} from layer {want})"),
+            |e| match e {
+                Event::Rtp {
+                    track: t,
+                    kind: MediaKind::Video,
+                    packet,
+                    ..
+                } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
+                    .filter(|s| layer_of_index(s.index) == want)
+                    .map(|_| ()),
+                _ => None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_survives_renegotiation_without_mid_rid() {
+    let server = start().await;
+    let a = join(&server, "reneg", "alice", Publish::SIMULCAST).await;
+    let pump = a.start_media(MediaPlan::default());
+    let mut b = join(&server, "reneg", "bob", Publish::NONE).await;
+    let (track, _) = video_track(&mut b).await;
+    // All three layers have been seen with their mid and rid (each frame goes out on every
+    // layer, lowest first)...
+    wait_layer(&mut b, &track, 2).await;
+    // ...then, as Chromium does once it has receiver reports, the extensions stop.
+    pump.send_mid_rid(false);
+    b.clear_backlog();
+    receive_layer(&mut b, &track, 2, 10, "camera without mid/rid").await;
+    // The publisher offers again (adding a screen share does the same): the camera goes on,
+    // about a second of it.
+    a.renegotiate().await.expect("renegotiation");
+    b.clear_backlog();
+    receive_layer(&mut b, &track, 2, 30, "camera after renegotiation").await;
+    // Every layer is still routable: the low one after a switch down.
+    subscribe(&b, &track, Quality::Low, None);
+    receive_layer(&mut b, &track, 0, 10, "low layer after renegotiation").await;
+    // A second renegotiation changes nothing either.
+    a.renegotiate().await.expect("second renegotiation");
+    b.clear_backlog();
+    receive_layer(
+        &mut b,
+        &track,
+        0,
+        30,
+        "low layer after a second renegotiation",
+    )
+    .await;
+    subscribe(&b, &track, Quality::High, None);
+    receive_layer(
+        &mut b,
+        &track,
+        2,
+        10,
+        "top layer after a second renegotiation",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_lists_negotiated_layers_before_they_arrive() {
+    let server = start().await;
+    let mut a = join(&server, "late", "alice", Publish::SIMULCAST).await;
+    // The top layer starts late, as a browser's staggered encodings do.
+    let pump = a.start_media_holding(MediaPlan::default(), 0b100);
+    let mut b = join(&server, "late", "bob", Publish::NONE).await;
+    let (track, _) = video_track(&mut b).await;
+    wait_layer(&mut b, &track, 1).await;
+    // bob wants the best there is: every negotiated layer is wanted, the one not received
+    // yet included (left out, the publisher would pause it and it would never arrive).
+    let mut seen = Vec::new();
+    let all = wait_server(&mut a, "all negotiated layers wanted", |m| match m {
+        ServerMessage::PublisherLayers { active_rids, .. } => {
+            seen.push(active_rids.clone());
+            (active_rids.len() == 3).then(|| active_rids.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(all, ["q", "h", "f"]);
+    // Only rids the publisher negotiated, in every message.
+    for rids in &seen {
+        assert!(
+            rids.iter().all(|r| ["q", "h", "f"].contains(&r.as_str())),
+            "{seen:?}"
+        );
+    }
+    // When it arrives, bob gets it.
+    pump.hold_layers(0);
+    wait_layer(&mut b, &track, 2).await;
+    server.stop().await;
+}

@@ -70,7 +70,7 @@ const ui = {
 };
 
 /** Errors that end with an automatic rejoin: no longer worth showing once connected. */
-const TRANSIENT_ERRORS = new Set(['server_shutting_down', 'media_failed', 'slow_consumer']);
+const TRANSIENT_ERRORS = new Set(['server_shutting_down', 'media_failed', 'slow_consumer', 'cluster_unavailable']);
 const SELF = 'self'; // the speaking detector's key for our own microphone
 
 /** @type {ConfabClient|null} */

@@ -68,8 +68,9 @@ const CONNECT_TIMEOUT_MS = 10000;
 const SCREEN_MAX_BITRATE = 2_500_000;
 const QUALITIES = new Set(['off', 'low', 'medium', 'high']);
 // Fatal errors after which rejoining can work: the server restarts, our media connection
-// failed, or we fell behind. Any other fatal error (room full...) is final.
-const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer']);
+// failed, we fell behind, or the cluster could not place the room for a moment. Any other
+// fatal error (room full...) is final.
+const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer', 'cluster_unavailable']);
 
 /** Why `connect()` failed: carries the server's error code when there is one. */
 export class ConfabError extends Error {
@@ -161,6 +162,9 @@ export class ConfabClient extends EventTarget {
       throw new ConfabError('already_connected', 'this client is already connected');
     }
     this.url = url ?? defaultUrl();
+    // Where joins start: a rejoin goes back here (a load balancer, any node), while
+    // `this.url` follows a redirect to the node that hosts the room (resumes go there).
+    this._entryUrl = this.url;
     this.room = room;
     this.name = name;
     this.token = token || null; // an access token (JWT), when the server requires one
@@ -200,9 +204,11 @@ export class ConfabClient extends EventTarget {
 
   /**
    * Opens a WebSocket and joins. Resolves on `joined`; rejects on an error before it, a
-   * close before it, or a timeout.
+   * close before it, or a timeout. A `redirect` (the room lives on another node) is
+   * followed once.
    */
-  _join(rejoined) {
+  _join(rejoined, redirected = false) {
+    if (!redirected && this._entryUrl) this.url = this._entryUrl;
     const session = ++this._session;
     this._resetNegotiation();
     this._fatalError = null;
@@ -248,7 +254,20 @@ export class ConfabClient extends EventTarget {
             resolve(msg);
             return;
           }
-          if (msg.type === 'error') {
+          if (msg.type === 'redirect' && !redirected) {
+            // The room lives on another node: join there instead.
+            settled = true;
+            clearTimeout(timer);
+            ws.onclose = null;
+            try { ws.close(1000, 'redirected'); } catch { /* already closed */ }
+            this.url = msg.url;
+            resolve(this._join(rejoined, true));
+            return;
+          }
+          if (msg.type === 'error' || msg.type === 'redirect') {
+            if (msg.type === 'redirect') {
+              msg = { code: 'redirect_loop', message: `redirected again (to ${msg.url})` };
+            }
             // A refused join (invalid room or name, room full...): the connection is useless.
             this._emit('error', { code: msg.code, message: msg.message, fatal: true });
             fail(new ConfabError(msg.code, msg.message, true));
@@ -385,9 +404,11 @@ export class ConfabClient extends EventTarget {
             resolve(msg);
             return;
           }
-          if (msg.type === 'error') {
+          if (msg.type === 'error' || msg.type === 'redirect') {
+            // A redirect: the room moved to another node, so the session is not there.
             ws.onclose = null;
-            fail(new ConfabError(msg.code, msg.message, true));
+            const code = msg.type === 'redirect' ? 'resume_failed' : msg.code;
+            fail(new ConfabError(code, msg.message ?? 'the room moved to another node', true));
             try { ws.close(1000, 'resume refused'); } catch { /* already closed */ }
             return;
           }

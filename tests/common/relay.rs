@@ -33,6 +33,8 @@ pub struct RelayStats {
 pub struct Relay {
     pub addr: SocketAddr,
     pub stats: Arc<RelayStats>,
+    /// Clients whose traffic is dropped both ways (a pulled cable).
+    cut: Arc<std::sync::Mutex<HashSet<IpAddr>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,6 +49,10 @@ fn is_rtp(b: &[u8]) -> bool {
     b.len() >= 12 && (128..=191).contains(&b[0]) && !(192..=223).contains(&b[1])
 }
 
+fn is_cut(cut: &std::sync::Mutex<HashSet<IpAddr>>, ip: IpAddr) -> bool {
+    cut.lock().unwrap().contains(&ip)
+}
+
 impl Relay {
     /// Listens on `listen` and forwards to `server`.
     pub async fn start(listen: SocketAddr, server: SocketAddr, rules: Vec<Rule>) -> Relay {
@@ -54,6 +60,8 @@ impl Relay {
         let addr = front.local_addr().unwrap();
         let stats = Arc::new(RelayStats::default());
         let st = stats.clone();
+        let cut: Arc<std::sync::Mutex<HashSet<IpAddr>>> = Default::default();
+        let cut_in = cut.clone();
         let task = tokio::spawn(async move {
             // client address -> the relay's socket toward the server for that client
             let mut legs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -62,13 +70,16 @@ impl Relay {
                 let Ok((n, client)) = front.recv_from(&mut buf).await else {
                     return;
                 };
+                if is_cut(&cut_in, client.ip()) {
+                    continue;
+                }
                 let leg = match legs.get(&client) {
                     Some(l) => l.clone(),
                     None => {
                         let l = Arc::new(UdpSocket::bind((listen.ip(), 0)).await.unwrap());
                         legs.insert(client, l.clone());
                         // Server -> client direction of this leg.
-                        let (front, st) = (front.clone(), st.clone());
+                        let (front, st, cut) = (front.clone(), st.clone(), cut_in.clone());
                         let rule = rules.iter().copied().find(|r| r.ip == client.ip());
                         let back = l.clone();
                         tokio::spawn(async move {
@@ -82,6 +93,9 @@ impl Relay {
                                     return;
                                 };
                                 let d = &buf[..n];
+                                if is_cut(&cut, client.ip()) {
+                                    continue;
+                                }
                                 if is_rtp(d) {
                                     st.rtp_to_clients.fetch_add(1, Ordering::Relaxed);
                                     let key = (
@@ -121,6 +135,16 @@ impl Relay {
                 let _ = leg.send_to(&buf[..n], server).await;
             }
         });
-        Relay { addr, stats, task }
+        Relay {
+            addr,
+            stats,
+            cut,
+            task,
+        }
+    }
+
+    /// From now on, nothing passes to or from clients on `ip`.
+    pub fn cut(&self, ip: IpAddr) {
+        self.cut.lock().unwrap().insert(ip);
     }
 }

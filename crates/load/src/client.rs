@@ -86,6 +86,16 @@ pub struct ClientOptions {
     /// Local address of the peer connections' sockets (tests put clients on other
     /// loopback addresses to tell them apart in a relay).
     pub bind_ip: std::net::IpAddr,
+    /// Access token presented in `join`.
+    pub token: Option<String>,
+}
+
+/// The server refused the join with this error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("join refused: {code:?}: {message}")]
+pub struct JoinRefused {
+    pub code: confab_proto::ErrorCode,
+    pub message: String,
 }
 
 /// Where a client's received RTP goes.
@@ -118,7 +128,13 @@ impl ClientOptions {
             publish: Publish::AUDIO_VIDEO,
             sink: RtpSink::Events,
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            token: None,
         }
+    }
+
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     pub fn bind_ip(mut self, ip: std::net::IpAddr) -> Self {
@@ -174,7 +190,8 @@ pub struct Received {
 type Pc = Arc<dyn PeerConnection>;
 
 struct Shared {
-    ws: mpsc::UnboundedSender<WsMessage>,
+    /// The current signaling connection's writer (replaced when the session resumes).
+    ws: std::sync::Mutex<mpsc::UnboundedSender<WsMessage>>,
     events: mpsc::UnboundedSender<Event>,
     /// mid -> remote track, from the server's offers.
     sub_tracks: Mutex<HashMap<String, SubscribedTrack>>,
@@ -195,8 +212,12 @@ struct Shared {
 impl Shared {
     fn send(&self, m: &ClientMessage) {
         if let Ok(t) = serde_json::to_string(m) {
-            let _ = self.ws.send(WsMessage::Text(t.into()));
+            self.send_ws(WsMessage::Text(t.into()));
         }
+    }
+
+    fn send_ws(&self, m: WsMessage) {
+        let _ = self.ws.lock().unwrap_or_else(|e| e.into_inner()).send(m);
     }
 }
 
@@ -215,6 +236,15 @@ pub struct Client {
     audio_mid: Option<String>,
     video_mid: Option<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The signaling connection's writer and reader.
+    ws_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The signaling URL of the node the client joined (after a redirect: that node's).
+    url: String,
+    /// The URL first connected to, when the join was redirected.
+    redirected_from: Option<String>,
+    room: String,
+    /// From `joined`: presented to resume this session on a new connection.
+    resume_token: String,
 }
 
 const OPUS_PT: u8 = 111;
@@ -451,16 +481,38 @@ impl PeerConnectionEventHandler for PcHandler {
 }
 
 impl Client {
-    /// Connects, joins and (if asked) publishes. Returns once `joined` arrived.
+    /// Connects, joins and (if asked) publishes. Returns once `joined` arrived. A
+    /// `redirect` (the room lives on another node) is followed once.
     pub async fn connect(opts: ClientOptions) -> anyhow::Result<Client> {
-        let (ws, _) = tokio_tungstenite::connect_async(&opts.url)
-            .await
-            .with_context(|| format!("connecting to {}", opts.url))?;
-        let (mut ws_tx, mut ws_rx) = ws.split();
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let join = serde_json::to_string(&ClientMessage::Join {
+            protocol: PROTOCOL_VERSION,
+            room: confab_proto::RoomId::parse(&opts.room)?,
+            name: confab_proto::DisplayName::parse(&opts.name)?,
+            token: opts.token.clone(),
+            resume: None,
+        })?;
+        let mut url = opts.url.clone();
+        let mut redirected_from = None;
+        let (ws_tx, ws_rx, (id, others, resume_token)) = loop {
+            let (ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            let (mut ws_tx, mut ws_rx) = ws.split();
+            ws_tx.send(WsMessage::Text(join.clone().into())).await?;
+            match wait_answer(&mut ws_rx).await? {
+                Answer::Joined(id, others, token) => break (ws_tx, ws_rx, (id, others, token)),
+                Answer::Redirect(to) if redirected_from.is_none() => {
+                    redirected_from = Some(std::mem::replace(&mut url, to));
+                }
+                Answer::Redirect(to) => {
+                    bail!("redirected again (to {to}): a client follows one redirect per join")
+                }
+            }
+        };
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<WsMessage>();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            ws: out_tx,
+            ws: std::sync::Mutex::new(out_tx),
             events: ev_tx,
             sub_tracks: Mutex::new(HashMap::new()),
             chat: Mutex::new(None),
@@ -472,15 +524,8 @@ impl Client {
             received: Arc::new(Received::default()),
             keyframe_requested: Arc::new(Default::default()),
         });
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                if ws_tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-            let _ = ws_tx.close().await;
-        }));
+        let tasks = Vec::new();
+        let mut ws_tasks = vec![spawn_writer(ws_tx, out_rx)];
 
         let subscriber = build_pc(
             Arc::new(PcHandler {
@@ -491,39 +536,6 @@ impl Client {
             opts.bind_ip,
         )
         .await?;
-
-        shared.send(&ClientMessage::Join {
-            protocol: PROTOCOL_VERSION,
-            room: confab_proto::RoomId::parse(&opts.room)?,
-            name: confab_proto::DisplayName::parse(&opts.name)?,
-        });
-
-        // Wait for `joined` (or a fatal error) before handing the stream to the reader.
-        let (id, others) = loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), ws_rx.next())
-                .await
-                .context("no answer to join")?;
-            let Some(Ok(WsMessage::Text(t))) = frame else {
-                match frame {
-                    Some(Ok(WsMessage::Close(_))) | None => {
-                        bail!("connection closed before joined")
-                    }
-                    Some(Err(e)) => bail!("websocket: {e}"),
-                    _ => continue,
-                }
-            };
-            match serde_json::from_str::<ServerMessage>(&t)? {
-                ServerMessage::Joined {
-                    participant,
-                    participants,
-                    ..
-                } => break (participant.id, participants),
-                ServerMessage::Error { code, message, .. } => {
-                    bail!("join refused: {code:?}: {message}")
-                }
-                other => bail!("unexpected message before joined: {other:?}"),
-            }
-        };
 
         let publisher = if opts.publish.audio || opts.publish.video {
             Some(
@@ -541,30 +553,12 @@ impl Client {
             None
         };
 
-        // The reader applies offers, answers and candidates; everything else is an event.
-        {
-            let shared = shared.clone();
-            let subscriber = subscriber.clone();
-            let publisher = publisher.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Some(frame) = ws_rx.next().await {
-                    let text = match frame {
-                        Ok(WsMessage::Text(t)) => t,
-                        Ok(WsMessage::Close(_)) | Err(_) => break,
-                        Ok(_) => continue,
-                    };
-                    let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else {
-                        continue;
-                    };
-                    if let Err(e) =
-                        handle_server(&shared, &subscriber, publisher.as_ref(), msg).await
-                    {
-                        tracing::warn!(error = %e, "client failed to apply a server message");
-                    }
-                }
-                let _ = shared.events.send(Event::Closed);
-            }));
-        }
+        ws_tasks.push(spawn_reader(
+            shared.clone(),
+            subscriber.clone(),
+            publisher.clone(),
+            ws_rx,
+        ));
 
         let mut client = Client {
             id,
@@ -579,6 +573,11 @@ impl Client {
             audio_mid: None,
             video_mid: None,
             tasks,
+            ws_tasks,
+            url,
+            redirected_from,
+            room: opts.room.clone(),
+            resume_token,
         };
         if client.publisher.is_some() {
             client.start_publishing(opts.publish).await?;
@@ -682,9 +681,100 @@ impl Client {
         Ok(())
     }
 
+    /// Offers the publisher connection again, unchanged (as a browser does when it adds or
+    /// removes a track elsewhere), and returns once the server's answer is applied.
+    pub async fn renegotiate(&self) -> anyhow::Result<()> {
+        let pc = self
+            .publisher
+            .clone()
+            .ok_or_else(|| anyhow!("no publisher"))?;
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        let sdp = pc
+            .local_description()
+            .await
+            .ok_or_else(|| anyhow!("no local description"))?
+            .sdp;
+        let mut tracks = Vec::new();
+        if let Some(mid) = &self.audio_mid {
+            tracks.push(PublishTrack {
+                mid: mid.clone(),
+                source: TrackSource::Microphone,
+            });
+        }
+        if let Some(mid) = &self.video_mid {
+            tracks.push(PublishTrack {
+                mid: mid.clone(),
+                source: TrackSource::Camera,
+            });
+        }
+        self.shared.send(&ClientMessage::Publish { sdp, tracks });
+        // The answer is applied by the reader task: wait for it (a condition, polled).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pc.pending_local_description().await.is_some() {
+            if Instant::now() > deadline {
+                bail!("no answer to the publisher's new offer");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Sends a raw text frame (for protocol tests).
+    /// Loses the signaling connection without a close frame (a network change, a proxy
+    /// timeout); the peer connections go on. [`Client::resume`] comes back.
+    pub fn drop_signaling(&mut self) {
+        for t in self.ws_tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Resumes the session on a new signaling connection (`join.resume`): same
+    /// participant, tracks and subscriptions. The fresh `joined` updates `others`.
+    pub async fn resume(&mut self) -> anyhow::Result<()> {
+        self.drop_signaling();
+        let (ws, _) = tokio_tungstenite::connect_async(&self.url)
+            .await
+            .with_context(|| format!("connecting to {}", self.url))?;
+        let (ws_tx, mut ws_rx) = ws.split();
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        *self.shared.ws.lock().unwrap_or_else(|e| e.into_inner()) = out_tx;
+        self.ws_tasks.push(spawn_writer(ws_tx, out_rx));
+        self.shared.send(&ClientMessage::Join {
+            protocol: PROTOCOL_VERSION,
+            room: confab_proto::RoomId::parse(&self.room)?,
+            // Ignored on resume: the session keeps its name.
+            name: confab_proto::DisplayName::parse("resume")?,
+            token: None,
+            resume: Some(self.resume_token.clone()),
+        });
+        let (id, others, token) = wait_joined(&mut ws_rx).await?;
+        if id != self.id {
+            bail!("resumed as {id}, not {}", self.id);
+        }
+        self.others = others;
+        self.resume_token = token;
+        self.ws_tasks.push(spawn_reader(
+            self.shared.clone(),
+            self.subscriber.clone(),
+            self.publisher.clone(),
+            ws_rx,
+        ));
+        Ok(())
+    }
+
+    /// The signaling URL of the node this client is on.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL the client first connected to, if that node redirected it.
+    pub fn redirected_from(&self) -> Option<&str> {
+        self.redirected_from.as_deref()
+    }
+
     pub fn send_raw(&self, text: impl Into<String>) {
-        let _ = self.shared.ws.send(WsMessage::Text(text.into().into()));
+        self.shared.send_ws(WsMessage::Text(text.into().into()));
     }
 
     pub fn send(&self, m: &ClientMessage) {
@@ -816,7 +906,7 @@ impl Client {
     /// Disappears without a word: the signaling socket is dropped without a close frame
     /// and the peer connections stop answering (a crashed tab, a pulled cable).
     pub async fn vanish(self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.ws_tasks) {
             t.abort();
         }
         self.stop_readers();
@@ -843,12 +933,109 @@ impl Client {
             let _ = p.close().await;
         }
         let _ = self.subscriber.close().await;
-        let _ = self.shared.ws.send(WsMessage::Close(None));
-        for t in &self.tasks {
+        self.shared.send_ws(WsMessage::Close(None));
+        for t in self.tasks.iter().chain(&self.ws_tasks) {
             t.abort();
         }
         self.stop_readers();
     }
+}
+
+type WsStream = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+type WsSink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    WsMessage,
+>;
+
+fn spawn_writer(
+    mut ws_tx: WsSink,
+    mut out_rx: mpsc::UnboundedReceiver<WsMessage>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if ws_tx.send(m).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+    })
+}
+
+/// The server's answer to a join.
+enum Answer {
+    /// (participant id, the others, the resume token).
+    Joined(ParticipantId, Vec<ParticipantInfo>, String),
+    /// The room is on another node: join there.
+    Redirect(String),
+}
+
+/// Waits for `joined` (or a fatal error) before the stream goes to the reader:
+/// (participant id, the others, the resume token).
+async fn wait_joined(
+    ws_rx: &mut WsStream,
+) -> anyhow::Result<(ParticipantId, Vec<ParticipantInfo>, String)> {
+    match wait_answer(ws_rx).await? {
+        Answer::Joined(id, others, token) => Ok((id, others, token)),
+        Answer::Redirect(url) => bail!("redirected to {url} while resuming: join afresh"),
+    }
+}
+
+/// Waits for `joined`, a `redirect` or a fatal error.
+async fn wait_answer(ws_rx: &mut WsStream) -> anyhow::Result<Answer> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws_rx.next())
+            .await
+            .context("no answer to join")?;
+        let Some(Ok(WsMessage::Text(t))) = frame else {
+            match frame {
+                Some(Ok(WsMessage::Close(_))) | None => {
+                    bail!("connection closed before joined")
+                }
+                Some(Err(e)) => bail!("websocket: {e}"),
+                _ => continue,
+            }
+        };
+        match serde_json::from_str::<ServerMessage>(&t)? {
+            ServerMessage::Joined {
+                participant,
+                participants,
+                resume_token,
+                ..
+            } => return Ok(Answer::Joined(participant.id, participants, resume_token)),
+            ServerMessage::Redirect { url, .. } => return Ok(Answer::Redirect(url)),
+            ServerMessage::Error { code, message, .. } => {
+                return Err(JoinRefused { code, message }.into());
+            }
+            other => bail!("unexpected message before joined: {other:?}"),
+        }
+    }
+}
+
+/// The reader applies offers, answers and candidates; everything else is an event.
+fn spawn_reader(
+    shared: Arc<Shared>,
+    subscriber: Pc,
+    publisher: Option<Pc>,
+    mut ws_rx: WsStream,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(frame) = ws_rx.next().await {
+            let text = match frame {
+                Ok(WsMessage::Text(t)) => t,
+                Ok(WsMessage::Close(_)) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else {
+                continue;
+            };
+            if let Err(e) = handle_server(&shared, &subscriber, publisher.as_ref(), msg).await {
+                tracing::warn!(error = %e, "client failed to apply a server message");
+            }
+        }
+        let _ = shared.events.send(Event::Closed);
+    })
 }
 
 /// Largest synthetic video payload per packet (a frame larger than this spans packets).
@@ -889,6 +1076,23 @@ impl Default for MediaPlan {
 pub struct Pump {
     task: tokio::task::JoinHandle<()>,
     pub sent: Arc<AtomicU64>,
+    mid_rid: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Pump {
+    /// Holds back the video layers whose bit is set in `mask` (bit 0: the lowest): they
+    /// send nothing until released, as a browser's late-starting or paused encodings.
+    pub fn hold_layers(&self, mask: u8) {
+        self.held.store(mask, Ordering::Relaxed);
+    }
+
+    /// Whether packets carry the mid and rid header extensions (on at first). Chromium
+    /// stops sending them once the receiver's reports show it knows the SSRCs; turning
+    /// them off reproduces that.
+    pub fn send_mid_rid(&self, on: bool) {
+        self.mid_rid.store(on, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Pump {
@@ -899,12 +1103,22 @@ impl Drop for Pump {
 
 impl Client {
     pub fn start_media(&self, plan: MediaPlan) -> Pump {
+        self.start_media_holding(plan, 0)
+    }
+
+    /// [`Client::start_media`] with the video layers of `held` (a [`Pump::hold_layers`]
+    /// mask) held back from the first frame.
+    pub fn start_media_holding(&self, plan: MediaPlan, held: u8) -> Pump {
         let audio = if plan.audio { self.audio.clone() } else { None };
         let video = if plan.video { self.video.clone() } else { None };
         let (audio_mid, video_mid) = (self.audio_mid.clone(), self.video_mid.clone());
         let keyframe = self.shared.keyframe_requested.clone();
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
+        let mid_rid = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let with_mid_rid = mid_rid.clone();
+        let held = Arc::new(std::sync::atomic::AtomicU8::new(held));
+        let holding = held.clone();
         let task = tokio::spawn(async move {
             let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
             let mut video_tick =
@@ -954,7 +1168,9 @@ impl Client {
                                 voice: plan.audio_level < 127,
                             },
                         )];
-                        if let Some(mid) = &audio_mid {
+                        if let Some(mid) = &audio_mid
+                            && with_mid_rid.load(Ordering::Relaxed)
+                        {
                             exts.push(text_extension(rtc::sdp::extmap::SDES_MID_URI, mid));
                         }
                         if t.write_rtp_with_extensions(pkt, &exts).await.is_ok() {
@@ -972,7 +1188,11 @@ impl Client {
                             last_key = Some(now);
                         }
                         let ts = (frame * 90_000 / plan.fps.max(1) as u64) as u32;
+                        let held = holding.load(Ordering::Relaxed);
                         for l in layers.iter_mut() {
+                            if held & (1 << l.layer.min(7)) != 0 {
+                                continue;
+                            }
                             let parts = l.bytes.div_ceil(MAX_VIDEO_PAYLOAD).max(1);
                             let size = l.bytes.div_ceil(parts);
                             if key {
@@ -993,10 +1213,11 @@ impl Client {
                                 let pkt = rtp_packet(VP8_PT, l.ssrc, l.seq, ts, part + 1 == parts,
                                     media::payload(Some(meta), index, size, media::now_micros()));
                                 let mut exts = Vec::new();
-                                if let Some(mid) = &video_mid {
+                                let mid_rid = with_mid_rid.load(Ordering::Relaxed);
+                                if let Some(mid) = video_mid.as_ref().filter(|_| mid_rid) {
                                     exts.push(text_extension(rtc::sdp::extmap::SDES_MID_URI, mid));
                                 }
-                                if let Some(rid) = l.rid {
+                                if let Some(rid) = l.rid.filter(|_| mid_rid) {
                                     exts.push(text_extension(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI, rid));
                                 }
                                 if t.write_rtp_with_extensions(pkt, &exts).await.is_ok() {
@@ -1012,7 +1233,12 @@ impl Client {
                 }
             }
         });
-        Pump { task, sent }
+        Pump {
+            task,
+            sent,
+            mid_rid,
+            held,
+        }
     }
 }
 

@@ -229,38 +229,55 @@ pub async fn run(
     joined: tokio::sync::oneshot::Sender<anyhow::Result<Duration>>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (ws, _) = tokio_tungstenite::connect_async(&opts.url)
-        .await
-        .with_context(|| format!("connecting to {}", opts.url))?;
-    let (mut tx, mut rx) = ws.split();
     let send =
         |m: &ClientMessage| WsMessage::Text(serde_json::to_string(m).unwrap_or_default().into());
-    tx.send(send(&ClientMessage::Join {
-        protocol: PROTOCOL_VERSION,
-        room: confab_proto::RoomId::parse(&opts.room)?,
-        name: confab_proto::DisplayName::parse(&opts.name)?,
-    }))
-    .await?;
-    loop {
-        let t = match rx.next().await {
-            Some(Ok(WsMessage::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            other => {
-                let e = anyhow!("closed before joined: {other:?}");
-                let _ = joined.send(Err(anyhow!("{e}")));
-                return Err(e);
+    // A `redirect` (the room lives on another node) is followed once.
+    let mut url = opts.url.clone();
+    let mut redirects = 0;
+    let (mut tx, mut rx) = 'join: loop {
+        let (ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        let (mut tx, mut rx) = ws.split();
+        tx.send(send(&ClientMessage::Join {
+            protocol: PROTOCOL_VERSION,
+            room: confab_proto::RoomId::parse(&opts.room)?,
+            name: confab_proto::DisplayName::parse(&opts.name)?,
+            token: None,
+            resume: None,
+        }))
+        .await?;
+        loop {
+            let t = match rx.next().await {
+                Some(Ok(WsMessage::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                other => {
+                    let e = anyhow!("closed before joined: {other:?}");
+                    let _ = joined.send(Err(anyhow!("{e}")));
+                    return Err(e);
+                }
+            };
+            match serde_json::from_str::<ServerMessage>(&t)? {
+                ServerMessage::Joined { .. } => break 'join (tx, rx),
+                ServerMessage::Redirect { url: to, .. } if redirects == 0 => {
+                    redirects += 1;
+                    url = to;
+                    continue 'join;
+                }
+                ServerMessage::Redirect { url: to, .. } => {
+                    let e = anyhow!("redirected again (to {to})");
+                    let _ = joined.send(Err(anyhow!("{e}")));
+                    return Err(e);
+                }
+                ServerMessage::Error { code, message, .. } => {
+                    let e = anyhow!("join refused: {code:?}: {message}");
+                    let _ = joined.send(Err(anyhow!("{e}")));
+                    return Err(e);
+                }
+                _ => {}
             }
-        };
-        match serde_json::from_str::<ServerMessage>(&t)? {
-            ServerMessage::Joined { .. } => break,
-            ServerMessage::Error { code, message, .. } => {
-                let e = anyhow!("join refused: {code:?}: {message}");
-                let _ = joined.send(Err(anyhow!("{e}")));
-                return Err(e);
-            }
-            _ => {}
         }
-    }
+    };
     let _ = joined.send(Ok(started.elapsed()));
 
     let mut sub = Leg::new(false).await?;
@@ -597,6 +614,12 @@ pub async fn run(
         p.flush();
     }
     let _ = tx.close().await;
+    // Read until the server closes too: a socket dropped with unread messages is reset,
+    // and the server would take the lost `leave` for a broken connection to resume.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = rx.next().await {}
+    })
+    .await;
     Ok(())
 }
 

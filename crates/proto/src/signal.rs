@@ -86,6 +86,13 @@ pub enum ClientMessage {
         protocol: u32,
         room: RoomId,
         name: DisplayName,
+        /// An access token (JWT) for `room`: required when the server requires tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        /// The `resume_token` of an earlier `joined`: continue that session (same
+        /// participant, tracks and subscriptions) after the WebSocket dropped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
     },
     /// An SDP offer on the publisher connection: first publish or any later change.
     Publish {
@@ -239,6 +246,32 @@ pub struct SubscribedTrack {
     pub source: TrackSource,
 }
 
+/// What a participant may do, from its access token (everything, without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grants {
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    pub can_chat: bool,
+    /// May use the admin API on its room (remove participants, mute tracks, record).
+    pub room_admin: bool,
+    /// Not shown to the others (a recorder, a moderator watching): never announced,
+    /// and publishes and chats nothing.
+    pub hidden: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            can_publish: true,
+            can_subscribe: true,
+            can_chat: true,
+            room_admin: false,
+            hidden: false,
+        }
+    }
+}
+
 /// Limits the client should respect, sent in `joined`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientConfig {
@@ -258,6 +291,13 @@ pub enum ServerMessage {
         /// Everyone else already in the room.
         participants: Vec<ParticipantInfo>,
         config: ClientConfig,
+        /// What this participant may do.
+        #[serde(default)]
+        grants: Grants,
+        /// Send it back as `join.resume` on a new WebSocket to continue this session
+        /// after a disconnection (valid while the server keeps the session).
+        #[serde(default)]
+        resume_token: String,
     },
     /// The answer to the client's `publish`.
     Answer {
@@ -294,6 +334,15 @@ pub enum ServerMessage {
         mid: String,
         active_rids: Vec<String>,
     },
+    /// Answers `join` on a node that does not host `room` (several nodes sharing one
+    /// Redis): join again at `url`, the WebSocket of the node that does. The server closes
+    /// the connection after it. A client follows one redirect per join.
+    Redirect {
+        url: String,
+        room: RoomId,
+        /// The id of the node that hosts the room.
+        node: String,
+    },
     /// Something the client sent was refused. When `fatal`, the server closes the connection.
     Error {
         code: ErrorCode,
@@ -324,6 +373,20 @@ pub enum ErrorCode {
     Removed,
     ServerShuttingDown,
     Internal,
+    /// No valid access token: missing, malformed, badly signed, expired, or for another
+    /// room. Fatal.
+    Unauthorized,
+    /// The token does not grant this (publish, chat).
+    Forbidden,
+    /// Too many messages, chat messages or joins in too short a time.
+    RateLimited,
+    /// A configured limit is reached (rooms on the server, tracks per participant).
+    LimitReached,
+    /// The session to resume is gone (expired or unknown): join afresh. Fatal.
+    ResumeFailed,
+    /// The room is not on this node and cannot be placed on one now (the cluster's Redis
+    /// is unreachable, or no node takes new rooms): try again in a moment. Fatal.
+    ClusterUnavailable,
 }
 
 impl ServerMessage {
@@ -357,7 +420,9 @@ mod tests {
             ClientMessage::Join {
                 protocol: 1,
                 room: RoomId::parse("r1").unwrap(),
-                name: DisplayName::parse("Ada").unwrap()
+                name: DisplayName::parse("Ada").unwrap(),
+                token: None,
+                resume: None,
             }
         );
     }
@@ -424,6 +489,17 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["code"], "room_full");
         assert_eq!(v["fatal"], false);
+        let m = ServerMessage::Redirect {
+            url: "ws://10.0.0.2:8080/ws".into(),
+            room: RoomId::parse("r").unwrap(),
+            node: "n2".into(),
+        };
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["type"], "redirect");
+        assert_eq!(v["url"], "ws://10.0.0.2:8080/ws");
+        let v =
+            serde_json::to_value(ServerMessage::fatal(ErrorCode::ClusterUnavailable, "x")).unwrap();
+        assert_eq!(v["code"], "cluster_unavailable");
         let leave = ClientMessage::decode(r#"{"type":"leave"}"#).unwrap();
         assert_eq!(leave, ClientMessage::Leave);
     }

@@ -3,8 +3,10 @@
 //! flags; then validation. The built-in defaults equal `config/default.toml`, so the
 //! server runs from anywhere without it.
 
+use confab_cluster::ClusterConfig;
 use confab_sfu::{RecordingConfig, SfuConfig};
 use confab_signal::SignalConfig;
+use confab_signal::auth::AuthConfig;
 use confab_signal::webhooks::WebhookConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -22,6 +24,8 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub webhooks: WebhookConfig,
     pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -37,6 +41,14 @@ pub struct AdminConfig {
 pub struct HttpConfig {
     /// HTTP and WebSocket listener.
     pub bind: SocketAddr,
+    /// On SIGTERM (or Ctrl-C): no new joins, the meetings in progress are told and go on
+    /// for at most this long, then everyone left is disconnected. A second signal ends
+    /// at once.
+    pub drain_timeout_ms: u64,
+    /// Serve HTTPS and WSS with this certificate chain (PEM) and private key (PEM);
+    /// both or neither. Unset: plain HTTP (put a TLS proxy in front).
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +73,12 @@ pub struct MediaConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoomConfig {
     pub max_participants: usize,
+    /// Rooms open at once on this server (0 = no limit).
+    pub max_rooms: usize,
+    /// Tracks one participant may send at once.
+    pub max_tracks_per_participant: usize,
+    /// Chat messages one participant may send per second (twice as many in a burst).
+    pub chat_per_second: u32,
     /// Video from at most this many participants per subscriber (0 = all).
     pub last_n: usize,
     /// Audio from only the K loudest participants (0 = all).
@@ -95,6 +113,9 @@ impl Default for Config {
             },
             room: RoomConfig {
                 max_participants: sfu.max_participants_per_room,
+                max_rooms: sfu.max_rooms,
+                max_tracks_per_participant: sfu.max_tracks_per_participant,
+                chat_per_second: sfu.chat_per_second,
                 last_n: sfu.last_n,
                 audio_top_k: sfu.audio_top_k,
                 chat_history: sfu.chat_history,
@@ -106,6 +127,8 @@ impl Default for Config {
             recording: RecordingConfig::default(),
             webhooks: WebhookConfig::default(),
             admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -115,6 +138,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            drain_timeout_ms: 30_000,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -177,6 +203,22 @@ impl Config {
             self.room.chat_max_bytes < self.signal.max_message_bytes,
             "configuration: room.chat_max_bytes must be below signal.max_message_bytes"
         );
+        anyhow::ensure!(
+            self.signal.messages_per_second > 0,
+            "configuration: signal.messages_per_second must be at least 1"
+        );
+        confab_signal::auth::Verifier::new(&self.auth)
+            .map_err(|e| anyhow::anyhow!("configuration: auth: {e}"))?;
+        self.cluster
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(
+            !self.cluster.enabled()
+                || self.cluster.public_url.is_some()
+                || !self.http.bind.ip().is_unspecified(),
+            "configuration: cluster.public_url is needed when http.bind is a wildcard address \
+             (other nodes send clients to this URL)"
+        );
         Ok(())
     }
 
@@ -195,6 +237,9 @@ impl Config {
             announce_ip: self.media.announce_ip,
             workers: self.media.workers,
             max_participants_per_room: self.room.max_participants,
+            max_rooms: self.room.max_rooms,
+            max_tracks_per_participant: self.room.max_tracks_per_participant,
+            chat_per_second: self.room.chat_per_second,
             chat_history: self.room.chat_history,
             chat_max_bytes: self.room.chat_max_bytes,
             max_message_bytes: self.signal.max_message_bytes,
@@ -244,6 +289,36 @@ mod tests {
             jail.set_env("CONFAB_BIN", "/some/path");
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(c.room.max_participants, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_needs_a_reachable_public_url() {
+        let mut c = Config::default();
+        c.cluster.redis_url = Some("redis://127.0.0.1:6379".into());
+        assert!(c.validate().is_ok());
+        c.http.bind = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("public_url"));
+        c.cluster.public_url = Some("ws://10.0.0.1:8080/ws".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns figment::Error
+    fn cluster_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CONFAB_CLUSTER__REDIS_URL", "redis://10.0.0.9:6379");
+            jail.set_env("CONFAB_CLUSTER__PLACEMENT", "two_random_least");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.cluster.redis_url.as_deref(),
+                Some("redis://10.0.0.9:6379")
+            );
+            assert_eq!(
+                c.cluster.placement,
+                confab_cluster::PlacementStrategy::TwoRandomLeast
+            );
             Ok(())
         });
     }

@@ -16,8 +16,12 @@ use tokio::task::JoinHandle;
 pub struct Server {
     pub http_addr: SocketAddr,
     pub sfu: Sfu,
+    /// `http` or `https`.
+    scheme: &'static str,
     sessions: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    resumes: confab_signal::resume::Resumes,
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cluster: Option<confab_cluster::Cluster>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -26,29 +30,91 @@ impl Server {
     /// Binds the HTTP listener and the media sockets and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
-        let webhook_stats = std::sync::Arc::new(confab_signal::webhooks::WebhookStats::default());
-        let events = (!config.webhooks.urls.is_empty()).then(|| {
-            confab_signal::webhooks::start(config.webhooks.clone(), webhook_stats.clone())
+        let node_id = config.cluster.enabled().then(|| {
+            config
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(confab_cluster::random_node_id)
         });
+        let mut webhooks = config.webhooks.clone();
+        if let Some(id) = &node_id
+            && webhooks.node_id.is_empty()
+        {
+            webhooks.node_id = id.clone();
+        }
+        let webhook_stats = std::sync::Arc::new(confab_signal::webhooks::WebhookStats::default());
+        let events = (!webhooks.urls.is_empty())
+            .then(|| confab_signal::webhooks::start(webhooks, webhook_stats.clone()));
         let sfu =
             Sfu::start_with_events(config.sfu(), events).context("starting the media plane")?;
         let listener = tokio::net::TcpListener::bind(config.http.bind)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http.bind))?;
         let http_addr = listener.local_addr()?;
-        let mut state = AppState::new(sfu.clone(), config.signal());
+        let verifier = confab_signal::auth::Verifier::new(&config.auth)
+            .context("access tokens (the [auth] section)")?;
+        if verifier.is_open() {
+            tracing::warn!(
+                "OPEN DEV MODE: anyone may join any room without an access token. \
+                 Set auth.required = true and auth.secret (see config/production.toml) before \
+                 exposing this server"
+            );
+        }
+        let cluster = match node_id {
+            Some(id) => Some(start_cluster(&config, id, http_addr, &sfu).await?),
+            None => None,
+        };
+        let mut state = AppState::new(sfu.clone(), config.signal(), verifier);
         state.webhooks = webhook_stats;
+        state.cluster = cluster.clone();
         let sessions = state.sessions.clone();
+        let resumes = state.resumes.clone();
         let ready = state.ready.clone();
         let app = router(state);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => {
+                // One process-wide crypto provider (ring, already used by the media plane's
+                // DTLS); installing it twice is harmless.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Some(
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .with_context(|| {
+                            format!("TLS certificate {} / key {}", cert.display(), key.display())
+                        })?,
+                )
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("http.tls_cert and http.tls_key go together"),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let task = match tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }),
+            Some(tls) => {
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
                     let _ = stopped.await;
+                    h.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
+                });
+                let listener = listener.into_std()?;
+                tokio::spawn(async move {
+                    axum_server::from_tcp_rustls(listener, tls)
+                        .handle(handle)
+                        .serve(service)
+                        .await
                 })
-                .await
-        });
+            }
+        };
         tracing::info!(http = %http_addr, media = ?sfu.media_addrs(), "confab listening");
         if config.admin.api_key.is_empty() {
             tracing::info!("admin API disabled (no admin.api_key)");
@@ -56,27 +122,86 @@ impl Server {
         Ok(Server {
             http_addr,
             sfu,
+            scheme,
             sessions,
+            resumes,
             ready,
+            cluster,
             stop,
             task,
         })
     }
 
+    /// With several nodes: this node's handle on the cluster (its id, Redis health).
+    pub fn cluster(&self) -> Option<&confab_cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Participants whose connection dropped, waiting for their client to resume.
+    pub fn resumes_parked(&self) -> usize {
+        self.resumes.len()
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.http_addr)
+        let ws = if self.scheme == "https" { "wss" } else { "ws" };
+        format!("{ws}://{}/ws", self.http_addr)
+    }
+
+    /// Drains, then stops: `/readyz` fails and joins are refused at once, every participant
+    /// is told (a non-fatal `server_shutting_down`), and the meetings in progress go on
+    /// until the last participant leaves or `deadline` passes, or `force` resolves (a
+    /// second signal). Then [`Server::stop`].
+    pub async fn drain(
+        self,
+        deadline: std::time::Duration,
+        force: impl std::future::Future<Output = ()>,
+    ) {
+        self.ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = &self.cluster {
+            c.set_draining();
+        }
+        let secs = deadline.as_secs();
+        self.sfu
+            .drain(format!(
+                "the server is restarting: no one new can join, and this meeting ends within {secs} s"
+            ))
+            .await;
+        tracing::info!(
+            deadline_s = secs,
+            "draining: waiting for the meetings to end"
+        );
+        let sfu = self.sfu.clone();
+        let emptied = async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            while sfu.stats().participants > 0 {
+                tick.tick().await;
+            }
+        };
+        tokio::select! {
+            _ = emptied => tracing::info!("drained: every meeting ended"),
+            _ = tokio::time::sleep(deadline) => tracing::info!("drain deadline reached"),
+            _ = force => tracing::info!("stopping now"),
+        }
+        self.stop().await;
     }
 
     /// Tells every participant the server is shutting down, stops the media workers,
     /// lets the sessions deliver that notice and close (for up to `drain`), then stops
     /// the HTTP listener.
+    ///
+    /// With several nodes, heartbeats stop first: the node's record and its rooms' claims
+    /// expire after `cluster.ttl_ms`, as after a crash, and its clients rejoin elsewhere.
     pub async fn stop(self) {
         self.ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = &self.cluster {
+            c.stop().await;
+        }
         self.sfu.shutdown().await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         while self.sessions.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -87,4 +212,41 @@ impl Server {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
+}
+
+/// Registers this node in the cluster's Redis and starts its heartbeat. The load it
+/// publishes comes from the media plane's own counters.
+async fn start_cluster(
+    config: &Config,
+    id: String,
+    http_addr: SocketAddr,
+    sfu: &Sfu,
+) -> anyhow::Result<confab_cluster::Cluster> {
+    let ws = if config.http.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    let url = config
+        .cluster
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{ws}://{http_addr}/ws"));
+    let me = confab_cluster::Identity {
+        id,
+        url,
+        media: sfu.media_addrs().iter().map(|a| a.to_string()).collect(),
+    };
+    let s = sfu.clone();
+    let local: confab_cluster::LocalView = std::sync::Arc::new(move || {
+        let stats = s.stats();
+        confab_cluster::LocalState {
+            rooms: s.hosted_rooms().into_iter().map(|(r, _)| r).collect(),
+            participants: stats.participants.max(0) as usize,
+            datagrams_out: stats.datagrams_out.max(0) as u64,
+        }
+    });
+    confab_cluster::Cluster::start(&config.cluster, me, local)
+        .await
+        .context("joining the cluster (the [cluster] section)")
 }

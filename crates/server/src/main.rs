@@ -43,10 +43,88 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Mint an access token (JWT) with the configured key (auth.secret, or
+    /// auth.private_key_pem for ES256). Prints it.
+    Token {
+        /// The room it admits to (`*`: any room).
+        #[arg(long)]
+        room: String,
+        /// Who the bearer is (the token's subject).
+        #[arg(long)]
+        identity: String,
+        /// Display name (default: what the client types).
+        #[arg(long)]
+        name: Option<String>,
+        /// Grants, comma-separated or repeated: publish, subscribe, chat, admin, hidden.
+        /// Default: publish,subscribe,chat.
+        #[arg(long = "grant", value_delimiter = ',')]
+        grants: Vec<Grant>,
+        /// How long it is valid (`90s`, `30m`, `6h`, `7d`).
+        #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Grant {
+    Publish,
+    Subscribe,
+    Chat,
+    Admin,
+    Hidden,
+}
+
+fn token(
+    config: &Config,
+    room: &str,
+    identity: &str,
+    name: Option<&str>,
+    grants: &[Grant],
+    ttl: std::time::Duration,
+) -> anyhow::Result<String> {
+    use confab_signal::auth::{Claims, mint, now_secs};
+    let grants = if grants.is_empty() {
+        &[Grant::Publish, Grant::Subscribe, Grant::Chat][..]
+    } else {
+        grants
+    };
+    let has = |g| grants.contains(&g);
+    let now = now_secs();
+    let claims = Claims {
+        sub: identity.to_string(),
+        name: name.map(str::to_string),
+        room: room.to_string(),
+        grants: confab_proto::signal::Grants {
+            can_publish: has(Grant::Publish),
+            can_subscribe: has(Grant::Subscribe),
+            can_chat: has(Grant::Chat),
+            room_admin: has(Grant::Admin),
+            hidden: has(Grant::Hidden),
+        },
+        exp: now + ttl.as_secs(),
+        nbf: None,
+        iat: Some(now),
+    };
+    Ok(mint(&config.auth, &claims)?)
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Token {
+        room,
+        identity,
+        name,
+        grants,
+        ttl,
+    }) = &cli.command
+    {
+        let config = Config::load(cli.config.as_deref())?;
+        println!(
+            "{}",
+            token(&config, room, identity, name.as_deref(), grants, *ttl)?
+        );
+        return Ok(());
+    }
     if let Some(Command::Mux {
         dir,
         participant,
@@ -91,11 +169,12 @@ fn init_tracing(default_filter: &str) {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let drain = std::time::Duration::from_millis(config.http.drain_timeout_ms);
     let server = confab::Server::start(config).await?;
     println!("Confab is running: open {} in a browser", server.url());
     shutdown_signal().await;
     tracing::info!("shutting down");
-    server.stop().await;
+    server.drain(drain, shutdown_signal()).await;
     Ok(())
 }
 

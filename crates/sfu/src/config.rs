@@ -18,6 +18,12 @@ pub struct SfuConfig {
     /// Media worker threads (one socket each). 0 means one per CPU core.
     pub workers: usize,
     pub max_participants_per_room: usize,
+    /// Rooms open at once on this server (0 = no limit).
+    pub max_rooms: usize,
+    /// Tracks one participant may send at once (camera, microphone, screen, ...).
+    pub max_tracks_per_participant: usize,
+    /// Chat messages one participant may send per second (twice as many in a burst).
+    pub chat_per_second: u32,
     /// Chat messages kept per room and replayed to late joiners.
     pub chat_history: usize,
     pub chat_max_bytes: usize,
@@ -93,13 +99,16 @@ impl Default for SfuConfig {
             announce_ip: None,
             workers: 0,
             max_participants_per_room: 100,
+            max_rooms: 0,
+            max_tracks_per_participant: 4,
+            chat_per_second: 5,
             chat_history: 100,
             chat_max_bytes: 4096,
             max_message_bytes: 64 * 1024,
             keyframe_interval_ms: 500,
             event_queue: 256,
-            ice_disconnected_timeout_ms: 5_000,
-            ice_failed_timeout_ms: 10_000,
+            ice_disconnected_timeout_ms: 4_000,
+            ice_failed_timeout_ms: 5_000,
             max_nacks_per_packet: 3,
             socket_buffer_bytes: 4 * 1024 * 1024,
             last_n: 0,
@@ -124,6 +133,12 @@ impl SfuConfig {
         }
         if self.max_participants_per_room == 0 {
             return Err("room.max_participants must be at least 1".into());
+        }
+        if self.max_tracks_per_participant == 0 {
+            return Err("room.max_tracks_per_participant must be at least 1".into());
+        }
+        if self.chat_per_second == 0 {
+            return Err("room.chat_per_second must be at least 1".into());
         }
         if self.event_queue < 16 {
             return Err("event_queue must be at least 16".into());

@@ -50,4 +50,6 @@ pub enum JoinError {
     RoomFull { room: String, max: usize },
     #[error("the media server is shutting down")]
     ShuttingDown,
+    #[error("this server holds its maximum of {max} rooms")]
+    TooManyRooms { max: usize },
 }

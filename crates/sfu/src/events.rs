@@ -18,6 +18,9 @@ pub enum RoomEvent {
         room: RoomId,
         participant_id: ParticipantId,
         name: String,
+        /// The access token's subject, when the participant joined with one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
     },
     ParticipantLeft {
         room: RoomId,

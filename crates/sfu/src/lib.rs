@@ -11,6 +11,7 @@
 //! - [`allocator`]: which layer of each track a subscriber gets, within its bandwidth.
 //! - [`bwe`]: downlink estimate from receiver-report loss; bitrate meters.
 //! - [`speaker`]: active speakers from RFC 6464 audio levels.
+//! - [`sdp`]: what a publisher's offer negotiates (simulcast rids per mid, stream ids).
 //! - [`sink`]: the recording hook (`TrackSink`), fed through bounded taps; built-in sinks
 //!   in [`record`] (files + manifest, plain-RTP forwarder, command hook).
 //! - [`control`]: recordings and administration; [`events`]: room events for webhooks.
@@ -36,6 +37,7 @@ pub mod peer;
 pub mod record;
 pub mod room;
 pub mod rtp;
+pub mod sdp;
 pub mod sink;
 pub mod speaker;
 pub mod stats;
@@ -50,8 +52,8 @@ pub use stats::{LatencySnapshot, LoopSnapshot, SfuStats, StatsSnapshot};
 pub use worker::RoomSummary;
 
 use confab_proto::{
-    DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackSource,
-    signal::PublishTrack,
+    DisplayName, ErrorCode, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage,
+    TrackSource, signal::PublishTrack,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -81,6 +83,8 @@ struct Inner {
     next_key: AtomicU64,
     recordings: Mutex<HashMap<RoomId, control::Recording>>,
     events: Option<mpsc::Sender<events::RoomEvent>>,
+    /// Draining: no new joins, the meetings in progress go on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// The media plane: a set of workers. Cheap to clone.
@@ -189,6 +193,7 @@ impl Sfu {
                 next_key: AtomicU64::new(1),
                 recordings: Mutex::new(HashMap::new()),
                 events,
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -216,16 +221,17 @@ impl Sfu {
         self.inner.stats.clone()
     }
 
-    /// Joins `room` as `name`. On success the participant's first messages (`joined`, then
-    /// an `offer`) are already queued on the returned receiver.
+    /// Joins `room` as `name`, with what `opts` grants. On success the participant's first
+    /// messages (`joined`, then an `offer`) are already queued on the returned receiver.
     pub async fn join(
         &self,
         room: RoomId,
         name: DisplayName,
+        opts: JoinOptions,
     ) -> Result<(Participant, mpsc::Receiver<ServerMessage>), JoinError> {
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let id = ParticipantId::from_suffix(format!("{key:x}{:04x}", rand::random::<u16>()));
-        let worker = self.place(&room);
+        let worker = self.place(&room)?;
         let (events_tx, events_rx) = mpsc::channel(self.inner.config.event_queue);
         let (reply_tx, reply_rx) = oneshot::channel();
         let commands = self.inner.workers[worker].commands.clone();
@@ -235,6 +241,7 @@ impl Sfu {
                 id: id.clone(),
                 room: room.clone(),
                 name,
+                opts,
                 events: events_tx,
                 reply: reply_tx,
             })
@@ -278,12 +285,20 @@ impl Sfu {
         }
     }
 
-    /// The worker hosting `room`, placing it on the least loaded one if new.
-    fn place(&self, room: &RoomId) -> usize {
+    /// The worker hosting `room`, placing it on the least loaded one if new (within the
+    /// configured number of rooms).
+    fn place(&self, room: &RoomId) -> Result<usize, JoinError> {
+        if self.is_draining() {
+            return Err(JoinError::ShuttingDown);
+        }
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = rooms.get_mut(room) {
             p.participants += 1;
-            return p.worker;
+            return Ok(p.worker);
+        }
+        let max = self.inner.config.max_rooms;
+        if max > 0 && rooms.len() >= max {
+            return Err(JoinError::TooManyRooms { max });
         }
         let mut load = vec![0usize; self.inner.workers.len()];
         for p in rooms.values() {
@@ -297,7 +312,22 @@ impl Sfu {
                 participants: 1,
             },
         );
-        worker
+        Ok(worker)
+    }
+
+    /// Whether `room` is open here (it has participants, or a join into it is under way).
+    pub fn hosts(&self, room: &RoomId) -> bool {
+        let rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.contains_key(room)
+    }
+
+    /// The rooms open here, with their participants (joins under way included).
+    pub fn hosted_rooms(&self) -> Vec<(RoomId, usize)> {
+        let rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .map(|(r, p)| (r.clone(), p.participants))
+            .collect()
     }
 
     fn unplace(&self, room: &RoomId) {
@@ -308,6 +338,47 @@ impl Sfu {
                 rooms.remove(room);
             }
         }
+    }
+
+    /// Makes the worker hosting `room` panic while handling it (tests of failure
+    /// isolation). Returns whether the room exists.
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_panic(&self, room: &RoomId) -> bool {
+        let Some(worker) = self
+            .inner
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .map(|p| p.worker)
+        else {
+            return false;
+        };
+        self.inner.workers[worker]
+            .commands
+            .send(Command::InjectPanic { room: room.clone() })
+            .await
+            .is_ok()
+    }
+
+    /// Starts draining: joins are refused from now on (`server_shutting_down`), and every
+    /// participant is told `message` (a non-fatal `server_shutting_down` error) while its
+    /// meeting goes on. [`Sfu::shutdown`] ends what is left.
+    pub async fn drain(&self, message: impl Into<String>) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+        let message = ServerMessage::error(ErrorCode::ServerShuttingDown, message);
+        for w in &self.inner.workers {
+            let _ = w
+                .commands
+                .send(Command::Notice {
+                    message: message.clone(),
+                })
+                .await;
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
     }
 
     /// Stops the media plane: every participant is told `server_shutting_down` and
@@ -340,6 +411,17 @@ impl Sfu {
         })
         .await;
     }
+}
+
+/// What a participant may do and who it is, from its access token (everything, and
+/// nobody in particular, without one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    pub grants: confab_proto::signal::Grants,
+    /// The token's subject: who this is, for logs, webhooks and the admin API.
+    pub identity: Option<String>,
+    /// Sent back in `joined`: the signaling layer's key to resume this session.
+    pub resume_token: String,
 }
 
 /// One participant's handle on the media plane, held by its signaling session. Dropping
@@ -421,6 +503,17 @@ impl Participant {
             muted,
         })
         .await
+    }
+
+    /// Tells the worker the signaling connection dropped (the session is parked).
+    pub async fn detach(&self) {
+        self.send(Command::Detach { key: self.key }).await
+    }
+
+    /// Asks for a fresh `joined` (participants, config, grants) on the event channel: the
+    /// session continues on a new connection.
+    pub async fn resync(&self) {
+        self.send(Command::Resync { key: self.key }).await
     }
 
     pub async fn leave(mut self) {

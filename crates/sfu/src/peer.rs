@@ -105,6 +105,9 @@ pub struct Peer {
     pub timer: Option<Instant>,
     /// Publisher: rtc track id -> the track it feeds.
     pub received: HashMap<String, ReceivedTrack>,
+    /// Publisher: the simulcast rids each section (mid) of the applied offer sends,
+    /// lowest layer first: the layers it negotiated, whether or not they arrived yet.
+    pub offered_rids: HashMap<String, Vec<String>>,
     /// Subscriber: the down-track slots, indexed by `DownTrack::slot`.
     pub senders: Vec<Option<SenderSlot>>,
     /// Subscriber: the chat data channel, and whether it is open.
@@ -205,6 +208,7 @@ impl PeerFactory {
             connected: false,
             timer: None,
             received: HashMap::new(),
+            offered_rids: HashMap::new(),
             senders: Vec::new(),
             chat,
             egress: Default::default(),
@@ -327,6 +331,13 @@ impl Peer {
 
     /// Publisher: applies the client's offer and returns the answer SDP.
     pub fn answer_offer(&mut self, sdp: String, announce: SocketAddr) -> Result<String, PeerError> {
+        let offered_rids = crate::sdp::send_rids(&sdp);
+        let keep = self.learned_simulcast(&sdp);
+        let sdp = if keep.is_empty() {
+            sdp
+        } else {
+            crate::sdp::without_stream_ids(&sdp, &keep)
+        };
         let offer = RTCSessionDescription::offer(sdp).map_err(PeerError::sdp)?;
         let first = self.pc.local_description().is_none();
         self.pc
@@ -339,7 +350,62 @@ impl Peer {
         self.pc
             .set_local_description(Instant::now(), answer)
             .map_err(PeerError::rtc)?;
+        self.offered_rids = offered_rids;
         self.local_sdp()
+    }
+
+    /// Publisher: the mids of `offer` whose simulcast receiver must survive it as it is.
+    ///
+    /// rtc 0.21.1 learns a simulcast layer's SSRC from the mid and rid header extensions of
+    /// its first packets, and forgets it at every renegotiation: applying an offer rebuilds
+    /// the receiver of each section that names a stream (`start_rtp`), with no SSRC per rid.
+    /// Chromium stops sending mid and rid once receiver reports show the SSRCs are known,
+    /// so after the publisher renegotiates (shares its screen, say) every packet of its
+    /// camera is dropped inside rtc as belonging to no track. A section offered without
+    /// its stream ids is left alone by that step (and nothing else in the answer depends on
+    /// them), so for a section that still sends the same track with the same rids, they are
+    /// taken out of the offer rtc sees, and its receiver keeps the learned SSRC -> rid
+    /// mapping. A changed track or rid set is rebuilt as before (and learned again from the
+    /// extensions, which a browser sends on a new stream).
+    fn learned_simulcast(&mut self, offer: &str) -> Vec<String> {
+        if self.pc.local_description().is_none() {
+            return Vec::new();
+        }
+        let sections = crate::sdp::media_sections(offer);
+        if sections.iter().all(|s| s.send_rids.is_empty()) {
+            return Vec::new();
+        }
+        let mut receivers = HashMap::new();
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        for id in ids {
+            if let Some(t) = self.pc.rtp_transceiver(id)
+                && let (Some(mid), Some(rx)) = (t.mid().clone(), t.receiver())
+            {
+                receivers.insert(mid, rx);
+            }
+        }
+        let mut keep = Vec::new();
+        for s in sections {
+            let (Some((stream, track)), false) = (&s.msid, s.send_rids.is_empty()) else {
+                continue;
+            };
+            let Some(rx) = receivers.get(&s.mid).and_then(|r| self.pc.rtp_receiver(*r)) else {
+                continue;
+            };
+            let t = rx.track();
+            let codings = t.codings();
+            let same_rids = codings.len() == s.send_rids.len()
+                && codings
+                    .iter()
+                    .all(|c| s.send_rids.contains(&c.rtp_coding_parameters.rid));
+            let learned = codings
+                .iter()
+                .any(|c| c.rtp_coding_parameters.ssrc.is_some());
+            if same_rids && learned && t.stream_id() == stream && t.track_id() == track {
+                keep.push(s.mid);
+            }
+        }
+        keep
     }
 
     /// Subscriber: creates an offer for the current set of down-tracks.
@@ -757,6 +823,29 @@ pub fn is_stun(buf: &[u8]) -> bool {
     buf.len() >= 20 && buf[0] < 4 && buf[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }
 
+/// How many audio and video sections of an SDP offer send media (`sendonly` or
+/// `sendrecv`, the default): the tracks a publisher asks to send. Stopped or receive-only
+/// sections do not count.
+pub fn sending_media_sections(sdp: &str) -> usize {
+    let mut count = 0;
+    let mut current: Option<bool> = None; // in an audio/video section: does it send?
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            count += usize::from(current == Some(true));
+            let media = m.split(' ').next().unwrap_or("");
+            // A port of 0 is a rejected or stopped section.
+            let port = m.split(' ').nth(1).unwrap_or("0");
+            current = (media == "audio" || media == "video").then_some(port != "0");
+        } else if let Some(sends) = current.as_mut() {
+            match line {
+                "a=recvonly" | "a=inactive" => *sends = false,
+                _ => {}
+            }
+        }
+    }
+    count + usize::from(current == Some(true))
+}
+
 /// The local ufrag a STUN binding request is addressed to: USERNAME is
 /// `<receiver ufrag>:<sender ufrag>` (RFC 8445 §7.2.2).
 pub fn stun_target_ufrag(buf: &[u8]) -> Option<String> {
@@ -857,6 +946,21 @@ mod tests {
         .unwrap();
         assert_eq!(stun_target_ufrag(&m.raw).as_deref(), Some("serverfrag"));
         assert_eq!(stun_target_ufrag(&[0u8; 3]), None);
+    }
+
+    #[test]
+    fn sending_sections_are_counted() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendrecv\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:5\r\n";
+        // mid 0, 1 and 5 (sendrecv by default); not the inactive, stopped or data ones.
+        assert_eq!(sending_media_sections(sdp), 3);
+        assert_eq!(sending_media_sections(""), 0);
+        assert_eq!(sending_media_sections("m=video 9 X 96\na=recvonly"), 0);
         assert_eq!(stun_target_ufrag(&[0xffu8; 64]), None);
     }
 }

@@ -56,6 +56,9 @@ pub struct PublishedTrack {
     pub mid: Option<String>,
     /// Received layers, indexed lowest first. A non-simulcast track has one, without rid.
     pub layers: Vec<Option<LayerIn>>,
+    /// The simulcast rids the publisher's offer negotiated for this track, by layer: the
+    /// publisher's layer set, including layers that have not arrived (yet).
+    pub rids: [Option<String>; MAX_LAYERS],
     /// The negotiated id of the RFC 6464 audio-level extension, for audio tracks.
     pub audio_level_ext: Option<u8>,
     /// Dynacast: the rids last announced to the publisher as wanted, and when each layer
@@ -99,6 +102,26 @@ pub fn layer_of_rid(rid: &str) -> Option<usize> {
     }
 }
 
+/// Places negotiated rids (lowest layer first, as offered) on layers: the usual names where
+/// they say, the others in offer order on the places left. More than [`MAX_LAYERS`] rids:
+/// the extra ones get no layer.
+pub fn rid_layers(rids: &[String]) -> [Option<String>; MAX_LAYERS] {
+    let mut out: [Option<String>; MAX_LAYERS] = Default::default();
+    let mut rest = Vec::new();
+    for r in rids {
+        match layer_of_rid(r) {
+            Some(i) if out[i].is_none() => out[i] = Some(r.clone()),
+            _ => rest.push(r),
+        }
+    }
+    for r in rest {
+        if let Some(free) = out.iter_mut().find(|s| s.is_none()) {
+            *free = Some(r.clone());
+        }
+    }
+    out
+}
+
 /// Counts of what happened to one incoming packet.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
@@ -131,6 +154,7 @@ impl PublishedTrack {
             rtc_id,
             mid,
             layers: Vec::new(),
+            rids: Default::default(),
             audio_level_ext: None,
             announced_rids: None,
             wanted_at: [None; MAX_LAYERS],
@@ -139,14 +163,31 @@ impl PublishedTrack {
         }
     }
 
+    /// The publisher's negotiated rids for this track, lowest first (see [`rid_layers`]).
+    pub fn set_negotiated_rids(&mut self, rids: &[String]) {
+        self.rids = rid_layers(rids);
+    }
+
+    /// How many layers the track has: negotiated or received, whichever says more.
+    pub fn layer_count(&self) -> usize {
+        let negotiated = self
+            .rids
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        negotiated.max(self.layers.len()).max(1)
+    }
+
     /// Records a received encoding; returns its layer index. Idempotent.
     pub fn add_layer(&mut self, rid: Option<String>, ssrc: u32) -> usize {
         if let Some(i) = self.layer_of_ssrc(ssrc) {
             return i;
         }
-        let at = rid
+        let negotiated = rid
             .as_deref()
-            .and_then(layer_of_rid)
+            .and_then(|r| self.rids.iter().position(|n| n.as_deref() == Some(r)));
+        let at = negotiated
+            .or_else(|| rid.as_deref().and_then(layer_of_rid))
             .filter(|i| self.layers.get(*i).is_none_or(Option::is_none))
             .or_else(|| (0..MAX_LAYERS).find(|i| self.layers.get(*i).is_none_or(Option::is_none)))
             .unwrap_or(MAX_LAYERS - 1);
@@ -175,7 +216,31 @@ impl PublishedTrack {
     }
 
     pub fn simulcast(&self) -> bool {
-        self.layers.iter().flatten().any(|l| l.rid.is_some())
+        self.rids.iter().any(Option::is_some)
+            || self.layers.iter().flatten().any(|l| l.rid.is_some())
+    }
+
+    /// Dynacast: the negotiated rids someone wants (a layer wanted within `grace` of `now`),
+    /// in layer order. Only rids the publisher negotiated are listed, whether they arrived
+    /// yet or not (a layer that starts late must not be paused before it could be wanted).
+    /// The lowest negotiated layer stays on while any down-track is active, so that a
+    /// switch down always has somewhere to land; the highest while `recorded` (a recording
+    /// takes the best layer).
+    pub fn dynacast_rids(&self, now: Instant, grace: Duration, recorded: bool) -> Vec<String> {
+        let lowest = self.rids.iter().position(Option::is_some);
+        let top = self.rids.iter().rposition(Option::is_some);
+        let anyone = self.down.iter().any(|d| d.ready && d.forwarder.is_active());
+        self.rids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rid)| {
+                let rid = rid.as_ref()?;
+                let wanted =
+                    self.wanted_at[i].is_some_and(|w| now.saturating_duration_since(w) < grace);
+                let keep = (anyone && Some(i) == lowest) || (recorded && Some(i) == top);
+                (wanted || keep).then(|| rid.clone())
+            })
+            .collect()
     }
 
     /// Recent bitrate per layer (0 = not received lately).
@@ -316,6 +381,82 @@ mod tests {
         let mut single = track(Codec::Vp8);
         assert_eq!(single.add_layer(None, 5), 0);
         assert!(!single.simulcast());
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn negotiated_rids_are_placed_on_layers() {
+        let cases: &[(&[&str], [Option<&str>; MAX_LAYERS])] = &[
+            (&["q", "h", "f"], [Some("q"), Some("h"), Some("f")]),
+            // Usual names win over the offer order.
+            (&["f", "q", "h"], [Some("q"), Some("h"), Some("f")]),
+            // Two encodings: the names say which places.
+            (&["q", "f"], [Some("q"), None, Some("f")]),
+            (&["h", "f"], [None, Some("h"), Some("f")]),
+            // Other names: offer order, lowest first.
+            (&["a", "b", "c"], [Some("a"), Some("b"), Some("c")]),
+            (&["x", "f", "y"], [Some("x"), Some("y"), Some("f")]),
+            (&["lo", "hi"], [Some("lo"), Some("hi"), None]),
+            // Too many: the extra one has no place; a repeated usual name takes a free one.
+            (&["a", "b", "c", "d"], [Some("a"), Some("b"), Some("c")]),
+            (&["q", "low"], [Some("q"), Some("low"), None]),
+            (&[], [None, None, None]),
+        ];
+        for (rids, want) in cases {
+            let got = rid_layers(&strings(rids));
+            assert_eq!(got, want.map(|w| w.map(String::from)), "{rids:?}");
+        }
+    }
+
+    #[test]
+    fn layers_follow_the_negotiated_rids() {
+        let mut t = track(Codec::Vp8);
+        assert_eq!(t.layer_count(), 1);
+        t.set_negotiated_rids(&strings(&["a", "b", "c"]));
+        assert!(t.simulcast(), "negotiated, before any packet");
+        assert_eq!(t.layer_count(), 3, "the layers not received yet count");
+        // The top layer arrives first: it takes its own place, not the first free one.
+        assert_eq!(t.add_layer(Some("c".into()), 30), 2);
+        assert_eq!(t.add_layer(Some("a".into()), 10), 0);
+        assert_eq!(t.add_layer(Some("b".into()), 20), 1);
+        assert_eq!(t.layer_count(), 3);
+    }
+
+    #[test]
+    fn dynacast_lists_wanted_negotiated_rids() {
+        let now = Instant::now();
+        let grace = Duration::from_secs(2);
+        let mut t = track(Codec::Vp8);
+        t.set_negotiated_rids(&strings(&["q", "h", "f"]));
+        // Only q and h arrived; a stray rid the offer did not negotiate too.
+        t.add_layer(Some("q".into()), 10);
+        t.add_layer(Some("h".into()), 20);
+        assert_eq!(t.dynacast_rids(now, grace, false), Vec::<String>::new());
+        // Wanted up to the top: f is listed though nothing of it arrived yet.
+        t.wanted_at = [Some(now); MAX_LAYERS];
+        assert_eq!(t.dynacast_rids(now, grace, false), ["q", "h", "f"]);
+        // Wants expire after the grace period.
+        t.wanted_at = [Some(now), Some(now - grace), None];
+        assert_eq!(t.dynacast_rids(now, grace, false), ["q"]);
+        // Recorded: the top negotiated layer stays on, received or not.
+        t.wanted_at = [None; MAX_LAYERS];
+        assert_eq!(t.dynacast_rids(now, grace, true), ["f"]);
+        // An active down-track keeps the lowest negotiated layer on.
+        t.set_negotiated_rids(&strings(&["h", "f"]));
+        t.add_down(2, 20, 0);
+        let d = t.down_of(2).unwrap();
+        d.ready = true;
+        d.forwarder.set_active(true);
+        assert_eq!(t.dynacast_rids(now, grace, false), ["h"]);
+        // A rid that was received but not negotiated is never listed.
+        let mut odd = track(Codec::Vp8);
+        odd.set_negotiated_rids(&strings(&["q"]));
+        odd.add_layer(Some("x".into()), 99);
+        odd.wanted_at = [Some(now); MAX_LAYERS];
+        assert_eq!(odd.dynacast_rids(now, grace, false), ["q"]);
     }
 
     #[test]

@@ -55,6 +55,8 @@ counters!(
         events_dropped: AtomicU64,
         /// Room events (webhooks) dropped because their consumer was behind.
         room_events_dropped: AtomicU64,
+        /// Rooms closed by an internal error (a panic caught in the worker).
+        rooms_failed: AtomicU64,
         /// Recordings in progress.
         recordings: AtomicI64,
         /// Packets a recording or hook never got (its queue was full).

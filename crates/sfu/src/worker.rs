@@ -10,6 +10,7 @@
 //!
 //! The rooms on a worker are owned by it: the worker is the rooms' actor.
 
+mod isolate;
 mod media;
 mod ops;
 
@@ -48,6 +49,7 @@ pub enum Command {
         id: ParticipantId,
         room: RoomId,
         name: DisplayName,
+        opts: crate::JoinOptions,
         events: mpsc::Sender<ServerMessage>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
@@ -84,8 +86,26 @@ pub enum Command {
     Leave {
         key: ParticipantKey,
     },
+    /// The participant's signaling connection dropped; it may come back ([`Command::Resync`]).
+    Detach {
+        key: ParticipantKey,
+    },
+    /// Send the participant a fresh `joined` (its session resumed on a new connection),
+    /// and again the subscriber offer it may have lost with the old connection.
+    Resync {
+        key: ParticipantKey,
+    },
+    /// Tell every participant `message` (the server is draining).
+    Notice {
+        message: ServerMessage,
+    },
     /// Remove everyone (they are told `server_shutting_down`), refuse joins, then stop.
     Shutdown,
+    /// Panic while handling `room` (tests of failure isolation).
+    #[cfg(feature = "fault-injection")]
+    InjectPanic {
+        room: RoomId,
+    },
     /// Start delivering a room's media to a recording or hook session; `false` when the
     /// room does not exist here.
     AddTap {
@@ -142,6 +162,8 @@ pub(crate) enum Removal {
     Shutdown,
     Kicked,
     RoomClosed,
+    /// An internal error (a panic) in the room's handling closed it.
+    RoomFailed,
 }
 
 impl Removal {
@@ -168,6 +190,10 @@ impl Removal {
                 ErrorCode::Removed,
                 "an administrator closed the room",
             )),
+            Removal::RoomFailed => Some(ServerMessage::fatal(
+                ErrorCode::Internal,
+                "this room hit an internal error and was closed; join again",
+            )),
         }
     }
 
@@ -180,6 +206,7 @@ impl Removal {
             Removal::Shutdown => "server shutting down",
             Removal::Kicked => "removed by an administrator",
             Removal::RoomClosed => "room closed by an administrator",
+            Removal::RoomFailed => "room failed (internal error)",
         }
     }
 }
@@ -193,6 +220,18 @@ enum SubState {
 struct Participant {
     id: ParticipantId,
     name: DisplayName,
+    /// What its token grants, and who it says it is.
+    grants: confab_proto::signal::Grants,
+    identity: Option<String>,
+    chat_limit: governor::DefaultDirectRateLimiter,
+    /// Given back in every `joined`, to resume the session on a new connection.
+    resume_token: String,
+    /// Whether its signaling connection is up (see `Command::Detach`).
+    attached: bool,
+    /// The subscriber offer awaiting an answer, and whether it was sent while attached
+    /// (then it may have been lost with the connection; one sent while detached is in the
+    /// missed messages the session replays).
+    pending_offer: Option<(ServerMessage, bool)>,
     joined_at: u64,
     room: RoomId,
     events: mpsc::Sender<ServerMessage>,
@@ -311,10 +350,10 @@ impl Worker {
                 c = commands.recv(), if open => {
                     match c {
                         Some(c) => {
-                            self.command(c);
+                            self.guarded_command(c);
                             for _ in 1..COMMAND_BATCH {
                                 match commands.try_recv() {
-                                    Ok(c) => self.command(c),
+                                    Ok(c) => self.guarded_command(c),
                                     Err(_) => break,
                                 }
                             }
@@ -344,6 +383,11 @@ impl Worker {
                 .record(now.elapsed().as_micros() as u64);
         }
         tracing::info!("media worker stopped");
+    }
+
+    fn guarded_command(&mut self, c: Command) {
+        let room = self.room_of_command(&c);
+        self.isolated(room, "a command", |w| w.command(c));
     }
 
     /// Refuses new joins and removes everyone, telling them why.
@@ -379,7 +423,17 @@ impl Worker {
             self.rx_at.get_or_insert(now);
             for (data, from) in recv.datagrams() {
                 SfuStats::add(&self.stats.bytes_in, data.len() as u64);
-                self.datagram(data, from, now);
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.datagram(data, from, now)
+                })) {
+                    // Whose datagram it was is known only through the routing tables.
+                    let room = self
+                        .by_addr
+                        .get(&from)
+                        .copied()
+                        .and_then(|k| self.room_of_peer(k));
+                    self.isolated(room, "a datagram", |_| std::panic::resume_unwind(p));
+                }
             }
             // Counted once handled, so that a reader seeing the count sees their effects.
             SfuStats::add(&self.stats.datagrams_in, n as u64);
@@ -458,11 +512,12 @@ impl Worker {
         while !self.input.is_empty() || !self.doomed.is_empty() {
             let input = std::mem::take(&mut self.input);
             for key in input {
-                self.drain(key);
+                let room = self.room_of_peer(key);
+                self.isolated(room, "a peer's events", |w| w.drain(key));
             }
             let doomed = std::mem::take(&mut self.doomed);
             for (key, why) in doomed {
-                self.remove_participant(key, why);
+                self.remove_isolated(key, why);
             }
             guard += 1;
             if guard > 8 {

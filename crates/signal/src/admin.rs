@@ -1,5 +1,6 @@
 //! The admin API under `/api`, authenticated by the configured API key
-//! (`Authorization: Bearer <key>`), described by `/api/openapi.json`.
+//! (`Authorization: Bearer <key>`) or, for one room's operations, an access token of that
+//! room with `room_admin`; described by `/api/openapi.json`.
 //!
 //! The OpenAPI document is written first (`openapi.json`, beside this file) and the router
 //! follows it; a test checks that both list the same operations.
@@ -19,6 +20,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// (method, path) of every admin operation, as in the OpenAPI document.
 pub const OPERATIONS: &[(&str, &str)] = &[
+    ("get", "/api/cluster"),
     ("get", "/api/rooms"),
     ("get", "/api/rooms/{room}"),
     ("delete", "/api/rooms/{room}"),
@@ -31,6 +33,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/openapi.json", get(openapi))
+        .route("/api/cluster", get(cluster))
         .route("/api/rooms", get(list_rooms))
         .route("/api/rooms/{room}", get(get_room).delete(close_room))
         .route("/api/rooms/{room}/participants/{participant}", delete(kick))
@@ -70,38 +73,44 @@ impl From<ControlError> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// The API key check: constant-time comparison of `Authorization: Bearer <key>`.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = state
+/// Who may call: the API key (`Authorization: Bearer <key>`, compared in constant time)
+/// for everything, or, for the operations on one room, an access token of that room with
+/// the `room_admin` grant.
+fn authorize(state: &AppState, headers: &HeaderMap, room: Option<&RoomId>) -> Result<(), ApiError> {
+    use subtle::ConstantTimeEq;
+    let key = state
         .config
         .admin_api_key
         .as_deref()
-        .filter(|k| !k.is_empty())
-    else {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "the admin API is disabled: set admin.api_key".into(),
-        ));
-    };
+        .filter(|k| !k.is_empty());
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong API key".into(),
-        ))
+    if let Some(key) = key
+        && bool::from(given.as_bytes().ct_eq(key.as_bytes()))
+    {
+        return Ok(());
     }
+    if let Some(room) = room
+        && !given.is_empty()
+        && let Ok(claims) = state.verifier.verify(given)
+        && claims.grants.room_admin
+        && claims.allows_room(room.as_str())
+    {
+        return Ok(());
+    }
+    if key.is_none() && room.is_none() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled: set admin.api_key".into(),
+        ));
+    }
+    Err(ApiError(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key (or a token without room_admin for this room)".into(),
+    ))
 }
 
 fn room_id(s: &str) -> Result<RoomId, ApiError> {
@@ -109,13 +118,27 @@ fn room_id(s: &str) -> Result<RoomId, ApiError> {
 }
 
 async fn list_rooms(State(s): State<AppState>, h: HeaderMap) -> ApiResult {
-    authorize(&s, &h)?;
+    authorize(&s, &h, None)?;
     Ok(Json(s.sfu.rooms().await).into_response())
 }
 
+async fn cluster(State(s): State<AppState>, h: HeaderMap) -> ApiResult {
+    authorize(&s, &h, None)?;
+    let Some(cluster) = &s.cluster else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "a single node: no cluster.redis_url".into(),
+        ));
+    };
+    match cluster.view().await {
+        Ok(view) => Ok(Json(view).into_response()),
+        Err(e) => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
 async fn get_room(State(s): State<AppState>, h: HeaderMap, Path(room): Path<String>) -> ApiResult {
-    authorize(&s, &h)?;
     let room = room_id(&room)?;
+    authorize(&s, &h, Some(&room))?;
     match s.sfu.rooms().await.into_iter().find(|r| r.room == room) {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no room {room}"))),
@@ -127,8 +150,9 @@ async fn close_room(
     h: HeaderMap,
     Path(room): Path<String>,
 ) -> ApiResult {
-    authorize(&s, &h)?;
-    s.sfu.close_room(&room_id(&room)?).await?;
+    let room = room_id(&room)?;
+    authorize(&s, &h, Some(&room))?;
+    s.sfu.close_room(&room).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -137,9 +161,10 @@ async fn kick(
     h: HeaderMap,
     Path((room, participant)): Path<(String, String)>,
 ) -> ApiResult {
-    authorize(&s, &h)?;
+    let room = room_id(&room)?;
+    authorize(&s, &h, Some(&room))?;
     s.sfu
-        .kick(&room_id(&room)?, &ParticipantId::from_wire(participant))
+        .kick(&room, &ParticipantId::from_wire(participant))
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -155,10 +180,11 @@ async fn mute(
     Path((room, track)): Path<(String, String)>,
     body: Option<Json<MuteBody>>,
 ) -> ApiResult {
-    authorize(&s, &h)?;
+    let room = room_id(&room)?;
+    authorize(&s, &h, Some(&room))?;
     let muted = body.is_none_or(|b| b.muted);
     s.sfu
-        .mute_track(&room_id(&room)?, &TrackId::from_wire(track), muted)
+        .mute_track(&room, &TrackId::from_wire(track), muted)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -168,8 +194,8 @@ async fn start_recording(
     h: HeaderMap,
     Path(room): Path<String>,
 ) -> ApiResult {
-    authorize(&s, &h)?;
     let room = room_id(&room)?;
+    authorize(&s, &h, Some(&room))?;
     let dir = s.sfu.start_recording(&room).await?;
     Ok((
         StatusCode::CREATED,
@@ -183,8 +209,8 @@ async fn stop_recording(
     h: HeaderMap,
     Path(room): Path<String>,
 ) -> ApiResult {
-    authorize(&s, &h)?;
     let room = room_id(&room)?;
+    authorize(&s, &h, Some(&room))?;
     let dir = s.sfu.stop_recording(&room).await?;
     Ok(Json(serde_json::json!({
         "room": room,

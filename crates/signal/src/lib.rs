@@ -7,10 +7,15 @@
 //! - [`assets`]: the web client (`web/`), embedded in the binary.
 //! - [`admin`]: the admin API (API key, OpenAPI document); [`metrics`]: Prometheus.
 //! - [`webhooks`]: signed, ordered, retried delivery of room events.
+//! - [`auth`]: access tokens (JWT) and the grants they carry.
+//! - Several nodes: the session asks `confab_cluster::Cluster` where a room not open here
+//!   lives, and redirects the client there (`ServerMessage::Redirect`).
 
 pub mod admin;
 pub mod assets;
+pub mod auth;
 pub mod metrics;
+pub mod resume;
 pub mod router;
 pub mod session;
 pub mod webhooks;

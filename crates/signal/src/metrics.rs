@@ -18,6 +18,7 @@ struct ConfabCollector {
     sfu: Sfu,
     sessions: Arc<AtomicI64>,
     webhooks: Arc<WebhookStats>,
+    cluster: Option<confab_cluster::Cluster>,
 }
 
 fn counter(
@@ -236,6 +237,32 @@ impl Collector for ConfabCollector {
             "Media loop timer lag p99 since start",
             l.timer_lag.p99_us as i64,
         )?;
+        if let Some(cl) = &self.cluster {
+            gauge(
+                &mut e,
+                "confab_cluster_redis_up",
+                "Whether the cluster's Redis answered the last call (1) or not (0)",
+                i64::from(cl.is_up()),
+            )?;
+            gauge(
+                &mut e,
+                "confab_cluster_nodes",
+                "Live nodes in the registry at the last heartbeat",
+                cl.nodes_seen() as i64,
+            )?;
+            counter(
+                &mut e,
+                "confab_cluster_redirects",
+                "Joins sent to the node that hosts their room",
+                cl.redirects(),
+            )?;
+            counter(
+                &mut e,
+                "confab_cluster_refusals",
+                "Joins refused because no placement could be made (cluster_unavailable)",
+                cl.refusals(),
+            )?;
+        }
         Ok(())
     }
 }
@@ -247,6 +274,7 @@ pub fn render(state: &AppState) -> String {
         sfu: state.sfu.clone(),
         sessions: state.sessions.clone(),
         webhooks: state.webhooks.clone(),
+        cluster: state.cluster.clone(),
     }));
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

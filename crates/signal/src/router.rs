@@ -4,10 +4,11 @@
 //! [`crate::admin`]), and anything else is looked up among the web client's files.
 
 use crate::assets;
-use crate::session::{self, SessionLimits};
+use crate::session::{self, SessionEnv, SessionLimits};
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use confab_sfu::Sfu;
@@ -26,6 +27,18 @@ pub struct SignalConfig {
     pub hard_max_message_bytes: usize,
     /// Interval of WebSocket pings; a client silent for three intervals is disconnected.
     pub ping_interval_ms: u64,
+    /// Messages one connection may send per second (twice as many in a burst).
+    pub messages_per_second: u32,
+    /// New signaling connections (joins) per second from one IP address (twice as many
+    /// in a burst); 0 = no limit.
+    pub joins_per_second_per_ip: u32,
+    /// Pages allowed to open the WebSocket, by their `Origin` (`https://meet.example.com`).
+    /// Empty: the server's own origin only. `*`: any. Clients that send no `Origin`
+    /// (native apps, the load generator) are not browsers and are not checked.
+    pub allowed_origins: Vec<String>,
+    /// How long a participant whose WebSocket dropped (no close frame) stays in its room
+    /// for the client to come back with `join.resume`; 0 = leave at once.
+    pub resume_window_ms: u64,
     /// The admin API key (from the `[admin]` section); none disables the admin API.
     #[serde(skip)]
     pub admin_api_key: Option<String>,
@@ -37,6 +50,10 @@ impl Default for SignalConfig {
             max_message_bytes: 64 * 1024,
             hard_max_message_bytes: 1024 * 1024,
             ping_interval_ms: 5_000,
+            messages_per_second: 50,
+            joins_per_second_per_ip: 50,
+            allowed_origins: Vec::new(),
+            resume_window_ms: 15_000,
             admin_api_key: None,
         }
     }
@@ -50,18 +67,54 @@ pub struct AppState {
     pub webhooks: Arc<crate::webhooks::WebhookStats>,
     /// False once shutdown began: `/readyz` then fails so load balancers drain.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    pub verifier: Arc<crate::auth::Verifier>,
+    /// Sessions whose connection dropped, waiting to be resumed.
+    pub resumes: crate::resume::Resumes,
+    /// Several nodes sharing a Redis; `None` for a single node.
+    pub cluster: Option<confab_cluster::Cluster>,
+    joins: Option<Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>>,
 }
 
 impl AppState {
-    pub fn new(sfu: Sfu, config: SignalConfig) -> Self {
+    pub fn new(sfu: Sfu, config: SignalConfig, verifier: crate::auth::Verifier) -> Self {
+        let joins = std::num::NonZeroU32::new(config.joins_per_second_per_ip).map(|rate| {
+            let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2"));
+            Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
         Self {
             sfu,
             config: Arc::new(config),
             sessions: Arc::new(AtomicI64::new(0)),
             webhooks: Default::default(),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            verifier: Arc::new(verifier),
+            resumes: Default::default(),
+            cluster: None,
+            joins,
         }
     }
+}
+
+/// Whether a WebSocket upgrade from a page at `origin` is allowed, for a server reached
+/// as `host` (the `Host` header).
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        return true; // not a browser
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    // Same origin: the page came from this very server.
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -130,18 +183,98 @@ async fn stats(State(state): State<AppState>) -> Json<StatsBody> {
     })
 }
 
-async fn ws(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
+async fn ws(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(&state.config.allowed_origins, origin, host) {
+        tracing::info!(
+            origin = origin.unwrap_or(""),
+            "websocket from a foreign origin refused"
+        );
+        return (
+            StatusCode::FORBIDDEN,
+            "this page's origin may not use this server (signal.allowed_origins)",
+        )
+            .into_response();
+    }
+    let limited = state
+        .joins
+        .as_ref()
+        .is_some_and(|l| l.check_key(&peer.ip()).is_err());
     let limits = SessionLimits {
         max_message_bytes: state.config.max_message_bytes,
         ping_interval: Duration::from_millis(state.config.ping_interval_ms),
+        messages_per_second: state.config.messages_per_second,
+        resume_window: Duration::from_millis(state.config.resume_window_ms),
+    };
+    let env = SessionEnv {
+        sfu: state.sfu.clone(),
+        limits,
+        verifier: state.verifier.clone(),
+        resumes: state.resumes.clone(),
+        cluster: state.cluster.clone(),
     };
     upgrade
         .max_message_size(state.config.hard_max_message_bytes)
         .max_frame_size(state.config.hard_max_message_bytes)
         .on_upgrade(move |socket| async move {
-            state.sessions.fetch_add(1, Ordering::Relaxed);
             let (sink, stream) = futures_util::StreamExt::split(socket);
-            session::run(sink, stream, state.sfu.clone(), limits).await;
+            if limited {
+                // Said over the socket, so that the page can show it.
+                session::refuse(
+                    sink,
+                    confab_proto::ServerMessage::fatal(
+                        confab_proto::ErrorCode::RateLimited,
+                        "too many connections from your address: try again in a moment",
+                    ),
+                )
+                .await;
+                return;
+            }
+            state.sessions.fetch_add(1, Ordering::Relaxed);
+            session::run(sink, stream, env).await;
             state.sessions.fetch_sub(1, Ordering::Relaxed);
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins() {
+        let none: Vec<String> = vec![];
+        let host = Some("meet.example.com:8443");
+        // Not a browser; same origin; a foreign one.
+        assert!(origin_allowed(&none, None, host));
+        assert!(origin_allowed(
+            &none,
+            Some("https://meet.example.com:8443"),
+            host
+        ));
+        assert!(!origin_allowed(&none, Some("https://evil.example"), host));
+        assert!(!origin_allowed(
+            &none,
+            Some("https://meet.example.com"),
+            host
+        ));
+        let listed = vec!["https://app.example.com".to_string()];
+        assert!(origin_allowed(
+            &listed,
+            Some("https://APP.example.com"),
+            host
+        ));
+        assert!(!origin_allowed(&listed, Some("https://evil.example"), host));
+        assert!(origin_allowed(
+            &["*".into()],
+            Some("https://evil.example"),
+            host
+        ));
+        assert!(!origin_allowed(&none, Some("null"), host));
+    }
 }

@@ -7,14 +7,16 @@
 //! A failing connection ends only itself: every error goes back to that client as an
 //! `error` message and, unless fatal, the connection stays open.
 
+use crate::auth::Verifier;
 use axum::extract::ws::{CloseFrame, Message};
 use confab_proto::signal::PublishTrack;
 use confab_proto::{
     ClientMessage, DisplayName, ErrorCode, IceCandidate, PROTOCOL_VERSION, PcTarget, RoomId,
     ServerMessage, TrackSource,
 };
-use confab_sfu::{JoinError, Participant, Sfu};
+use confab_sfu::{JoinError, JoinOptions, Participant, Sfu};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -22,7 +24,30 @@ use tokio::sync::mpsc;
 pub struct SessionLimits {
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+    /// Messages a client may send per second (twice as many in a burst); the excess is
+    /// refused with `rate_limited`.
+    pub messages_per_second: u32,
+    /// How long a participant whose connection dropped is kept for its client to resume
+    /// (`join.resume`); zero: it leaves at once.
+    pub resume_window: Duration,
 }
+
+/// What a session needs besides its socket.
+#[derive(Debug, Clone)]
+pub struct SessionEnv {
+    pub sfu: Sfu,
+    pub limits: SessionLimits,
+    pub verifier: Arc<Verifier>,
+    pub resumes: crate::resume::Resumes,
+    /// Several nodes: where rooms live. `None`: a single node, every room is here.
+    pub cluster: Option<confab_cluster::Cluster>,
+}
+
+/// A joined session: the participant, its events, and the token that resumes it.
+type Joined = (Participant, mpsc::Receiver<ServerMessage>, String);
+
+/// Messages refused for their rate before the connection is closed as abusive.
+const MAX_RATE_REFUSALS: u32 = 500;
 
 /// What to do with one text frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +59,8 @@ pub enum Step {
     Join {
         room: RoomId,
         name: DisplayName,
+        token: Option<String>,
+        resume: Option<String>,
     },
     Publish {
         sdp: String,
@@ -84,6 +111,8 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
                 protocol,
                 room,
                 name,
+                token,
+                resume,
             },
         ) => {
             if protocol != PROTOCOL_VERSION {
@@ -94,7 +123,12 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
                     ),
                 ))
             } else {
-                Step::Join { room, name }
+                Step::Join {
+                    room,
+                    name,
+                    token,
+                    resume,
+                }
             }
         }
         (true, ClientMessage::Join { .. }) => Step::Refuse(ServerMessage::error(
@@ -133,17 +167,28 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
 
 enum Flow {
     Continue,
+    /// The end: the client left, or was told a fatal error.
     Close,
+    /// The connection broke without a goodbye: the session may be resumed.
+    Lost,
 }
 
 /// Serves one connection until the client leaves, disconnects or goes silent.
-pub async fn run<S, R, E>(mut sink: S, mut stream: R, sfu: Sfu, limits: SessionLimits)
+pub async fn run<S, R, E>(mut sink: S, mut stream: R, env: SessionEnv)
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut joined: Option<(Participant, mpsc::Receiver<ServerMessage>)> = None;
+    let limits = env.limits;
+    let rate = std::num::NonZeroU32::new(limits.messages_per_second.max(1)).expect("at least 1");
+    let limiter = governor::RateLimiter::direct(
+        governor::Quota::per_second(rate)
+            .allow_burst(rate.saturating_mul(2.try_into().expect("2"))),
+    );
+    let mut refused = 0u32;
+    let mut last_refusal_notice: Option<Instant> = None;
+    let mut joined: Option<Joined> = None;
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -151,7 +196,7 @@ where
     loop {
         let event = async {
             match joined.as_mut() {
-                Some((_, rx)) => rx.recv().await,
+                Some((_, rx, _)) => rx.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -159,13 +204,38 @@ where
             frame = stream.next() => {
                 last_heard = Instant::now();
                 match frame {
-                    None | Some(Ok(Message::Close(_))) => Flow::Close,
+                    Some(Ok(Message::Close(_))) => Flow::Close,
+                    None => Flow::Lost,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket receive failed");
-                        Flow::Close
+                        Flow::Lost
+                    }
+                    Some(Ok(Message::Text(text))) if limiter.check().is_err() => {
+                        refused += 1;
+                        if refused > MAX_RATE_REFUSALS {
+                            tracing::info!("client kept exceeding the message rate, closing");
+                            send(&mut sink, &ServerMessage::fatal(
+                                ErrorCode::RateLimited,
+                                "too many messages: the connection is closed",
+                            )).await;
+                            Flow::Close
+                        } else if last_refusal_notice.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            // One notice a second: refusing must not cost more than the flood.
+                            last_refusal_notice = Some(Instant::now());
+                            drop(text);
+                            send(&mut sink, &ServerMessage::error(
+                                ErrorCode::RateLimited,
+                                format!(
+                                    "more than {} messages per second: messages are being dropped",
+                                    limits.messages_per_second
+                                ),
+                            )).await
+                        } else {
+                            Flow::Continue
+                        }
                     }
                     Some(Ok(Message::Text(text))) => {
-                        on_text(&mut sink, &mut joined, &sfu, text.as_str(), limits).await
+                        on_text(&mut sink, &mut joined, &env, text.as_str()).await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         send(&mut sink, &ServerMessage::error(
@@ -180,8 +250,8 @@ where
                 Some(msg) => {
                     let fatal = matches!(msg, ServerMessage::Error { fatal: true, .. });
                     match send(&mut sink, &msg).await {
-                        Flow::Continue if !fatal => Flow::Continue,
-                        _ => Flow::Close,
+                        Flow::Continue if fatal => Flow::Close,
+                        flow => flow,
                     }
                 }
                 // The media plane removed this participant (its last message, if any,
@@ -191,25 +261,51 @@ where
             _ = ping.tick() => {
                 if last_heard.elapsed() > silence_limit {
                     tracing::info!("client silent, closing");
-                    Flow::Close
+                    Flow::Lost
                 } else if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                    Flow::Close
+                    Flow::Lost
                 } else {
                     Flow::Continue
                 }
             }
         };
-        if let Flow::Close = flow {
-            break;
+        match flow {
+            Flow::Continue => {}
+            Flow::Close => {
+                if let Some((participant, _, _)) = joined.take() {
+                    participant.leave().await;
+                }
+                break;
+            }
+            Flow::Lost => {
+                if let Some((participant, events, token)) = joined.take() {
+                    if limits.resume_window.is_zero() || env.sfu.is_draining() {
+                        participant.leave().await;
+                    } else {
+                        env.resumes
+                            .park(token, participant, events, limits.resume_window);
+                    }
+                }
+                break;
+            }
         }
-    }
-    if let Some((participant, _)) = joined {
-        participant.leave().await;
     }
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
             code: 1000,
             reason: "bye".into(),
+        })))
+        .await;
+    let _ = sink.close().await;
+}
+
+/// Sends `msg` (a fatal error) on a connection that is not served, and closes it.
+pub async fn refuse<S: Sink<Message> + Unpin>(mut sink: S, msg: ServerMessage) {
+    send(&mut sink, &msg).await;
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: "refused".into(),
         })))
         .await;
     let _ = sink.close().await;
@@ -222,40 +318,203 @@ async fn send<S: Sink<Message> + Unpin>(sink: &mut S, msg: &ServerMessage) -> Fl
     };
     match sink.send(Message::Text(text.into())).await {
         Ok(()) => Flow::Continue,
-        Err(_) => Flow::Close,
+        Err(_) => Flow::Lost,
     }
+}
+
+/// Takes back a parked session on this connection: a fresh `joined`, then what the
+/// client missed, in order. `None` (after telling the client): nothing to resume.
+async fn resume<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    env: &SessionEnv,
+    room: &RoomId,
+    token: String,
+) -> Option<Joined> {
+    let Some(resumed) = env.resumes.claim(&token, room).await else {
+        tracing::info!(room = %room, "resume refused: no such session");
+        send(
+            sink,
+            &ServerMessage::fatal(
+                ErrorCode::ResumeFailed,
+                "that session is gone: join again without `resume`",
+            ),
+        )
+        .await;
+        return None;
+    };
+    let crate::resume::Resumed {
+        participant,
+        mut events,
+        mut missed,
+    } = resumed;
+    participant.resync().await;
+    // The fresh `joined` comes after whatever was already queued: hold those back.
+    let joined = loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(m @ ServerMessage::Joined { .. })) => break Some(m),
+            Ok(Some(ServerMessage::Error { fatal: true, .. })) | Ok(None) | Err(_) => break None,
+            Ok(Some(m)) => missed.push(m),
+        }
+    };
+    let Some(joined) = joined else {
+        send(
+            sink,
+            &ServerMessage::fatal(
+                ErrorCode::ResumeFailed,
+                "the session ended while resuming: join again without `resume`",
+            ),
+        )
+        .await;
+        participant.leave().await;
+        return None;
+    };
+    tracing::info!(participant = %participant.id(), missed = missed.len(), "session resumed");
+    send(sink, &joined).await;
+    for m in &missed {
+        send(sink, m).await;
+    }
+    Some((participant, events, token))
+}
+
+/// With several nodes, whether this node serves `room`: `None` if it does (the room is
+/// open here, or was just placed here); otherwise the client was told where to go, or
+/// why it cannot join now, and the connection ends.
+async fn route<S: Sink<Message> + Unpin>(
+    sink: &mut S,
+    env: &SessionEnv,
+    room: &RoomId,
+) -> Option<Flow> {
+    use confab_cluster::{ClusterError, Placement};
+    let cluster = env.cluster.as_ref()?;
+    // A room open here is served without Redis, so an outage never stops a meeting.
+    if env.sfu.hosts(room) {
+        return None;
+    }
+    let message = match cluster.place(room).await {
+        Ok(Placement::Here) => return None,
+        Ok(Placement::There(node)) => {
+            tracing::debug!(room = %room, node = %node.id, "join redirected");
+            send(
+                sink,
+                &ServerMessage::Redirect {
+                    url: node.url,
+                    room: room.clone(),
+                    node: node.id,
+                },
+            )
+            .await;
+            return Some(Flow::Close);
+        }
+        Err(ClusterError::NoNode) => {
+            "no node takes new rooms now (every node is draining): try again in a moment"
+                .to_string()
+        }
+        Err(e) => format!("this room cannot be placed now ({e}): try again in a moment"),
+    };
+    tracing::debug!(room = %room, "join refused: no placement");
+    send(
+        sink,
+        &ServerMessage::fatal(ErrorCode::ClusterUnavailable, message),
+    )
+    .await;
+    Some(Flow::Close)
 }
 
 async fn on_text<S: Sink<Message> + Unpin>(
     sink: &mut S,
-    joined: &mut Option<(Participant, mpsc::Receiver<ServerMessage>)>,
-    sfu: &Sfu,
+    joined: &mut Option<Joined>,
+    env: &SessionEnv,
     text: &str,
-    limits: SessionLimits,
 ) -> Flow {
-    let step = classify(joined.is_some(), text, limits.max_message_bytes);
-    let participant = joined.as_ref().map(|(p, _)| p);
+    let step = classify(joined.is_some(), text, env.limits.max_message_bytes);
+    let participant = joined.as_ref().map(|(p, _, _)| p);
     match (step, participant) {
         (Step::Refuse(msg), _) => send(sink, &msg).await,
         (Step::Fatal(msg), _) => {
             send(sink, &msg).await;
             Flow::Close
         }
-        (Step::Join { room, name }, _) => match sfu.join(room, name).await {
-            Ok((p, rx)) => {
-                tracing::debug!(participant = %p.id(), room = %p.room(), "session joined");
-                *joined = Some((p, rx));
-                Flow::Continue
+        (
+            Step::Join {
+                room,
+                resume: Some(token),
+                ..
+            },
+            _,
+        ) => {
+            if let Some(flow) = route(sink, env, &room).await {
+                return flow;
             }
-            Err(e) => {
-                let code = match e {
-                    JoinError::RoomFull { .. } => ErrorCode::RoomFull,
-                    JoinError::ShuttingDown => ErrorCode::ServerShuttingDown,
-                };
-                send(sink, &ServerMessage::fatal(code, e.to_string())).await;
-                Flow::Close
+            match resume(sink, env, &room, token).await {
+                Some(j) => {
+                    *joined = Some(j);
+                    Flow::Continue
+                }
+                None => Flow::Close,
             }
-        },
+        }
+        (
+            Step::Join {
+                room,
+                name,
+                token,
+                resume: None,
+            },
+            _,
+        ) => {
+            let claims = match env.verifier.admit(token.as_deref(), room.as_str()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(room = %room, error = %e, "join refused");
+                    send(
+                        sink,
+                        &ServerMessage::fatal(ErrorCode::Unauthorized, e.to_string()),
+                    )
+                    .await;
+                    return Flow::Close;
+                }
+            };
+            let (name, opts) = match claims {
+                Some(c) => {
+                    let name = c
+                        .name
+                        .as_deref()
+                        .and_then(|n| DisplayName::parse(n).ok())
+                        .unwrap_or(name);
+                    let opts = JoinOptions {
+                        grants: c.grants,
+                        identity: Some(c.sub),
+                        ..JoinOptions::default()
+                    };
+                    (name, opts)
+                }
+                None => (name, JoinOptions::default()),
+            };
+            if let Some(flow) = route(sink, env, &room).await {
+                return flow;
+            }
+            let resume_token = crate::resume::Resumes::new_token();
+            let opts = JoinOptions {
+                resume_token: resume_token.clone(),
+                ..opts
+            };
+            match env.sfu.join(room, name, opts).await {
+                Ok((p, rx)) => {
+                    tracing::debug!(participant = %p.id(), room = %p.room(), "session joined");
+                    *joined = Some((p, rx, resume_token));
+                    Flow::Continue
+                }
+                Err(e) => {
+                    let code = match e {
+                        JoinError::RoomFull { .. } => ErrorCode::RoomFull,
+                        JoinError::ShuttingDown => ErrorCode::ServerShuttingDown,
+                        JoinError::TooManyRooms { .. } => ErrorCode::LimitReached,
+                    };
+                    send(sink, &ServerMessage::fatal(code, e.to_string())).await;
+                    Flow::Close
+                }
+            }
+        }
         (Step::Publish { sdp, tracks }, Some(p)) => {
             p.publish(sdp, tracks).await;
             Flow::Continue

@@ -28,7 +28,8 @@ pub struct WebhookConfig {
     /// First retry delay; doubles at each attempt.
     pub backoff_ms: u64,
     pub timeout_ms: u64,
-    /// Put in every event, to tell nodes apart.
+    /// Put in every event, to tell nodes apart. Empty on a node of a cluster: the
+    /// server puts its `cluster.node_id` here.
     pub node_id: String,
 }
 

@@ -108,6 +108,11 @@ impl Munger {
         let ts = in_ts.wrapping_sub(s.ts_offset);
         if s.highest_in.is_none_or(|h| in_ext > h) {
             s.highest_in = Some(in_ext);
+        }
+        // Compared by output number, not input: a late packet whose newer neighbours were
+        // skipped padding is the newest sent, and a restart must continue after it (else
+        // the next source reuses its number and rewinds the timestamp).
+        if out > s.highest_out {
             s.highest_out = out;
             s.last_out_ts = ts;
             s.last_out_at = now;
@@ -240,6 +245,20 @@ mod tests {
             Fwd(13, 0, Some((12, 0))),
             // 11 arrives late: before the skip, so offset 0
             Fwd(11, 0, Some((11, 0))),
+        ]);
+    }
+
+    #[test]
+    fn restart_continues_after_a_late_packet_behind_skipped_padding() {
+        // 11 arrives after 12 was skipped, and is the highest output sent: the new source
+        // starts at 12 and after 11's timestamp (found by tests/rewrite_props.rs).
+        run(&[
+            Restart(10, 0, 0),
+            Fwd(10, 0, Some((10, 0))),
+            Skip(12),
+            Fwd(11, 3000, Some((11, 3000))),
+            Restart(5000, 777, 0),
+            Fwd(5000, 777, Some((12, 3001))),
         ]);
     }
 

@@ -4,9 +4,7 @@
 //! (`speaker`), last-N, and dynacast.
 
 use super::Worker;
-use crate::allocator::{
-    self, Demand, MAX_LAYERS, PRIORITY_NORMAL, PRIORITY_SCREEN, PRIORITY_SPEAKER,
-};
+use crate::allocator::{self, Demand, PRIORITY_NORMAL, PRIORITY_SCREEN, PRIORITY_SPEAKER};
 use crate::forwarder::{PacketInfo, Vp8Fields};
 use crate::peer::{ParticipantKey, PeerKey, ReceivedTrack, TrackCodec};
 use crate::room::PublishedTrack;
@@ -115,6 +113,13 @@ impl Worker {
             mid,
             Duration::from_millis(self.config.keyframe_interval_ms),
         );
+        if let Some(rids) = t
+            .mid
+            .as_ref()
+            .and_then(|m| self.peers.get(&peer_key)?.offered_rids.get(m))
+        {
+            t.set_negotiated_rids(rids);
+        }
         t.add_layer(rid, ssrc);
         t.audio_level_ext = audio_level_ext;
         if let Some(p) = self.participants.get(&owner) {
@@ -570,7 +575,7 @@ impl Worker {
                     audio.push((t.id.clone(), on));
                 }
                 MediaKind::Video => {
-                    let layers = t.layers.len().max(1);
+                    let layers = t.layer_count();
                     let wanted = pref.subscribed
                         && !t.admin_muted
                         && (t.source == TrackSource::Screen || video_from.contains(&t.owner));
@@ -719,36 +724,31 @@ impl Worker {
         }
     }
 
-    /// Dynacast: tells each publisher of a simulcast track which layers someone wants, so
-    /// that it stops encoding the others.
+    /// Dynacast: tells each publisher of a simulcast track which of the layers it
+    /// negotiated someone wants, so that it stops encoding the others.
     fn dynacast(&mut self, now: Instant) {
         let mut notices: Vec<(ParticipantKey, ServerMessage)> = Vec::new();
         for room in self.rooms.values_mut() {
             // A recording takes the best layer: it stays on while the room is recorded.
             let recorded = !room.taps.is_empty();
             for t in room.tracks.values_mut() {
-                if t.kind != MediaKind::Video || !t.simulcast() {
+                if t.kind != MediaKind::Video {
                     continue;
                 }
                 let Some(mid) = t.mid.clone() else { continue };
-                let top = t.layers.iter().rposition(|l| l.is_some());
-                let mut active = Vec::new();
-                for i in 0..MAX_LAYERS {
-                    let wanted = t.wanted_at[i]
-                        .is_some_and(|w| now.saturating_duration_since(w) < DYNACAST_GRACE);
-                    // The lowest layer stays on while anyone subscribes at all, so that a
-                    // switch down always has somewhere to land.
-                    let keep = (i == 0
-                        && t.down.iter().any(|d| d.ready && d.forwarder.is_active()))
-                        || (recorded && Some(i) == top);
-                    if (wanted || keep)
-                        && let Some(Some(l)) = t.layers.get(i)
-                        && let Some(rid) = &l.rid
-                    {
-                        active.push(rid.clone());
-                    }
+                // The layer set is the publisher's latest offer (it may have renegotiated).
+                let Some(rids) = self
+                    .peers
+                    .get(&t.pub_peer)
+                    .and_then(|p| p.offered_rids.get(&mid))
+                else {
+                    continue;
+                };
+                if rids.is_empty() {
+                    continue;
                 }
-                // Layers never seen (not yet started) are not paused: only known rids.
+                t.set_negotiated_rids(rids);
+                let active = t.dynacast_rids(now, DYNACAST_GRACE, recorded);
                 if t.announced_rids.as_ref() != Some(&active) {
                     t.announced_rids = Some(active.clone());
                     notices.push((

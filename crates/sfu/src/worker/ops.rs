@@ -29,13 +29,40 @@ impl Worker {
                 id,
                 room,
                 name,
+                opts,
                 events,
                 reply,
             } => {
-                let r = self.join(key, id, room, name, events);
+                let r = self.join(key, id, room, name, opts, events);
                 let _ = reply.send(r);
             }
             Command::Publish { key, sdp, tracks } => {
+                let allowed = self
+                    .participants
+                    .get(&key)
+                    .is_some_and(|p| p.grants.can_publish && !p.grants.hidden);
+                if !allowed {
+                    self.send_to(
+                        key,
+                        ServerMessage::error(
+                            ErrorCode::Forbidden,
+                            "your access token does not allow publishing",
+                        ),
+                    );
+                    return;
+                }
+                let sending = crate::peer::sending_media_sections(&sdp);
+                let max = self.config.max_tracks_per_participant;
+                if sending > max {
+                    self.send_to(
+                        key,
+                        ServerMessage::error(
+                            ErrorCode::LimitReached,
+                            format!("this offer sends {sending} tracks; at most {max} are allowed"),
+                        ),
+                    );
+                    return;
+                }
                 if let Some(p) = self.participants.get_mut(&key) {
                     let mids: Vec<String> = tracks.iter().map(|t| t.mid.clone()).collect();
                     for t in tracks {
@@ -92,6 +119,37 @@ impl Worker {
             }
             Command::Leave { key } => self.remove_participant(key, Removal::Left),
             Command::Shutdown => self.stop(),
+            #[cfg(feature = "fault-injection")]
+            Command::InjectPanic { room } => panic!("injected fault in room {room}"),
+            Command::Detach { key } => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.attached = false;
+                }
+            }
+            Command::Resync { key } => {
+                if let Some(joined) = self.joined_message(key) {
+                    self.send_to(key, joined);
+                }
+                let Some(p) = self.participants.get_mut(&key) else {
+                    return;
+                };
+                p.attached = true;
+                let resend = match &p.pending_offer {
+                    Some((offer, true)) if p.sub_state == SubState::AwaitingAnswer => {
+                        Some(offer.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(offer) = resend {
+                    self.send_to(key, offer);
+                }
+            }
+            Command::Notice { message } => {
+                let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+                for k in keys {
+                    self.send_to(k, message.clone());
+                }
+            }
             Command::AddTap { room, tap, reply } => {
                 let Some(r) = self.rooms.get_mut(&room) else {
                     let _ = reply.send(false);
@@ -192,6 +250,7 @@ impl Worker {
         id: confab_proto::ParticipantId,
         room_id: RoomId,
         name: confab_proto::DisplayName,
+        opts: crate::JoinOptions,
         events: tokio::sync::mpsc::Sender<ServerMessage>,
     ) -> Result<(), JoinError> {
         if self.stopping {
@@ -205,6 +264,7 @@ impl Worker {
                 max,
             });
         }
+        let opts_identity = opts.identity.clone();
         let span = tracing::info_span!("participant", room = %room_id, participant = %id);
         let _g = span.enter();
         let sub_peer = match self.factory.build(Role::Subscriber, key) {
@@ -233,6 +293,12 @@ impl Worker {
             Participant {
                 id,
                 name,
+                grants: opts.grants,
+                identity: opts.identity,
+                chat_limit: chat_limiter(self.config.chat_per_second),
+                resume_token: opts.resume_token.clone(),
+                attached: true,
+                pending_offer: None,
                 joined_at: unix_ms(),
                 room: room_id.clone(),
                 events,
@@ -255,43 +321,36 @@ impl Worker {
         for t in track_ids {
             self.subscribe(key, &room_id, &t);
         }
-        let others: Vec<ParticipantInfo> = self.rooms[&room_id]
-            .members
-            .iter()
-            .filter(|k| **k != key)
-            .filter_map(|k| self.participant_info(*k))
-            .collect();
         let me = self
             .participant_info(key)
             .expect("participant just inserted");
-        self.send_to(
-            key,
-            ServerMessage::Joined {
-                protocol: PROTOCOL_VERSION,
-                room: room_id.clone(),
-                participant: me.clone(),
-                participants: others,
-                config: ClientConfig {
-                    chat_max_bytes: self.config.chat_max_bytes,
-                    chat_history: self.config.chat_history,
-                    max_message_bytes: self.config.max_message_bytes,
-                },
-            },
-        );
-        self.broadcast(
-            &room_id,
-            Some(key),
-            ServerMessage::ParticipantJoined { participant: me },
-        );
-        tracing::info!("joined");
+        if let Some(joined) = self.joined_message(key) {
+            self.send_to(key, joined);
+        }
+        if !opts.grants.hidden {
+            self.broadcast(
+                &room_id,
+                Some(key),
+                ServerMessage::ParticipantJoined { participant: me },
+            );
+        }
+        tracing::info!(identity = opts_identity.as_deref().unwrap_or(""), "joined");
         if let Some(p) = self.participants.get(&key) {
             self.emit(crate::events::RoomEvent::ParticipantJoined {
                 room: room_id.clone(),
                 participant_id: p.id.clone(),
                 name: p.name.to_string(),
+                identity: p.identity.clone(),
             });
         }
         Ok(())
+    }
+
+    /// Whether the others see this participant (hidden ones are never announced).
+    pub(super) fn visible(&self, key: ParticipantKey) -> bool {
+        self.participants
+            .get(&key)
+            .is_some_and(|p| !p.grants.hidden)
     }
 
     pub(super) fn participant_info(&self, key: ParticipantKey) -> Option<ParticipantInfo> {
@@ -330,6 +389,9 @@ impl Worker {
         let Some(p) = self.participants.get_mut(&subscriber) else {
             return;
         };
+        if !p.grants.can_subscribe {
+            return;
+        }
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
@@ -628,7 +690,7 @@ impl Worker {
             self.emit(crate::events::RoomEvent::RoomFinished {
                 room: p.room.clone(),
             });
-        } else {
+        } else if !p.grants.hidden {
             self.broadcast(
                 &p.room,
                 None,
@@ -807,6 +869,33 @@ impl Worker {
             return;
         }
         let from = peer.participant;
+        let Some(p) = self.participants.get(&from) else {
+            return;
+        };
+        if !p.grants.can_chat || p.grants.hidden {
+            self.send_to(
+                from,
+                ServerMessage::error(
+                    ErrorCode::Forbidden,
+                    "your access token does not allow chatting",
+                ),
+            );
+            return;
+        }
+        if p.chat_limit.check().is_err() {
+            SfuStats::inc(&self.stats.chat_dropped);
+            self.send_to(
+                from,
+                ServerMessage::error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {} chat messages per second; this one was not sent",
+                        self.config.chat_per_second
+                    ),
+                ),
+            );
+            return;
+        }
         let text = match crate::chat::parse_chat(data, self.config.chat_max_bytes) {
             Ok(t) => t,
             Err(e) => {
@@ -895,11 +984,13 @@ impl Worker {
                 Ok(sdp) => {
                     let mids = peer.slot_mids();
                     let tracks = self.describe_slots(key, &mids);
+                    let offer = ServerMessage::Offer { sdp, tracks };
                     if let Some(p) = self.participants.get_mut(&key) {
                         p.sub_state = SubState::AwaitingAnswer;
+                        p.pending_offer = Some((offer.clone(), p.attached));
                     }
                     self.mark_touched(sub);
-                    self.send_to(key, ServerMessage::Offer { sdp, tracks });
+                    self.send_to(key, offer);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create subscriber offer");
@@ -940,4 +1031,38 @@ impl Worker {
             })
             .collect()
     }
+}
+
+/// A participant's chat allowance: `per_second`, with bursts of twice as many.
+impl Worker {
+    /// `joined` for `key`: who it is, who else is in the room, the limits, its grants.
+    pub(super) fn joined_message(&self, key: ParticipantKey) -> Option<ServerMessage> {
+        let p = self.participants.get(&key)?;
+        let room = self.rooms.get(&p.room)?;
+        let others: Vec<ParticipantInfo> = room
+            .members
+            .iter()
+            .filter(|k| **k != key && self.visible(**k))
+            .filter_map(|k| self.participant_info(*k))
+            .collect();
+        Some(ServerMessage::Joined {
+            protocol: PROTOCOL_VERSION,
+            room: p.room.clone(),
+            participant: self.participant_info(key)?,
+            participants: others,
+            config: ClientConfig {
+                chat_max_bytes: self.config.chat_max_bytes,
+                chat_history: self.config.chat_history,
+                max_message_bytes: self.config.max_message_bytes,
+            },
+            grants: p.grants,
+            resume_token: p.resume_token.clone(),
+        })
+    }
+}
+
+fn chat_limiter(per_second: u32) -> governor::DefaultDirectRateLimiter {
+    let rate = std::num::NonZeroU32::new(per_second.max(1)).expect("at least 1");
+    let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2 is not 0"));
+    governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
 }

@@ -1,0 +1,298 @@
+//! What the worker reads in a publisher's offer that rtc does not hand back: the simulcast
+//! encodings each media section negotiates (RFC 8851 `a=rid:<id> send`, ordered as in
+//! RFC 8853 `a=simulcast:send`), and the section's stream and track ids (`a=msid`). Also
+//! the one rewrite of an offer the peer layer needs ([`without_stream_ids`]). Text in,
+//! values out: no rtc types, so it is tested on SDP strings.
+
+use std::collections::HashMap;
+
+/// One audio or video section of an offer that is not stopped (port 0) and has a mid.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MediaSection {
+    pub mid: String,
+    /// The rids of `a=rid:<id> send` lines: in the order of `a=simulcast:send` (the
+    /// sender's encodings, lowest first in every browser's and our clients' convention),
+    /// then any not listed there in declaration order. Empty without simulcast.
+    pub send_rids: Vec<String>,
+    /// `a=msid:<stream id> <track id>`.
+    pub msid: Option<(String, String)>,
+}
+
+/// The audio and video sections of `sdp`, in order.
+pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
+    let mut out = Vec::new();
+    let mut current: Option<Parsing> = None;
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            out.extend(current.take().and_then(Parsing::finish));
+            let mut words = m.split(' ');
+            let media = words.next().unwrap_or("");
+            let port = words.next().unwrap_or("0");
+            // Data channels and stopped (port 0) sections negotiate no media.
+            current =
+                ((media == "audio" || media == "video") && port != "0").then(Parsing::default);
+        } else if let Some(p) = current.as_mut() {
+            p.line(line);
+        }
+    }
+    out.extend(current.and_then(Parsing::finish));
+    out
+}
+
+/// Per mid, the simulcast rids the offer sends (only sections that have some).
+pub fn send_rids(sdp: &str) -> HashMap<String, Vec<String>> {
+    media_sections(sdp)
+        .into_iter()
+        .filter(|s| !s.send_rids.is_empty())
+        .map(|s| (s.mid, s.send_rids))
+        .collect()
+}
+
+#[derive(Default)]
+struct Parsing {
+    mid: Option<String>,
+    rids: Vec<String>,
+    simulcast_send: Vec<String>,
+    msid: Option<(String, String)>,
+}
+
+impl Parsing {
+    fn line(&mut self, line: &str) {
+        if let Some(mid) = line.strip_prefix("a=mid:") {
+            self.mid = Some(mid.trim().to_owned());
+        } else if let Some(rid) = line.strip_prefix("a=rid:") {
+            // a=rid:<rid-id> <direction> [pt=..;max-width=..]
+            let mut words = rid.split_whitespace();
+            if let (Some(id), Some("send")) = (words.next(), words.next())
+                && valid_rid(id)
+                && !self.rids.iter().any(|r| r == id)
+            {
+                self.rids.push(id.to_owned());
+            }
+        } else if let Some(sc) = line.strip_prefix("a=simulcast:") {
+            // a=simulcast:send q;h;~f [recv ...]: `;` separates streams, `,` alternatives,
+            // `~` marks one that starts paused (still negotiated).
+            let mut words = sc.split_whitespace();
+            while let (Some(dir), Some(list)) = (words.next(), words.next()) {
+                if dir == "send" {
+                    self.simulcast_send.extend(
+                        list.split([';', ','])
+                            .map(|id| id.trim_start_matches('~').to_owned()),
+                    );
+                }
+            }
+        } else if let Some(msid) = line.strip_prefix("a=msid:") {
+            let mut words = msid.split_whitespace();
+            if let (Some(stream), Some(track)) = (words.next(), words.next()) {
+                self.msid = Some((stream.to_owned(), track.to_owned()));
+            }
+        }
+    }
+
+    fn finish(self) -> Option<MediaSection> {
+        let mid = self.mid.filter(|m| !m.is_empty())?;
+        let mut send_rids: Vec<String> = self
+            .simulcast_send
+            .iter()
+            .filter(|id| self.rids.contains(id))
+            .cloned()
+            .collect();
+        send_rids.dedup();
+        for r in self.rids {
+            if !send_rids.contains(&r) {
+                send_rids.push(r);
+            }
+        }
+        Some(MediaSection {
+            mid,
+            send_rids,
+            msid: self.msid,
+        })
+    }
+}
+
+/// RFC 8851 rid-id: alphanumerics, `-` and `_`, at most 255 characters (browsers use 1-16).
+fn valid_rid(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `sdp` without the stream identification (`a=msid`, `a=ssrc`, `a=ssrc-group`) of the
+/// sections whose mid is in `mids`; every other line, and the line endings, unchanged.
+///
+/// Why (see `Peer::answer_offer`): rtc 0.21 rebuilds the receiver of every section it finds
+/// a stream id in, forgetting the simulcast SSRCs it learned; a section without one is left
+/// as it is.
+pub fn without_stream_ids(sdp: &str, mids: &[String]) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    // Sections as line ranges, with their mid (which may come after the msid line).
+    let lines: Vec<&str> = sdp.lines().collect();
+    let mut drop = vec![false; lines.len()];
+    let mut start = None;
+    let flush = |start: Option<usize>, end: usize, drop: &mut Vec<bool>| {
+        let Some(s) = start else { return };
+        let mid = lines[s..end]
+            .iter()
+            .find_map(|l| l.trim_end().strip_prefix("a=mid:"))
+            .map(str::trim);
+        if mid.is_some_and(|m| mids.iter().any(|x| x == m)) {
+            for (i, l) in lines.iter().enumerate().take(end).skip(s) {
+                if l.starts_with("a=msid:")
+                    || l.starts_with("a=ssrc:")
+                    || l.starts_with("a=ssrc-group:")
+                {
+                    drop[i] = true;
+                }
+            }
+        }
+    };
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("m=") {
+            flush(start, i, &mut drop);
+            start = Some(i);
+        }
+    }
+    flush(start, lines.len(), &mut drop);
+    let mut out = String::with_capacity(sdp.len());
+    for (l, d) in lines.iter().zip(drop) {
+        if !d {
+            out.push_str(l.trim_end_matches('\r'));
+            out.push_str(eol);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of Chromium's camera offer with three encodings, plus audio and data.
+    const CHROMIUM: &str = "v=0\r\n\
+        o=- 1 2 IN IP4 127.0.0.1\r\n\
+        s=-\r\n\
+        t=0 0\r\n\
+        a=group:BUNDLE 0 1 2\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+        a=mid:0\r\n\
+        a=sendonly\r\n\
+        a=msid:stream-a audio-a\r\n\
+        a=ssrc:1111 cname:x\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+        a=mid:1\r\n\
+        a=sendonly\r\n\
+        a=msid:stream-a video-a\r\n\
+        a=rid:q send\r\n\
+        a=rid:h send\r\n\
+        a=rid:f send\r\n\
+        a=simulcast:send q;h;f\r\n\
+        m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+        a=mid:2\r\n";
+
+    #[test]
+    fn sections_rids_and_msid() {
+        let s = media_sections(CHROMIUM);
+        assert_eq!(s.len(), 2, "audio and video, not the data section: {s:?}");
+        assert_eq!(s[0].mid, "0");
+        assert!(s[0].send_rids.is_empty());
+        assert_eq!(s[0].msid, Some(("stream-a".into(), "audio-a".into())));
+        assert_eq!(s[1].mid, "1");
+        assert_eq!(s[1].send_rids, ["q", "h", "f"]);
+        let by_mid = send_rids(CHROMIUM);
+        assert_eq!(by_mid.len(), 1);
+        assert_eq!(by_mid["1"], ["q", "h", "f"]);
+    }
+
+    #[test]
+    fn rid_lines_table() {
+        let section = |body: &str| {
+            let sdp = format!("v=0\nm=video 9 UDP/TLS/RTP/SAVPF 96\na=mid:v\n{body}");
+            media_sections(&sdp)
+                .into_iter()
+                .next()
+                .map(|s| s.send_rids)
+                .unwrap_or_default()
+        };
+        let cases: &[(&str, &[&str])] = &[
+            // Negotiated but not all sending yet: all three are the layer set.
+            (
+                "a=rid:q send\na=rid:h send\na=rid:f send\n",
+                &["q", "h", "f"],
+            ),
+            // Parameters after the direction.
+            (
+                "a=rid:lo send pt=96;max-width=320\na=rid:hi send max-fps=30\n",
+                &["lo", "hi"],
+            ),
+            // Receive rids are not the publisher's layers.
+            ("a=rid:q send\na=rid:x recv\n", &["q"]),
+            // Order from a=simulcast (a paused `~` one included), not from the rid lines.
+            (
+                "a=rid:f send\na=rid:q send\na=rid:h send\na=simulcast:send q;~h;f\n",
+                &["q", "h", "f"],
+            ),
+            // Alternatives, and a rid declared but not in a=simulcast: kept at the end.
+            (
+                "a=rid:a send\na=rid:b send\na=rid:c send\na=simulcast:send b,a\n",
+                &["b", "a", "c"],
+            ),
+            // a=simulcast naming an undeclared rid adds nothing.
+            ("a=rid:q send\na=simulcast:send q;zz\n", &["q"]),
+            // Duplicates, malformed and empty lines.
+            (
+                "a=rid:q send\na=rid:q send\na=rid:bad!id send\na=rid:\na=rid:h\n",
+                &["q"],
+            ),
+            // CRLF endings.
+            ("a=rid:q send\r\na=rid:h send\r\n", &["q", "h"]),
+            ("", &[]),
+        ];
+        for (body, want) in cases {
+            assert_eq!(section(body), *want, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn stopped_and_midless_sections_are_skipped() {
+        let sdp = "v=0\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\na=mid:0\na=rid:q send\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\na=rid:q send\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\na=rid:r send\na=mid:2\n";
+        let s = media_sections(sdp);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].mid, "2");
+        assert_eq!(s[0].send_rids, ["r"]);
+        assert!(media_sections("").is_empty());
+        assert!(media_sections("garbage\r\nm=\r\na=mid:\r\n").is_empty());
+    }
+
+    #[test]
+    fn stream_ids_are_removed_from_the_named_sections_only() {
+        let sdp = CHROMIUM.replace(
+            "a=msid:stream-a video-a\r\n",
+            "a=msid:stream-a video-a\r\na=ssrc-group:FID 5 6\r\na=ssrc:5 msid:stream-a video-a\r\n",
+        );
+        let out = without_stream_ids(&sdp, &["1".to_owned()]);
+        let video = &out[out.find("m=video").unwrap()..out.find("m=application").unwrap()];
+        assert!(!video.contains("a=msid"), "{video}");
+        assert!(!video.contains("a=ssrc"), "{video}");
+        assert!(video.contains("a=rid:f send\r\na=simulcast:send q;h;f\r\n"));
+        // The audio section keeps its own; nothing else changes.
+        assert!(out.contains("a=msid:stream-a audio-a\r\na=ssrc:1111 cname:x\r\n"));
+        assert_eq!(media_sections(&out)[1].send_rids, ["q", "h", "f"]);
+        assert_eq!(media_sections(&out)[1].msid, None);
+        assert_eq!(
+            out.len(),
+            CHROMIUM.len() - "a=msid:stream-a video-a\r\n".len()
+        );
+        // No mid named: unchanged.
+        assert_eq!(without_stream_ids(CHROMIUM, &[]), CHROMIUM);
+        assert_eq!(
+            without_stream_ids("v=0\nm=audio 9 X 111\na=mid:0\na=msid:s t\n", &["0".into()]),
+            "v=0\nm=audio 9 X 111\na=mid:0\n"
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! Faults (issue 6): a dropped signaling connection is resumed without the others seeing
+//! anything; a participant that really vanished is removed within 10 s; SIGTERM drains.
+
+mod common;
+
+use common::relay::Relay;
+use common::*;
+use confab_load::client::{Client, ClientOptions, Event, JoinRefused, MediaPlan, Publish};
+use confab_proto::chat::ChatOut;
+use confab_proto::{ErrorCode, ParticipantId, ServerMessage};
+use std::time::{Duration, Instant};
+
+async fn chat_open(c: &mut Client) {
+    c.wait_for(WAIT, "chat open", |e| {
+        matches!(e, Event::ChatOpen).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Everything `c` has received so far, without waiting.
+async fn drain(c: &mut Client) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(e) = c.next_event(Duration::ZERO).await {
+        out.push(e);
+    }
+    out
+}
+
+fn left(events: &[Event], who: &ParticipantId) -> bool {
+    events.iter().any(|e| {
+        matches!(e, Event::Server(ServerMessage::ParticipantLeft { participant_id }) if participant_id == who)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_never_seen_leaving() {
+    let server = start().await;
+    let mut a = join(&server, "resume", "alice", Publish::NONE).await;
+    let mut b = join(&server, "resume", "bob", Publish::AUDIO_VIDEO).await;
+    let pump = b.start_media(MediaPlan::default());
+    wait_tracks(&mut a, 2).await;
+    let b_id = b.id.clone();
+
+    // Bob's WebSocket breaks; while he is away carol joins.
+    b.drop_signaling();
+    wait_until(|| server.resumes_parked() == 1).await;
+    let mut c = join(&server, "resume", "carol", Publish::NONE).await;
+    assert!(
+        c.others.iter().any(|p| p.id == b_id),
+        "bob is still in the room while away"
+    );
+
+    b.resume().await.expect("the session resumes");
+    assert_eq!(b.id, b_id);
+    let mut others: Vec<String> = b.others.iter().map(|p| p.name.to_string()).collect();
+    others.sort();
+    assert_eq!(
+        others,
+        ["alice", "carol"],
+        "the fresh joined lists the room"
+    );
+    // What bob missed is delivered after it.
+    let joined = wait_server(&mut b, "carol's arrival", |m| match m {
+        ServerMessage::ParticipantJoined { participant } => Some(participant.id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(joined, c.id);
+
+    // Signaling works again: a mute reaches the others.
+    b.send(&confab_proto::ClientMessage::Mute {
+        source: confab_proto::TrackSource::Microphone,
+        muted: true,
+    });
+    wait_server(&mut c, "bob muted", |m| match m {
+        ServerMessage::ParticipantUpdated { participant }
+            if participant.id == b_id && participant.tracks.iter().any(|t| t.muted) =>
+        {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
+    // His media never stopped, and alice never saw him leave.
+    for _ in 0..20 {
+        a.wait_for(WAIT, "bob's media", |e| match e {
+            Event::Rtp { participant, .. } if *participant == b_id => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    }
+    let seen = drain(&mut a).await;
+    assert!(!left(&seen, &b_id), "alice saw bob leave");
+    assert_eq!(server.sfu.stats().participants, 3);
+    assert_eq!(server.resumes_parked(), 0);
+
+    // Chat still flows both ways on the unchanged data channel.
+    chat_open(&mut c).await;
+    c.chat("welcome back").await.unwrap();
+    let text = b
+        .wait_for(WAIT, "chat", |e| match e {
+            Event::Chat(ChatOut::Chat {
+                text,
+                history: false,
+                ..
+            }) => Some(text.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "welcome back");
+    drop(pump);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclaimed_session_leaves_when_its_window_ends() {
+    let mut config = test_config();
+    config.signal.resume_window_ms = 300;
+    let server = start_with(config).await;
+    let mut a = join(&server, "window", "alice", Publish::NONE).await;
+    let mut b = join(&server, "window", "bob", Publish::NONE).await;
+    let b_id = b.id.clone();
+    b.drop_signaling();
+    let gone = wait_server(&mut a, "bob left", |m| match m {
+        ServerMessage::ParticipantLeft { participant_id } => Some(participant_id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(gone, b_id);
+    // Too late now; and a made-up token never worked.
+    let err = b.resume().await.expect_err("the window is over");
+    let refused = err.downcast_ref::<JoinRefused>().expect("a refusal");
+    assert_eq!(refused.code, ErrorCode::ResumeFailed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_resume_token_is_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = start().await;
+    let _a = join(&server, "forged", "alice", Publish::NONE).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"join","protocol":1,"room":"forged","name":"x","resume":"0123456789abcdef"}"#
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let t = loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match frame {
+            Message::Text(t) => break t,
+            Message::Ping(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    match serde_json::from_str::<ServerMessage>(&t).unwrap() {
+        ServerMessage::Error { code, fatal, .. } => {
+            assert_eq!((code, fatal), (ErrorCode::ResumeFailed, true))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.sfu.stats().participants, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_participant_is_removed_within_ten_seconds() {
+    // Bob's media goes through a relay that can pull his cable.
+    let mut config = test_config();
+    config.media.announce_ip = Some("127.0.0.2".parse().unwrap());
+    let server = start_with(config).await;
+    let announced = server.sfu.media_addrs()[0];
+    let real = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), announced.port());
+    let relay = Relay::start(announced, real, Vec::new()).await;
+
+    let mut a = join(&server, "cable", "alice", Publish::NONE).await;
+    let bob_ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let mut b = Client::connect(
+        ClientOptions::new(server.ws_url(), "cable", "bob")
+            .publish(Publish::AUDIO_VIDEO)
+            .bind_ip(bob_ip),
+    )
+    .await
+    .unwrap();
+    let pump = b.start_media(MediaPlan::default());
+    wait_tracks(&mut a, 2).await;
+    let b_id = b.id.clone();
+
+    // No close frame, no DTLS alert, no more packets: the tab is simply gone.
+    relay.cut(bob_ip);
+    b.drop_signaling();
+    let cut = Instant::now();
+    let gone = a
+        .wait_for(Duration::from_secs(10), "bob removed", |e| match e {
+            Event::Server(ServerMessage::ParticipantLeft { participant_id }) => {
+                Some(participant_id.clone())
+            }
+            _ => None,
+        })
+        .await
+        .expect("bob removed within 10 s");
+    assert_eq!(gone, b_id);
+    eprintln!("vanished participant removed after {:?}", cut.elapsed());
+    wait_until(|| server.sfu.stats().participants == 1).await;
+    assert_eq!(server.resumes_parked(), 0);
+    drop(pump);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_refuses_newcomers_and_lets_meetings_finish() {
+    let server = start().await;
+    let url = server.ws_url();
+    let mut a = join(&server, "drain", "alice", Publish::NONE).await;
+    let mut b = join(&server, "drain", "bob", Publish::NONE).await;
+    chat_open(&mut a).await;
+    chat_open(&mut b).await;
+    let (force_tx, force_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = tokio::spawn(server.drain(Duration::from_secs(60), async {
+        let _ = force_rx.await;
+    }));
+
+    // Everyone is told, without being disconnected.
+    for c in [&mut a, &mut b] {
+        let msg = c
+            .wait_for(WAIT, "drain notice", |e| match e {
+                Event::Server(ServerMessage::Error {
+                    code: ErrorCode::ServerShuttingDown,
+                    fatal,
+                    message,
+                }) => Some((*fatal, message.clone())),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert!(!msg.0, "{}", msg.1);
+        assert!(msg.1.contains("60 s"), "{}", msg.1);
+    }
+    // Nobody new gets in.
+    let Err(err) =
+        Client::connect(ClientOptions::new(url, "drain", "late").publish(Publish::NONE)).await
+    else {
+        panic!("joins are refused while draining")
+    };
+    let refused = err.downcast_ref::<JoinRefused>().expect("a refusal");
+    assert_eq!(refused.code, ErrorCode::ServerShuttingDown);
+    // The meeting goes on.
+    a.chat("still here").await.unwrap();
+    let text = b
+        .wait_for(WAIT, "chat", |e| match e {
+            Event::Chat(ChatOut::Chat { text, .. }) => Some(text.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "still here");
+    // When the last one leaves, the drain ends well before its deadline.
+    a.leave().await;
+    b.leave().await;
+    tokio::time::timeout(WAIT, draining)
+        .await
+        .expect("drained once the room emptied")
+        .unwrap();
+    drop(force_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_disconnects_who_is_left() {
+    let server = start().await;
+    let mut a = join(&server, "deadline", "alice", Publish::NONE).await;
+    let draining = tokio::spawn(server.drain(Duration::from_millis(200), std::future::pending()));
+    let msg = a
+        .wait_for(WAIT, "fatal shutdown", |e| match e {
+            Event::Server(ServerMessage::Error {
+                code: ErrorCode::ServerShuttingDown,
+                fatal: true,
+                message,
+            }) => Some(message.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert!(msg.contains("shutting down"), "{msg}");
+    a.wait_for(WAIT, "socket closed", |e| {
+        matches!(e, Event::Closed).then_some(())
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, draining).await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_in_one_room_spares_the_others() {
+    // One media worker: both rooms live on the same thread.
+    let server = start().await;
+    let mut a1 = join(&server, "doomed", "a1", Publish::NONE).await;
+    let mut a2 = join(&server, "doomed", "a2", Publish::NONE).await;
+    let mut b1 = join(&server, "spared", "b1", Publish::NONE).await;
+    let b2 = join(&server, "spared", "b2", Publish::AUDIO_VIDEO).await;
+    let pump = b2.start_media(MediaPlan::default());
+    wait_tracks(&mut b1, 2).await;
+
+    let room = confab_proto::RoomId::parse("doomed").unwrap();
+    assert!(server.sfu.inject_panic(&room).await);
+    // The failed room's participants are told and disconnected...
+    for c in [&mut a1, &mut a2] {
+        let msg = wait_server(c, "room failed", |m| match m {
+            ServerMessage::Error {
+                code: ErrorCode::Internal,
+                fatal: true,
+                message,
+            } => Some(message.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(msg.contains("join again"), "{msg}");
+    }
+    wait_until(|| server.sfu.stats().rooms_failed == 1 && server.sfu.stats().rooms == 1).await;
+    // ...the other room on the same worker goes on: media and chat.
+    for _ in 0..50 {
+        b1.wait_for(WAIT, "media", |e| {
+            matches!(e, Event::Rtp { .. }).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // And the failed room can be joined afresh.
+    let mut c1 = join(&server, "doomed", "c1", Publish::NONE).await;
+    let c2 = join(&server, "doomed", "c2", Publish::NONE).await;
+    assert_eq!(c2.others.len(), 1, "a fresh room: {:?}", c2.others);
+    chat_open(&mut c1).await;
+    drop(pump);
+    server.stop().await;
+}
