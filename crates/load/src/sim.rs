@@ -105,6 +105,23 @@ fn build_pc(local: SocketAddr, publisher: bool) -> anyhow::Result<RTCPeerConnect
         },
         RtpCodecKind::Video,
     )?;
+    // Mid and rid let the server tell simulcast layers apart (it learns their SSRCs from
+    // them); the audio level feeds its speaker detector.
+    use rtc::sdp::extmap;
+    for (uri, kind) in [
+        (extmap::SDES_MID_URI, RtpCodecKind::Video),
+        (extmap::SDES_RTP_STREAM_ID_URI, RtpCodecKind::Video),
+        (extmap::SDES_MID_URI, RtpCodecKind::Audio),
+        (extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
+    ] {
+        media.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
     let mut registry = configure_rtcp_reports(Registry::new());
     if publisher {
         // Keyframe requests must reach us to be answered.

@@ -11,10 +11,21 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// One stream as one subscriber receives it: a track, or one simulcast layer of it (the
+/// synthetic index carries the layer in its top byte, each layer counting on its own).
+///
+/// A subscriber gets a layer only while the server forwards it, so a layer can stop and
+/// start again (a switch, a pause): a jump of more than [`TrackRecv::PAUSE_US`] of send
+/// time ends a segment, and what was skipped between segments is not counted as lost. On
+/// loopback no loss burst lasts that long.
 #[derive(Debug, Default, Clone)]
 struct TrackRecv {
     first: u64,
     highest: u64,
+    /// Send time of `highest`.
+    highest_sent_us: u64,
+    /// Expected packets of the segments before the current one.
+    closed: u64,
     unique: u64,
     /// Indices seen in the last 4096, to count duplicates.
     window: Vec<u64>,
@@ -22,20 +33,36 @@ struct TrackRecv {
 
 impl TrackRecv {
     const WINDOW: u64 = 4096;
+    const PAUSE_US: u64 = 300_000;
 
     fn new(first: u64) -> Self {
         Self {
             first,
             highest: first,
+            highest_sent_us: 0,
+            closed: 0,
             unique: 0,
             window: vec![0; (Self::WINDOW / 64) as usize],
         }
     }
 
-    /// Records an index; `false` for a duplicate (or one too old to tell).
-    fn record(&mut self, index: u64) -> bool {
+    /// Records an index sent at `sent_us`; `false` for a duplicate (or one too old to tell).
+    fn record(&mut self, index: u64, sent_us: u64) -> bool {
+        if self.unique > 0
+            && index > self.highest + 1
+            && sent_us > self.highest_sent_us + Self::PAUSE_US
+        {
+            // Forwarding resumed after a pause or a layer switch: a new segment.
+            self.closed += self.highest - self.first + 1;
+            self.first = index;
+            self.highest = index;
+            self.window.iter_mut().for_each(|w| *w = 0);
+        }
         if index < self.first || index + Self::WINDOW <= self.highest {
             return false;
+        }
+        if index >= self.highest {
+            self.highest_sent_us = sent_us;
         }
         if index > self.highest {
             for i in (self.highest + 1)..index.min(self.highest + Self::WINDOW + 1) {
@@ -58,13 +85,14 @@ impl TrackRecv {
         if self.unique == 0 {
             0
         } else {
-            self.highest - self.first + 1
+            self.closed + self.highest - self.first + 1
         }
     }
 }
 
 struct Inner {
-    tracks: HashMap<(usize, TrackId), TrackRecv>,
+    /// By (subscriber, track, simulcast layer).
+    tracks: HashMap<(usize, TrackId, u8), TrackRecv>,
     packets: u64,
     bytes: u64,
     duplicates: u64,
@@ -171,12 +199,12 @@ impl RecvStats {
         if !s.intact {
             g.corrupt += 1;
         }
-        let key = (subscriber, track.clone());
+        let key = (subscriber, track.clone(), (s.index >> 56) as u8);
         let fresh = g
             .tracks
             .entry(key)
             .or_insert_with(|| TrackRecv::new(s.index))
-            .record(s.index);
+            .record(s.index, s.sent_us);
         if !fresh {
             g.duplicates += 1;
             return;
@@ -282,15 +310,31 @@ mod tests {
     fn loss_and_duplicates() {
         let mut t = TrackRecv::new(10);
         for i in [10, 11, 13, 13, 14, 12, 12] {
-            t.record(i);
+            t.record(i, i * 1000);
         }
         assert_eq!(t.unique, 5);
         assert_eq!(t.expected(), 5);
         let mut t = TrackRecv::new(0);
         for i in [0, 1, 5] {
-            assert!(t.record(i));
+            assert!(t.record(i, i * 1000));
         }
-        assert!(!t.record(1));
+        assert!(!t.record(1, 1000));
         assert_eq!(t.expected() - t.unique, 3);
+    }
+
+    #[test]
+    fn a_pause_is_not_loss() {
+        // 0..10 at 20 ms, then forwarding stops for 2 s (a switch away and back): 100 later.
+        let mut t = TrackRecv::new(0);
+        for i in 0..10 {
+            assert!(t.record(i, i * 20_000));
+        }
+        for i in 110..120 {
+            assert!(t.record(i, i * 20_000));
+        }
+        assert_eq!((t.unique, t.expected()), (20, 20));
+        // A short gap still is loss.
+        assert!(t.record(125, 125 * 20_000));
+        assert_eq!(t.expected() - t.unique, 5);
     }
 }
