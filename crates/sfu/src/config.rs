@@ -105,7 +105,7 @@ impl Default for SfuConfig {
             chat_history: 100,
             chat_max_bytes: 4096,
             max_message_bytes: 64 * 1024,
-            keyframe_interval_ms: 500,
+            keyframe_interval_ms: 200,
             event_queue: 256,
             ice_disconnected_timeout_ms: 4_000,
             ice_failed_timeout_ms: 5_000,
