@@ -212,33 +212,60 @@ export class ConfabClient extends EventTarget {
     const session = ++this._session;
     this._resetNegotiation();
     this._fatalError = null;
+    const join = { type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name };
+    if (this.token) join.token = this.token;
+    return this._openSignaling(session, join, 'join', (msg, ws) => {
+      if (msg.type === 'joined') {
+        this._onJoined(msg, rejoined);
+        return msg;
+      }
+      if (msg.type === 'redirect' && !redirected) {
+        // The room lives on another node: join there instead.
+        ws.onclose = null;
+        try { ws.close(1000, 'redirected'); } catch { /* already closed */ }
+        this.url = msg.url;
+        return this._join(rejoined, true);
+      }
+      const { code, message } = msg.type === 'redirect'
+        ? { code: 'redirect_loop', message: `redirected again (to ${msg.url})` }
+        : msg;
+      // A refused join (invalid room or name, room full...): the connection is useless.
+      this._emit('error', { code, message, fatal: true });
+      throw new ConfabError(code, message, true);
+    });
+  }
+
+  /**
+   * Opens a WebSocket for `session` and sends `join` on it. The first `joined`, `redirect`
+   * or `error` goes to `onAnswer(msg, ws)`, whose result (or throw) settles the returned
+   * promise; a timeout or a close before it rejects. Everything else, before and after,
+   * goes to `_onMessage`, and the socket's end to `_onSocketClosed`.
+   */
+  _openSignaling(session, join, what, onAnswer) {
     return new Promise((resolve, reject) => {
       let settled = false;
-      const fail = (err) => {
+      const settle = (fn) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
-        reject(err);
+        fn();
       };
       const timer = setTimeout(
-        () => fail(new ConfabError('timeout', 'server unreachable (no answer to join)')),
+        () => settle(() => reject(new ConfabError('timeout', `server unreachable (no answer to ${what})`))),
         CONNECT_TIMEOUT_MS,
       );
       let ws;
       try {
         ws = new WebSocket(this.url);
       } catch (err) {
-        fail(new ConfabError('unreachable', `server unreachable: ${err.message}`));
+        settle(() => reject(new ConfabError('unreachable', `server unreachable: ${err.message}`)));
         return;
       }
       this._ws = ws;
-      ws.onopen = () => {
-        const join = { type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name };
-        if (this.token) join.token = this.token;
-        ws.send(JSON.stringify(join));
-      };
+      const current = () => session === this._session && this._ws === ws;
+      ws.onopen = () => ws.send(JSON.stringify(join));
       ws.onmessage = (ev) => {
-        if (session !== this._session) return;
+        if (!current()) return;
         let msg;
         try {
           msg = JSON.parse(ev.data);
@@ -246,41 +273,24 @@ export class ConfabClient extends EventTarget {
           console.warn('confab: unreadable server message', ev.data);
           return;
         }
-        if (!settled) {
-          if (msg.type === 'joined') {
-            settled = true;
-            clearTimeout(timer);
-            this._onJoined(msg, rejoined);
-            resolve(msg);
-            return;
-          }
-          if (msg.type === 'redirect' && !redirected) {
-            // The room lives on another node: join there instead.
-            settled = true;
-            clearTimeout(timer);
-            ws.onclose = null;
-            try { ws.close(1000, 'redirected'); } catch { /* already closed */ }
-            this.url = msg.url;
-            resolve(this._join(rejoined, true));
-            return;
-          }
-          if (msg.type === 'error' || msg.type === 'redirect') {
-            if (msg.type === 'redirect') {
-              msg = { code: 'redirect_loop', message: `redirected again (to ${msg.url})` };
-            }
-            // A refused join (invalid room or name, room full...): the connection is useless.
-            this._emit('error', { code: msg.code, message: msg.message, fatal: true });
-            fail(new ConfabError(msg.code, msg.message, true));
-            try { ws.close(1000, 'join refused'); } catch { /* already closed */ }
-            return;
-          }
+        if (settled || !['joined', 'redirect', 'error'].includes(msg.type)) {
+          this._onMessage(msg, session);
+          return;
         }
-        this._onMessage(msg, session);
+        settle(() => {
+          try {
+            resolve(onAnswer(msg, ws));
+          } catch (err) {
+            ws.onclose = null;
+            try { ws.close(1000, `${what} refused`); } catch { /* already closed */ }
+            reject(err);
+          }
+        });
       };
       ws.onclose = (ev) => {
-        if (session !== this._session) return;
+        if (!current()) return;
         if (!settled) {
-          fail(new ConfabError('unreachable', `server unreachable${ev.reason ? `: ${ev.reason}` : ''}`));
+          settle(() => reject(new ConfabError('unreachable', `server unreachable${ev.reason ? `: ${ev.reason}` : ''}`)));
           return;
         }
         this._onSocketClosed();
@@ -361,69 +371,17 @@ export class ConfabClient extends EventTarget {
    * connections, tracks and subscriptions. Resolves on `joined`.
    */
   _resume() {
-    const session = this._session;
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const fail = (err) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        reject(err);
-      };
-      const timer = setTimeout(
-        () => fail(new ConfabError('timeout', 'server unreachable (no answer to resume)')),
-        CONNECT_TIMEOUT_MS,
-      );
-      let ws;
-      try {
-        ws = new WebSocket(this.url);
-      } catch (err) {
-        fail(new ConfabError('unreachable', `server unreachable: ${err.message}`));
-        return;
+    const join = {
+      type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name, resume: this._resumeToken,
+    };
+    return this._openSignaling(this._session, join, 'resume', (msg) => {
+      if (msg.type === 'joined') {
+        this._onResumed(msg);
+        return msg;
       }
-      this._ws = ws;
-      const current = () => session === this._session && this._ws === ws;
-      ws.onopen = () => {
-        ws.send(JSON.stringify({
-          type: 'join', protocol: PROTOCOL_VERSION, room: this.room, name: this.name, resume: this._resumeToken,
-        }));
-      };
-      ws.onmessage = (ev) => {
-        if (!current()) return;
-        let msg;
-        try {
-          msg = JSON.parse(ev.data);
-        } catch {
-          return;
-        }
-        if (!settled) {
-          if (msg.type === 'joined') {
-            settled = true;
-            clearTimeout(timer);
-            this._onResumed(msg);
-            resolve(msg);
-            return;
-          }
-          if (msg.type === 'error' || msg.type === 'redirect') {
-            // A redirect: the room moved to another node, so the session is not there.
-            ws.onclose = null;
-            const code = msg.type === 'redirect' ? 'resume_failed' : msg.code;
-            fail(new ConfabError(code, msg.message ?? 'the room moved to another node', true));
-            try { ws.close(1000, 'resume refused'); } catch { /* already closed */ }
-            return;
-          }
-        }
-        this._onMessage(msg, session);
-      };
-      ws.onclose = () => {
-        if (!current()) return;
-        if (!settled) {
-          fail(new ConfabError('unreachable', 'server unreachable'));
-          return;
-        }
-        this._onSocketClosed();
-      };
-      ws.onerror = () => { /* onclose follows */ };
+      // A redirect: the room moved to another node, so the session is not there.
+      if (msg.type === 'redirect') throw new ConfabError('resume_failed', 'the room moved to another node', true);
+      throw new ConfabError(msg.code, msg.message, true);
     });
   }
 

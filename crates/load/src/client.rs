@@ -590,7 +590,6 @@ impl Client {
             .publisher
             .clone()
             .ok_or_else(|| anyhow!("no publisher"))?;
-        let mut tracks = Vec::new();
         if p.audio {
             let t = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 format!("{}-stream", self.id),
@@ -601,7 +600,6 @@ impl Client {
             )));
             pc.add_track(t.clone() as Arc<dyn TrackLocal>).await?;
             self.audio = Some(t);
-            tracks.push(TrackSource::Microphone);
         }
         if p.video {
             let encodings = if p.simulcast {
@@ -643,15 +641,8 @@ impl Client {
                 }
             }));
             self.video = Some(t);
-            tracks.push(TrackSource::Camera);
         }
-        let offer = pc.create_offer(None).await?;
-        pc.set_local_description(offer).await?;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| anyhow!("no local description"))?
-            .sdp;
+        let sdp = local_offer(&pc).await?;
         let mut publish = Vec::new();
         for t in pc.get_transceivers().await {
             if let Ok(Some(mid)) = t.mid().await
@@ -673,7 +664,6 @@ impl Client {
                 });
             }
         }
-        let _ = tracks;
         self.shared.send(&ClientMessage::Publish {
             sdp,
             tracks: publish,
@@ -688,13 +678,7 @@ impl Client {
             .publisher
             .clone()
             .ok_or_else(|| anyhow!("no publisher"))?;
-        let offer = pc.create_offer(None).await?;
-        pc.set_local_description(offer).await?;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| anyhow!("no local description"))?
-            .sdp;
+        let sdp = local_offer(&pc).await?;
         let mut tracks = Vec::new();
         if let Some(mid) = &self.audio_mid {
             tracks.push(PublishTrack {
@@ -939,6 +923,17 @@ impl Client {
         }
         self.stop_readers();
     }
+}
+
+/// A new offer on `pc`, set as its local description: its SDP.
+async fn local_offer(pc: &Pc) -> anyhow::Result<String> {
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer).await?;
+    Ok(pc
+        .local_description()
+        .await
+        .ok_or_else(|| anyhow!("no local description"))?
+        .sdp)
 }
 
 type WsStream = futures_util::stream::SplitStream<

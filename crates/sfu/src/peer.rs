@@ -823,29 +823,6 @@ pub fn is_stun(buf: &[u8]) -> bool {
     buf.len() >= 20 && buf[0] < 4 && buf[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }
 
-/// How many audio and video sections of an SDP offer send media (`sendonly` or
-/// `sendrecv`, the default): the tracks a publisher asks to send. Stopped or receive-only
-/// sections do not count.
-pub fn sending_media_sections(sdp: &str) -> usize {
-    let mut count = 0;
-    let mut current: Option<bool> = None; // in an audio/video section: does it send?
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(m) = line.strip_prefix("m=") {
-            count += usize::from(current == Some(true));
-            let media = m.split(' ').next().unwrap_or("");
-            // A port of 0 is a rejected or stopped section.
-            let port = m.split(' ').nth(1).unwrap_or("0");
-            current = (media == "audio" || media == "video").then_some(port != "0");
-        } else if let Some(sends) = current.as_mut() {
-            match line {
-                "a=recvonly" | "a=inactive" => *sends = false,
-                _ => {}
-            }
-        }
-    }
-    count + usize::from(current == Some(true))
-}
-
 /// The local ufrag a STUN binding request is addressed to: USERNAME is
 /// `<receiver ufrag>:<sender ufrag>` (RFC 8445 §7.2.2).
 pub fn stun_target_ufrag(buf: &[u8]) -> Option<String> {
@@ -949,18 +926,7 @@ mod tests {
     }
 
     #[test]
-    fn sending_sections_are_counted() {
-        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
-            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
-            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendrecv\r\n\
-            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n\
-            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\n\
-            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n\
-            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:5\r\n";
-        // mid 0, 1 and 5 (sendrecv by default); not the inactive, stopped or data ones.
-        assert_eq!(sending_media_sections(sdp), 3);
-        assert_eq!(sending_media_sections(""), 0);
-        assert_eq!(sending_media_sections("m=video 9 X 96\na=recvonly"), 0);
+    fn a_garbage_stun_username_is_no_target() {
         assert_eq!(stun_target_ufrag(&[0xffu8; 64]), None);
     }
 }

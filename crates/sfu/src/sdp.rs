@@ -16,6 +16,9 @@ pub struct MediaSection {
     pub send_rids: Vec<String>,
     /// `a=msid:<stream id> <track id>`.
     pub msid: Option<(String, String)>,
+    /// The section sends media (`sendonly` or `sendrecv`, the default; not `recvonly` or
+    /// `inactive`).
+    pub sends: bool,
 }
 
 /// The audio and video sections of `sdp`, in order.
@@ -39,6 +42,12 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
     out
 }
 
+/// How many audio and video sections of an offer send media: the tracks a publisher asks
+/// to send. Stopped or receive-only sections do not count.
+pub fn sending_media_sections(sdp: &str) -> usize {
+    media_sections(sdp).iter().filter(|s| s.sends).count()
+}
+
 /// Per mid, the simulcast rids the offer sends (only sections that have some).
 pub fn send_rids(sdp: &str) -> HashMap<String, Vec<String>> {
     media_sections(sdp)
@@ -54,11 +63,14 @@ struct Parsing {
     rids: Vec<String>,
     simulcast_send: Vec<String>,
     msid: Option<(String, String)>,
+    receive_only: bool,
 }
 
 impl Parsing {
     fn line(&mut self, line: &str) {
-        if let Some(mid) = line.strip_prefix("a=mid:") {
+        if line == "a=recvonly" || line == "a=inactive" {
+            self.receive_only = true;
+        } else if let Some(mid) = line.strip_prefix("a=mid:") {
             self.mid = Some(mid.trim().to_owned());
         } else if let Some(rid) = line.strip_prefix("a=rid:") {
             // a=rid:<rid-id> <direction> [pt=..;max-width=..]
@@ -107,6 +119,7 @@ impl Parsing {
             mid,
             send_rids,
             msid: self.msid,
+            sends: !self.receive_only,
         })
     }
 }
@@ -169,6 +182,21 @@ pub fn without_stream_ids(sdp: &str, mids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sending_sections_are_counted() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendrecv\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\n\
+            m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:5\r\n";
+        // mid 0, 1 and 5 (sendrecv by default); not the inactive, stopped or data ones.
+        assert_eq!(sending_media_sections(sdp), 3);
+        assert_eq!(sending_media_sections(""), 0);
+        assert_eq!(sending_media_sections("m=video 9 X 96\na=recvonly"), 0);
+    }
 
     /// The shape of Chromium's camera offer with three encodings, plus audio and data.
     const CHROMIUM: &str = "v=0\r\n\

@@ -350,10 +350,10 @@ impl Worker {
                 c = commands.recv(), if open => {
                     match c {
                         Some(c) => {
-                            self.guarded_command(c);
+                            self.isolated_command(c);
                             for _ in 1..COMMAND_BATCH {
                                 match commands.try_recv() {
-                                    Ok(c) => self.guarded_command(c),
+                                    Ok(c) => self.isolated_command(c),
                                     Err(_) => break,
                                 }
                             }
@@ -383,11 +383,6 @@ impl Worker {
                 .record(now.elapsed().as_micros() as u64);
         }
         tracing::info!("media worker stopped");
-    }
-
-    fn guarded_command(&mut self, c: Command) {
-        let room = self.room_of_command(&c);
-        self.isolated(room, "a command", |w| w.command(c));
     }
 
     /// Refuses new joins and removes everyone, telling them why.
@@ -423,17 +418,9 @@ impl Worker {
             self.rx_at.get_or_insert(now);
             for (data, from) in recv.datagrams() {
                 SfuStats::add(&self.stats.bytes_in, data.len() as u64);
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.datagram(data, from, now)
-                })) {
-                    // Whose datagram it was is known only through the routing tables.
-                    let room = self
-                        .by_addr
-                        .get(&from)
-                        .copied()
-                        .and_then(|k| self.room_of_peer(k));
-                    self.isolated(room, "a datagram", |_| std::panic::resume_unwind(p));
-                }
+                self.isolated(isolate::Scope::From(from), "a datagram", |w| {
+                    w.datagram(data, from, now)
+                });
             }
             // Counted once handled, so that a reader seeing the count sees their effects.
             SfuStats::add(&self.stats.datagrams_in, n as u64);
@@ -512,8 +499,9 @@ impl Worker {
         while !self.input.is_empty() || !self.doomed.is_empty() {
             let input = std::mem::take(&mut self.input);
             for key in input {
-                let room = self.room_of_peer(key);
-                self.isolated(room, "a peer's events", |w| w.drain(key));
+                self.isolated(isolate::Scope::Peer(key), "a peer's events", |w| {
+                    w.drain(key)
+                });
             }
             let doomed = std::mem::take(&mut self.doomed);
             for (key, why) in doomed {

@@ -9,7 +9,17 @@
 use super::{Command, Removal, Worker};
 use crate::peer::{ParticipantKey, PeerKey};
 use confab_proto::RoomId;
+use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// Whose work a guarded call is: resolved to a room only after a panic, so that the
+/// per-packet paths (datagrams, peer events) pay nothing for it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scope {
+    /// A datagram from this address (the peer it routes to).
+    From(SocketAddr),
+    Peer(PeerKey),
+}
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
     p.downcast_ref::<&str>()
@@ -19,30 +29,41 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
 }
 
 impl Worker {
-    /// Runs `f`; if it panics, the room `room` (when known) is closed.
-    pub(super) fn isolated(
-        &mut self,
-        room: Option<RoomId>,
-        what: &'static str,
-        f: impl FnOnce(&mut Self),
-    ) {
+    /// Runs `f`; if it panics, the room of `scope` (when it can be told) is closed.
+    pub(super) fn isolated(&mut self, scope: Scope, what: &'static str, f: impl FnOnce(&mut Self)) {
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(self))) {
-            let msg = panic_message(p.as_ref()).to_string();
-            self.fail_room(room, what, &msg);
+            let room = match scope {
+                Scope::From(addr) => self
+                    .by_addr
+                    .get(&addr)
+                    .copied()
+                    .and_then(|k| self.room_of_peer(k)),
+                Scope::Peer(key) => self.room_of_peer(key),
+            };
+            self.fail_room(room, what, panic_message(p.as_ref()));
         }
     }
 
-    pub(super) fn room_of_participant(&self, key: ParticipantKey) -> Option<RoomId> {
+    /// Runs a command; if it panics, the room it concerns is closed. (Known before it
+    /// runs: a command may remove the participant it names.)
+    pub(super) fn isolated_command(&mut self, c: Command) {
+        let room = self.room_of_command(&c);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.command(c))) {
+            self.fail_room(room, "a command", panic_message(p.as_ref()));
+        }
+    }
+
+    fn room_of_participant(&self, key: ParticipantKey) -> Option<RoomId> {
         self.participants.get(&key).map(|p| p.room.clone())
     }
 
-    pub(super) fn room_of_peer(&self, key: PeerKey) -> Option<RoomId> {
+    fn room_of_peer(&self, key: PeerKey) -> Option<RoomId> {
         let owner = self.peers.get(&key)?.participant;
         self.room_of_participant(owner)
     }
 
     /// The room a command concerns, if any.
-    pub(super) fn room_of_command(&self, c: &Command) -> Option<RoomId> {
+    fn room_of_command(&self, c: &Command) -> Option<RoomId> {
         match c {
             Command::Join { room, .. }
             | Command::AddTap { room, .. }

@@ -51,7 +51,7 @@ impl Worker {
                     );
                     return;
                 }
-                let sending = crate::peer::sending_media_sections(&sdp);
+                let sending = crate::sdp::sending_media_sections(&sdp);
                 let max = self.config.max_tracks_per_participant;
                 if sending > max {
                     self.send_to(
