@@ -29,6 +29,7 @@ fn claims(room: &str, identity: &str, grants: Grants) -> Claims {
         exp: now_secs() + 600,
         nbf: None,
         iat: Some(now_secs()),
+        jti: None,
     }
 }
 

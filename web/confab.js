@@ -68,9 +68,10 @@ const CONNECT_TIMEOUT_MS = 10000;
 const SCREEN_MAX_BITRATE = 2_500_000;
 const QUALITIES = new Set(['off', 'low', 'medium', 'high']);
 // Fatal errors after which rejoining can work: the server restarts, our media connection
-// failed, we fell behind, or the cluster could not place the room for a moment. Any other
+// failed, we fell behind, the cluster could not place the room for a moment, or the server
+// gave up waiting for our join or first answer (`timeout`, e.g. a suspended tab). Any other
 // fatal error (room full...) is final.
-const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer', 'cluster_unavailable']);
+const REJOINABLE = new Set(['server_shutting_down', 'media_failed', 'slow_consumer', 'cluster_unavailable', 'timeout']);
 
 /** Why `connect()` failed: carries the server's error code when there is one. */
 export class ConfabError extends Error {

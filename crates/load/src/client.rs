@@ -882,8 +882,14 @@ impl Client {
     }
 
     /// Leaves the room and closes both peer connections.
-    pub async fn leave(self) {
+    pub async fn leave(mut self) {
         self.shared.send(&ClientMessage::Leave);
+        // The server answers `leave` by closing the socket: wait (briefly) for that, so
+        // that the leave is on the wire before the tasks stop. Otherwise the server sees a
+        // lost socket and removes the participant only when ICE gives up (~9 s).
+        if let Some(reader) = self.ws_tasks.get_mut(1) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+        }
         self.close().await;
     }
 

@@ -387,6 +387,12 @@ pub enum ErrorCode {
     /// The room is not on this node and cannot be placed on one now (the cluster's Redis
     /// is unreachable, or no node takes new rooms): try again in a moment. Fatal.
     ClusterUnavailable,
+    /// A deadline passed: no `join` within the join deadline, or the first negotiation
+    /// (the answer to the first subscriber offer) not completed in time. Fatal.
+    Timeout,
+    /// An administrator removed this identity from the room; it may not rejoin until the
+    /// ban ends (the message says when). Fatal.
+    Banned,
 }
 
 impl ServerMessage {

@@ -49,6 +49,19 @@ pub struct HttpConfig {
     /// both or neither. Unset: plain HTTP (put a TLS proxy in front).
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// A request's headers must arrive within this time (a keep-alive connection may be
+    /// idle this long); otherwise the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// TCP connections open at once (WebSockets included); more are closed at accept.
+    /// 0: the file-descriptor limit (raised to its hard limit at start) less
+    /// `fd_reserve`.
+    pub max_connections: usize,
+    /// Descriptors kept for everything but HTTP connections (media sockets, recordings).
+    pub fd_reserve: u64,
+    /// The last connections under `max_connections` serve only `/healthz`, `/readyz`,
+    /// `/metrics` and the admin API, so that the server answers its health checks and
+    /// its operator when every other connection is taken.
+    pub ops_reserve: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +100,19 @@ pub struct RoomConfig {
     pub chat_max_bytes: usize,
     pub keyframe_interval_ms: u64,
     pub event_queue: usize,
+    /// A participant must answer its first subscriber offer within this time.
+    pub negotiation_timeout_ms: u64,
+    /// Media-thread time one participant's offers may take per second, at most
+    /// `signaling_budget_burst_ms` at once; removed after `signaling_budget_strikes`
+    /// refusals.
+    pub signaling_budget_ms_per_s: u64,
+    pub signaling_budget_burst_ms: u64,
+    pub signaling_budget_strikes: u32,
+    /// A newcomer named like a visible participant (without case) becomes "Ada (2)".
+    pub unique_names: bool,
+    /// An identity removed by the admin API may not rejoin the room for this long
+    /// (`?ban=false` on the call, or 0 here: removing only removes).
+    pub kick_ban_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +148,12 @@ impl Default for Config {
                 chat_max_bytes: sfu.chat_max_bytes,
                 keyframe_interval_ms: sfu.keyframe_interval_ms,
                 event_queue: sfu.event_queue,
+                negotiation_timeout_ms: sfu.negotiation_timeout_ms,
+                signaling_budget_ms_per_s: sfu.signaling_budget_ms_per_s,
+                signaling_budget_burst_ms: sfu.signaling_budget_burst_ms,
+                signaling_budget_strikes: sfu.signaling_budget_strikes,
+                unique_names: sfu.unique_names,
+                kick_ban_ms: sfu.kick_ban_ms,
             },
             signal: SignalConfig::default(),
             recording: RecordingConfig::default(),
@@ -141,6 +173,10 @@ impl Default for HttpConfig {
             drain_timeout_ms: 30_000,
             tls_cert: None,
             tls_key: None,
+            header_read_timeout_ms: 10_000,
+            max_connections: 0,
+            fd_reserve: 256,
+            ops_reserve: 32,
         }
     }
 }
@@ -251,6 +287,12 @@ impl Config {
             socket_buffer_bytes: self.media.socket_buffer_bytes,
             last_n: self.room.last_n,
             audio_top_k: self.room.audio_top_k,
+            negotiation_timeout_ms: self.room.negotiation_timeout_ms,
+            signaling_budget_ms_per_s: self.room.signaling_budget_ms_per_s,
+            signaling_budget_burst_ms: self.room.signaling_budget_burst_ms,
+            signaling_budget_strikes: self.room.signaling_budget_strikes,
+            unique_names: self.room.unique_names,
+            kick_ban_ms: self.room.kick_ban_ms,
             recording: self.recording.clone(),
         }
     }

@@ -2,6 +2,8 @@
 //! (`main.rs`) adds the command line and logging; tests start a [`Server`] in-process.
 
 pub mod config;
+pub mod http;
+pub mod memory;
 
 pub use config::Config;
 
@@ -11,6 +13,10 @@ use confab_signal::{AppState, router};
 use std::net::SocketAddr;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// How often the server forgets what it no longer needs (per-address limiter entries) and
+/// gives free heap memory back to the system.
+const HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running server.
 pub struct Server {
@@ -22,8 +28,13 @@ pub struct Server {
     resumes: confab_signal::resume::Resumes,
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cluster: Option<confab_cluster::Cluster>,
+    /// Budgets and deadlines of the signaling edge (what they refused).
+    pub guards: std::sync::Arc<confab_signal::guard::Guards>,
+    /// The limits the listener applies (the connection cap as computed at start).
+    pub http_limits: http::Limits,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
 }
 
 impl Server {
@@ -48,6 +59,24 @@ impl Server {
             .then(|| confab_signal::webhooks::start(webhooks, webhook_stats.clone()));
         let sfu =
             Sfu::start_with_events(config.sfu(), events).context("starting the media plane")?;
+        let fd_limit = http::raise_fd_limit();
+        let max_connections = match config.http.max_connections {
+            0 => (fd_limit.saturating_sub(config.http.fd_reserve) as usize).max(64),
+            n => n,
+        };
+        let http_limits = http::Limits {
+            max_connections,
+            ops_reserve: config.http.ops_reserve.min(max_connections / 2),
+            header_read_timeout: std::time::Duration::from_millis(
+                config.http.header_read_timeout_ms,
+            ),
+        };
+        tracing::info!(
+            fd_limit,
+            max_connections,
+            ops_reserve = http_limits.ops_reserve,
+            "HTTP connection cap"
+        );
         let listener = tokio::net::TcpListener::bind(config.http.bind)
             .await
             .with_context(|| format!("binding HTTP on {}", config.http.bind))?;
@@ -71,50 +100,39 @@ impl Server {
         let sessions = state.sessions.clone();
         let resumes = state.resumes.clone();
         let ready = state.ready.clone();
+        let guards = state.guards.clone();
+        let housekeeping = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(HOUSEKEEPING);
+                loop {
+                    every.tick().await;
+                    state.prune();
+                    memory::release_free();
+                }
+            })
+        };
         let app = router(state);
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let tls = match (&config.http.tls_cert, &config.http.tls_key) {
-            (Some(cert), Some(key)) => {
-                // One process-wide crypto provider (ring, already used by the media plane's
-                // DTLS); installing it twice is harmless.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                Some(
-                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                        .await
-                        .with_context(|| {
-                            format!("TLS certificate {} / key {}", cert.display(), key.display())
-                        })?,
-                )
-            }
+            (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key).with_context(|| {
+                format!("TLS certificate {} / key {}", cert.display(), key.display())
+            })?),
             (None, None) => None,
             _ => anyhow::bail!("http.tls_cert and http.tls_key go together"),
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let task = match tls {
-            None => tokio::spawn(async move {
-                axum::serve(listener, service)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-            }),
-            Some(tls) => {
-                let handle = axum_server::Handle::new();
-                let h = handle.clone();
-                tokio::spawn(async move {
-                    let _ = stopped.await;
-                    h.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
-                });
-                let listener = listener.into_std()?;
-                tokio::spawn(async move {
-                    axum_server::from_tcp_rustls(listener, tls)
-                        .handle(handle)
-                        .serve(service)
-                        .await
-                })
-            }
-        };
+        let task = tokio::spawn(http::serve(
+            listener,
+            app,
+            tls,
+            http_limits,
+            guards.clone(),
+            async {
+                let _ = stopped.await;
+            },
+            std::time::Duration::from_secs(1),
+        ));
         tracing::info!(http = %http_addr, media = ?sfu.media_addrs(), "confab listening");
         if config.admin.api_key.is_empty() {
             tracing::info!("admin API disabled (no admin.api_key)");
@@ -127,8 +145,11 @@ impl Server {
             resumes,
             ready,
             cluster,
+            guards,
+            http_limits,
             stop,
             task,
+            housekeeping,
         })
     }
 
@@ -209,6 +230,9 @@ impl Server {
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        self.housekeeping.abort();
+        // The listener gives in-flight requests a second, then drops every connection
+        // left, whatever its peer is doing: a stop is never held up by a client.
         let _ = self.stop.send(());
         let _ = self.task.await;
     }

@@ -104,7 +104,12 @@ fn token(
         exp: now + ttl.as_secs(),
         nbf: None,
         iat: Some(now),
+        // Its id, for `POST /api/tokens/revoked` (said on stderr: stdout is the token).
+        jti: Some(confab_signal::auth::new_token_id()),
     };
+    if let Some(jti) = &claims.jti {
+        eprintln!("jti {jti} (expires {})", claims.exp);
+    }
     Ok(mint(&config.auth, &claims)?)
 }
 

@@ -44,6 +44,22 @@ pub struct SfuConfig {
     pub last_n: usize,
     /// Each subscriber gets audio from only the K loudest participants (0 = everyone).
     pub audio_top_k: usize,
+    /// A joined participant must answer its first subscriber offer within this time
+    /// (complete its first negotiation), or it is removed (`timeout`).
+    pub negotiation_timeout_ms: u64,
+    /// Media-thread time one participant's offers may take, per second (their parsing and
+    /// answering is measured), up to `signaling_budget_burst_ms` at once. A publish over
+    /// budget is refused (`rate_limited`); after `signaling_budget_strikes` refusals the
+    /// participant is removed.
+    pub signaling_budget_ms_per_s: u64,
+    pub signaling_budget_burst_ms: u64,
+    pub signaling_budget_strikes: u32,
+    /// A newcomer whose name a visible participant of the room already has (compared
+    /// without case, after cleaning) is named "Ada (2)", "Ada (3)", ...
+    pub unique_names: bool,
+    /// How long an identity (its access token's `sub`) removed by the admin API may not
+    /// join that room again (0 = no ban: removing only removes).
+    pub kick_ban_ms: u64,
     pub recording: RecordingConfig,
 }
 
@@ -113,6 +129,12 @@ impl Default for SfuConfig {
             socket_buffer_bytes: 4 * 1024 * 1024,
             last_n: 0,
             audio_top_k: 0,
+            negotiation_timeout_ms: 20_000,
+            signaling_budget_ms_per_s: 25,
+            signaling_budget_burst_ms: 250,
+            signaling_budget_strikes: 20,
+            unique_names: true,
+            kick_ban_ms: 600_000,
             recording: RecordingConfig::default(),
         }
     }

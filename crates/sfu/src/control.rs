@@ -4,6 +4,7 @@
 use crate::Sfu;
 use crate::events::RoomEvent;
 use crate::record::file::FileRecorder;
+use crate::record::path;
 use crate::record::rtp::{CommandHook, RtpForwarder};
 use crate::sink::{Tap, TrackSink};
 use crate::worker::{Command, RoomSummary};
@@ -27,9 +28,14 @@ pub enum ControlError {
     Io(String),
     #[error("the media server is shutting down")]
     ShuttingDown,
+    /// A bounded table (bans) is full of live entries.
+    #[error("too many {0} held at once; try again when some have expired")]
+    Full(&'static str),
 }
 
-/// A recording in progress.
+/// A recording in progress, or starting (no thread yet): the entry is made before the
+/// first await of a start, so that a second start of the same room (two joins into an
+/// auto-recorded room) finds it and stops there.
 pub(crate) struct Recording {
     tap: u64,
     pub dir: PathBuf,
@@ -37,6 +43,10 @@ pub(crate) struct Recording {
 }
 
 static NEXT_TAP: AtomicU64 = AtomicU64::new(1);
+
+/// Bans held at once (each is a room and an identity, ~100 bytes): a bound, far above
+/// what operators kick by hand.
+pub const MAX_BANS: usize = 100_000;
 
 impl Sfu {
     fn worker_of(&self, room: &RoomId) -> Option<usize> {
@@ -79,6 +89,14 @@ impl Sfu {
         let worker = self
             .worker_of(room)
             .ok_or_else(|| ControlError::NoSuchRoom(room.to_string()))?;
+        let io = |e: std::io::Error| ControlError::Io(e.to_string());
+        let cfg = &self.inner.config.recording;
+        let dir = path::join(
+            &path::join(&cfg.dir, room.as_str()).map_err(io)?,
+            &time_stamp(),
+        )
+        .map_err(io)?;
+        let id = NEXT_TAP.fetch_add(1, Ordering::Relaxed);
         {
             let mut recs = self
                 .inner
@@ -94,10 +112,61 @@ impl Sfu {
             if recs.contains_key(room) {
                 return Err(ControlError::AlreadyRecording(room.to_string()));
             }
+            recs.insert(
+                room.clone(),
+                Recording {
+                    tap: id,
+                    dir: dir.clone(),
+                    thread: None,
+                },
+            );
         }
+        let started = self.begin_recording(worker, room, id, &dir, extra).await;
+        let stopped_meanwhile = {
+            let mut recs = self
+                .inner
+                .recordings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let ours = recs.get_mut(room).filter(|r| r.tap == id);
+            match (started, ours) {
+                (Ok(thread), Some(r)) => {
+                    r.thread = Some(thread);
+                    false
+                }
+                (Ok(_), None) => true,
+                (Err(e), ours) => {
+                    if ours.is_some() {
+                        recs.remove(room);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        if stopped_meanwhile {
+            // Stopped while starting: end the tap; its session finishes by itself.
+            let _ = self.inner.workers[worker]
+                .commands
+                .send(Command::RemoveTap {
+                    room: room.clone(),
+                    tap: id,
+                })
+                .await;
+        }
+        Ok(dir)
+    }
+
+    /// The part of a start after the room's entry is made: the sinks, the tap, the thread.
+    async fn begin_recording(
+        &self,
+        worker: usize,
+        room: &RoomId,
+        id: u64,
+        dir: &std::path::Path,
+        extra: Vec<Box<dyn TrackSink>>,
+    ) -> Result<std::thread::JoinHandle<()>, ControlError> {
         let cfg = &self.inner.config.recording;
-        let stamp = time_stamp();
-        let dir = cfg.dir.join(room.as_str()).join(&stamp);
+        let dir = dir.to_path_buf();
         let mut sinks: Vec<Box<dyn TrackSink>> = vec![Box::new(
             FileRecorder::new(&dir, room.as_str()).map_err(|e| ControlError::Io(e.to_string()))?,
         )];
@@ -113,7 +182,6 @@ impl Sfu {
             ));
         }
         sinks.extend(extra);
-        let id = NEXT_TAP.fetch_add(1, Ordering::Relaxed);
         let (tap, rx) = Tap::new(id, cfg.queue.max(64));
         let dropped = tap.dropped.clone();
         let added = self
@@ -154,7 +222,8 @@ impl Sfu {
                         m["files"].as_array().map(|fs| {
                             fs.iter()
                                 .filter_map(|f| f["path"].as_str())
-                                .map(|p| dir2.join(p).display().to_string())
+                                .filter_map(|p| path::join(&dir2, p).ok())
+                                .map(|p| p.display().to_string())
                                 .collect::<Vec<_>>()
                         })
                     })
@@ -176,19 +245,7 @@ impl Sfu {
                 dir: dir.display().to_string(),
             });
         }
-        self.inner
-            .recordings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                room.clone(),
-                Recording {
-                    tap: id,
-                    dir: dir.clone(),
-                    thread: Some(thread),
-                },
-            );
-        Ok(dir)
+        Ok(thread)
     }
 
     /// Stops recording `room`; returns the directory once its files and manifest are
@@ -216,14 +273,14 @@ impl Sfu {
         Ok(rec.dir)
     }
 
-    /// Whether `room` is being recorded.
+    /// Whether `room` is being recorded (or a recording of it is starting).
     pub fn is_recording(&self, room: &RoomId) -> bool {
         self.inner
             .recordings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(room)
-            .is_some_and(|r| r.thread.as_ref().is_some_and(|t| !t.is_finished()))
+            .is_some_and(|r| r.thread.as_ref().is_none_or(|t| !t.is_finished()))
     }
 
     /// Every room on every worker, with its participants and tracks.
@@ -238,24 +295,76 @@ impl Sfu {
         all
     }
 
-    /// Removes a participant (it is told why).
+    /// Removes a participant (it is told why). With `ban`, its identity (its token's
+    /// `sub`) may not join this room again for `room.kick_ban_ms`; returns the identity
+    /// banned, `None` when there was nothing to ban (no ban asked or configured, or a
+    /// participant that joined without a token: it has no identity to keep out).
     pub async fn kick(
         &self,
         room: &RoomId,
         participant: &ParticipantId,
-    ) -> Result<(), ControlError> {
+        ban: bool,
+    ) -> Result<Option<String>, ControlError> {
         let w = self
             .worker_of(room)
             .ok_or_else(|| ControlError::NoSuchRoom(room.to_string()))?;
-        let found = self
+        let identity = self
             .ask(w, |reply| Command::Kick {
                 room: room.clone(),
                 participant: participant.clone(),
                 reply,
             })
             .await
-            .unwrap_or(false);
-        found.then_some(()).ok_or(ControlError::NotFound)
+            .flatten()
+            .ok_or(ControlError::NotFound)?;
+        let ban_for = std::time::Duration::from_millis(self.inner.config.kick_ban_ms);
+        match identity {
+            Some(who) if ban && !ban_for.is_zero() => {
+                let now = std::time::Instant::now();
+                let held = self
+                    .inner
+                    .bans
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((room.clone(), who.clone()), now + ban_for, now);
+                if !held {
+                    return Err(ControlError::Full("bans"));
+                }
+                tracing::info!(room = %room, identity = %who, ban_ms = ban_for.as_millis() as u64, "identity banned from the room");
+                Ok(Some(who))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Seconds (rounded up) before `identity` may join `room` again, while a kick's ban
+    /// holds.
+    pub fn banned_for(&self, room: &RoomId, identity: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let until = self
+            .inner
+            .bans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .until(&(room.clone(), identity.to_string()), now)?;
+        let left = until - now;
+        Some(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    }
+
+    /// Removes every participant that joined with the access token `jti` (it was
+    /// revoked); returns how many.
+    pub async fn remove_token(&self, jti: &str) -> usize {
+        let mut removed = 0;
+        for w in 0..self.inner.workers.len() {
+            removed += self
+                .ask(w, |reply| Command::RevokeToken {
+                    jti: jti.to_string(),
+                    reply,
+                })
+                .await
+                .unwrap_or(0);
+        }
+        removed
     }
 
     /// Mutes (or unmutes) a track for everyone, whatever its publisher does.

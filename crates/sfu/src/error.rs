@@ -52,4 +52,7 @@ pub enum JoinError {
     ShuttingDown,
     #[error("this server holds its maximum of {max} rooms")]
     TooManyRooms { max: usize },
+    /// An administrator removed this identity from the room, and it may not come back yet.
+    #[error("an administrator removed you from room {room}: you may join it again in {seconds} s")]
+    Banned { room: String, seconds: u64 },
 }

@@ -11,10 +11,13 @@
 //! - [`allocator`]: which layer of each track a subscriber gets, within its bandwidth.
 //! - [`bwe`]: downlink estimate from receiver-report loss; bitrate meters.
 //! - [`speaker`]: active speakers from RFC 6464 audio levels.
+//! - [`names`]: distinct names in a room ("Ada (2)").
+//! - [`budget`]: how much media-thread time one participant's signaling may take.
 //! - [`sdp`]: what a publisher's offer negotiates (simulcast rids per mid, stream ids).
 //! - [`sink`]: the recording hook (`TrackSink`), fed through bounded taps; built-in sinks
 //!   in [`record`] (files + manifest, plain-RTP forwarder, command hook).
-//! - [`control`]: recordings and administration; [`events`]: room events for webhooks.
+//! - [`control`]: recordings and administration (kicks and the bans they leave,
+//!   [`expiring`]); [`events`]: room events for webhooks.
 //!
 //! IO at the edges:
 //! - [`peer`]: the only module that talks to the webrtc-rs `rtc` core.
@@ -25,14 +28,17 @@
 //!   [`Participant`] handle per join.
 
 pub mod allocator;
+pub mod budget;
 pub mod bwe;
 pub mod chat;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod expiring;
 pub mod forwarder;
 pub mod keyframe;
+pub mod names;
 pub mod peer;
 pub mod record;
 pub mod room;
@@ -82,6 +88,8 @@ struct Inner {
     timing: Arc<stats::LoopStats>,
     next_key: AtomicU64,
     recordings: Mutex<HashMap<RoomId, control::Recording>>,
+    /// Identities kicked from a room, kept out until their ban ends.
+    bans: Mutex<expiring::Expiring<(RoomId, String), std::time::Instant>>,
     events: Option<mpsc::Sender<events::RoomEvent>>,
     /// Draining: no new joins, the meetings in progress go on.
     draining: std::sync::atomic::AtomicBool,
@@ -192,6 +200,7 @@ impl Sfu {
                 timing,
                 next_key: AtomicU64::new(1),
                 recordings: Mutex::new(HashMap::new()),
+                bans: Mutex::new(expiring::Expiring::new(control::MAX_BANS)),
                 events,
                 draining: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -229,6 +238,14 @@ impl Sfu {
         name: DisplayName,
         opts: JoinOptions,
     ) -> Result<(Participant, mpsc::Receiver<ServerMessage>), JoinError> {
+        if let Some(who) = &opts.identity
+            && let Some(seconds) = self.banned_for(&room, who)
+        {
+            return Err(JoinError::Banned {
+                room: room.to_string(),
+                seconds,
+            });
+        }
         let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
         let id = ParticipantId::from_suffix(format!("{key:x}{:04x}", rand::random::<u16>()));
         let worker = self.place(&room)?;
@@ -418,8 +435,11 @@ impl Sfu {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JoinOptions {
     pub grants: confab_proto::signal::Grants,
-    /// The token's subject: who this is, for logs, webhooks and the admin API.
+    /// The token's subject: who this is, for logs, webhooks and the admin API, and what
+    /// a kick bans (a join without one cannot be banned).
     pub identity: Option<String>,
+    /// The token's id (`jti`): revoking it removes this participant.
+    pub token_id: Option<String>,
     /// Sent back in `joined`: the signaling layer's key to resume this session.
     pub resume_token: String,
 }

@@ -6,9 +6,12 @@
 //! - [`rtp::CommandHook`]: runs a command per track, fed by an RTP forwarder, described by
 //!   environment variables.
 //! - [`mux`]: one participant's recorded audio and video into one file (`confab mux`).
+//! - [`path`]: the one way a name becomes a file name ([`path::join`]), inside its
+//!   directory by construction.
 
 pub mod file;
 pub mod mux;
+pub mod path;
 pub mod rtp;
 
 use crate::rtp::SeqTracker;
@@ -165,6 +168,140 @@ mod tests {
         let mut r = Reorder::default();
         r.push(pkt(65535), true, ms(0));
         assert_eq!(seqs(&r.push(pkt(0), false, ms(1))), vec![(0, false)]);
+    }
+
+    /// Every file under `dir`, recursively.
+    fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn no_name_reaches_outside_the_recording_directory() {
+        use crate::record::file::FileRecorder;
+        use crate::record::rtp::{CommandHook, RtpForwarder};
+        use crate::rtp::Codec;
+        use crate::sink::TrackMeta;
+        use confab_proto::{DisplayName, MediaKind, ParticipantId, TrackSource};
+        let hostile = path::hostile_names();
+        // A room id is a directory name: every hostile one is refused at the door.
+        for bad in &hostile {
+            assert!(RoomId::parse(bad).is_err(), "room {bad:?}");
+        }
+        let root = std::env::temp_dir().join(format!(
+            "confab-escape-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let dir = root.join("rec");
+        let tmp_before: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| n.to_string_lossy().starts_with("escaped"))
+            .collect();
+        let sinks: Vec<Box<dyn TrackSink>> = vec![
+            Box::new(FileRecorder::new(&dir, "r").unwrap()),
+            Box::new(RtpForwarder::new([127, 0, 0, 1].into(), 9, &dir).unwrap()),
+            Box::new(CommandHook::new("true", &dir).unwrap()),
+        ];
+        let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+        let mut n: u16 = 0;
+        let mut cases: Vec<(&str, &str)> = Vec::new();
+        for bad in &hostile {
+            cases.extend([(bad.as_str(), "TR_ok"), ("PA_ok", bad.as_str()), (bad, bad)]);
+        }
+        // And one track with ordinary ids, which must be recorded.
+        cases.push(("PA_ok", "TR_ok"));
+        for (p, t) in cases {
+            {
+                for (codec, kind, mime) in [
+                    (Codec::Vp8, MediaKind::Video, "video/VP8"),
+                    (Codec::Opus, MediaKind::Audio, "audio/opus"),
+                    (Codec::H264, MediaKind::Video, "video/H264"),
+                ] {
+                    n += 1;
+                    let track = TrackId::from_wire(t);
+                    let meta = TrackMeta {
+                        room: RoomId::parse("r").unwrap(),
+                        participant: ParticipantId::from_wire(p),
+                        // Names are shown, never used in paths; this one would escape.
+                        participant_name: DisplayName::parse("../../escaped").unwrap(),
+                        track: track.clone(),
+                        kind,
+                        source: TrackSource::Camera,
+                        codec,
+                        mime: mime.into(),
+                        clock_rate: 90_000,
+                        channels: 2,
+                        payload_type: 96,
+                    };
+                    let mut packet = pkt(n);
+                    packet.payload = vec![0x10, 0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a].into();
+                    for ev in [
+                        TapEvent::TrackStarted(meta),
+                        TapEvent::Rtp {
+                            track: track.clone(),
+                            layer: 0,
+                            keyframe: true,
+                            packet,
+                            at: SystemTime::now(),
+                        },
+                        TapEvent::TrackEnded(track),
+                    ] {
+                        tx.send(ev).unwrap();
+                    }
+                }
+            }
+        }
+        drop(tx);
+        let sinks = run_session(
+            RoomId::parse("r").unwrap(),
+            rx,
+            sinks,
+            Default::default(),
+            |_| {},
+        );
+        drop(sinks);
+        // Every file is directly in the directory (some hostile ids still make a plain
+        // name once joined, "PA_ok-...ivf": those are fine); nothing anywhere else, no
+        // subdirectory, and the ordinary track was recorded.
+        let written = files_under(&root);
+        assert!(
+            written
+                .iter()
+                .all(|p| *p == dir || (p.parent() == Some(&dir) && p.is_file())),
+            "{written:?}"
+        );
+        for f in [
+            "PA_ok-TR_ok.ivf",
+            "PA_ok-TR_ok.ogg",
+            "PA_ok-TR_ok.h264",
+            "PA_ok-TR_ok.sdp",
+        ] {
+            assert!(written.contains(&dir.join(f)), "{f} missing: {written:?}");
+        }
+        let tmp_after: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .filter(|n| n.to_string_lossy().starts_with("escaped"))
+            .collect();
+        assert_eq!(tmp_after, tmp_before);
+        assert!(!std::path::Path::new("/tmp/escaped").exists());
+        let manifest: file::Manifest =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert!(manifest.files.iter().any(|f| f.track_id == "TR_ok"));
+        for f in &manifest.files {
+            assert_eq!(path::safe_component(&f.path), Some(f.path.as_str()));
+            assert_eq!(f.participant_name, "../../escaped");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

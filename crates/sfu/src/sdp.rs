@@ -48,6 +48,61 @@ pub fn sending_media_sections(sdp: &str) -> usize {
     media_sections(sdp).iter().filter(|s| s.sends).count()
 }
 
+/// Why a client's offer is refused before it reaches a media thread.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OfferRefusal {
+    /// More media sections (of any kind and direction) than a participant may offer.
+    #[error("the offer has {n} media sections; at most {max} are allowed")]
+    TooManySections { n: usize, max: usize },
+    /// `publish.tracks` names mids that the offer lacks.
+    #[error("publish names mids {0:?} that the offer does not contain")]
+    UnknownMids(Vec<String>),
+}
+
+/// Checks a `publish` offer in one pass over its lines, without parsing it: at most
+/// `max_sections` `m=` lines (receive-only, stopped and data sections count: each costs
+/// the media thread work when parsed), and every mid of `tracks` present.
+///
+/// Why: the offer is parsed on the media thread that forwards every packet of its rooms;
+/// this check runs on the signaling side, so what a client may ask of a media thread is
+/// bounded before it gets there.
+pub fn check_offer<'a>(
+    sdp: &str,
+    tracks: impl IntoIterator<Item = &'a str>,
+    max_sections: usize,
+) -> Result<(), OfferRefusal> {
+    let mut sections = 0usize;
+    let mut mids: Vec<&str> = Vec::new();
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            sections += 1;
+        } else if let Some(mid) = line.strip_prefix("a=mid:") {
+            mids.push(mid.trim());
+        }
+    }
+    if sections > max_sections {
+        return Err(OfferRefusal::TooManySections {
+            n: sections,
+            max: max_sections,
+        });
+    }
+    let unknown: Vec<String> = tracks
+        .into_iter()
+        .filter(|t| !mids.contains(t))
+        .map(str::to_owned)
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(OfferRefusal::UnknownMids(unknown))
+    }
+}
+
+/// The number of `m=` sections of `sdp` (one pass, no parsing).
+pub fn section_count(sdp: &str) -> usize {
+    sdp.lines().filter(|l| l.starts_with("m=")).count()
+}
+
 /// Per mid, the simulcast rids the offer sends (only sections that have some).
 pub fn send_rids(sdp: &str) -> HashMap<String, Vec<String>> {
     media_sections(sdp)
@@ -182,6 +237,31 @@ pub fn without_stream_ids(sdp: &str, mids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offers_are_checked_before_parsing() {
+        let sdp =
+            "v=0\r\nm=audio 9 X 111\r\na=mid:0\r\nm=video 9 X 96\r\na=mid:1\r\na=recvonly\r\n";
+        assert_eq!(check_offer(sdp, ["0", "1"], 2), Ok(()));
+        assert_eq!(
+            check_offer(sdp, ["0"], 1),
+            Err(OfferRefusal::TooManySections { n: 2, max: 1 })
+        );
+        assert_eq!(
+            check_offer(sdp, ["0", "7"], 2),
+            Err(OfferRefusal::UnknownMids(vec!["7".into()]))
+        );
+        // Receive-only sections count: each costs a parse on the media thread.
+        let storm: String = std::iter::once("v=0\r\n".to_string())
+            .chain((0..590).map(|i| format!("m=video 9 X 96\r\na=mid:{i}\r\na=recvonly\r\n")))
+            .collect();
+        assert!(matches!(
+            check_offer(&storm, [], 16),
+            Err(OfferRefusal::TooManySections { n: 590, max: 16 })
+        ));
+        assert_eq!(section_count(&storm), 590);
+        assert_eq!(check_offer("", [], 0), Ok(()));
+    }
 
     #[test]
     fn sending_sections_are_counted() {

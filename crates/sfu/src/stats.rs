@@ -63,6 +63,10 @@ counters!(
         recording_dropped: AtomicU64,
         /// RTP payload bytes handed to recordings and hooks.
         recording_bytes: AtomicU64,
+        /// Publishes refused because the participant's signaling budget was spent.
+        signaling_over_budget: AtomicU64,
+        /// Participants removed for not completing their first negotiation in time.
+        negotiation_timeouts: AtomicU64,
     }
 );
 

@@ -126,10 +126,18 @@ pub enum Command {
     Inspect {
         reply: oneshot::Sender<Vec<RoomSummary>>,
     },
+    /// Removes a participant; replies `None` when there is no such one, else its
+    /// identity (what a ban keeps out).
     Kick {
         room: RoomId,
         participant: ParticipantId,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<Option<Option<String>>>,
+    },
+    /// Removes every participant that joined with the token `jti` (it was revoked);
+    /// replies how many.
+    RevokeToken {
+        jti: String,
+        reply: oneshot::Sender<usize>,
     },
     MuteTrack {
         room: RoomId,
@@ -161,9 +169,15 @@ pub(crate) enum Removal {
     MediaFailed,
     Shutdown,
     Kicked,
+    /// Its access token was revoked.
+    Revoked,
     RoomClosed,
     /// An internal error (a panic) in the room's handling closed it.
     RoomFailed,
+    /// It did not complete its first negotiation within `negotiation_timeout_ms`.
+    NegotiationTimeout,
+    /// Its offers kept costing more media-thread time than its budget.
+    OverBudget,
 }
 
 impl Removal {
@@ -182,6 +196,10 @@ impl Removal {
                 ErrorCode::ServerShuttingDown,
                 "the server is shutting down",
             )),
+            Removal::Revoked => Some(ServerMessage::fatal(
+                ErrorCode::Unauthorized,
+                "your access token was revoked",
+            )),
             Removal::Kicked => Some(ServerMessage::fatal(
                 ErrorCode::Removed,
                 "an administrator removed you from the room",
@@ -194,6 +212,14 @@ impl Removal {
                 ErrorCode::Internal,
                 "this room hit an internal error and was closed; join again",
             )),
+            Removal::NegotiationTimeout => Some(ServerMessage::fatal(
+                ErrorCode::Timeout,
+                "the media connection was not negotiated in time (no answer to the server's offer)",
+            )),
+            Removal::OverBudget => Some(ServerMessage::fatal(
+                ErrorCode::RateLimited,
+                "removed: your offers kept exceeding the server's signaling budget",
+            )),
         }
     }
 
@@ -205,8 +231,11 @@ impl Removal {
             Removal::MediaFailed => "media connection failed",
             Removal::Shutdown => "server shutting down",
             Removal::Kicked => "removed by an administrator",
+            Removal::Revoked => "access token revoked",
             Removal::RoomClosed => "room closed by an administrator",
             Removal::RoomFailed => "room failed (internal error)",
+            Removal::NegotiationTimeout => "first negotiation not completed in time",
+            Removal::OverBudget => "signaling budget exceeded too often",
         }
     }
 }
@@ -223,6 +252,8 @@ struct Participant {
     /// What its token grants, and who it says it is.
     grants: confab_proto::signal::Grants,
     identity: Option<String>,
+    /// Its token's `jti`, for revocation.
+    token_id: Option<String>,
     chat_limit: governor::DefaultDirectRateLimiter,
     /// Given back in every `joined`, to resume the session on a new connection.
     resume_token: String,
@@ -243,6 +274,14 @@ struct Participant {
     tracks: Vec<TrackId>,
     sub_state: SubState,
     needs_offer: bool,
+    /// Whether it ever answered a subscriber offer; until then it must do so by
+    /// `negotiate_by`.
+    negotiated: bool,
+    negotiate_by: Instant,
+    /// Its last answer was invalid (the offer is still pending).
+    answer_failed: bool,
+    /// Media-thread time its offers may still take.
+    budget: crate::budget::WorkBudget,
     /// What this subscriber asked of each remote track.
     prefs: HashMap<TrackId, media::Pref>,
     pins: Vec<ParticipantId>,

@@ -2,13 +2,17 @@
 //! (`Authorization: Bearer <key>`) or, for one room's operations, an access token of that
 //! room with `room_admin`; described by `/api/openapi.json`.
 //!
+//! Removing a participant bans its identity from the room for `room.kick_ban_ms` (unless
+//! `?ban=false`); revoking a token id (`/api/tokens/revoked`) refuses the token at join
+//! and removes whoever is in with it.
+//!
 //! The OpenAPI document is written first (`openapi.json`, beside this file) and the router
 //! follows it; a test checks that both list the same operations.
 
 use crate::router::AppState;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -28,6 +32,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/api/rooms/{room}/tracks/{track}/mute"),
     ("post", "/api/rooms/{room}/recording"),
     ("delete", "/api/rooms/{room}/recording"),
+    ("get", "/api/tokens/revoked"),
+    ("post", "/api/tokens/revoked"),
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -42,6 +48,7 @@ pub fn routes() -> Router<AppState> {
             "/api/rooms/{room}/recording",
             post(start_recording).delete(stop_recording),
         )
+        .route("/api/tokens/revoked", get(list_revoked).post(revoke))
 }
 
 async fn openapi() -> Response {
@@ -64,7 +71,7 @@ impl From<ControlError> for ApiError {
             | ControlError::NotFound
             | ControlError::NotRecording(_) => StatusCode::NOT_FOUND,
             ControlError::AlreadyRecording(_) => StatusCode::CONFLICT,
-            ControlError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::ShuttingDown | ControlError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -156,17 +163,85 @@ async fn close_room(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Deserialize)]
+struct KickQuery {
+    /// `false` (or `0`): remove only, no ban.
+    ban: Option<String>,
+}
+
 async fn kick(
     State(s): State<AppState>,
     h: HeaderMap,
     Path((room, participant)): Path<(String, String)>,
+    Query(q): Query<KickQuery>,
 ) -> ApiResult {
     let room = room_id(&room)?;
     authorize(&s, &h, Some(&room))?;
+    let ban = match q.ban.as_deref() {
+        None | Some("true" | "1") => true,
+        Some("false" | "0") => false,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("ban must be true or false, not {other:?}"),
+            ));
+        }
+    };
     s.sfu
-        .kick(&room, &ParticipantId::from_wire(participant))
+        .kick(&room, &ParticipantId::from_wire(participant), ban)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    /// The token's id (`jti` claim).
+    jti: String,
+    /// The token's expiry (`exp`, Unix seconds): how long the revocation is kept.
+    exp: u64,
+}
+
+/// Longest token id taken: ids are for looking up, not for storing documents.
+const MAX_JTI_BYTES: usize = 256;
+
+async fn revoke(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    body: Result<Json<RevokeBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    authorize(&s, &h, None)?;
+    let RevokeBody { jti, exp } = body
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.body_text()))?
+        .0;
+    if jti.is_empty() || jti.len() > MAX_JTI_BYTES {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("jti must be 1 to {MAX_JTI_BYTES} bytes"),
+        ));
+    }
+    s.verifier
+        .revoke(&jti, exp)
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    // Whoever is in with it now goes too.
+    let removed = s.sfu.remove_token(&jti).await;
+    tracing::info!(jti = %jti, exp, removed, "access token revoked");
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "jti": jti, "exp": exp, "removed": removed })),
+    )
+        .into_response())
+}
+
+async fn list_revoked(State(s): State<AppState>, h: HeaderMap) -> ApiResult {
+    authorize(&s, &h, None)?;
+    let all: Vec<serde_json::Value> = s
+        .verifier
+        .revoked()
+        .into_iter()
+        .map(|(jti, exp)| serde_json::json!({ "jti": jti, "exp": exp }))
+        .collect();
+    Ok(Json(all).into_response())
 }
 
 #[derive(Deserialize)]

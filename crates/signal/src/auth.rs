@@ -5,11 +5,21 @@
 //!
 //! Without `auth.required` the server runs in open dev mode: a join without a token gets
 //! every grant but `room_admin`; a join with one still has it verified.
+//!
+//! A token may carry an id (`jti`; `confab token` puts a random one in). The admin API
+//! revokes an id until the token's expiry: the token is then refused like an invalid one.
+//! Revocations live in this process's memory (a restart, or another node of a cluster,
+//! does not know them), bounded by [`MAX_REVOKED`], and are forgotten once the token has
+//! expired anyway.
 
 use confab_proto::signal::Grants;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Revoked token ids held at once.
+pub const MAX_REVOKED: usize = 100_000;
 
 /// The `[auth]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -23,6 +33,8 @@ pub struct AuthConfig {
     /// `confab token`, `private_key_pem` signs them).
     pub public_key_pem: Option<PathBuf>,
     pub private_key_pem: Option<PathBuf>,
+    /// Refuse tokens without an id (`jti`): only tokens that can be revoked are taken.
+    pub require_jti: bool,
 }
 
 /// What a token says.
@@ -43,6 +55,9 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// The token's id, by which it can be revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 impl Claims {
@@ -65,13 +80,22 @@ pub enum AuthError {
     WrongRoom { token_room: String, room: String },
     #[error("cannot read key {0}: {1}")]
     Key(PathBuf, String),
+    #[error("the access token was revoked")]
+    Revoked,
+    #[error("this server takes only access tokens with an id (jti)")]
+    NoTokenId,
+    #[error("too many revoked tokens held at once ({MAX_REVOKED}); try again when some expire")]
+    TooManyRevoked,
 }
 
-/// Verifies and mints tokens with the configured keys.
+/// Verifies and mints tokens with the configured keys. Clones share the revocations.
 #[derive(Clone)]
 pub struct Verifier {
     required: bool,
+    require_jti: bool,
     decoding: Option<(DecodingKey, Algorithm)>,
+    /// Revoked token ids, until the token's expiry (Unix seconds).
+    revoked: Arc<Mutex<confab_sfu::expiring::Expiring<String, u64>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -104,8 +128,43 @@ impl Verifier {
         }
         Ok(Verifier {
             required: config.required,
+            require_jti: config.require_jti,
             decoding,
+            revoked: Arc::new(Mutex::new(confab_sfu::expiring::Expiring::new(MAX_REVOKED))),
         })
+    }
+
+    /// Refuses the token `jti` until `exp` (its expiry, Unix seconds; after it the token
+    /// is refused as expired anyway). A token already expired needs nothing held.
+    pub fn revoke(&self, jti: &str, exp: u64) -> Result<(), AuthError> {
+        let now = now_secs();
+        if exp <= now {
+            return Ok(());
+        }
+        let held = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(jti.to_string(), exp, now);
+        if held {
+            Ok(())
+        } else {
+            Err(AuthError::TooManyRevoked)
+        }
+    }
+
+    /// The revoked token ids still held, with the expiry each is held until.
+    pub fn revoked(&self) -> Vec<(String, u64)> {
+        let now = now_secs();
+        let mut all: Vec<(String, u64)> = self
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live(now)
+            .map(|(k, t)| (k.clone(), t))
+            .collect();
+        all.sort();
+        all
     }
 
     /// Open dev mode: no token needed.
@@ -122,12 +181,26 @@ impl Verifier {
         v.leeway = 0;
         v.validate_nbf = true;
         v.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, key, &v)
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
-            })
+            })?;
+        match &claims.jti {
+            None if self.require_jti => Err(AuthError::NoTokenId),
+            Some(jti)
+                if self
+                    .revoked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .until(jti, now_secs())
+                    .is_some() =>
+            {
+                Err(AuthError::Revoked)
+            }
+            _ => Ok(claims),
+        }
     }
 
     /// What a join to `room` with `token` may do: the token's claims (checked, and for
@@ -169,6 +242,11 @@ pub fn mint(config: &AuthConfig, claims: &Claims) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Invalid(e.to_string()))
 }
 
+/// A fresh random token id (`jti`): 128 bits, hex.
+pub fn new_token_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -200,6 +278,7 @@ mod tests {
             exp,
             nbf: None,
             iat: Some(now_secs()),
+            jti: None,
         }
     }
 
@@ -258,6 +337,41 @@ mod tests {
             Verifier::new(&config("", true)).unwrap_err(),
             AuthError::NotConfigured
         );
+    }
+
+    #[test]
+    fn revoked_token_ids_are_refused_until_the_token_expires() {
+        let c = config("s3cret", true);
+        let v = Verifier::new(&c).unwrap();
+        let exp = now_secs() + 60;
+        let with = |jti: &str| {
+            let mut cl = claims("r", exp);
+            cl.jti = Some(jti.into());
+            mint(&c, &cl).unwrap()
+        };
+        let (a, b) = (with("jti-a"), with("jti-b"));
+        let none = mint(&c, &claims("r", exp)).unwrap();
+        assert!(v.admit(Some(&a), "r").is_ok());
+        v.revoke("jti-a", exp).unwrap();
+        assert_eq!(v.admit(Some(&a), "r"), Err(AuthError::Revoked));
+        // A clone (the admin API's, the sessions') shares the revocations.
+        assert_eq!(v.clone().verify(&a), Err(AuthError::Revoked));
+        assert!(v.admit(Some(&b), "r").is_ok());
+        assert!(v.admit(Some(&none), "r").is_ok());
+        assert_eq!(v.revoked(), vec![("jti-a".to_string(), exp)]);
+        // An expiry already past holds nothing: the token is refused as expired anyway.
+        v.revoke("jti-old", now_secs() - 1).unwrap();
+        assert_eq!(v.revoked().len(), 1);
+        // Tokens without an id, where ids are required.
+        let strict = Verifier::new(&AuthConfig {
+            require_jti: true,
+            ..c.clone()
+        })
+        .unwrap();
+        assert_eq!(strict.admit(Some(&none), "r"), Err(AuthError::NoTokenId));
+        assert!(strict.admit(Some(&b), "r").is_ok());
+        assert_ne!(new_token_id(), new_token_id());
+        assert_eq!(new_token_id().len(), 32);
     }
 
     fn base64_url(bytes: &[u8]) -> String {

@@ -8,12 +8,15 @@
 //! - [`admin`]: the admin API (API key, OpenAPI document); [`metrics`]: Prometheus.
 //! - [`webhooks`]: signed, ordered, retried delivery of room events.
 //! - [`auth`]: access tokens (JWT) and the grants they carry.
+//! - [`guard`]: caps on connections that have not joined, and the counters of every
+//!   budget and deadline that bites.
 //! - Several nodes: the session asks `confab_cluster::Cluster` where a room not open here
 //!   lives, and redirects the client there (`ServerMessage::Redirect`).
 
 pub mod admin;
 pub mod assets;
 pub mod auth;
+pub mod guard;
 pub mod metrics;
 pub mod resume;
 pub mod router;

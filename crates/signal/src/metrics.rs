@@ -19,6 +19,7 @@ struct ConfabCollector {
     sessions: Arc<AtomicI64>,
     webhooks: Arc<WebhookStats>,
     cluster: Option<confab_cluster::Cluster>,
+    guards: Arc<crate::guard::Guards>,
 }
 
 fn counter(
@@ -203,6 +204,12 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_webhooks_dropped",
+            "Webhook deliveries dropped (that URL's queue full: its endpoint slow or down)",
+            self.webhooks.dropped.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
             "confab_recording_bytes",
             "RTP payload bytes handed to recordings and hooks",
             c(s.recording_bytes),
@@ -236,6 +243,33 @@ impl Collector for ConfabCollector {
             "confab_timer_lag_p99_microseconds",
             "Media loop timer lag p99 since start",
             l.timer_lag.p99_us as i64,
+        )?;
+        gauge(
+            &mut e,
+            "confab_connections",
+            "TCP connections open (WebSockets included)",
+            self.guards.connections() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "confab_pending_connections",
+            "WebSockets that have not joined yet",
+            self.guards.pending() as i64,
+        )?;
+        for (name, help, v) in self.guards.counters() {
+            counter(&mut e, name, help, v)?;
+        }
+        counter(
+            &mut e,
+            "confab_signaling_over_budget",
+            "Offers refused (or participants removed) for exceeding their media-thread signaling budget",
+            c(s.signaling_over_budget),
+        )?;
+        counter(
+            &mut e,
+            "confab_negotiation_timeouts",
+            "Participants removed for not completing their first negotiation in time",
+            c(s.negotiation_timeouts),
         )?;
         if let Some(cl) = &self.cluster {
             gauge(
@@ -275,6 +309,7 @@ pub fn render(state: &AppState) -> String {
         sessions: state.sessions.clone(),
         webhooks: state.webhooks.clone(),
         cluster: state.cluster.clone(),
+        guards: state.guards.clone(),
     }));
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

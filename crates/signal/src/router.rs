@@ -39,6 +39,17 @@ pub struct SignalConfig {
     /// How long a participant whose WebSocket dropped (no close frame) stays in its room
     /// for the client to come back with `join.resume`; 0 = leave at once.
     pub resume_window_ms: u64,
+    /// A WebSocket must send `join` within this time, or it is closed (`timeout`).
+    pub join_timeout_ms: u64,
+    /// WebSockets that have not joined yet, from one address and in total; more are
+    /// refused (HTTP 503) until some join or close.
+    pub max_pending_per_ip: u32,
+    pub max_pending: u32,
+    /// Media sections a `publish` offer may have, receive-only and stopped ones included.
+    pub max_offer_sections: usize,
+    /// `publish` offers one participant may send per second (five times as many in a
+    /// burst); refused beyond, and the connection closed after 20 refusals.
+    pub publishes_per_second: u32,
     /// The admin API key (from the `[admin]` section); none disables the admin API.
     #[serde(skip)]
     pub admin_api_key: Option<String>,
@@ -54,6 +65,11 @@ impl Default for SignalConfig {
             joins_per_second_per_ip: 50,
             allowed_origins: Vec::new(),
             resume_window_ms: 15_000,
+            join_timeout_ms: 10_000,
+            max_pending_per_ip: 32,
+            max_pending: 1024,
+            max_offer_sections: 16,
+            publishes_per_second: 2,
             admin_api_key: None,
         }
     }
@@ -72,6 +88,8 @@ pub struct AppState {
     pub resumes: crate::resume::Resumes,
     /// Several nodes sharing a Redis; `None` for a single node.
     pub cluster: Option<confab_cluster::Cluster>,
+    /// Budgets and deadlines of the signaling edge, and what they refused.
+    pub guards: Arc<crate::guard::Guards>,
     joins: Option<Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>>,
 }
 
@@ -92,8 +110,23 @@ impl AppState {
             verifier: Arc::new(verifier),
             resumes: Default::default(),
             cluster: None,
+            guards: Default::default(),
             joins,
         }
+    }
+
+    /// Forgets what the per-address join limiter keeps of addresses not seen lately (its
+    /// store grows with every distinct address, cheaply so over IPv6). Call periodically.
+    pub fn prune(&self) {
+        if let Some(joins) = &self.joins {
+            joins.retain_recent();
+            joins.shrink_to_fit();
+        }
+    }
+
+    /// Addresses the per-address join limiter remembers.
+    pub fn join_limiter_len(&self) -> usize {
+        self.joins.as_ref().map_or(0, |j| j.len())
     }
 }
 
@@ -206,11 +239,39 @@ async fn ws(
         .joins
         .as_ref()
         .is_some_and(|l| l.check_key(&peer.ip()).is_err());
+    // A connection that has not joined costs memory and a descriptor while asking for
+    // nothing: a bounded number of them, per address and in total.
+    let caps = crate::guard::PendingCaps {
+        per_ip: state.config.max_pending_per_ip,
+        total: state.config.max_pending,
+    };
+    let pending = match state.guards.admit_pending(peer.ip(), caps) {
+        Ok(slot) => slot,
+        Err(why) => {
+            let msg = match why {
+                crate::guard::PendingRefusal::PerIp => {
+                    "too many connections from your address are waiting to join: try again in a moment"
+                }
+                crate::guard::PendingRefusal::Total => {
+                    "the server has too many connections waiting to join: try again in a moment"
+                }
+            };
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                msg,
+            )
+                .into_response();
+        }
+    };
     let limits = SessionLimits {
         max_message_bytes: state.config.max_message_bytes,
         ping_interval: Duration::from_millis(state.config.ping_interval_ms),
         messages_per_second: state.config.messages_per_second,
         resume_window: Duration::from_millis(state.config.resume_window_ms),
+        join_timeout: Duration::from_millis(state.config.join_timeout_ms),
+        max_offer_sections: state.config.max_offer_sections,
+        publishes_per_second: state.config.publishes_per_second,
     };
     let env = SessionEnv {
         sfu: state.sfu.clone(),
@@ -218,6 +279,7 @@ async fn ws(
         verifier: state.verifier.clone(),
         resumes: state.resumes.clone(),
         cluster: state.cluster.clone(),
+        guards: state.guards.clone(),
     };
     upgrade
         .max_message_size(state.config.hard_max_message_bytes)
@@ -237,7 +299,7 @@ async fn ws(
                 return;
             }
             state.sessions.fetch_add(1, Ordering::Relaxed);
-            session::run(sink, stream, env).await;
+            session::run(sink, stream, env, Some(pending)).await;
             state.sessions.fetch_sub(1, Ordering::Relaxed);
         })
 }

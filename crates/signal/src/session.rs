@@ -30,6 +30,13 @@ pub struct SessionLimits {
     /// How long a participant whose connection dropped is kept for its client to resume
     /// (`join.resume`); zero: it leaves at once.
     pub resume_window: Duration,
+    /// A connection must `join` within this time.
+    pub join_timeout: Duration,
+    /// Media sections a `publish` offer may have (any direction, stopped ones included).
+    pub max_offer_sections: usize,
+    /// `publish` messages one participant may send per second (five times as many in a
+    /// burst): each costs its media thread an SDP parse.
+    pub publishes_per_second: u32,
 }
 
 /// What a session needs besides its socket.
@@ -41,6 +48,8 @@ pub struct SessionEnv {
     pub resumes: crate::resume::Resumes,
     /// Several nodes: where rooms live. `None`: a single node, every room is here.
     pub cluster: Option<confab_cluster::Cluster>,
+    /// Budgets and deadlines that bite, counted.
+    pub guards: Arc<crate::guard::Guards>,
 }
 
 /// A joined session: the participant, its events, and the token that resumes it.
@@ -48,6 +57,26 @@ type Joined = (Participant, mpsc::Receiver<ServerMessage>, String);
 
 /// Messages refused for their rate before the connection is closed as abusive.
 const MAX_RATE_REFUSALS: u32 = 500;
+/// `publish` messages refused (rate or offer checks) before the connection is closed as
+/// abusive.
+const MAX_PUBLISH_REFUSALS: u32 = 20;
+
+/// The per-connection state `on_text` needs besides the socket.
+struct Conn {
+    joined: Option<Joined>,
+    /// Held until the connection joins: its place under the not-yet-joined caps.
+    pending: Option<crate::guard::PendingSlot>,
+    publishes: governor::DefaultDirectRateLimiter,
+    publish_refusals: u32,
+}
+
+/// Whether a WebSocket receive error is a frame or message over the hard limit (the
+/// socket then closes with 1009). The error type is the transport's: tungstenite says
+/// "Space limit exceeded: Message too long: N > M" or "Frame too long".
+fn is_too_large(e: &dyn std::fmt::Display) -> bool {
+    let s = e.to_string();
+    s.contains("too long") || s.contains("Space limit exceeded")
+}
 
 /// What to do with one text frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,9 +202,14 @@ enum Flow {
     Lost,
 }
 
-/// Serves one connection until the client leaves, disconnects or goes silent.
-pub async fn run<S, R, E>(mut sink: S, mut stream: R, env: SessionEnv)
-where
+/// Serves one connection until the client leaves, disconnects or goes silent. `pending`
+/// is its place under the not-yet-joined caps, given back once it joins.
+pub async fn run<S, R, E>(
+    mut sink: S,
+    mut stream: R,
+    env: SessionEnv,
+    pending: Option<crate::guard::PendingSlot>,
+) where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
@@ -186,14 +220,29 @@ where
         governor::Quota::per_second(rate)
             .allow_burst(rate.saturating_mul(2.try_into().expect("2"))),
     );
+    let publish_rate =
+        std::num::NonZeroU32::new(limits.publishes_per_second.max(1)).expect("at least 1");
+    let mut conn = Conn {
+        joined: None,
+        pending,
+        publishes: governor::RateLimiter::direct(
+            governor::Quota::per_second(publish_rate)
+                .allow_burst(publish_rate.saturating_mul(5.try_into().expect("5"))),
+        ),
+        publish_refusals: 0,
+    };
     let mut refused = 0u32;
     let mut last_refusal_notice: Option<Instant> = None;
-    let mut joined: Option<Joined> = None;
+    let join_deadline = tokio::time::sleep(limits.join_timeout);
+    tokio::pin!(join_deadline);
+    let mut close_code = 1000;
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let silence_limit = limits.ping_interval * 3;
     loop {
+        let joined = &mut conn.joined;
+        let waiting_for_join = joined.is_none();
         let event = async {
             match joined.as_mut() {
                 Some((_, rx, _)) => rx.recv().await,
@@ -206,6 +255,13 @@ where
                 match frame {
                     Some(Ok(Message::Close(_))) => Flow::Close,
                     None => Flow::Lost,
+                    Some(Err(e)) if is_too_large(&e) => {
+                        env.guards.oversized_frames.bit(
+                            "websocket closed: a frame over signal.hard_max_message_bytes (1009)",
+                        );
+                        close_code = 1009;
+                        Flow::Close
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket receive failed");
                         Flow::Lost
@@ -213,7 +269,7 @@ where
                     Some(Ok(Message::Text(text))) if limiter.check().is_err() => {
                         refused += 1;
                         if refused > MAX_RATE_REFUSALS {
-                            tracing::info!("client kept exceeding the message rate, closing");
+                            env.guards.abusive_closed.bit("connection closed: it kept exceeding the message rate");
                             send(&mut sink, &ServerMessage::fatal(
                                 ErrorCode::RateLimited,
                                 "too many messages: the connection is closed",
@@ -235,7 +291,7 @@ where
                         }
                     }
                     Some(Ok(Message::Text(text))) => {
-                        on_text(&mut sink, &mut joined, &env, text.as_str()).await
+                        on_text(&mut sink, &mut conn, &env, text.as_str()).await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         send(&mut sink, &ServerMessage::error(
@@ -258,6 +314,19 @@ where
                 // was delivered above).
                 None => Flow::Close,
             },
+            _ = &mut join_deadline, if waiting_for_join => {
+                env.guards.join_timeouts.bit(
+                    "connection closed: no join within signal.join_timeout_ms",
+                );
+                send(&mut sink, &ServerMessage::fatal(
+                    ErrorCode::Timeout,
+                    format!(
+                        "no join within {} s: the connection is closed",
+                        limits.join_timeout.as_secs_f32()
+                    ),
+                )).await;
+                Flow::Close
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > silence_limit {
                     tracing::info!("client silent, closing");
@@ -272,13 +341,13 @@ where
         match flow {
             Flow::Continue => {}
             Flow::Close => {
-                if let Some((participant, _, _)) = joined.take() {
+                if let Some((participant, _, _)) = conn.joined.take() {
                     participant.leave().await;
                 }
                 break;
             }
             Flow::Lost => {
-                if let Some((participant, events, token)) = joined.take() {
+                if let Some((participant, events, token)) = conn.joined.take() {
                     if limits.resume_window.is_zero() || env.sfu.is_draining() {
                         participant.leave().await;
                     } else {
@@ -290,10 +359,15 @@ where
             }
         }
     }
+    let reason = if close_code == 1009 {
+        "message too big"
+    } else {
+        "bye"
+    };
     let _ = sink
         .send(Message::Close(Some(CloseFrame {
-            code: 1000,
-            reason: "bye".into(),
+            code: close_code,
+            reason: reason.into(),
         })))
         .await;
     let _ = sink.close().await;
@@ -422,10 +496,11 @@ async fn route<S: Sink<Message> + Unpin>(
 
 async fn on_text<S: Sink<Message> + Unpin>(
     sink: &mut S,
-    joined: &mut Option<Joined>,
+    conn: &mut Conn,
     env: &SessionEnv,
     text: &str,
 ) -> Flow {
+    let joined = &mut conn.joined;
     let step = classify(joined.is_some(), text, env.limits.max_message_bytes);
     let participant = joined.as_ref().map(|(p, _, _)| p);
     match (step, participant) {
@@ -448,6 +523,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
             match resume(sink, env, &room, token).await {
                 Some(j) => {
                     *joined = Some(j);
+                    conn.pending = None;
                     Flow::Continue
                 }
                 None => Flow::Close,
@@ -484,6 +560,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
                     let opts = JoinOptions {
                         grants: c.grants,
                         identity: Some(c.sub),
+                        token_id: c.jti,
                         ..JoinOptions::default()
                     };
                     (name, opts)
@@ -502,6 +579,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
                 Ok((p, rx)) => {
                     tracing::debug!(participant = %p.id(), room = %p.room(), "session joined");
                     *joined = Some((p, rx, resume_token));
+                    conn.pending = None;
                     Flow::Continue
                 }
                 Err(e) => {
@@ -509,6 +587,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
                         JoinError::RoomFull { .. } => ErrorCode::RoomFull,
                         JoinError::ShuttingDown => ErrorCode::ServerShuttingDown,
                         JoinError::TooManyRooms { .. } => ErrorCode::LimitReached,
+                        JoinError::Banned { .. } => ErrorCode::Banned,
                     };
                     send(sink, &ServerMessage::fatal(code, e.to_string())).await;
                     Flow::Close
@@ -516,8 +595,64 @@ async fn on_text<S: Sink<Message> + Unpin>(
             }
         }
         (Step::Publish { sdp, tracks }, Some(p)) => {
-            p.publish(sdp, tracks).await;
-            Flow::Continue
+            // Checked here, on the signaling side, so that what reaches the media thread
+            // is bounded: a rate, and the offer's shape (one pass over its lines).
+            let refusal = if conn.publishes.check().is_err() {
+                env.guards
+                    .publish_rate
+                    .bit("publish refused: over signal.publishes_per_second");
+                Some(ServerMessage::error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "more than {} publish offers per second: this one is refused",
+                        env.limits.publishes_per_second
+                    ),
+                ))
+            } else {
+                confab_sfu::sdp::check_offer(
+                    &sdp,
+                    tracks.iter().map(|t| t.mid.as_str()),
+                    env.limits.max_offer_sections,
+                )
+                .err()
+                .map(|e| {
+                    env.guards
+                        .offers_refused
+                        .bit("publish refused before the media thread: offer over its limits");
+                    let code = match e {
+                        confab_sfu::sdp::OfferRefusal::TooManySections { .. } => {
+                            ErrorCode::LimitReached
+                        }
+                        confab_sfu::sdp::OfferRefusal::UnknownMids(_) => ErrorCode::UnknownTrack,
+                    };
+                    ServerMessage::error(code, e.to_string())
+                })
+            };
+            match refusal {
+                None => {
+                    p.publish(sdp, tracks).await;
+                    Flow::Continue
+                }
+                Some(msg) => {
+                    conn.publish_refusals += 1;
+                    if conn.publish_refusals > MAX_PUBLISH_REFUSALS {
+                        env.guards.abusive_closed.bit(
+                            "connection closed: its publish offers were refused again and again",
+                        );
+                        send(
+                            sink,
+                            &ServerMessage::fatal(
+                                ErrorCode::RateLimited,
+                                "too many refused publish offers: the connection is closed",
+                            ),
+                        )
+                        .await;
+                        Flow::Close
+                    } else {
+                        send(sink, &msg).await
+                    }
+                }
+            }
         }
         (Step::Answer { sdp }, Some(p)) => {
             p.answer(sdp).await;

@@ -125,9 +125,10 @@ impl FileRecorder {
 
     fn open(&self, meta: &TrackMeta) -> std::io::Result<(PathBuf, Box<dyn MediaFile>)> {
         let stem = format!("{}-{}", meta.participant, meta.track);
+        let path = |ext: &str| super::path::join(&self.dir, &format!("{stem}.{ext}"));
         Ok(match meta.codec {
             Codec::Vp8 | Codec::Vp9 => {
-                let path = self.dir.join(format!("{stem}.ivf"));
+                let path = path("ivf")?;
                 let fourcc = if meta.codec == Codec::Vp8 {
                     *b"VP80"
                 } else {
@@ -139,7 +140,7 @@ impl FileRecorder {
                 )
             }
             Codec::Opus => {
-                let path = self.dir.join(format!("{stem}.ogg"));
+                let path = path("ogg")?;
                 let w = rtc::media::io::ogg_writer::OggWriter::new(
                     BufWriter::new(File::create(&path)?),
                     meta.clock_rate,
@@ -149,7 +150,7 @@ impl FileRecorder {
                 (path, Box::new(WriterFile(w)))
             }
             Codec::H264 => {
-                let path = self.dir.join(format!("{stem}.h264"));
+                let path = path("h264")?;
                 let w = rtc::media::io::h26x_writer::H26xWriter::new(
                     BufWriter::new(File::create(&path)?),
                     false,

@@ -19,6 +19,10 @@ pub enum MuxError {
     NothingToMux(String),
     #[error("cannot run ffmpeg: {0}")]
     Ffmpeg(String),
+    /// The manifest names a file or participant that is no plain file name (it was
+    /// edited): nothing outside the recording's directory is read or written.
+    #[error("the manifest names {0:?}, which is not a file name in the recording's directory")]
+    UnsafeName(String),
 }
 
 /// What to run: `ffmpeg <args>`, writing `output`.
@@ -80,10 +84,13 @@ pub fn plan(
     let h264 = inputs
         .iter()
         .any(|f| f.codec.eq_ignore_ascii_case("video/H264"));
-    let output = output.map_or_else(
-        || dir.join(format!("{id}.{}", if h264 { "mkv" } else { "webm" })),
-        Path::to_path_buf,
-    );
+    let output = match output {
+        Some(o) => o.to_path_buf(),
+        None => {
+            let name = format!("{id}.{}", if h264 { "mkv" } else { "webm" });
+            super::path::join(dir, &name).map_err(|_| MuxError::UnsafeName(name))?
+        }
+    };
     let mut args: Vec<OsString> = ["-hide_banner", "-loglevel", "error", "-y"]
         .iter()
         .map(OsString::from)
@@ -93,7 +100,9 @@ pub fn plan(
         args.push("-itsoffset".into());
         args.push(format!("{offset:.3}").into());
         args.push("-i".into());
-        args.push(dir.join(&f.path).into());
+        let input =
+            super::path::join(dir, &f.path).map_err(|_| MuxError::UnsafeName(f.path.clone()))?;
+        args.push(input.into());
     }
     for i in 0..inputs.len() {
         args.push("-map".into());
@@ -232,5 +241,31 @@ mod tests {
         let p = plan(dir, &m, Some("PA_b"), Some(Path::new("/tmp/b.webm"))).unwrap();
         assert_eq!(p.output, Path::new("/tmp/b.webm"));
         assert_eq!(strings(&p).iter().filter(|a| *a == "-i").count(), 1);
+    }
+
+    #[test]
+    fn an_edited_manifest_cannot_point_outside_the_directory() {
+        let dir = Path::new("/rec");
+        for bad in crate::record::path::hostile_names() {
+            // As a participant id, it would name the output file.
+            let m = manifest(vec![entry(
+                &bad,
+                MediaKind::Audio,
+                TrackSource::Microphone,
+                0,
+                1,
+            )]);
+            match plan(dir, &m, None, None) {
+                Err(MuxError::UnsafeName(_)) => {}
+                other => panic!("participant {bad:?}: {other:?}"),
+            }
+            // As a file, it would be read.
+            let mut e = entry("PA_a", MediaKind::Audio, TrackSource::Microphone, 0, 1);
+            e.path = bad.clone();
+            match plan(dir, &manifest(vec![e]), None, None) {
+                Err(MuxError::UnsafeName(n)) => assert_eq!(n, bad),
+                other => panic!("file {bad:?}: {other:?}"),
+            }
+        }
     }
 }

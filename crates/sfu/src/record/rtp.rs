@@ -98,10 +98,12 @@ impl RtpForwarder {
         })
     }
 
-    /// The SDP file written for a track.
-    pub fn sdp_path(&self, meta: &TrackMeta) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}.sdp", meta.participant, meta.track))
+    /// The SDP file written for a track (an error for ids that are no file name).
+    pub fn sdp_path(&self, meta: &TrackMeta) -> std::io::Result<PathBuf> {
+        super::path::join(
+            &self.dir,
+            &format!("{}-{}.sdp", meta.participant, meta.track),
+        )
     }
 
     fn bye(&self, f: &Forwarded) {
@@ -113,9 +115,13 @@ impl RtpForwarder {
     }
 
     fn start(&mut self, meta: &TrackMeta, to: SocketAddr) {
-        let path = self.sdp_path(meta);
-        if let Err(e) = std::fs::write(&path, sdp_for(meta, to)) {
-            tracing::warn!(error = %e, path = %path.display(), "rtp forwarder: cannot write the SDP");
+        match self.sdp_path(meta) {
+            Ok(path) => {
+                if let Err(e) = std::fs::write(&path, sdp_for(meta, to)) {
+                    tracing::warn!(error = %e, path = %path.display(), "rtp forwarder: cannot write the SDP");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "rtp forwarder: no SDP file for this track"),
         }
         tracing::info!(track = %meta.track, %to, "forwarding track as RTP");
         self.tracks.insert(
@@ -192,11 +198,112 @@ impl TrackSink for RtpForwarder {
 /// SDP file to read) and `CONFAB_DIR`. When the track ends the process gets an RTCP BYE
 /// (ffmpeg ends its input on it), a SIGINT 1 s later if still running, and SIGKILL 4 s
 /// after that.
+///
+/// Those seconds are waited on the hook's reaper thread, never on the recording's: the
+/// other tracks go on being recorded and forwarded while a command winds down. The
+/// session's end ([`TrackSink::finish`]) waits for every command to be gone, all at once.
 pub struct CommandHook {
     command: String,
     dir: PathBuf,
     forwarder: RtpForwarder,
     children: HashMap<TrackId, (Child, Instant)>,
+    grace: Grace,
+    /// Commands being stopped go here; the thread starts with the first one.
+    reaper: Option<Reaper>,
+}
+
+/// The reaper thread's queue, and the thread.
+type Reaper = (
+    std::sync::mpsc::Sender<(TrackId, Child)>,
+    std::thread::JoinHandle<()>,
+);
+
+/// How long a stopping command has: SIGINT after `interrupt`, SIGKILL `kill` later.
+#[derive(Debug, Clone, Copy)]
+struct Grace {
+    interrupt: Duration,
+    kill: Duration,
+}
+
+impl Default for Grace {
+    fn default() -> Self {
+        Grace {
+            interrupt: Duration::from_secs(1),
+            kill: Duration::from_secs(4),
+        }
+    }
+}
+
+/// A command being stopped.
+struct Stopping {
+    track: TrackId,
+    child: Child,
+    interrupt_at: Instant,
+    kill_at: Instant,
+    interrupted: bool,
+}
+
+impl Stopping {
+    /// One look at the command; true once it is gone (reaped).
+    fn step(&mut self, now: Instant) -> bool {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                tracing::info!(track = %self.track, %status, "hook command finished");
+                true
+            }
+            Ok(None) if now < self.kill_at => {
+                // The forwarder has sent an RTCP BYE, on which ffmpeg finishes by itself;
+                // other tools get one SIGINT (a second would make ffmpeg abandon its file).
+                if !self.interrupted && now >= self.interrupt_at {
+                    let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+                    self.interrupted = true;
+                }
+                false
+            }
+            _ => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                tracing::warn!(track = %self.track, "hook command killed");
+                true
+            }
+        }
+    }
+}
+
+/// The reaper: takes commands to stop from `rx` and watches all of them at once until
+/// each is gone; ends when `rx` is closed and nothing is left.
+fn reap(rx: std::sync::mpsc::Receiver<(TrackId, Child)>, grace: Grace) {
+    use std::sync::mpsc::RecvTimeoutError;
+    const POLL: Duration = Duration::from_millis(20);
+    let mut live: Vec<Stopping> = Vec::new();
+    let mut open = true;
+    while open || !live.is_empty() {
+        let next = if !open {
+            std::thread::sleep(POLL);
+            Err(RecvTimeoutError::Timeout)
+        } else if live.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(POLL)
+        };
+        match next {
+            Ok((track, child)) => {
+                let now = Instant::now();
+                live.push(Stopping {
+                    track,
+                    child,
+                    interrupt_at: now + grace.interrupt,
+                    kill_at: now + grace.interrupt + grace.kill,
+                    interrupted: false,
+                });
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        let now = Instant::now();
+        live.retain_mut(|s| !s.step(now));
+    }
 }
 
 impl CommandHook {
@@ -206,38 +313,43 @@ impl CommandHook {
             dir: dir.to_path_buf(),
             forwarder: RtpForwarder::new(IpAddr::from([127, 0, 0, 1]), 0, dir)?,
             children: HashMap::new(),
+            grace: Grace::default(),
+            reaper: None,
         })
     }
 
+    /// Hands the track's command to the reaper thread; returns at once.
     fn stop(&mut self, track: &TrackId) {
-        let Some((mut child, _)) = self.children.remove(track) else {
+        let Some((child, _)) = self.children.remove(track) else {
             return;
         };
-        // The forwarder has sent an RTCP BYE, on which ffmpeg finishes by itself; other
-        // tools get one SIGINT (a second would make ffmpeg abandon its file).
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let interrupt_at = Instant::now() + Duration::from_secs(1);
-        let kill_at = interrupt_at + Duration::from_secs(4);
-        let mut interrupted = false;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    tracing::info!(track = %track, %status, "hook command finished");
-                    return;
-                }
-                Ok(None) if Instant::now() < kill_at => {
-                    if !interrupted && Instant::now() >= interrupt_at {
-                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-                        interrupted = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    tracing::warn!(track = %track, "hook command killed");
-                    return;
-                }
+        if self.reaper.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let grace = self.grace;
+            match std::thread::Builder::new()
+                .name("confab-hook-reaper".into())
+                .spawn(move || reap(rx, grace))
+            {
+                Ok(thread) => self.reaper = Some((tx, thread)),
+                Err(e) => tracing::warn!(error = %e, "hook: cannot start the reaper thread"),
+            }
+        }
+        let sent = match &self.reaper {
+            Some((tx, _)) => tx.send((track.clone(), child)).map_err(|e| e.0),
+            None => Err((track.clone(), child)),
+        };
+        // No reaper: stop it here, the old way, rather than leave it running.
+        if let Err((track, child)) = sent {
+            let now = Instant::now();
+            let mut s = Stopping {
+                track,
+                child,
+                interrupt_at: now,
+                kill_at: now + self.grace.kill,
+                interrupted: false,
+            };
+            while !s.step(Instant::now()) {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -245,6 +357,14 @@ impl CommandHook {
 
 impl TrackSink for CommandHook {
     fn track_started(&mut self, meta: &TrackMeta) {
+        // A track whose ids make no file name has no SDP for the command to read.
+        let sdp = match self.forwarder.sdp_path(meta) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "hook: not started for this track");
+                return;
+            }
+        };
         // A free port: bind, read it, release it for the command to take.
         let port = match UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()) {
             Ok(a) => a.port(),
@@ -256,7 +376,6 @@ impl TrackSink for CommandHook {
         let to = SocketAddr::from(([127, 0, 0, 1], port));
         self.forwarder.fixed.insert(meta.track.clone(), to);
         self.forwarder.track_started(meta);
-        let sdp = self.forwarder.sdp_path(meta);
         let spawned = Command::new("sh")
             .arg("-c")
             .arg(&self.command)
@@ -304,6 +423,11 @@ impl TrackSink for CommandHook {
         for t in tracks {
             self.stop(&t);
         }
+        // The recording is finished when its commands are: they may still be writing.
+        if let Some((tx, thread)) = self.reaper.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 
     /// A command just started reads from the next keyframe: ask again for its first
@@ -314,5 +438,77 @@ impl TrackSink for CommandHook {
             .filter(|(_, (_, started))| started.elapsed() < Duration::from_secs(3))
             .map(|(t, _)| t.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_proto::{DisplayName, MediaKind, ParticipantId, RoomId, TrackSource};
+
+    fn meta(track: &str) -> TrackMeta {
+        TrackMeta {
+            room: RoomId::parse("r").unwrap(),
+            participant: ParticipantId::from_wire("PA_1"),
+            participant_name: DisplayName::parse("Ada").unwrap(),
+            track: TrackId::from_wire(track),
+            kind: MediaKind::Audio,
+            source: TrackSource::Microphone,
+            codec: Codec::Opus,
+            mime: "audio/opus".into(),
+            clock_rate: 48_000,
+            channels: 2,
+            payload_type: 111,
+        }
+    }
+
+    /// Whether process `pid` still runs (exists and is not a zombie waiting to be reaped).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.chars().next())
+            })
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_stopping_command_never_holds_up_the_recording() {
+        let dir = std::env::temp_dir().join(format!(
+            "confab-hook-test-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        // A command that ignores both the BYE and SIGINT: only SIGKILL ends it.
+        let mut hook = CommandHook::new("trap '' INT; exec sleep 60", &dir).unwrap();
+        hook.grace = Grace {
+            interrupt: Duration::from_millis(300),
+            kill: Duration::from_millis(300),
+        };
+        let (a, b) = (meta("TR_a"), meta("TR_b"));
+        hook.track_started(&a);
+        hook.track_started(&b);
+        let pid = |t: &TrackMeta| hook.children[&t.track].0.id();
+        let (pa, pb) = (pid(&a), pid(&b));
+        assert!(running(pa) && running(pb));
+        // Track a ends: the call returns while its command is still being stopped (it
+        // used to block here until the SIGKILL, and every other track with it).
+        hook.track_ended(&a.track);
+        assert!(running(pa), "track_ended waited for the command");
+        assert!(!hook.children.contains_key(&a.track));
+        // The session ends: it returns once every command is gone.
+        hook.finish(0);
+        assert!(!running(pa) && !running(pb));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pa}")).exists(),
+            "reaped"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pb}")).exists(),
+            "reaped"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

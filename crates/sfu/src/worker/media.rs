@@ -3,7 +3,7 @@
 //! modules: layer allocation per subscriber (`allocator`, `bwe`), active speakers
 //! (`speaker`), last-N, and dynacast.
 
-use super::Worker;
+use super::{Removal, Worker};
 use crate::allocator::{self, Demand, PRIORITY_NORMAL, PRIORITY_SCREEN, PRIORITY_SPEAKER};
 use crate::forwarder::{PacketInfo, Vp8Fields};
 use crate::peer::{ParticipantKey, PeerKey, ReceivedTrack, TrackCodec};
@@ -661,6 +661,23 @@ impl Worker {
     /// Periodic work: repeat keyframe requests until every waiting down-track has one,
     /// re-allocate, announce active speakers, and tell publishers which layers are wanted.
     pub(super) fn tick(&mut self, now: Instant) {
+        // A participant that joined but never completes a negotiation holds a peer
+        // connection and room state: it has `negotiation_timeout_ms` to answer.
+        let late: Vec<ParticipantKey> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| !p.negotiated && now >= p.negotiate_by)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            if let Some(p) = self.participants.get_mut(&k) {
+                // Once: it is removed at the end of this pass.
+                p.negotiated = true;
+                tracing::info!(participant = %p.id, room = %p.room, "removed: first negotiation not completed in time");
+            }
+            SfuStats::inc(&self.stats.negotiation_timeouts);
+            self.doomed.push((k, Removal::NegotiationTimeout));
+        }
         let waiting: Vec<(RoomId, TrackId, u8)> = self
             .rooms
             .values()

@@ -2,10 +2,12 @@
 //! negotiation, publication, forwarding, keyframe requests and chat.
 
 use super::{Command, Participant, Removal, SubState, Worker, unix_ms};
+use crate::budget::Admit;
 use crate::error::{JoinError, PeerError};
 use crate::peer::{ChatSend, ParticipantKey, PeerKey, Role};
 use crate::room::{PublishedTrack, Room};
 use crate::stats::SfuStats;
+use confab_proto::signal::PublishTrack;
 use confab_proto::{
     ChatOut, ClientConfig, ErrorCode, PROTOCOL_VERSION, ParticipantInfo, PcTarget, RoomId,
     ServerMessage, SubscribedTrack, TrackId, TrackSource,
@@ -63,12 +65,39 @@ impl Worker {
                     );
                     return;
                 }
-                if let Some(p) = self.participants.get_mut(&key) {
-                    let mids: Vec<String> = tracks.iter().map(|t| t.mid.clone()).collect();
-                    for t in tracks {
-                        p.sources.insert(t.mid, t.source);
+                let now = Instant::now();
+                let Some(p) = self.participants.get_mut(&key) else {
+                    return;
+                };
+                match p.budget.admit(now) {
+                    Admit::Yes => {}
+                    Admit::Refuse { strikes } => {
+                        SfuStats::inc(&self.stats.signaling_over_budget);
+                        if strikes == 1 {
+                            tracing::info!(participant = %p.id, "publish refused: signaling budget spent");
+                        }
+                        self.send_to(
+                            key,
+                            ServerMessage::error(
+                                ErrorCode::RateLimited,
+                                "your offers are using more of the server's time than allowed: \
+                                 publish refused, try again in a moment",
+                            ),
+                        );
+                        return;
                     }
-                    self.publish(key, sdp, &mids);
+                    Admit::Remove => {
+                        SfuStats::inc(&self.stats.signaling_over_budget);
+                        tracing::info!(participant = %p.id, "removed: signaling budget exceeded too often");
+                        self.doomed.push((key, Removal::OverBudget));
+                        return;
+                    }
+                }
+                let started = Instant::now();
+                self.publish(key, sdp, tracks);
+                let cost = started.elapsed();
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.budget.charge(cost);
                 }
             }
             Command::Answer { key, sdp } => self.answer(key, sdp),
@@ -211,15 +240,27 @@ impl Worker {
                 participant,
                 reply,
             } => {
-                let key = self
+                let found = self
                     .participants
                     .iter()
                     .find(|(_, p)| p.room == room && p.id == participant)
-                    .map(|(k, _)| *k);
-                if let Some(k) = key {
+                    .map(|(k, p)| (*k, p.identity.clone()));
+                if let Some((k, _)) = found {
                     self.remove_participant(k, Removal::Kicked);
                 }
-                let _ = reply.send(key.is_some());
+                let _ = reply.send(found.map(|(_, identity)| identity));
+            }
+            Command::RevokeToken { jti, reply } => {
+                let keys: Vec<ParticipantKey> = self
+                    .participants
+                    .iter()
+                    .filter(|(_, p)| p.token_id.as_deref() == Some(jti.as_str()))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in &keys {
+                    self.remove_participant(*k, Removal::Revoked);
+                }
+                let _ = reply.send(keys.len());
             }
             Command::MuteTrack {
                 room,
@@ -264,6 +305,15 @@ impl Worker {
                 max,
             });
         }
+        // Told apart from whoever the room already shows under that name.
+        let name = match self.rooms.get(&room_id) {
+            Some(r) if self.config.unique_names && !opts.grants.hidden => {
+                let shown = r.members.iter().filter(|k| self.visible(**k));
+                let taken = shown.filter_map(|k| self.participants.get(k).map(|p| &p.name));
+                crate::names::unique_name(name, taken)
+            }
+            _ => name,
+        };
         let opts_identity = opts.identity.clone();
         let span = tracing::info_span!("participant", room = %room_id, participant = %id);
         let _g = span.enter();
@@ -288,6 +338,7 @@ impl Worker {
             });
         }
         SfuStats::gauge(&self.stats.participants, 1);
+        let now = Instant::now();
         self.participants.insert(
             key,
             Participant {
@@ -295,6 +346,7 @@ impl Worker {
                 name,
                 grants: opts.grants,
                 identity: opts.identity,
+                token_id: opts.token_id,
                 chat_limit: chat_limiter(self.config.chat_per_second),
                 resume_token: opts.resume_token.clone(),
                 attached: true,
@@ -308,6 +360,16 @@ impl Worker {
                 tracks: Vec::new(),
                 sub_state: SubState::Stable,
                 needs_offer: true,
+                negotiated: false,
+                answer_failed: false,
+                negotiate_by: now
+                    + std::time::Duration::from_millis(self.config.negotiation_timeout_ms),
+                budget: crate::budget::WorkBudget::new(
+                    now,
+                    std::time::Duration::from_millis(self.config.signaling_budget_ms_per_s),
+                    std::time::Duration::from_millis(self.config.signaling_budget_burst_ms),
+                    self.config.signaling_budget_strikes,
+                ),
                 prefs: HashMap::new(),
                 pins: Vec::new(),
                 bwe: crate::bwe::LossBwe::new(crate::bwe::BweConfig::default()),
@@ -418,7 +480,7 @@ impl Worker {
         self.participants.get(&key).map(|p| p.id.clone())
     }
 
-    fn publish(&mut self, key: ParticipantKey, sdp: String, mids: &[String]) {
+    fn publish(&mut self, key: ParticipantKey, sdp: String, tracks: Vec<PublishTrack>) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
@@ -447,7 +509,27 @@ impl Worker {
         };
         match peer.answer_offer(sdp, announce) {
             Ok(answer) => {
-                let unknown: Vec<&String> = mids.iter().filter(|m| !peer.has_mid(m)).collect();
+                // Only now, with the offer accepted, is anything of the message kept: the
+                // sources of the mids the connection has (the sources of the others, and
+                // those of sections the offer no longer has, dropped).
+                let mut unknown = Vec::new();
+                let mut sources = HashMap::with_capacity(tracks.len());
+                for t in tracks {
+                    if peer.has_mid(&t.mid) {
+                        sources.insert(t.mid, t.source);
+                    } else {
+                        unknown.push(t.mid);
+                    }
+                }
+                if let Some(p) = self.participants.get_mut(&key) {
+                    let before = std::mem::take(&mut p.sources);
+                    for (mid, source) in before {
+                        if peer.has_mid(&mid) {
+                            sources.entry(mid).or_insert(source);
+                        }
+                    }
+                    p.sources = sources;
+                }
                 let unknown = (!unknown.is_empty()).then(|| format!("{unknown:?}"));
                 self.mark_input(publ);
                 self.send_to(key, ServerMessage::Answer { sdp: answer });
@@ -466,7 +548,7 @@ impl Worker {
                     PeerError::Sdp(_) => ErrorCode::InvalidSdp,
                     _ => ErrorCode::Internal,
                 };
-                tracing::info!(error = %e, "publish offer refused");
+                tracing::debug!(error = %e, "publish offer refused");
                 if created {
                     // A fresh connection that never got a valid offer is worth nothing.
                     self.remove_peer(publ);
@@ -493,14 +575,64 @@ impl Worker {
             );
             return;
         }
+        // An answer has exactly the sections of the offer it answers: anything else is
+        // refused before rtc parses it (an invalid answer leaves the offer pending, so a
+        // client could otherwise make the media thread parse junk at its message rate).
+        let offered = match &p.pending_offer {
+            Some((ServerMessage::Offer { sdp, .. }, _)) => Some(crate::sdp::section_count(sdp)),
+            _ => None,
+        };
+        let answered = crate::sdp::section_count(&sdp);
+        if offered.is_some_and(|n| n != answered) {
+            let n = offered.unwrap_or_default();
+            self.send_to(
+                key,
+                ServerMessage::error(
+                    ErrorCode::InvalidSdp,
+                    format!("the answer has {answered} media sections; the offer has {n}"),
+                ),
+            );
+            return;
+        }
+        // Answers are charged to the participant's budget; only one that already sent
+        // an invalid answer can be refused for it (an honest client never is).
+        let now = Instant::now();
+        if p.answer_failed {
+            match p.budget.admit(now) {
+                Admit::Yes => {}
+                Admit::Refuse { .. } => {
+                    SfuStats::inc(&self.stats.signaling_over_budget);
+                    self.send_to(
+                        key,
+                        ServerMessage::error(
+                            ErrorCode::RateLimited,
+                            "your invalid answers are using more of the server's time than allowed",
+                        ),
+                    );
+                    return;
+                }
+                Admit::Remove => {
+                    SfuStats::inc(&self.stats.signaling_over_budget);
+                    tracing::info!(participant = %p.id, "removed: signaling budget exceeded too often");
+                    self.doomed.push((key, Removal::OverBudget));
+                    return;
+                }
+            }
+        }
         let sub = p.sub;
         let Some(peer) = self.peers.get_mut(&sub) else {
             return;
         };
-        match peer.apply_answer(sdp) {
+        let result = peer.apply_answer(sdp);
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.budget.charge(now.elapsed());
+            p.answer_failed = result.is_err();
+        }
+        match result {
             Ok(()) => {
                 if let Some(p) = self.participants.get_mut(&key) {
                     p.sub_state = SubState::Stable;
+                    p.negotiated = true;
                 }
                 self.mark_input(sub);
                 self.activate_down_tracks(key, Instant::now());
