@@ -23,10 +23,14 @@ scripts/need.sh ffprobe ffmpeg # the recording tests check real files with ffpro
 scripts/need.sh redis-server redis-server # the cluster tests start their own Redis
 
 step "rust tests"
+# One build for the test binaries and the server binary the browser tests run: built
+# together, they share every dependency (built apart, dev-dependency features differ and
+# half the dependencies compile twice, ~4 min on 2 cores). The server binary then carries
+# confab-sfu's test-only `fault-injection` feature, which nothing on the network reaches.
+cargo build --workspace --tests --bins --quiet
 cargo test --workspace
 
 step "browser tests"
-cargo build -p confab --quiet
 CONFAB_BIN="$PWD/target/debug/confab" bash tests/browser/run.sh
 
 step "all tests passed"
