@@ -7,8 +7,8 @@
 //! its free pages; the housekeeping task calls it every few seconds. mimalloc as the global
 //! allocator was measured too and kept more (docs/soak.md).
 
-/// Releases the free pages the allocator holds, when it is glibc's. Takes a few
-/// milliseconds at most, on the housekeeping task (never on a media thread).
+/// Releases the free pages the allocator holds, when it is glibc's. Runs on the
+/// housekeeping task, never on a media thread (its duration is traced, not yet measured).
 pub fn release_free() {
     #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "no-trim")))]
     {
