@@ -42,6 +42,7 @@ async fn expect_error(ws: &mut Ws, code: ErrorCode, fatal: bool) {
                 code: c,
                 fatal: f,
                 message,
+                ..
             }) => {
                 assert_eq!((c, f), (code, fatal), "{message}");
                 assert!(!message.is_empty());
@@ -303,4 +304,87 @@ async fn stopping_the_server_tells_every_client() {
     .await
     .unwrap();
     stop.await.unwrap();
+}
+
+/// Every reply names the request that caused it: `joined` the join, an `invalid_sdp` about
+/// the subscriber answer the answer (never a pending publish), a refused publish the
+/// publish, and a refusal before joining the refused message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_carry_the_request_id() {
+    use confab_proto::RequestId;
+    let server = start().await;
+    let mut ws = raw(&server).await;
+    ws.send(Message::text(
+        r#"{"type":"pin","participant_ids":[],"request_id":"early"}"#,
+    ))
+    .await
+    .unwrap();
+    match next_msg(&mut ws).await {
+        Some(ServerMessage::Error {
+            code: ErrorCode::NotJoined,
+            request_id,
+            ..
+        }) => assert_eq!(request_id, Some(RequestId::Text("early".into()))),
+        other => panic!("{other:?}"),
+    }
+    ws.send(Message::text(
+        r#"{"type":"join","protocol":1,"room":"ids","name":"ada","request_id":1}"#,
+    ))
+    .await
+    .unwrap();
+    match next_msg(&mut ws).await {
+        Some(ServerMessage::Joined { request_id, .. }) => {
+            assert_eq!(request_id, Some(RequestId::Number(1)))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The subscriber offer follows; answer it wrongly, then publish an unusable offer.
+    match next_msg(&mut ws).await {
+        Some(ServerMessage::Offer { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    ws.send(Message::text(
+        r#"{"type":"answer","sdp":"v=0\r\n","request_id":2}"#,
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::text(
+        r#"{"type":"publish","sdp":"v=0\r\nnot an offer","tracks":[],"request_id":3}"#,
+    ))
+    .await
+    .unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        match next_msg(&mut ws).await {
+            Some(ServerMessage::Error {
+                code,
+                fatal: false,
+                request_id,
+                ..
+            }) => replies.push((request_id, code)),
+            Some(ServerMessage::ActiveSpeakers { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        replies,
+        [
+            (Some(RequestId::Number(2)), ErrorCode::InvalidSdp),
+            (Some(RequestId::Number(3)), ErrorCode::InvalidSdp)
+        ]
+    );
+    // A bad request id is refused, and not echoed.
+    ws.send(Message::text(
+        r#"{"type":"pin","participant_ids":[],"request_id":-4}"#,
+    ))
+    .await
+    .unwrap();
+    match next_msg(&mut ws).await {
+        Some(ServerMessage::Error {
+            code: ErrorCode::InvalidMessage,
+            request_id: None,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
 }

@@ -239,6 +239,7 @@ async fn draining_refuses_newcomers_and_lets_meetings_finish() {
                     code: ErrorCode::ServerShuttingDown,
                     fatal,
                     message,
+                    ..
                 }) => Some((*fatal, message.clone())),
                 _ => None,
             })
@@ -286,6 +287,7 @@ async fn a_drain_deadline_disconnects_who_is_left() {
                 code: ErrorCode::ServerShuttingDown,
                 fatal: true,
                 message,
+                ..
             }) => Some(message.clone()),
             _ => None,
         })
@@ -320,6 +322,7 @@ async fn a_failure_in_one_room_spares_the_others() {
                 code: ErrorCode::Internal,
                 fatal: true,
                 message,
+                ..
             } => Some(message.clone()),
             _ => None,
         })

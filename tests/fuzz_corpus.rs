@@ -51,7 +51,7 @@ fn seeds_reach_past_the_parsers() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = String::from_utf8(data.clone()).expect("signal seeds are UTF-8");
         let ok = ClientMessage::decode(&text).is_ok();
-        let chat = confab_sfu::chat::parse_chat(&data, 4096).is_ok();
+        let chat = confab_sfu::chat::parse_chat(&data, 4096).1.is_ok();
         // Seeds are named for what they hold: valid messages, chat frames, or crashes/bad input.
         if name.starts_with("chat-") {
             assert!(chat, "{name} is not a valid chat frame");

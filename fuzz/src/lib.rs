@@ -66,11 +66,11 @@ pub fn signal(data: &[u8]) {
     }
     for max in MESSAGE_LIMITS {
         // Before `join` nothing but a join is acted on; after it, never a second join.
-        match classify(false, &text, max) {
+        match classify(false, &text, max).1 {
             Step::Join { .. } | Step::Refuse(_) | Step::Fatal(_) => {}
             other => panic!("acted on before join: {other:?}"),
         }
-        let joined = classify(true, &text, max);
+        let (_, joined) = classify(true, &text, max);
         assert!(
             !matches!(joined, Step::Join { .. }),
             "a second join: {joined:?}"
@@ -82,7 +82,7 @@ pub fn signal(data: &[u8]) {
             );
         }
     }
-    if let Ok(chat) = confab_sfu::chat::parse_chat(data, CHAT_MAX_BYTES) {
+    if let (_, Ok(chat)) = confab_sfu::chat::parse_chat(data, CHAT_MAX_BYTES) {
         assert!(chat.len() <= CHAT_MAX_BYTES && !chat.trim().is_empty());
     }
 }

@@ -767,7 +767,10 @@ impl Client {
 
     /// Sends a chat message over the data channel.
     pub async fn chat(&self, text: &str) -> anyhow::Result<()> {
-        let raw = serde_json::to_string(&ChatIn::Chat { text: text.into() })?;
+        let raw = serde_json::to_string(&ChatIn::Chat {
+            text: text.into(),
+            request_id: None,
+        })?;
         self.chat_raw(&raw).await
     }
 
@@ -1355,7 +1358,7 @@ async fn handle_server(
                 .sdp;
             shared.send(&ClientMessage::Answer { sdp });
         }
-        ServerMessage::Answer { sdp } => {
+        ServerMessage::Answer { sdp, .. } => {
             if let Some(p) = publisher {
                 p.set_remote_description(RTCSessionDescription::answer(sdp)?)
                     .await?;

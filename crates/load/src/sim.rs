@@ -457,12 +457,12 @@ pub async fn run(
                         let sdp = sub.pc.local_description().ok_or_else(|| anyhow!("no answer"))?.sdp;
                         tx.send(send(&ClientMessage::Answer { sdp })).await?;
                     }
-                    ServerMessage::Answer { sdp } => {
+                    ServerMessage::Answer { sdp, .. } => {
                         if let Some(p) = publ.as_mut() {
                             p.pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp)?)?;
                         }
                     }
-                    ServerMessage::Error { fatal: true, code, message } => bail!("{code:?}: {message}"),
+                    ServerMessage::Error { fatal: true, code, message, .. } => bail!("{code:?}: {message}"),
                     _ => {}
                 }
             }

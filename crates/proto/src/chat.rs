@@ -4,14 +4,19 @@
 //! keeps it in the room's history and relays a [`ChatOut`] to everyone else. The sender's
 //! identity is never read from the client.
 
-use crate::ids::{DisplayName, ParticipantId};
+use crate::ids::{DisplayName, ParticipantId, RequestId};
 use serde::{Deserialize, Serialize};
 
 /// Client → server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ChatIn {
-    Chat { text: String },
+    Chat {
+        text: String,
+        /// Echoed on the signaling `error` that refuses this message, if one does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<RequestId>,
+    },
 }
 
 /// Server → client.
@@ -43,7 +48,10 @@ mod tests {
         );
         assert_eq!(
             serde_json::from_str::<ChatIn>(r#"{"type":"chat","text":"hi"}"#).unwrap(),
-            ChatIn::Chat { text: "hi".into() }
+            ChatIn::Chat {
+                text: "hi".into(),
+                request_id: None
+            }
         );
     }
 }

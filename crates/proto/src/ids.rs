@@ -330,3 +330,52 @@ mod tests {
         assert!(serde_json::from_str::<RoomId>("\"not ok\"").is_err());
     }
 }
+
+/// A client's name for one of its requests, echoed on the reply the request causes
+/// (`joined`, `answer`, `error`): a string of 1 to 64 characters or a non-negative integer
+/// up to 2^53 (what a JavaScript number holds exactly).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Number(u64),
+    Text(String),
+}
+
+impl RequestId {
+    pub const MAX_LEN: usize = 64;
+    pub const MAX_NUMBER: u64 = 1 << 53;
+
+    /// Reads a request id from a JSON value, or says why it is not one.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, &'static str> {
+        match v {
+            serde_json::Value::Number(n) => match n.as_u64() {
+                Some(n) if n <= Self::MAX_NUMBER => Ok(RequestId::Number(n)),
+                _ => Err(
+                    "request_id must be a string of 1 to 64 characters or an integer from 0 to 2^53",
+                ),
+            },
+            serde_json::Value::String(s) if !s.is_empty() && s.chars().count() <= Self::MAX_LEN => {
+                Ok(RequestId::Text(s.clone()))
+            }
+            _ => Err(
+                "request_id must be a string of 1 to 64 characters or an integer from 0 to 2^53",
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        RequestId::from_json(&v).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Number(n) => write!(f, "{n}"),
+            RequestId::Text(s) => f.write_str(s),
+        }
+    }
+}

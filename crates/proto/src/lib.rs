@@ -12,7 +12,7 @@ pub mod ids;
 pub mod signal;
 
 pub use chat::{ChatIn, ChatOut};
-pub use ids::{DisplayName, IdError, ParticipantId, RoomId, TrackId};
+pub use ids::{DisplayName, IdError, ParticipantId, RequestId, RoomId, TrackId};
 pub use signal::{
     ClientConfig, ClientMessage, DecodeError, ErrorCode, IceCandidate, MediaKind, ParticipantInfo,
     PcTarget, Quality, ServerMessage, SubscribedTrack, TrackInfo, TrackSource,

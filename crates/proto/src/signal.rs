@@ -3,7 +3,7 @@
 //! Every message is an object whose `type` field names it (`snake_case`). The full
 //! reference, with the order in which they flow, is `docs/protocol.md`; keep the two in step.
 
-use crate::ids::{DisplayName, ParticipantId, RoomId, TrackId};
+use crate::ids::{DisplayName, ParticipantId, RequestId, RoomId, TrackId};
 use serde::{Deserialize, Serialize};
 
 /// Which of a participant's two peer connections a message is about.
@@ -146,29 +146,41 @@ impl ClientMessage {
     /// Decodes one text frame, telling apart broken JSON, an unknown type and bad fields so
     /// that the client gets an error it can act on.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        match serde_json::from_str::<ClientMessage>(text) {
-            Ok(m) => Ok(m),
-            Err(e) if e.is_syntax() || e.is_eof() => Err(DecodeError::Malformed(e.to_string())),
+        Self::decode_request(text).1
+    }
+
+    /// Decodes one text frame and the `request_id` it carries (see [`RequestId`]). The id
+    /// is returned whenever it could be read, also when the rest of the message is refused,
+    /// so that the refusal can name the request.
+    pub fn decode_request(text: &str) -> (Option<RequestId>, Result<Self, DecodeError>) {
+        const NOT_AN_OBJECT: &str = "a message must be a JSON object with a string field \"type\"";
+        let mut map = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            Ok(_) => return (None, Err(DecodeError::Invalid(NOT_AN_OBJECT.into()))),
+            Err(e) => return (None, Err(DecodeError::Malformed(e.to_string()))),
+        };
+        let id = match map.remove("request_id") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => match RequestId::from_json(&v) {
+                Ok(id) => Some(id),
+                Err(e) => return (None, Err(DecodeError::Invalid(e.into()))),
+            },
+        };
+        let ty = match map.get("type") {
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(_) => None,
+            None => return (id, Err(DecodeError::Invalid(NOT_AN_OBJECT.into()))),
+        };
+        match serde_json::from_value::<ClientMessage>(serde_json::Value::Object(map)) {
+            Ok(m) => (id, Ok(m)),
             Err(e) => {
-                #[derive(Deserialize)]
-                struct Envelope {
-                    #[serde(rename = "type")]
-                    ty: Option<serde_json::Value>,
-                }
-                match serde_json::from_str::<Envelope>(text) {
-                    Ok(Envelope {
-                        ty: Some(serde_json::Value::String(ty)),
-                    }) if !KNOWN_CLIENT_TYPES.contains(&ty.as_str()) => {
-                        Err(DecodeError::UnknownType(truncate(&ty, 64)))
+                let err = match ty {
+                    Some(ty) if !KNOWN_CLIENT_TYPES.contains(&ty.as_str()) => {
+                        DecodeError::UnknownType(truncate(&ty, 64))
                     }
-                    Ok(Envelope { ty: Some(_) }) => Err(DecodeError::Invalid(e.to_string())),
-                    Ok(Envelope { ty: None }) => Err(DecodeError::Invalid(
-                        "a message must be a JSON object with a string field \"type\"".into(),
-                    )),
-                    Err(_) => Err(DecodeError::Invalid(
-                        "a message must be a JSON object with a string field \"type\"".into(),
-                    )),
-                }
+                    _ => DecodeError::Invalid(e.to_string()),
+                };
+                (id, Err(err))
             }
         }
     }
@@ -298,10 +310,16 @@ pub enum ServerMessage {
         /// after a disconnection (valid while the server keeps the session).
         #[serde(default)]
         resume_token: String,
+        /// The `request_id` of the `join` this answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<RequestId>,
     },
     /// The answer to the client's `publish`.
     Answer {
         sdp: String,
+        /// The `request_id` of the `publish` this answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<RequestId>,
     },
     /// An offer on the subscriber connection; the client replies with `answer`.
     Offer {
@@ -348,6 +366,9 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
         fatal: bool,
+        /// The `request_id` of the message (or chat frame) refused, when one caused it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<RequestId>,
     },
 }
 
@@ -401,6 +422,7 @@ impl ServerMessage {
             code,
             message: message.into(),
             fatal: false,
+            request_id: None,
         }
     }
 
@@ -409,6 +431,29 @@ impl ServerMessage {
             code,
             message: message.into(),
             fatal: true,
+            request_id: None,
+        }
+    }
+
+    /// This message as the reply to `request` (for the messages that can be replies:
+    /// `joined`, `answer`, `error`; the others are returned as they are).
+    pub fn reply_to(mut self, request: Option<RequestId>) -> Self {
+        if let ServerMessage::Joined { request_id, .. }
+        | ServerMessage::Answer { request_id, .. }
+        | ServerMessage::Error { request_id, .. } = &mut self
+        {
+            *request_id = request;
+        }
+        self
+    }
+
+    /// The request this message replies to, if any.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            ServerMessage::Joined { request_id, .. }
+            | ServerMessage::Answer { request_id, .. }
+            | ServerMessage::Error { request_id, .. } => request_id.as_ref(),
+            _ => None,
         }
     }
 }
@@ -461,6 +506,54 @@ mod tests {
             let err = ClientMessage::decode(text).unwrap_err();
             assert_eq!(err.code(), *code, "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn request_ids_are_read_and_echoed() {
+        let (id, m) = ClientMessage::decode_request(r#"{"type":"leave","request_id":7}"#);
+        assert_eq!(
+            (id, m),
+            (Some(RequestId::Number(7)), Ok(ClientMessage::Leave))
+        );
+        let (id, m) = ClientMessage::decode_request(r#"{"request_id":"a-1","type":"dance"}"#);
+        assert_eq!(id, Some(RequestId::Text("a-1".into())));
+        assert_eq!(m.unwrap_err().code(), ErrorCode::UnknownType);
+        let (id, m) =
+            ClientMessage::decode_request(r#"{"type":"mute","source":"nose","request_id":"x"}"#);
+        assert_eq!(
+            id,
+            Some(RequestId::Text("x".into())),
+            "echoed on a refusal too"
+        );
+        assert_eq!(m.unwrap_err().code(), ErrorCode::InvalidMessage);
+        let (id, _) = ClientMessage::decode_request(r#"{"type":"leave","request_id":null}"#);
+        assert_eq!(id, None);
+        let long = "x".repeat(65);
+        for bad in [
+            "-1".to_string(),
+            "1.5".into(),
+            "9007199254740993".into(),
+            r#""""#.into(),
+            format!(r#""{long}""#),
+            "[1]".into(),
+            "true".into(),
+        ] {
+            let (id, m) =
+                ClientMessage::decode_request(&format!(r#"{{"type":"leave","request_id":{bad}}}"#));
+            assert_eq!(id, None, "{bad}");
+            assert_eq!(m.unwrap_err().code(), ErrorCode::InvalidMessage, "{bad}");
+        }
+        let reply =
+            ServerMessage::error(ErrorCode::Forbidden, "no").reply_to(Some(RequestId::Number(3)));
+        let v: serde_json::Value = serde_json::to_value(&reply).unwrap();
+        assert_eq!(v["request_id"], 3);
+        let v = serde_json::to_value(ServerMessage::error(ErrorCode::Forbidden, "no")).unwrap();
+        assert!(v.get("request_id").is_none(), "absent when not a reply");
+        let offer = ServerMessage::Offer {
+            sdp: String::new(),
+            tracks: vec![],
+        };
+        assert_eq!(offer.clone().reply_to(Some(RequestId::Number(1))), offer);
     }
 
     #[test]

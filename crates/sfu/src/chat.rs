@@ -13,8 +13,22 @@ pub enum ChatError {
     Invalid(String),
 }
 
-/// Validates one chat frame from a client and returns the text to relay.
-pub fn parse_chat(data: &[u8], max_bytes: usize) -> Result<String, ChatError> {
+/// Validates one chat frame from a client and returns the text to relay, with the
+/// frame's request id (also when the frame is refused, when it could be read).
+pub fn parse_chat(
+    data: &[u8],
+    max_bytes: usize,
+) -> (Option<confab_proto::RequestId>, Result<String, ChatError>) {
+    let mut id = None;
+    let r = parse_chat_text(data, max_bytes, &mut id);
+    (id, r)
+}
+
+fn parse_chat_text(
+    data: &[u8],
+    max_bytes: usize,
+    id: &mut Option<confab_proto::RequestId>,
+) -> Result<String, ChatError> {
     // The JSON envelope adds a few bytes; bound the frame before parsing it.
     if data.len() > max_bytes + 256 {
         return Err(ChatError::TooLong {
@@ -22,8 +36,9 @@ pub fn parse_chat(data: &[u8], max_bytes: usize) -> Result<String, ChatError> {
             max: max_bytes,
         });
     }
-    let confab_proto::ChatIn::Chat { text } =
+    let confab_proto::ChatIn::Chat { text, request_id } =
         serde_json::from_slice(data).map_err(|e| ChatError::Invalid(e.to_string()))?;
+    *id = request_id;
     if text.len() > max_bytes {
         return Err(ChatError::TooLong {
             len: text.len(),
@@ -116,7 +131,7 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let got = parse_chat(input.as_bytes(), 10);
+            let (_, got) = parse_chat(input.as_bytes(), 10);
             assert_eq!(
                 got.as_deref().map_err(Clone::clone),
                 want.clone(),
@@ -124,18 +139,22 @@ mod tests {
             );
         }
         assert!(matches!(
-            parse_chat(b"not json", 10),
+            parse_chat(b"not json", 10).1,
             Err(ChatError::Invalid(_))
         ));
         assert!(matches!(
-            parse_chat(br#"{"type":"chat","text":"x","from":"PA_1"}"#, 10),
+            parse_chat(br#"{"type":"chat","text":"x","from":"PA_1"}"#, 10).1,
             Err(ChatError::Invalid(_))
         ));
         let huge = format!(r#"{{"type":"chat","text":"{}"}}"#, "x".repeat(5000));
         assert!(matches!(
-            parse_chat(huge.as_bytes(), 10),
+            parse_chat(huge.as_bytes(), 10).1,
             Err(ChatError::TooLong { .. })
         ));
+        // The request id comes back with the refusal.
+        let (id, r) = parse_chat(br#"{"type":"chat","text":" ","request_id":"c1"}"#, 10);
+        assert_eq!(id, Some(confab_proto::RequestId::Text("c1".into())));
+        assert_eq!(r, Err(ChatError::Empty));
     }
 
     #[test]

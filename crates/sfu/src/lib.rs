@@ -58,8 +58,7 @@ pub use stats::{LatencySnapshot, LoopSnapshot, SfuStats, StatsSnapshot};
 pub use worker::RoomSummary;
 
 use confab_proto::{
-    DisplayName, ErrorCode, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage,
-    TrackSource, signal::PublishTrack,
+    ClientMessage, DisplayName, ErrorCode, ParticipantId, RequestId, RoomId, ServerMessage,
 };
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -442,6 +441,8 @@ pub struct JoinOptions {
     pub token_id: Option<String>,
     /// Sent back in `joined`: the signaling layer's key to resume this session.
     pub resume_token: String,
+    /// The `join`'s request id, echoed on `joined`.
+    pub request_id: Option<RequestId>,
 }
 
 /// One participant's handle on the media plane, held by its signaling session. Dropping
@@ -464,81 +465,36 @@ impl Participant {
         &self.room
     }
 
-    async fn send(&self, c: Command) {
+    async fn send_command(&self, c: Command) {
         // The worker is gone only at shutdown, when the session ends anyway.
         let _ = self.commands.send(c).await;
     }
 
-    pub async fn publish(&self, sdp: String, tracks: Vec<PublishTrack>) {
-        self.send(Command::Publish {
+    /// Passes a validated client message (other than `join` and `leave`) to the room;
+    /// its replies and refusals carry `request`.
+    pub async fn send(&self, request: Option<RequestId>, msg: ClientMessage) {
+        self.send_command(Command::Client {
             key: self.key,
-            sdp,
-            tracks,
-        })
-        .await
-    }
-
-    pub async fn answer(&self, sdp: String) {
-        self.send(Command::Answer { key: self.key, sdp }).await
-    }
-
-    pub async fn candidate(&self, target: PcTarget, candidate: IceCandidate) {
-        self.send(Command::Candidate {
-            key: self.key,
-            target,
-            candidate,
-        })
-        .await
-    }
-
-    pub async fn subscription(
-        &self,
-        track: confab_proto::TrackId,
-        subscribed: bool,
-        quality: confab_proto::Quality,
-        height: Option<u32>,
-    ) {
-        self.send(Command::Subscription {
-            key: self.key,
-            track,
-            subscribed,
-            quality,
-            height,
-        })
-        .await
-    }
-
-    pub async fn pin(&self, participants: Vec<ParticipantId>) {
-        self.send(Command::Pin {
-            key: self.key,
-            participants,
-        })
-        .await
-    }
-
-    pub async fn mute(&self, source: TrackSource, muted: bool) {
-        self.send(Command::Mute {
-            key: self.key,
-            source,
-            muted,
+            request,
+            msg,
         })
         .await
     }
 
     /// Tells the worker the signaling connection dropped (the session is parked).
     pub async fn detach(&self) {
-        self.send(Command::Detach { key: self.key }).await
+        self.send_command(Command::Detach { key: self.key }).await
     }
 
     /// Asks for a fresh `joined` (participants, config, grants) on the event channel: the
     /// session continues on a new connection.
     pub async fn resync(&self) {
-        self.send(Command::Resync { key: self.key }).await
+        self.send_command(Command::Resync { key: self.key }).await
     }
 
     pub async fn leave(mut self) {
         self.left = true;
-        self.send(Command::Leave { key: self.key }).await;
+        self.send_command(Command::Leave { key: self.key }).await;
         self.sfu.unplace(&self.room);
     }
 }

@@ -22,8 +22,8 @@ use crate::stats::{LoopStats, SfuStats};
 use crate::udp;
 use bytes::BytesMut;
 use confab_proto::{
-    DisplayName, IceCandidate, ParticipantId, PcTarget, RoomId, ServerMessage, TrackId,
-    TrackSource, signal::PublishTrack,
+    ClientMessage, DisplayName, ParticipantId, RequestId, RoomId, ServerMessage, TrackId,
+    TrackSource,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -53,35 +53,11 @@ pub enum Command {
         events: mpsc::Sender<ServerMessage>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
-    Publish {
+    /// A validated client message other than `join` and `leave`.
+    Client {
         key: ParticipantKey,
-        sdp: String,
-        tracks: Vec<PublishTrack>,
-    },
-    Answer {
-        key: ParticipantKey,
-        sdp: String,
-    },
-    Candidate {
-        key: ParticipantKey,
-        target: PcTarget,
-        candidate: IceCandidate,
-    },
-    Mute {
-        key: ParticipantKey,
-        source: TrackSource,
-        muted: bool,
-    },
-    Subscription {
-        key: ParticipantKey,
-        track: TrackId,
-        subscribed: bool,
-        quality: confab_proto::Quality,
-        height: Option<u32>,
-    },
-    Pin {
-        key: ParticipantKey,
-        participants: Vec<ParticipantId>,
+        request: Option<RequestId>,
+        msg: ClientMessage,
     },
     Leave {
         key: ParticipantKey,

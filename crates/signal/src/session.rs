@@ -9,10 +9,8 @@
 
 use crate::auth::Verifier;
 use axum::extract::ws::{CloseFrame, Message};
-use confab_proto::signal::PublishTrack;
 use confab_proto::{
-    ClientMessage, DisplayName, ErrorCode, IceCandidate, PROTOCOL_VERSION, PcTarget, RoomId,
-    ServerMessage, TrackSource,
+    ClientMessage, DisplayName, ErrorCode, PROTOCOL_VERSION, RequestId, RoomId, ServerMessage,
 };
 use confab_sfu::{JoinError, JoinOptions, Participant, Sfu};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -91,48 +89,40 @@ pub enum Step {
         token: Option<String>,
         resume: Option<String>,
     },
-    Publish {
-        sdp: String,
-        tracks: Vec<PublishTrack>,
-    },
-    Answer {
-        sdp: String,
-    },
-    Candidate {
-        target: PcTarget,
-        candidate: IceCandidate,
-    },
-    Mute {
-        source: TrackSource,
-        muted: bool,
-    },
-    Subscription {
-        track_id: confab_proto::TrackId,
-        subscribed: bool,
-        quality: confab_proto::Quality,
-        height: Option<u32>,
-    },
-    Pin {
-        participant_ids: Vec<confab_proto::ParticipantId>,
-    },
     Leave,
+    /// Anything else a joined participant sends: passed to the media plane as it is.
+    Forward(ClientMessage),
 }
 
-/// The session state machine: not joined -> joined -> closed.
-pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
+/// The session state machine: not joined -> joined -> closed. Returns the frame's
+/// `request_id` too (refusals already carry it).
+pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> (Option<RequestId>, Step) {
     if text.len() > max_message_bytes {
-        return Step::Refuse(ServerMessage::error(
-            ErrorCode::MessageTooLarge,
-            format!(
-                "message of {} bytes exceeds the limit of {max_message_bytes} bytes",
-                text.len()
-            ),
-        ));
+        return (
+            None,
+            Step::Refuse(ServerMessage::error(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "message of {} bytes exceeds the limit of {max_message_bytes} bytes",
+                    text.len()
+                ),
+            )),
+        );
     }
-    let msg = match ClientMessage::decode(text) {
-        Ok(m) => m,
-        Err(e) => return Step::Refuse(ServerMessage::error(e.code(), e.to_string())),
+    let (id, msg) = ClientMessage::decode_request(text);
+    let step = match msg {
+        Err(e) => Step::Refuse(ServerMessage::error(e.code(), e.to_string())),
+        Ok(msg) => classify_message(joined, msg),
     };
+    let step = match step {
+        Step::Refuse(m) => Step::Refuse(m.reply_to(id.clone())),
+        Step::Fatal(m) => Step::Fatal(m.reply_to(id.clone())),
+        s => s,
+    };
+    (id, step)
+}
+
+fn classify_message(joined: bool, msg: ClientMessage) -> Step {
     match (joined, msg) {
         (
             false,
@@ -168,29 +158,8 @@ pub fn classify(joined: bool, text: &str, max_message_bytes: usize) -> Step {
             ErrorCode::NotJoined,
             format!("{} before join: send join first", m.type_name()),
         )),
-        (true, ClientMessage::Publish { sdp, tracks }) => Step::Publish { sdp, tracks },
-        (true, ClientMessage::Answer { sdp }) => Step::Answer { sdp },
-        (true, ClientMessage::Candidate { target, candidate }) => {
-            Step::Candidate { target, candidate }
-        }
-        (true, ClientMessage::Mute { source, muted }) => Step::Mute { source, muted },
-        (
-            true,
-            ClientMessage::Subscription {
-                track_id,
-                subscribed,
-                quality,
-                height,
-                ..
-            },
-        ) => Step::Subscription {
-            track_id,
-            subscribed,
-            quality,
-            height,
-        },
-        (true, ClientMessage::Pin { participant_ids }) => Step::Pin { participant_ids },
         (true, ClientMessage::Leave) => Step::Leave,
+        (true, m) => Step::Forward(m),
     }
 }
 
@@ -403,6 +372,7 @@ async fn resume<S: Sink<Message> + Unpin>(
     env: &SessionEnv,
     room: &RoomId,
     token: String,
+    request_id: Option<RequestId>,
 ) -> Option<Joined> {
     let Some(resumed) = env.resumes.claim(&token, room).await else {
         tracing::info!(room = %room, "resume refused: no such session");
@@ -411,7 +381,8 @@ async fn resume<S: Sink<Message> + Unpin>(
             &ServerMessage::fatal(
                 ErrorCode::ResumeFailed,
                 "that session is gone: join again without `resume`",
-            ),
+            )
+            .reply_to(request_id),
         )
         .await;
         return None;
@@ -436,14 +407,15 @@ async fn resume<S: Sink<Message> + Unpin>(
             &ServerMessage::fatal(
                 ErrorCode::ResumeFailed,
                 "the session ended while resuming: join again without `resume`",
-            ),
+            )
+            .reply_to(request_id),
         )
         .await;
         participant.leave().await;
         return None;
     };
     tracing::info!(participant = %participant.id(), missed = missed.len(), "session resumed");
-    send(sink, &joined).await;
+    send(sink, &joined.reply_to(request_id)).await;
     for m in &missed {
         send(sink, m).await;
     }
@@ -501,7 +473,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
     text: &str,
 ) -> Flow {
     let joined = &mut conn.joined;
-    let step = classify(joined.is_some(), text, env.limits.max_message_bytes);
+    let (request_id, step) = classify(joined.is_some(), text, env.limits.max_message_bytes);
     let participant = joined.as_ref().map(|(p, _, _)| p);
     match (step, participant) {
         (Step::Refuse(msg), _) => send(sink, &msg).await,
@@ -520,7 +492,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
             if let Some(flow) = route(sink, env, &room).await {
                 return flow;
             }
-            match resume(sink, env, &room, token).await {
+            match resume(sink, env, &room, token, request_id).await {
                 Some(j) => {
                     *joined = Some(j);
                     conn.pending = None;
@@ -544,7 +516,8 @@ async fn on_text<S: Sink<Message> + Unpin>(
                     tracing::info!(room = %room, error = %e, "join refused");
                     send(
                         sink,
-                        &ServerMessage::fatal(ErrorCode::Unauthorized, e.to_string()),
+                        &ServerMessage::fatal(ErrorCode::Unauthorized, e.to_string())
+                            .reply_to(request_id),
                     )
                     .await;
                     return Flow::Close;
@@ -573,6 +546,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
             let resume_token = crate::resume::Resumes::new_token();
             let opts = JoinOptions {
                 resume_token: resume_token.clone(),
+                request_id: request_id.clone(),
                 ..opts
             };
             match env.sfu.join(room, name, opts).await {
@@ -589,48 +563,27 @@ async fn on_text<S: Sink<Message> + Unpin>(
                         JoinError::TooManyRooms { .. } => ErrorCode::LimitReached,
                         JoinError::Banned { .. } => ErrorCode::Banned,
                     };
-                    send(sink, &ServerMessage::fatal(code, e.to_string())).await;
+                    send(
+                        sink,
+                        &ServerMessage::fatal(code, e.to_string()).reply_to(request_id),
+                    )
+                    .await;
                     Flow::Close
                 }
             }
         }
-        (Step::Publish { sdp, tracks }, Some(p)) => {
-            // Checked here, on the signaling side, so that what reaches the media thread
-            // is bounded: a rate, and the offer's shape (one pass over its lines).
-            let refusal = if conn.publishes.check().is_err() {
-                env.guards
-                    .publish_rate
-                    .bit("publish refused: over signal.publishes_per_second");
-                Some(ServerMessage::error(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "more than {} publish offers per second: this one is refused",
-                        env.limits.publishes_per_second
-                    ),
-                ))
-            } else {
-                confab_sfu::sdp::check_offer(
-                    &sdp,
-                    tracks.iter().map(|t| t.mid.as_str()),
-                    env.limits.max_offer_sections,
-                )
-                .err()
-                .map(|e| {
-                    env.guards
-                        .offers_refused
-                        .bit("publish refused before the media thread: offer over its limits");
-                    let code = match e {
-                        confab_sfu::sdp::OfferRefusal::TooManySections { .. } => {
-                            ErrorCode::LimitReached
-                        }
-                        confab_sfu::sdp::OfferRefusal::UnknownMids(_) => ErrorCode::UnknownTrack,
-                    };
-                    ServerMessage::error(code, e.to_string())
-                })
+        (Step::Forward(msg), Some(p)) => {
+            // A publish is checked here, on the signaling side, so that what reaches the
+            // media thread is bounded: a rate, and the offer's shape (one pass over its lines).
+            let refusal = match &msg {
+                ClientMessage::Publish { sdp, tracks } => {
+                    publish_refusal(&conn.publishes, env, sdp, tracks)
+                }
+                _ => None,
             };
             match refusal {
                 None => {
-                    p.publish(sdp, tracks).await;
+                    p.send(request_id, msg).await;
                     Flow::Continue
                 }
                 Some(msg) => {
@@ -644,48 +597,56 @@ async fn on_text<S: Sink<Message> + Unpin>(
                             &ServerMessage::fatal(
                                 ErrorCode::RateLimited,
                                 "too many refused publish offers: the connection is closed",
-                            ),
+                            )
+                            .reply_to(request_id),
                         )
                         .await;
                         Flow::Close
                     } else {
-                        send(sink, &msg).await
+                        send(sink, &msg.reply_to(request_id)).await
                     }
                 }
             }
-        }
-        (Step::Answer { sdp }, Some(p)) => {
-            p.answer(sdp).await;
-            Flow::Continue
-        }
-        (Step::Candidate { target, candidate }, Some(p)) => {
-            p.candidate(target, candidate).await;
-            Flow::Continue
-        }
-        (Step::Mute { source, muted }, Some(p)) => {
-            p.mute(source, muted).await;
-            Flow::Continue
-        }
-        (
-            Step::Subscription {
-                track_id,
-                subscribed,
-                quality,
-                height,
-            },
-            Some(p),
-        ) => {
-            p.subscription(track_id, subscribed, quality, height).await;
-            Flow::Continue
-        }
-        (Step::Pin { participant_ids }, Some(p)) => {
-            p.pin(participant_ids).await;
-            Flow::Continue
         }
         (Step::Leave, _) => Flow::Close,
         // classify() only yields these once joined.
         (_, None) => Flow::Continue,
     }
+}
+
+/// Why a `publish` is refused before it reaches the media thread, if it is.
+fn publish_refusal(
+    publishes: &governor::DefaultDirectRateLimiter,
+    env: &SessionEnv,
+    sdp: &str,
+    tracks: &[confab_proto::signal::PublishTrack],
+) -> Option<ServerMessage> {
+    if publishes.check().is_err() {
+        env.guards
+            .publish_rate
+            .bit("publish refused: over signal.publishes_per_second");
+        return Some(ServerMessage::error(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} publish offers per second: this one is refused",
+                env.limits.publishes_per_second
+            ),
+        ));
+    }
+    let e = confab_sfu::sdp::check_offer(
+        sdp,
+        tracks.iter().map(|t| t.mid.as_str()),
+        env.limits.max_offer_sections,
+    )
+    .err()?;
+    env.guards
+        .offers_refused
+        .bit("publish refused before the media thread: offer over its limits");
+    let code = match e {
+        confab_sfu::sdp::OfferRefusal::TooManySections { .. } => ErrorCode::LimitReached,
+        confab_sfu::sdp::OfferRefusal::UnknownMids(_) => ErrorCode::UnknownTrack,
+    };
+    Some(ServerMessage::error(code, e.to_string()))
 }
 
 #[cfg(test)]
@@ -728,26 +689,38 @@ mod tests {
             (true, r#"{"type":"leave"}"#, None),
         ];
         for (joined, text, want) in cases {
-            let step = classify(*joined, text, 1024);
+            let (_, step) = classify(*joined, text, 1024);
             assert_eq!(code(&step), *want, "joined={joined} {text}");
         }
-        assert!(matches!(classify(false, join, 1024), Step::Join { .. }));
-        assert_eq!(classify(true, r#"{"type":"leave"}"#, 1024), Step::Leave);
+        assert!(matches!(classify(false, join, 1024).1, Step::Join { .. }));
+        assert_eq!(classify(true, r#"{"type":"leave"}"#, 1024).1, Step::Leave);
         assert!(matches!(
             classify(
                 false,
                 r#"{"type":"join","protocol":2,"room":"r","name":"Ada"}"#,
                 1024
-            ),
+            )
+            .1,
             Step::Fatal(_)
         ));
+        // Refusals name the request.
+        let (id, step) = classify(
+            false,
+            r#"{"type":"pin","participant_ids":[],"request_id":4}"#,
+            1024,
+        );
+        assert_eq!(id, Some(RequestId::Number(4)));
+        let Step::Refuse(m) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(m.request_id(), Some(&RequestId::Number(4)));
     }
 
     #[test]
     fn oversized_is_refused_before_parsing() {
         let big = format!(r#"{{"type":"answer","sdp":"{}"}}"#, "x".repeat(2000));
         assert_eq!(
-            code(&classify(true, &big, 1024)),
+            code(&classify(true, &big, 1024).1),
             Some(ErrorCode::MessageTooLarge)
         );
     }

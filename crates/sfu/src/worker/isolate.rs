@@ -71,12 +71,7 @@ impl Worker {
             | Command::TapKeyframe { room, .. }
             | Command::Kick { room, .. }
             | Command::MuteTrack { room, .. } => Some(room.clone()),
-            Command::Publish { key, .. }
-            | Command::Answer { key, .. }
-            | Command::Candidate { key, .. }
-            | Command::Mute { key, .. }
-            | Command::Subscription { key, .. }
-            | Command::Pin { key, .. }
+            Command::Client { key, .. }
             | Command::Leave { key }
             | Command::Detach { key }
             | Command::Resync { key } => self.room_of_participant(*key),

@@ -9,8 +9,8 @@ use crate::room::{PublishedTrack, Room};
 use crate::stats::SfuStats;
 use confab_proto::signal::PublishTrack;
 use confab_proto::{
-    ChatOut, ClientConfig, ErrorCode, PROTOCOL_VERSION, ParticipantInfo, PcTarget, RoomId,
-    ServerMessage, SubscribedTrack, TrackId, TrackSource,
+    ChatOut, ClientConfig, ClientMessage, ErrorCode, PROTOCOL_VERSION, ParticipantInfo, PcTarget,
+    RequestId, RoomId, ServerMessage, SubscribedTrack, TrackId, TrackSource,
 };
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -38,114 +38,7 @@ impl Worker {
                 let r = self.join(key, id, room, name, opts, events);
                 let _ = reply.send(r);
             }
-            Command::Publish { key, sdp, tracks } => {
-                let allowed = self
-                    .participants
-                    .get(&key)
-                    .is_some_and(|p| p.grants.can_publish && !p.grants.hidden);
-                if !allowed {
-                    self.send_to(
-                        key,
-                        ServerMessage::error(
-                            ErrorCode::Forbidden,
-                            "your access token does not allow publishing",
-                        ),
-                    );
-                    return;
-                }
-                let sending = crate::sdp::sending_media_sections(&sdp);
-                let max = self.config.max_tracks_per_participant;
-                if sending > max {
-                    self.send_to(
-                        key,
-                        ServerMessage::error(
-                            ErrorCode::LimitReached,
-                            format!("this offer sends {sending} tracks; at most {max} are allowed"),
-                        ),
-                    );
-                    return;
-                }
-                let now = Instant::now();
-                let Some(p) = self.participants.get_mut(&key) else {
-                    return;
-                };
-                match p.budget.admit(now) {
-                    Admit::Yes => {}
-                    Admit::Refuse { strikes } => {
-                        SfuStats::inc(&self.stats.signaling_over_budget);
-                        if strikes == 1 {
-                            tracing::info!(participant = %p.id, "publish refused: signaling budget spent");
-                        }
-                        self.send_to(
-                            key,
-                            ServerMessage::error(
-                                ErrorCode::RateLimited,
-                                "your offers are using more of the server's time than allowed: \
-                                 publish refused, try again in a moment",
-                            ),
-                        );
-                        return;
-                    }
-                    Admit::Remove => {
-                        SfuStats::inc(&self.stats.signaling_over_budget);
-                        tracing::info!(participant = %p.id, "removed: signaling budget exceeded too often");
-                        self.doomed.push((key, Removal::OverBudget));
-                        return;
-                    }
-                }
-                let started = Instant::now();
-                self.publish(key, sdp, tracks);
-                let cost = started.elapsed();
-                if let Some(p) = self.participants.get_mut(&key) {
-                    p.budget.charge(cost);
-                }
-            }
-            Command::Answer { key, sdp } => self.answer(key, sdp),
-            Command::Candidate {
-                key,
-                target,
-                candidate,
-            } => {
-                let Some(p) = self.participants.get(&key) else {
-                    return;
-                };
-                let peer = match target {
-                    PcTarget::Subscriber => Some(p.sub),
-                    PcTarget::Publisher => p.publ,
-                };
-                let Some(pk) = peer else {
-                    self.send_to(
-                        key,
-                        ServerMessage::error(
-                            ErrorCode::OutOfOrder,
-                            "a publisher candidate arrived before any publish offer",
-                        ),
-                    );
-                    return;
-                };
-                if let Some(peer) = self.peers.get_mut(&pk)
-                    && let Err(e) = peer.add_remote_candidate(candidate)
-                {
-                    self.send_to(
-                        key,
-                        ServerMessage::error(ErrorCode::InvalidMessage, e.to_string()),
-                    );
-                }
-            }
-            Command::Mute { key, source, muted } => self.mute(key, source, muted),
-            Command::Subscription {
-                key,
-                track,
-                subscribed,
-                quality,
-                height,
-            } => self.subscription(key, track, subscribed, quality, height),
-            Command::Pin { key, participants } => {
-                if let Some(p) = self.participants.get_mut(&key) {
-                    p.pins = participants;
-                    self.allocate(key, Instant::now());
-                }
-            }
+            Command::Client { key, request, msg } => self.client(key, request, msg),
             Command::Leave { key } => self.remove_participant(key, Removal::Left),
             Command::Shutdown => self.stop(),
             #[cfg(feature = "fault-injection")]
@@ -285,6 +178,140 @@ impl Worker {
         }
     }
 
+    /// A participant's message, checked against its grants and budget; refusals name
+    /// `request`.
+    fn client(&mut self, key: ParticipantKey, request: Option<RequestId>, msg: ClientMessage) {
+        match msg {
+            ClientMessage::Publish { sdp, tracks } => {
+                self.publish_checked(key, request, sdp, tracks)
+            }
+            ClientMessage::Answer { sdp } => self.answer(key, request, sdp),
+            ClientMessage::Candidate { target, candidate } => {
+                let Some(p) = self.participants.get(&key) else {
+                    return;
+                };
+                let peer = match target {
+                    PcTarget::Subscriber => Some(p.sub),
+                    PcTarget::Publisher => p.publ,
+                };
+                let Some(pk) = peer else {
+                    self.refuse(
+                        key,
+                        request,
+                        ErrorCode::OutOfOrder,
+                        "a publisher candidate arrived before any publish offer",
+                    );
+                    return;
+                };
+                if let Some(peer) = self.peers.get_mut(&pk)
+                    && let Err(e) = peer.add_remote_candidate(candidate)
+                {
+                    self.refuse(key, request, ErrorCode::InvalidMessage, e.to_string());
+                }
+            }
+            ClientMessage::Mute { source, muted } => self.mute(key, source, muted),
+            ClientMessage::Subscription {
+                track_id,
+                subscribed,
+                quality,
+                height,
+                ..
+            } => self.subscription(key, request, track_id, subscribed, quality, height),
+            ClientMessage::Pin { participant_ids } => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.pins = participant_ids;
+                    self.allocate(key, Instant::now());
+                }
+            }
+            ClientMessage::Leave => self.remove_participant(key, Removal::Left),
+            // Signaling answers a second join itself.
+            ClientMessage::Join { .. } => {}
+        }
+    }
+
+    /// Tells a participant its request was refused.
+    pub(super) fn refuse(
+        &mut self,
+        key: ParticipantKey,
+        request: Option<RequestId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        self.send_to(key, ServerMessage::error(code, message).reply_to(request));
+    }
+
+    fn publish_checked(
+        &mut self,
+        key: ParticipantKey,
+        request: Option<RequestId>,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+    ) {
+        let allowed = self
+            .participants
+            .get(&key)
+            .is_some_and(|p| p.grants.can_publish && !p.grants.hidden);
+        if !allowed {
+            self.refuse(
+                key,
+                request,
+                ErrorCode::Forbidden,
+                "your access token does not allow publishing",
+            );
+            return;
+        }
+        let sending = crate::sdp::sending_media_sections(&sdp);
+        let max = self.config.max_tracks_per_participant;
+        if sending > max {
+            self.refuse(
+                key,
+                request,
+                ErrorCode::LimitReached,
+                format!("this offer sends {sending} tracks; at most {max} are allowed"),
+            );
+            return;
+        }
+        if !self.admit_signaling(key, &request, "your offers are using more of the server's time than allowed: publish refused, try again in a moment") {
+            return;
+        }
+        let started = Instant::now();
+        self.publish(key, request, sdp, tracks);
+        let cost = started.elapsed();
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.budget.charge(cost);
+        }
+    }
+
+    /// Whether the participant's signaling budget admits more media-thread work now;
+    /// refuses (naming `request`) or removes it when not.
+    fn admit_signaling(
+        &mut self,
+        key: ParticipantKey,
+        request: &Option<RequestId>,
+        refusal: &str,
+    ) -> bool {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return false;
+        };
+        match p.budget.admit(Instant::now()) {
+            Admit::Yes => true,
+            Admit::Refuse { strikes } => {
+                SfuStats::inc(&self.stats.signaling_over_budget);
+                if strikes == 1 {
+                    tracing::info!(participant = %p.id, "refused: signaling budget spent");
+                }
+                self.refuse(key, request.clone(), ErrorCode::RateLimited, refusal);
+                false
+            }
+            Admit::Remove => {
+                SfuStats::inc(&self.stats.signaling_over_budget);
+                tracing::info!(participant = %p.id, "removed: signaling budget exceeded too often");
+                self.doomed.push((key, Removal::OverBudget));
+                false
+            }
+        }
+    }
+
     fn join(
         &mut self,
         key: ParticipantKey,
@@ -387,7 +414,7 @@ impl Worker {
             .participant_info(key)
             .expect("participant just inserted");
         if let Some(joined) = self.joined_message(key) {
-            self.send_to(key, joined);
+            self.send_to(key, joined.reply_to(opts.request_id.clone()));
         }
         if !opts.grants.hidden {
             self.broadcast(
@@ -480,7 +507,13 @@ impl Worker {
         self.participants.get(&key).map(|p| p.id.clone())
     }
 
-    fn publish(&mut self, key: ParticipantKey, sdp: String, tracks: Vec<PublishTrack>) {
+    fn publish(
+        &mut self,
+        key: ParticipantKey,
+        request: Option<RequestId>,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+    ) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
@@ -495,10 +528,7 @@ impl Worker {
                     (k, true)
                 }
                 Err(e) => {
-                    self.send_to(
-                        key,
-                        ServerMessage::error(ErrorCode::Internal, e.to_string()),
-                    );
+                    self.refuse(key, request, ErrorCode::Internal, e.to_string());
                     return;
                 }
             },
@@ -532,7 +562,13 @@ impl Worker {
                 }
                 let unknown = (!unknown.is_empty()).then(|| format!("{unknown:?}"));
                 self.mark_input(publ);
-                self.send_to(key, ServerMessage::Answer { sdp: answer });
+                self.send_to(
+                    key,
+                    ServerMessage::Answer {
+                        sdp: answer,
+                        request_id: request,
+                    },
+                );
                 if let Some(list) = unknown {
                     self.send_to(
                         key,
@@ -556,22 +592,21 @@ impl Worker {
                         p.publ = None;
                     }
                 }
-                self.send_to(key, ServerMessage::error(code, e.to_string()));
+                self.refuse(key, request, code, e.to_string());
             }
         }
     }
 
-    fn answer(&mut self, key: ParticipantKey, sdp: String) {
+    fn answer(&mut self, key: ParticipantKey, request: Option<RequestId>, sdp: String) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
         if p.sub_state != SubState::AwaitingAnswer {
-            self.send_to(
+            self.refuse(
                 key,
-                ServerMessage::error(
-                    ErrorCode::OutOfOrder,
-                    "an answer arrived but no offer is pending",
-                ),
+                request,
+                ErrorCode::OutOfOrder,
+                "an answer arrived but no offer is pending",
             );
             return;
         }
@@ -585,40 +620,30 @@ impl Worker {
         let answered = crate::sdp::section_count(&sdp);
         if offered.is_some_and(|n| n != answered) {
             let n = offered.unwrap_or_default();
-            self.send_to(
+            self.refuse(
                 key,
-                ServerMessage::error(
-                    ErrorCode::InvalidSdp,
-                    format!("the answer has {answered} media sections; the offer has {n}"),
-                ),
+                request,
+                ErrorCode::InvalidSdp,
+                format!("the answer has {answered} media sections; the offer has {n}"),
             );
             return;
         }
         // Answers are charged to the participant's budget; only one that already sent
         // an invalid answer can be refused for it (an honest client never is).
         let now = Instant::now();
-        if p.answer_failed {
-            match p.budget.admit(now) {
-                Admit::Yes => {}
-                Admit::Refuse { .. } => {
-                    SfuStats::inc(&self.stats.signaling_over_budget);
-                    self.send_to(
-                        key,
-                        ServerMessage::error(
-                            ErrorCode::RateLimited,
-                            "your invalid answers are using more of the server's time than allowed",
-                        ),
-                    );
-                    return;
-                }
-                Admit::Remove => {
-                    SfuStats::inc(&self.stats.signaling_over_budget);
-                    tracing::info!(participant = %p.id, "removed: signaling budget exceeded too often");
-                    self.doomed.push((key, Removal::OverBudget));
-                    return;
-                }
-            }
+        let failed_before = p.answer_failed;
+        if failed_before
+            && !self.admit_signaling(
+                key,
+                &request,
+                "your invalid answers are using more of the server's time than allowed",
+            )
+        {
+            return;
         }
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
         let sub = p.sub;
         let Some(peer) = self.peers.get_mut(&sub) else {
             return;
@@ -639,10 +664,7 @@ impl Worker {
             }
             Err(e) => {
                 // The offer stays pending: the client may send a corrected answer.
-                self.send_to(
-                    key,
-                    ServerMessage::error(ErrorCode::InvalidSdp, e.to_string()),
-                );
+                self.refuse(key, request, ErrorCode::InvalidSdp, e.to_string());
             }
         }
     }
@@ -650,6 +672,7 @@ impl Worker {
     fn subscription(
         &mut self,
         key: ParticipantKey,
+        request: Option<RequestId>,
         track: TrackId,
         subscribed: bool,
         quality: confab_proto::Quality,
@@ -664,12 +687,11 @@ impl Worker {
             .and_then(|r| r.tracks.get(&track))
             .is_some_and(|t| t.owner != key);
         if !known {
-            self.send_to(
+            self.refuse(
                 key,
-                ServerMessage::error(
-                    ErrorCode::UnknownTrack,
-                    format!("no remote track {track} in this room"),
-                ),
+                request,
+                ErrorCode::UnknownTrack,
+                format!("no remote track {track} in this room"),
             );
             return;
         }
@@ -1004,38 +1026,35 @@ impl Worker {
         let Some(p) = self.participants.get(&from) else {
             return;
         };
+        let (request, text) = crate::chat::parse_chat(data, self.config.chat_max_bytes);
         if !p.grants.can_chat || p.grants.hidden {
-            self.send_to(
+            self.refuse(
                 from,
-                ServerMessage::error(
-                    ErrorCode::Forbidden,
-                    "your access token does not allow chatting",
-                ),
+                request,
+                ErrorCode::Forbidden,
+                "your access token does not allow chatting",
             );
             return;
         }
         if p.chat_limit.check().is_err() {
             SfuStats::inc(&self.stats.chat_dropped);
-            self.send_to(
+            let max = self.config.chat_per_second;
+            self.refuse(
                 from,
-                ServerMessage::error(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "at most {} chat messages per second; this one was not sent",
-                        self.config.chat_per_second
-                    ),
-                ),
+                request,
+                ErrorCode::RateLimited,
+                format!("at most {max} chat messages per second; this one was not sent"),
             );
             return;
         }
-        let text = match crate::chat::parse_chat(data, self.config.chat_max_bytes) {
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
                 let code = match e {
                     crate::chat::ChatError::TooLong { .. } => ErrorCode::ChatTooLong,
                     _ => ErrorCode::ChatInvalid,
                 };
-                self.send_to(from, ServerMessage::error(code, e.to_string()));
+                self.refuse(from, request, code, e.to_string());
                 return;
             }
         };
@@ -1189,6 +1208,7 @@ impl Worker {
             },
             grants: p.grants,
             resume_token: p.resume_token.clone(),
+            request_id: None,
         })
     }
 }
