@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use confab_proto::{ClientMessage, MediaKind, TrackId, TrackSource};
 use confab_sfu::forwarder::{Forwarder, PacketInfo};
+use confab_sfu::keys::{ParticipantKey, PeerKey};
 use confab_sfu::peer::TrackCodec;
 use confab_sfu::room::PublishedTrack;
 use confab_sfu::rtp::{Codec, SeqTracker};
@@ -114,7 +115,7 @@ fn forwarding(c: &mut Criterion) {
     for n in [1usize, 10, 100] {
         let mut t = PublishedTrack::new(
             TrackId::from_suffix("bench"),
-            1,
+            ParticipantKey(1),
             MediaKind::Video,
             TrackSource::Camera,
             TrackCodec {
@@ -122,14 +123,14 @@ fn forwarding(c: &mut Criterion) {
                 rtp: Default::default(),
                 payload_type: 96,
             },
-            1,
+            PeerKey(1),
             "rtc".into(),
             None,
             Duration::from_millis(500),
         );
         for i in 0..n {
-            t.add_down(100 + i as u64, 100 + i as u64, 0);
-            t.down_of(100 + i as u64)
+            t.add_down(ParticipantKey(100 + i as u64), PeerKey(100 + i as u64), 0);
+            t.down_of_mut(ParticipantKey(100 + i as u64))
                 .unwrap()
                 .forwarder
                 .set_active(true);

@@ -302,22 +302,85 @@ async fn a_drain_deadline_disconnects_who_is_left() {
     tokio::time::timeout(WAIT, draining).await.unwrap().unwrap();
 }
 
+/// A panic while handling one room (in a command, a peer's timer, or a flush of its
+/// output) closes that room only: its participants are told (fatal `internal`), the
+/// other room on the same worker goes on, and the failed room can be joined afresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_in_one_room_spares_the_others() {
-    // One media worker: both rooms live on the same thread.
+    use confab_sfu::FaultPoint;
+    // One media worker: every room lives on the same thread.
     let server = start().await;
-    let mut a1 = join(&server, "doomed", "a1", Publish::NONE).await;
-    let mut a2 = join(&server, "doomed", "a2", Publish::NONE).await;
     let mut b1 = join(&server, "spared", "b1", Publish::NONE).await;
     let b2 = join(&server, "spared", "b2", Publish::AUDIO_VIDEO).await;
     let pump = b2.start_media(MediaPlan::default());
     wait_tracks(&mut b1, 2).await;
+    for (n, point) in [FaultPoint::Command, FaultPoint::Timer, FaultPoint::Flush]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("doomed-{n}");
+        let mut a1 = join(&server, &name, "a1", Publish::NONE).await;
+        let mut a2 = join(&server, &name, "a2", Publish::NONE).await;
+        let room = confab_proto::RoomId::parse(&name).unwrap();
+        assert!(server.sfu.inject_panic(&room, point).await);
+        // The failed room's participants are told and disconnected...
+        for c in [&mut a1, &mut a2] {
+            let msg = wait_server(c, "room failed", |m| match m {
+                ServerMessage::Error {
+                    code: ErrorCode::Internal,
+                    fatal: true,
+                    message,
+                    ..
+                } => Some(message.clone()),
+                _ => None,
+            })
+            .await;
+            assert!(msg.contains("join again"), "{point:?}: {msg}");
+        }
+        wait_until(|| {
+            server.sfu.stats().rooms_failed == n as i64 + 1 && server.sfu.stats().rooms == 1
+        })
+        .await;
+        assert_eq!(server.sfu.stats().participants, 2, "{point:?}");
+        // ...the other room on the same worker goes on.
+        for _ in 0..50 {
+            b1.wait_for(WAIT, "media", |e| {
+                matches!(e, Event::Rtp { .. }).then_some(())
+            })
+            .await
+            .unwrap();
+        }
+        // And the failed room can be joined afresh.
+        let mut c1 = join(&server, &name, "c1", Publish::NONE).await;
+        let c2 = join(&server, &name, "c2", Publish::NONE).await;
+        assert_eq!(c2.others.len(), 1, "a fresh room: {:?}", c2.others);
+        chat_open(&mut c1).await;
+        c1.leave().await;
+        c2.leave().await;
+        wait_until(|| server.sfu.stats().rooms == 1).await;
+    }
+    drop(pump);
+    server.stop().await;
+}
 
-    let room = confab_proto::RoomId::parse("doomed").unwrap();
-    assert!(server.sfu.inject_panic(&room).await);
-    // The failed room's participants are told and disconnected...
-    for c in [&mut a1, &mut a2] {
-        let msg = wait_server(c, "room failed", |m| match m {
+/// A panic that escapes every room's isolation takes the worker down: everyone on it is
+/// told (fatal `internal`), the worker is restarted on the same port, and a room created
+/// afterwards works, with the gauges back in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_worker_is_restarted() {
+    let server = start().await;
+    let addrs = server.sfu.media_addrs();
+    let mut a1 = join(&server, "first", "a1", Publish::NONE).await;
+    let mut b1 = join(&server, "second", "b1", Publish::NONE).await;
+    let room = confab_proto::RoomId::parse("first").unwrap();
+    assert!(
+        server
+            .sfu
+            .inject_panic(&room, confab_sfu::FaultPoint::Worker)
+            .await
+    );
+    for c in [&mut a1, &mut b1] {
+        let msg = wait_server(c, "worker failed", |m| match m {
             ServerMessage::Error {
                 code: ErrorCode::Internal,
                 fatal: true,
@@ -329,20 +392,23 @@ async fn a_failure_in_one_room_spares_the_others() {
         .await;
         assert!(msg.contains("join again"), "{msg}");
     }
-    wait_until(|| server.sfu.stats().rooms_failed == 1 && server.sfu.stats().rooms == 1).await;
-    // ...the other room on the same worker goes on: media and chat.
-    for _ in 0..50 {
-        b1.wait_for(WAIT, "media", |e| {
-            matches!(e, Event::Rtp { .. }).then_some(())
-        })
-        .await
-        .unwrap();
-    }
-    // And the failed room can be joined afresh.
-    let mut c1 = join(&server, "doomed", "c1", Publish::NONE).await;
-    let c2 = join(&server, "doomed", "c2", Publish::NONE).await;
-    assert_eq!(c2.others.len(), 1, "a fresh room: {:?}", c2.others);
-    chat_open(&mut c1).await;
+    wait_until(|| {
+        let s = server.sfu.stats();
+        s.workers_restarted == 1 && s.participants == 0 && s.rooms == 0 && s.peer_connections == 0
+    })
+    .await;
+    drop((a1, b1));
+    // The same worker, on the same port, serves a new meeting end to end.
+    assert_eq!(server.sfu.media_addrs(), addrs);
+    let mut c1 = join(&server, "after", "c1", Publish::NONE).await;
+    let c2 = join(&server, "after", "c2", Publish::AUDIO_VIDEO).await;
+    let pump = c2.start_media(MediaPlan::default());
+    wait_tracks(&mut c1, 2).await;
+    c1.wait_for(WAIT, "media", |e| {
+        matches!(e, Event::Rtp { .. }).then_some(())
+    })
+    .await
+    .unwrap();
     drop(pump);
     server.stop().await;
 }

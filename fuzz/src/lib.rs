@@ -24,6 +24,7 @@
 
 use confab_proto::{ClientMessage, IceCandidate, MediaKind, TrackId};
 use confab_sfu::forwarder::{Decision, DropReason, Forward, Forwarder, PacketInfo, Vp8Fields};
+use confab_sfu::keys::{ParticipantKey, RoomKey};
 use confab_sfu::peer::{Paths, PeerFactory, Role, TrackCodec};
 use confab_sfu::rtp::codec::{Vp8Descriptor, vp8_dimensions};
 use confab_sfu::rtp::{Codec, SeqResult, SeqTracker};
@@ -154,8 +155,10 @@ pub fn sdp(data: &[u8]) {
     // `ClientMessage` carries the SDP as a JSON string: UTF-8.
     let text = String::from_utf8_lossy(data).into_owned();
 
-    let mut publisher = f.build(Role::Publisher, 1).expect("publisher peer");
-    if let Ok(answer) = publisher.answer_offer(text.clone(), f.announce) {
+    let mut publisher = f
+        .build(Role::Publisher, ParticipantKey(1), RoomKey(0))
+        .expect("publisher peer");
+    if let Ok((answer, _)) = publisher.answer_offer(text.clone(), f.announce) {
         assert!(answer.starts_with("v=0"), "answer: {answer}");
         // Browsers trickle the same candidate lines separately.
         for line in text.lines() {
@@ -170,18 +173,29 @@ pub fn sdp(data: &[u8]) {
                 });
             }
         }
-        let _ = publisher.has_mid("0");
+        let _ = publisher.mids();
     }
     publisher.close();
 
-    let mut subscriber = f.build(Role::Subscriber, 2).expect("subscriber peer");
+    let mut subscriber = f
+        .build(Role::Subscriber, ParticipantKey(2), RoomKey(0))
+        .expect("subscriber peer");
     let owner = "PA_fuzz";
-    for (id, kind, codec) in [
+    for (slot, (id, kind, codec)) in [
         ("TR_01", MediaKind::Audio, Codec::Opus),
         ("TR_02", MediaKind::Video, Codec::Vp8),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         subscriber
-            .add_down_track(&TrackId::from_wire(id), owner, kind, &track_codec(codec))
+            .add_down_track(
+                slot,
+                &TrackId::from_wire(id),
+                owner,
+                kind,
+                &track_codec(codec),
+            )
             .expect("down-track");
     }
     subscriber
@@ -199,15 +213,23 @@ pub fn sdp(data: &[u8]) {
 pub fn sdp_outcome(data: &[u8]) -> (bool, bool) {
     let f = factory();
     let text = String::from_utf8_lossy(data).into_owned();
-    let mut publisher = f.build(Role::Publisher, 1).expect("publisher peer");
+    let mut publisher = f
+        .build(Role::Publisher, ParticipantKey(1), RoomKey(0))
+        .expect("publisher peer");
     let offer_ok = publisher.answer_offer(text.clone(), f.announce).is_ok();
-    let mut subscriber = f.build(Role::Subscriber, 2).expect("subscriber peer");
-    for (id, kind, codec) in [
+    let mut subscriber = f
+        .build(Role::Subscriber, ParticipantKey(2), RoomKey(0))
+        .expect("subscriber peer");
+    for (slot, (id, kind, codec)) in [
         ("TR_01", MediaKind::Audio, Codec::Opus),
         ("TR_02", MediaKind::Video, Codec::Vp8),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         subscriber
             .add_down_track(
+                slot,
                 &TrackId::from_wire(id),
                 "PA_fuzz",
                 kind,

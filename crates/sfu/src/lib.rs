@@ -6,8 +6,8 @@
 //! - [`forwarder`]: per down-track forward-or-drop decision.
 //! - [`keyframe`]: keyframe-request throttling.
 //! - [`chat`]: chat validation and history.
-//! - [`room`]: a room's topology (published tracks, their layers and down-tracks) and
-//!   fan-out.
+//! - [`room`]: a room as a sans-IO state machine (participants, tracks, down-tracks,
+//!   negotiation, allocation, chat, speakers, recording taps): inputs in, outputs out.
 //! - [`allocator`]: which layer of each track a subscriber gets, within its bandwidth.
 //! - [`bwe`]: downlink estimate from receiver-report loss; bitrate meters.
 //! - [`speaker`]: active speakers from RFC 6464 audio levels.
@@ -19,13 +19,15 @@
 //! - [`control`]: recordings and administration (kicks and the bans they leave,
 //!   [`expiring`]); [`events`]: room events for webhooks.
 //!
+//! - [`keys`]: worker-local newtype keys (participants, peers, tracks, rooms).
+//!
 //! IO at the edges:
-//! - [`peer`]: the only module that talks to the webrtc-rs `rtc` core.
+//! - [`peer`]: the only module that drives the webrtc-rs `rtc` peer connection.
 //! - [`udp`]: batched socket IO (recvmmsg/sendmmsg).
-//! - [`worker`]: one thread per core, one UDP socket each, driving every peer connection
-//!   of its rooms from one loop.
-//! - [`Sfu`] (this file): starts the workers, places rooms on them and hands signaling a
-//!   [`Participant`] handle per join.
+//! - [`worker`]: one thread per core, one UDP socket each: peers, timers and sessions,
+//!   translating between `rtc` and the rooms.
+//! - [`Sfu`] (this file): starts and supervises the workers, places rooms on them and
+//!   hands signaling a [`Participant`] handle per join.
 
 pub mod allocator;
 pub mod budget;
@@ -38,6 +40,7 @@ pub mod events;
 pub mod expiring;
 pub mod forwarder;
 pub mod keyframe;
+pub mod keys;
 pub mod names;
 pub mod peer;
 pub mod record;
@@ -71,6 +74,22 @@ struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     addr: SocketAddr,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// False once the worker is gone for good (it could not be restarted): placement
+    /// skips it.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where an injected fault fires (tests of failure isolation and supervision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// While applying a command to the room.
+    Command,
+    /// When one of the room's peer connections' timers fires.
+    Timer,
+    /// While flushing one of the room's peer connections.
+    Flush,
+    /// In the worker's loop, outside every room's isolation: the worker restarts.
+    Worker,
 }
 
 struct Placement {
@@ -159,35 +178,27 @@ impl Sfu {
                 max_nacks_per_packet: config.max_nacks_per_packet,
             };
             let (tx, rx) = mpsc::channel(4096);
-            let cfg = config.clone();
-            let st = stats.clone();
-            let lat = timing.clone();
-            let ev = events.clone();
+            let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let supervisor = Supervisor {
+                index: i,
+                socket,
+                announce,
+                factory,
+                config: config.clone(),
+                stats: stats.clone(),
+                timing: timing.clone(),
+                events: events.clone(),
+                alive: alive.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("confab-media-{i}"))
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot build worker runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        match worker::Worker::new(i, socket, announce, factory, cfg, st, lat, ev) {
-                            Ok(w) => w.run(rx).await,
-                            Err(e) => tracing::error!(error = %e, "cannot start worker"),
-                        }
-                    });
-                })
+                .spawn(move || supervisor.run(rx))
                 .map_err(StartError::Thread)?;
             workers.push(WorkerHandle {
                 commands: tx,
                 addr: announce,
                 thread: Mutex::new(Some(thread)),
+                alive,
             });
         }
         Ok(Sfu {
@@ -245,8 +256,8 @@ impl Sfu {
                 seconds,
             });
         }
-        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
-        let id = ParticipantId::from_suffix(format!("{key:x}{:04x}", rand::random::<u16>()));
+        let key = keys::ParticipantKey(self.inner.next_key.fetch_add(1, Ordering::Relaxed));
+        let id = ParticipantId::from_suffix(format!("{:x}{:04x}", key.0, rand::random::<u16>()));
         let worker = self.place(&room)?;
         let (events_tx, events_rx) = mpsc::channel(self.inner.config.event_queue);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -320,7 +331,10 @@ impl Sfu {
         for p in rooms.values() {
             load[p.worker] += p.participants + 1;
         }
-        let worker = (0..load.len()).min_by_key(|i| load[*i]).unwrap_or(0);
+        let worker = (0..load.len())
+            .filter(|i| self.inner.workers[*i].alive.load(Ordering::Relaxed))
+            .min_by_key(|i| load[*i])
+            .ok_or(JoinError::ShuttingDown)?;
         rooms.insert(
             room.clone(),
             Placement {
@@ -356,10 +370,10 @@ impl Sfu {
         }
     }
 
-    /// Makes the worker hosting `room` panic while handling it (tests of failure
-    /// isolation). Returns whether the room exists.
+    /// Makes the worker hosting `room` panic at `point` (tests of failure isolation and
+    /// supervision). Returns whether the room exists.
     #[cfg(feature = "fault-injection")]
-    pub async fn inject_panic(&self, room: &RoomId) -> bool {
+    pub async fn inject_panic(&self, room: &RoomId, point: FaultPoint) -> bool {
         let Some(worker) = self
             .inner
             .rooms
@@ -372,7 +386,10 @@ impl Sfu {
         };
         self.inner.workers[worker]
             .commands
-            .send(Command::InjectPanic { room: room.clone() })
+            .send(Command::InjectPanic {
+                room: room.clone(),
+                point,
+            })
             .await
             .is_ok()
     }
@@ -448,7 +465,7 @@ pub struct JoinOptions {
 /// One participant's handle on the media plane, held by its signaling session. Dropping
 /// it leaves the room.
 pub struct Participant {
-    key: u64,
+    key: keys::ParticipantKey,
     id: ParticipantId,
     room: RoomId,
     commands: mpsc::Sender<Command>,
@@ -514,5 +531,70 @@ impl Drop for Participant {
             }
         }
         self.sfu.unplace(&self.room);
+    }
+}
+
+/// A worker thread's life: runs the worker and, when a panic escapes every room's
+/// isolation, starts a fresh one on the same socket (its participants were told by the
+/// failed worker's drop). Commands queued meanwhile wait in the channel.
+struct Supervisor {
+    index: usize,
+    socket: UdpSocket,
+    announce: SocketAddr,
+    factory: peer::PeerFactory,
+    config: Arc<SfuConfig>,
+    stats: Arc<SfuStats>,
+    timing: Arc<stats::LoopStats>,
+    events: Option<mpsc::Sender<events::RoomEvent>>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Supervisor {
+    fn run(self, mut commands: mpsc::Receiver<Command>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build worker runtime");
+                self.alive.store(false, Ordering::Relaxed);
+                return;
+            }
+        };
+        // The worker registers its socket with this runtime's reactor.
+        let _rt = rt.enter();
+        loop {
+            let worker = self.socket.try_clone().and_then(|socket| {
+                worker::Worker::new(
+                    self.index,
+                    socket,
+                    self.announce,
+                    self.factory.clone(),
+                    self.config.clone(),
+                    self.stats.clone(),
+                    self.timing.clone(),
+                    self.events.clone(),
+                )
+            });
+            let worker = match worker {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(worker = self.index, error = %e, "cannot start worker");
+                    self.alive.store(false, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rt.block_on(worker.run(&mut commands))
+            }));
+            match run {
+                Ok(()) => return,
+                Err(_) => {
+                    SfuStats::inc(&self.stats.workers_restarted);
+                    tracing::error!(worker = self.index, "media worker failed; restarting it");
+                }
+            }
+        }
     }
 }

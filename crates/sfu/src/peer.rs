@@ -12,45 +12,37 @@
 //! the browser's bandwidth estimate; a sender needs a retransmission buffer and sender
 //! reports.
 
+mod factory;
+mod paths;
+
+pub use factory::PeerFactory;
+pub use paths::{Paths, is_binding_success, is_stun, stun_target_ufrag};
+
 use crate::error::PeerError;
+use crate::keys::{ParticipantKey, RoomKey, TrackKey};
 use crate::rtp::Codec;
 use confab_proto::{IceCandidate, MediaKind, TrackId};
 use rand::Rng;
-use rand::distr::Alphanumeric;
-use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
-    Packet as InterceptorPacket, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
-    StreamInfo, TaggedPacket, TwccReceiverBuilder,
-};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::peer_connection::certificate::RTCCertificate;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
-};
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::{
-    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
 use rtc::sansio::Protocol;
-use std::collections::{HashMap, VecDeque};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// Worker-local key of a peer connection.
-pub type PeerKey = u64;
-/// Worker-local key of a participant.
-pub type ParticipantKey = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -58,25 +50,10 @@ pub enum Role {
     Subscriber,
 }
 
-/// Settings shared by every peer connection of a worker.
-#[derive(Clone)]
-pub struct PeerFactory {
-    /// The address put in the host candidate and used as the local address of every
-    /// datagram handed to the ICE agent (which matches it exactly).
-    pub announce: SocketAddr,
-    /// One certificate for the worker: generating a key per connection costs a join
-    /// milliseconds of CPU for nothing (the fingerprint is per connection in the SDP anyway).
-    pub certificate: RTCCertificate,
-    pub ice_disconnected_timeout: Duration,
-    pub ice_failed_timeout: Duration,
-    pub max_nacks_per_packet: u16,
-}
-
 /// An outgoing (down) track slot of a subscriber connection.
 #[derive(Debug, Clone)]
 pub struct SenderSlot {
     pub sender: RTCRtpSenderId,
-    pub track: TrackId,
     pub ssrc: u32,
     pub mime: String,
     /// Resolved once the subscriber's answer fixed the payload types.
@@ -87,14 +64,74 @@ pub struct SenderSlot {
 #[derive(Debug, Clone)]
 pub struct ReceivedTrack {
     pub receiver: RTCRtpReceiverId,
-    pub track: TrackId,
+    pub track: TrackKey,
     pub media_ssrc: u32,
 }
 
+/// What happened on a peer connection, in the worker's terms.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE connected (the DTLS flight should leave at once).
+    IceConnected,
+    Connected,
+    Disconnected,
+    Failed,
+    /// Publisher: a track (or one more encoding of one) opened.
+    TrackOpened(Opened),
+    /// Publisher: a track closed: the room's track it fed.
+    TrackClosed(TrackKey),
+    /// Subscriber: the chat channel opened.
+    ChatOpen,
+    /// Publisher: an RTP packet of a room track.
+    Rtp(TrackKey, rtc::rtp::Packet),
+    /// Subscriber: feedback about the down-track of a room track (its id on the wire).
+    Feedback(TrackId, RtcpSummary),
+    /// Publisher: a sender report of one of its encodings.
+    SenderReport {
+        ssrc: u32,
+        ntp: u64,
+        rtp_ts: u32,
+    },
+    /// Subscriber: a chat frame.
+    Chat(bytes::BytesMut),
+}
+
+/// A track that opened on a publisher connection.
+#[derive(Debug)]
+pub enum Opened {
+    /// Its first encoding.
+    New {
+        rtc_id: String,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        rid: Option<String>,
+        codec: TrackCodec,
+        kind: MediaKind,
+        mid: Option<String>,
+        audio_level_ext: Option<u8>,
+    },
+    /// One more simulcast encoding of a track already open.
+    Layer {
+        track: TrackKey,
+        rid: Option<String>,
+        ssrc: u32,
+    },
+}
+
+/// The RTCP the worker acts on, from one compound packet of a subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtcpSummary {
+    pub keyframe: bool,
+    pub nacks: u32,
+    pub worst_loss: Option<u8>,
+    pub rtt: Option<Duration>,
+}
+
 pub struct Peer {
-    pub pc: RTCPeerConnection,
+    pc: RTCPeerConnection,
     pub role: Role,
     pub participant: ParticipantKey,
+    pub room: RoomKey,
     pub ufrag: String,
     /// Remote addresses that passed an ICE check: where datagrams come from and go to.
     pub addrs: Vec<SocketAddr>,
@@ -104,194 +141,15 @@ pub struct Peer {
     /// The deadline registered in the worker's timer set.
     pub timer: Option<Instant>,
     /// Publisher: rtc track id -> the track it feeds.
-    pub received: HashMap<String, ReceivedTrack>,
-    /// Publisher: the simulcast rids each section (mid) of the applied offer sends,
-    /// lowest layer first: the layers it negotiated, whether or not they arrived yet.
-    pub offered_rids: HashMap<String, Vec<String>>,
+    received: HashMap<String, ReceivedTrack>,
     /// Subscriber: the down-track slots, indexed by `DownTrack::slot`.
-    pub senders: Vec<Option<SenderSlot>>,
+    senders: Vec<Option<SenderSlot>>,
     /// Subscriber: the chat data channel, and whether it is open.
-    pub chat: Option<(usize, bool)>,
+    chat: Option<(usize, bool)>,
     /// Subscriber: what is sent toward it (for its bandwidth estimate).
     pub egress: crate::bwe::RateMeter,
-}
-
-impl PeerFactory {
-    pub fn build(&self, role: Role, participant: ParticipantKey) -> Result<Peer, PeerError> {
-        let ufrag = random_string(16);
-        let pwd = random_string(32);
-        let mut media = MediaEngine::default();
-        register_codecs(&mut media, role)?;
-
-        let mut registry = Registry::new();
-        match role {
-            Role::Publisher => {
-                registry = registry
-                    .with(
-                        Slot::NackGenerator,
-                        NackGeneratorBuilder::new()
-                            .with_max_nacks_per_packet(self.max_nacks_per_packet)
-                            .build(),
-                    )
-                    .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-                    .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
-                    .with(Slot::from(FEEDBACK_TAP_SLOT), FeedbackTap::default());
-                // Transport-wide CC feedback for the browser's uplink estimate; mid and
-                // rid for simulcast; the audio level for the speaker detector.
-                use rtc::sdp::extmap;
-                for (uri, kind) in [
-                    (extmap::TRANSPORT_CC_URI, RtpCodecKind::Video),
-                    (extmap::TRANSPORT_CC_URI, RtpCodecKind::Audio),
-                    (extmap::SDES_MID_URI, RtpCodecKind::Video),
-                    (extmap::SDES_RTP_STREAM_ID_URI, RtpCodecKind::Video),
-                    (extmap::SDES_REPAIR_RTP_STREAM_ID_URI, RtpCodecKind::Video),
-                    (extmap::SDES_MID_URI, RtpCodecKind::Audio),
-                    (extmap::AUDIO_LEVEL_URI, RtpCodecKind::Audio),
-                ] {
-                    media
-                        .register_header_extension(
-                            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
-                                uri: uri.to_owned(),
-                            },
-                            kind,
-                            None,
-                        )
-                        .map_err(PeerError::rtc)?;
-                }
-            }
-            Role::Subscriber => {
-                registry = registry
-                    .with(Slot::NackResponder, NackResponderBuilder::new().build())
-                    .with(Slot::SenderReport, SenderReportBuilder::new().build())
-                    .with(Slot::from(FEEDBACK_TAP_SLOT), FeedbackTap::default());
-            }
-        }
-
-        let settings = SettingEngineBuilder::new()
-            .with_lite(true)
-            .with_ice_credentials(ufrag.clone(), pwd)
-            .with_answering_dtls_role(RTCDtlsRole::Server)
-            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-            .with_ice_timeouts(
-                Some(self.ice_disconnected_timeout),
-                Some(self.ice_failed_timeout),
-                None,
-            )
-            .with_srtp_replay_protection_window(1024)
-            .build();
-        let config = RTCConfigurationBuilder::new()
-            .with_certificates(vec![self.certificate.clone()])
-            .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(config)
-            .with_setting_engine(settings)
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .build(Instant::now())
-            .map_err(PeerError::rtc)?;
-
-        let mut chat = None;
-        if role == Role::Subscriber {
-            let dc = pc
-                .create_data_channel(confab_proto::CHAT_CHANNEL_LABEL, None)
-                .map_err(PeerError::rtc)?;
-            chat = Some((dc.id(), false));
-        }
-
-        Ok(Peer {
-            pc,
-            role,
-            participant,
-            ufrag,
-            addrs: Vec::new(),
-            paths: Paths::default(),
-            connected: false,
-            timer: None,
-            received: HashMap::new(),
-            offered_rids: HashMap::new(),
-            senders: Vec::new(),
-            chat,
-            egress: Default::default(),
-        })
-    }
-}
-
-fn random_string(n: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
-}
-
-fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError> {
-    let video_fb = vec![
-        RTCPFeedback {
-            typ: "ccm".into(),
-            parameter: "fir".into(),
-        },
-        RTCPFeedback {
-            typ: "nack".into(),
-            parameter: "".into(),
-        },
-        RTCPFeedback {
-            typ: "nack".into(),
-            parameter: "pli".into(),
-        },
-        RTCPFeedback {
-            typ: "transport-cc".into(),
-            parameter: "".into(),
-        },
-    ];
-    let codec = |mime: &str, clock_rate, channels, fmtp: &str, fb: Vec<RTCPFeedback>, pt| {
-        RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: mime.to_owned(),
-                clock_rate,
-                channels,
-                sdp_fmtp_line: fmtp.to_owned(),
-                rtcp_feedback: fb,
-            },
-            payload_type: pt,
-        }
-    };
-    media
-        .register_codec(
-            codec(
-                MIME_TYPE_OPUS,
-                48000,
-                2,
-                "minptime=10;useinbandfec=1",
-                vec![],
-                111,
-            ),
-            RtpCodecKind::Audio,
-        )
-        .map_err(PeerError::rtc)?;
-    for c in [
-        codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
-        codec(
-            MIME_TYPE_VP9,
-            90000,
-            0,
-            "profile-id=0",
-            video_fb.clone(),
-            98,
-        ),
-        codec(
-            MIME_TYPE_H264,
-            90000,
-            0,
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-            video_fb.clone(),
-            102,
-        ),
-    ] {
-        media
-            .register_codec(c, RtpCodecKind::Video)
-            .map_err(PeerError::rtc)?;
-    }
-    Ok(())
+    /// Events translated but not yet taken.
+    pending: std::collections::VecDeque<PeerEvent>,
 }
 
 /// The codec of a published track, as needed to open down-tracks for it.
@@ -329,8 +187,13 @@ impl Peer {
         Ok(())
     }
 
-    /// Publisher: applies the client's offer and returns the answer SDP.
-    pub fn answer_offer(&mut self, sdp: String, announce: SocketAddr) -> Result<String, PeerError> {
+    /// Publisher: applies the client's offer; returns the answer SDP and the simulcast
+    /// rids each section (mid) of the offer sends, lowest layer first.
+    pub fn answer_offer(
+        &mut self,
+        sdp: String,
+        announce: SocketAddr,
+    ) -> Result<(String, HashMap<String, Vec<String>>), PeerError> {
         let offered_rids = crate::sdp::send_rids(&sdp);
         let keep = self.learned_simulcast(&sdp);
         let sdp = if keep.is_empty() {
@@ -350,8 +213,7 @@ impl Peer {
         self.pc
             .set_local_description(Instant::now(), answer)
             .map_err(PeerError::rtc)?;
-        self.offered_rids = offered_rids;
-        self.local_sdp()
+        Ok((self.local_sdp()?, offered_rids))
     }
 
     /// Publisher: the mids of `offer` whose simulcast receiver must survive it as it is.
@@ -467,14 +329,20 @@ impl Peer {
             .map_err(PeerError::candidate)
     }
 
-    /// Whether a transceiver with this mid exists.
-    pub fn has_mid(&mut self, mid: &str) -> bool {
+    /// The mids of the connection's transceivers.
+    pub fn mids(&mut self) -> Vec<String> {
         let ids: Vec<_> = self.pc.get_transceivers().collect();
-        ids.into_iter().any(|id| {
-            self.pc
-                .rtp_transceiver(id)
-                .is_some_and(|t| t.mid().as_deref() == Some(mid))
-        })
+        ids.into_iter()
+            .filter_map(|id| self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone()))
+            .collect()
+    }
+
+    /// Subscriber: which down-track slots have a negotiated payload type.
+    pub fn negotiated_slots(&self) -> Vec<bool> {
+        self.senders
+            .iter()
+            .map(|s| s.as_ref().is_some_and(|s| s.payload_type.is_some()))
+            .collect()
     }
 
     /// The transceiver mid for each down-track slot, once negotiated.
@@ -498,14 +366,15 @@ impl Peer {
             .collect()
     }
 
-    /// Subscriber: opens a down-track slot for `track`, sending as `owner`'s stream.
+    /// Subscriber: opens down-track `slot` for `track`, sending as `owner`'s stream.
     pub fn add_down_track(
         &mut self,
+        slot: usize,
         track: &TrackId,
         owner: &str,
         kind: MediaKind,
         codec: &TrackCodec,
-    ) -> Result<usize, PeerError> {
+    ) -> Result<(), PeerError> {
         let ssrc: u32 = rand::rng().random();
         let rtc_kind = match kind {
             MediaKind::Audio => RtpCodecKind::Audio,
@@ -531,20 +400,17 @@ impl Peer {
         if let Some(mut t) = self.pc.rtp_transceiver(sender.into()) {
             t.set_direction(RTCRtpTransceiverDirection::Sendonly);
         }
-        let slot = SenderSlot {
+        let s = SenderSlot {
             sender,
-            track: track.clone(),
             ssrc,
             mime: codec.rtp.mime_type.clone(),
             payload_type: None,
         };
-        if let Some(i) = self.senders.iter().position(Option::is_none) {
-            self.senders[i] = Some(slot);
-            Ok(i)
-        } else {
-            self.senders.push(Some(slot));
-            Ok(self.senders.len() - 1)
+        if self.senders.len() <= slot {
+            self.senders.resize(slot + 1, None);
         }
+        self.senders[slot] = Some(s);
+        Ok(())
     }
 
     pub fn remove_down_track(&mut self, slot: usize) {
@@ -591,7 +457,7 @@ impl Peer {
     }
 
     /// Publisher: the codec, mid and audio-level extension id of a track that just opened.
-    pub fn describe_receiver(
+    fn describe_receiver(
         &mut self,
         receiver: RTCRtpReceiverId,
         ssrc: u32,
@@ -647,6 +513,226 @@ impl Peer {
         }
     }
 
+    /// A datagram from `from`, shown to the agent as coming from `shown`.
+    pub fn handle_datagram(
+        &mut self,
+        data: &[u8],
+        local: SocketAddr,
+        shown: SocketAddr,
+        now: Instant,
+    ) {
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: local,
+                peer_addr: shown,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: bytes::BytesMut::from(data),
+        };
+        if let Err(e) = self.pc.handle_read(msg) {
+            tracing::trace!(error = %e, "handle_read");
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.pc.handle_timeout(now) {
+            tracing::trace!(error = %e, "handle_timeout");
+        }
+    }
+
+    /// The next datagram to send, and where the agent addressed it.
+    pub fn poll_write(&mut self) -> Option<(bytes::BytesMut, SocketAddr)> {
+        self.pc
+            .poll_write()
+            .map(|out| (out.message, out.transport.peer_addr))
+    }
+
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    /// The next thing that happened on the connection: state changes and track events
+    /// first, then received media, RTCP and chat.
+    pub fn poll_event(&mut self, now: Instant) -> Option<PeerEvent> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Some(e);
+            }
+            if let Some(ev) = self.pc.poll_event() {
+                self.translate(ev, now);
+                continue;
+            }
+            let TaggedRTCMessage { message, .. } = self.pc.poll_read()?;
+            match message {
+                RTCMessage::RtpPacket(track_id, pkt) if self.role == Role::Publisher => {
+                    if let Some(rt) = self.received.get(&track_id) {
+                        return Some(PeerEvent::Rtp(rt.track, pkt));
+                    }
+                }
+                RTCMessage::RtcpPacket(track_id, pkts) => self.rtcp(track_id, &pkts),
+                RTCMessage::DataChannelMessage(_, msg) if self.role == Role::Subscriber => {
+                    return Some(PeerEvent::Chat(msg.data));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn translate(&mut self, ev: RTCPeerConnectionEvent, now: Instant) {
+        let out = match ev {
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Connected,
+            ) => {
+                // When this side is the DTLS client, its first flight is queued until the
+                // next timer (up to ~200 ms away): run the timers now so it leaves at once.
+                self.handle_timeout(now);
+                PeerEvent::IceConnected
+            }
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                tracing::debug!(role = ?self.role, %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        self.connected = true;
+                        PeerEvent::Connected
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        self.connected = false;
+                        PeerEvent::Failed
+                    }
+                    RTCPeerConnectionState::Disconnected => {
+                        self.connected = false;
+                        PeerEvent::Disconnected
+                    }
+                    _ => return,
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if self.role == Role::Publisher =>
+            {
+                if let Some(rt) = self.received.get(&init.track_id) {
+                    if init.rid.is_none() && rt.media_ssrc == init.ssrc {
+                        // Renegotiation re-announces tracks already open.
+                        return;
+                    }
+                    PeerEvent::TrackOpened(Opened::Layer {
+                        track: rt.track,
+                        rid: init.rid,
+                        ssrc: init.ssrc,
+                    })
+                } else {
+                    let Some((codec, kind, mid, audio_level_ext)) =
+                        self.describe_receiver(init.receiver_id, init.ssrc)
+                    else {
+                        return;
+                    };
+                    PeerEvent::TrackOpened(Opened::New {
+                        rtc_id: init.track_id,
+                        receiver: init.receiver_id,
+                        ssrc: init.ssrc,
+                        rid: init.rid,
+                        codec,
+                        kind,
+                        mid,
+                        audio_level_ext,
+                    })
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
+                if self.role == Role::Publisher =>
+            {
+                match self.received.remove(&track_id) {
+                    Some(rt) => PeerEvent::TrackClosed(rt.track),
+                    None => return,
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id))
+                if self.role == Role::Subscriber =>
+            {
+                match self.chat.as_mut() {
+                    Some((chat_id, open)) if *chat_id == id => {
+                        *open = true;
+                        PeerEvent::ChatOpen
+                    }
+                    _ => return,
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id))
+                if self.role == Role::Subscriber =>
+            {
+                if let Some((chat_id, open)) = self.chat.as_mut()
+                    && *chat_id == id
+                {
+                    *open = false;
+                }
+                return;
+            }
+            _ => return,
+        };
+        self.pending.push_back(out);
+    }
+
+    /// Publisher: the room's key for a track that opened (see [`Opened::New`]).
+    pub fn track_accepted(
+        &mut self,
+        rtc_id: String,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        track: TrackKey,
+    ) {
+        self.received.insert(
+            rtc_id,
+            ReceivedTrack {
+                receiver,
+                track,
+                media_ssrc: ssrc,
+            },
+        );
+    }
+
+    /// Reads what the worker acts on out of one compound RTCP packet.
+    fn rtcp(&mut self, track_id: String, pkts: &[Box<dyn rtc::rtcp::Packet>]) {
+        use rtc::rtcp::receiver_report::ReceiverReport;
+        use rtc::rtcp::sender_report::SenderReport;
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        if self.role == Role::Publisher {
+            for p in pkts {
+                if let Some(sr) = p.as_any().downcast_ref::<SenderReport>() {
+                    self.pending.push_back(PeerEvent::SenderReport {
+                        ssrc: sr.ssrc,
+                        ntp: sr.ntp_time,
+                        rtp_ts: sr.rtp_time,
+                    });
+                }
+            }
+            return;
+        }
+        let mut sum = RtcpSummary::default();
+        for p in pkts {
+            let any = p.as_any();
+            if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                sum.keyframe = true;
+            } else if any.is::<TransportLayerNack>() {
+                sum.nacks += 1;
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                for r in &rr.reports {
+                    sum.worst_loss = Some(sum.worst_loss.unwrap_or(0).max(r.fraction_lost));
+                    let now_ntp = crate::bwe::ntp_time(std::time::SystemTime::now());
+                    if let Some(rtt) =
+                        crate::bwe::rtt_from_report(now_ntp, r.last_sender_report, r.delay)
+                    {
+                        sum.rtt = Some(rtt);
+                    }
+                }
+            }
+        }
+        if sum != RtcpSummary::default() {
+            self.pending
+                .push_back(PeerEvent::Feedback(TrackId::from_wire(&track_id), sum));
+        }
+    }
+
     /// Closes the connection; the caller flushes `poll_write` once more to send the
     /// DTLS close and SCTP abort.
     pub fn close(&mut self) {
@@ -654,279 +740,9 @@ impl Peer {
     }
 }
 
-/// Registry slot of [`FeedbackTap`]: after every built-in interceptor (application-ward).
-const FEEDBACK_TAP_SLOT: usize = 14_000;
-
-/// Marks keyframe requests (PLI, FIR), receiver reports and sender reports for delivery to
-/// the application. Inbound RTCP otherwise stops at the end of the interceptor chain; the
-/// worker relays subscribers' keyframe requests to the publisher, estimates bandwidth
-/// from the loss their receiver reports carry, and gives publishers' sender reports (the
-/// RTP-to-wall-clock mapping) to recordings.
-#[derive(Default)]
-struct FeedbackTap {
-    reads: VecDeque<TaggedPacket>,
-    writes: VecDeque<TaggedPacket>,
-}
-
-/// The RTCP the worker acts on.
-fn wanted_rtcp(any: &dyn std::any::Any) -> bool {
-    use rtc::rtcp::receiver_report::ReceiverReport;
-    use rtc::rtcp::sender_report::SenderReport;
-    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-    any.is::<PictureLossIndication>()
-        || any.is::<FullIntraRequest>()
-        || any.is::<ReceiverReport>()
-        || any.is::<SenderReport>()
-        || any.is::<TransportLayerNack>()
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| wanted_rtcp(p.as_any()))
-        {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.reads.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.writes.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for FeedbackTap {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatSend {
     Sent,
     NotOpen,
     Dropped,
-}
-
-/// Follows the client's nominated path.
-///
-/// The rtc 0.21 ICE-lite agent keeps the first nominated candidate pair forever and judges
-/// consent on it alone. A browser with two interfaces may nominate another pair later and
-/// refresh consent only there: the agent then declares the connection failed while media
-/// flows, and keeps sending to a path the client left. So the agent is always shown the
-/// first path (every authenticated datagram from another path is presented as coming from
-/// it, and the answers to STUN requests go back where they came from), while media goes to
-/// the path the client nominated last.
-#[derive(Debug, Default, Clone)]
-pub struct Paths {
-    primary: Option<SocketAddr>,
-    active: Option<SocketAddr>,
-    pending_nomination: Option<SocketAddr>,
-    /// STUN requests received on another path: where their answers go (transaction id).
-    answers: VecDeque<([u8; 12], SocketAddr)>,
-}
-
-fn stun_transaction(buf: &[u8]) -> Option<[u8; 12]> {
-    buf.get(8..20)?.try_into().ok()
-}
-
-fn stun_use_candidate(buf: &[u8]) -> bool {
-    use rtc::stun::attributes::ATTR_USE_CANDIDATE;
-    use rtc::stun::message::Message;
-    let mut m = Message::new();
-    m.raw = buf.to_vec();
-    m.decode().is_ok() && m.contains(ATTR_USE_CANDIDATE)
-}
-
-impl Paths {
-    /// The address to present to the agent for a datagram from `from`. `authenticated`:
-    /// `from` already passed an ICE check for this peer.
-    pub fn inbound(&mut self, data: &[u8], from: SocketAddr, authenticated: bool) -> SocketAddr {
-        let stun = is_stun(data);
-        let nominates = stun && stun_use_candidate(data);
-        let Some(primary) = self.primary else {
-            if nominates {
-                self.pending_nomination = Some(from);
-            }
-            return from;
-        };
-        if from == primary {
-            if nominates {
-                self.active = Some(from);
-            }
-            return from;
-        }
-        if !authenticated {
-            if nominates {
-                self.pending_nomination = Some(from);
-            }
-            return from;
-        }
-        if nominates {
-            self.active = Some(from);
-        }
-        if stun && let Some(tx) = stun_transaction(data) {
-            if self.answers.len() >= 32 {
-                self.answers.pop_front();
-            }
-            self.answers.push_back((tx, from));
-        }
-        primary
-    }
-
-    /// The agent accepted a check from `to`.
-    pub fn accepted(&mut self, to: SocketAddr) {
-        if self.primary.is_none() {
-            self.primary = Some(to);
-            self.active = Some(to);
-        }
-        if self.pending_nomination == Some(to) {
-            self.pending_nomination = None;
-            self.active = Some(to);
-        }
-    }
-
-    /// Where to send a datagram the agent addressed to `to`.
-    pub fn outbound(&mut self, data: &[u8], to: SocketAddr) -> SocketAddr {
-        if Some(to) != self.primary {
-            return to;
-        }
-        if is_stun(data)
-            && let Some(tx) = stun_transaction(data)
-            && let Some(i) = self.answers.iter().position(|(t, _)| *t == tx)
-        {
-            return self.answers.remove(i).map_or(to, |(_, a)| a);
-        }
-        self.active.unwrap_or(to)
-    }
-}
-
-/// Whether a datagram is a STUN message (RFC 7983 demultiplexing: first byte 0..=3).
-pub fn is_stun(buf: &[u8]) -> bool {
-    buf.len() >= 20 && buf[0] < 4 && buf[4..8] == [0x21, 0x12, 0xA4, 0x42]
-}
-
-/// The local ufrag a STUN binding request is addressed to: USERNAME is
-/// `<receiver ufrag>:<sender ufrag>` (RFC 8445 §7.2.2).
-pub fn stun_target_ufrag(buf: &[u8]) -> Option<String> {
-    use rtc::stun::attributes::ATTR_USERNAME;
-    use rtc::stun::message::Message;
-    let mut m = Message::new();
-    m.raw = buf.to_vec();
-    m.decode().ok()?;
-    let (v, _) = m.attributes.get(ATTR_USERNAME);
-    let s = std::str::from_utf8(&v.value).ok()?;
-    let local = s.split(':').next()?;
-    (!local.is_empty()).then(|| local.to_owned())
-}
-
-/// Whether an outgoing datagram is a STUN binding success response: the agent accepted
-/// a check from that address (integrity verified), so it may be routed to this peer.
-pub fn is_binding_success(buf: &[u8]) -> bool {
-    is_stun(buf) && buf[0] == 0x01 && buf[1] == 0x01
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stun_classification() {
-        let mut req = vec![0u8; 20];
-        req[0] = 0x00;
-        req[1] = 0x01;
-        req[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
-        assert!(is_stun(&req));
-        assert!(!is_binding_success(&req));
-        req[0] = 0x01;
-        assert!(is_binding_success(&req));
-        // DTLS record
-        assert!(!is_stun(&[22u8; 40]));
-        // too short
-        assert!(!is_stun(&[0u8; 8]));
-    }
-
-    fn binding_request(tx: &[u8; 12], use_candidate: bool) -> Vec<u8> {
-        use rtc::stun::message::{BINDING_REQUEST, Message, TransactionId};
-        let mut m = Message::new();
-        let mut setters: Vec<Box<dyn rtc::stun::message::Setter>> =
-            vec![Box::new(BINDING_REQUEST), Box::new(TransactionId(*tx))];
-        if use_candidate {
-            setters.push(Box::new(
-                rtc::ice::attributes::use_candidate::UseCandidateAttr,
-            ));
-        }
-        m.build(&setters).unwrap();
-        m.raw
-    }
-
-    #[test]
-    fn paths_follow_the_latest_nomination() {
-        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let b: SocketAddr = "192.0.2.2:2000".parse().unwrap();
-        let media = [0x80u8; 40];
-        let mut p = Paths::default();
-        // First path: nominated, accepted, shown as is.
-        assert_eq!(p.inbound(&binding_request(&[1; 12], true), a, false), a);
-        p.accepted(a);
-        assert_eq!(p.outbound(&media, a), a);
-        // A second path checks (not yet accepted): passed through, answered directly.
-        assert_eq!(p.inbound(&binding_request(&[2; 12], false), b, false), b);
-        p.accepted(b);
-        assert_eq!(p.outbound(&media, a), a, "not nominated: media stays");
-        // It is nominated: the agent still sees the first path, media moves to the second,
-        // and the answer to that request goes back to the second.
-        let req = binding_request(&[3; 12], true);
-        assert_eq!(p.inbound(&req, b, true), a);
-        let mut answer = req.clone();
-        answer[0] = 0x01;
-        answer[1] = 0x01;
-        assert_eq!(p.outbound(&answer, a), b);
-        assert_eq!(p.outbound(&media, a), b);
-        // Datagrams on the second path are presented as the first.
-        assert_eq!(p.inbound(&media, b, true), a);
-        // Nominating the first again moves media back.
-        assert_eq!(p.inbound(&binding_request(&[4; 12], true), a, true), a);
-        assert_eq!(p.outbound(&media, a), a);
-    }
-
-    #[test]
-    fn stun_username_is_parsed() {
-        use rtc::stun::message::{BINDING_REQUEST, Message, TransactionId};
-        use rtc::stun::textattrs::Username;
-        let mut m = Message::new();
-        m.build(&[
-            Box::new(BINDING_REQUEST),
-            Box::new(TransactionId::new()),
-            Box::new(Username::new(
-                rtc::stun::attributes::ATTR_USERNAME,
-                "serverfrag:clientfrag".into(),
-            )),
-        ])
-        .unwrap();
-        assert_eq!(stun_target_ufrag(&m.raw).as_deref(), Some("serverfrag"));
-        assert_eq!(stun_target_ufrag(&[0u8; 3]), None);
-    }
-
-    #[test]
-    fn a_garbage_stun_username_is_no_target() {
-        assert_eq!(stun_target_ufrag(&[0xffu8; 64]), None);
-    }
 }

@@ -1,505 +1,729 @@
-//! A room's media topology: who publishes which track, and which down-tracks each
-//! published track feeds. Pure data and decisions; the worker owns the peers and does
-//! the writing.
+//! A room as a sans-IO state machine: who is in it, what they publish, who receives
+//! what at which layer, their negotiation state, chat, active speakers and recordings.
 //!
-//! Nouns, as in mediasoup: a [`PublishedTrack`] is a producer, a [`DownTrack`] a consumer.
+//! The shape is str0m's: the worker feeds inputs (a method per input, each taking `now`)
+//! and drains [`Room::poll_output`] after each. Outputs are what only IO can do: send a
+//! message to a participant's session or data channel, open or close a down-track on a
+//! subscriber connection, create or apply SDP, ask a publisher for a keyframe, emit a
+//! webhook event, remove a participant's connections. Work that needs a peer connection
+//! and comes back with a result (answering an offer, applying an answer, creating an
+//! offer) is an output followed by an input carrying the result.
+//!
+//! Two things are direct calls, not outputs, because they happen per packet: the fan-out
+//! of an RTP packet to its down-tracks ([`Room::forward`], with a callback that writes
+//! each copy), and the hand-off to recording taps (bounded, non-blocking channels).
+//!
+//! The room never sees a socket, a peer connection or a clock: tests drive it with
+//! injected time (`tests/room.rs`).
+//!
+//! - [`track`]: a published track, its layers and down-tracks (producer, consumers).
+//! - [`member`]: one participant's state in the room.
+//! - [`media`]: tracks opening and closing, forwarding, feedback, keyframe requests.
+//! - [`negotiate`]: publisher offers, subscriber offers (one in flight, from a dirty
+//!   list) and their answers.
+//! - [`alloc`]: periodic decisions: layer allocation, last-N, active speakers, dynacast.
+//! - [`admin`]: chat, recording taps and administration.
+//! - [`harness`]: drives a room without IO, for tests and benchmarks.
 
-use crate::allocator::MAX_LAYERS;
-use crate::bwe::RateMeter;
-use crate::chat::ChatLog;
-use crate::forwarder::{Decision, DropReason, Forward, Forwarder, PacketInfo};
-use crate::keyframe::KeyframeThrottle;
-use crate::peer::{ParticipantKey, PeerKey, TrackCodec};
-use crate::rtp::SeqTracker;
-use crate::speaker::{SpeakerConfig, SpeakerDetector};
-use confab_proto::{MediaKind, RoomId, TrackId, TrackInfo, TrackSource};
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+mod admin;
+mod alloc;
+pub mod harness;
+mod media;
+pub mod member;
+mod negotiate;
+pub mod track;
+
+pub use media::{Feedback, TrackOpen};
+pub use member::{JoinInfo, Pref};
+pub use negotiate::Applied;
+pub use track::{DownTrack, Fanout, LayerIn, PublishedTrack, layer_of_rid, rid_layers};
+
+use crate::config::SfuConfig;
+use crate::keys::{ParticipantKey, PeerKey, TrackKey};
+use crate::peer::TrackCodec;
+use crate::stats::SfuStats;
+use confab_proto::{
+    ClientConfig, ClientMessage, ErrorCode, IceCandidate, MediaKind, PROTOCOL_VERSION,
+    ParticipantInfo, PcTarget, RequestId, RoomId, ServerMessage, TrackId,
+};
+use member::{Member, SubState};
+use rustc_hash::FxHashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the room asks of the IO around it.
+#[derive(Debug)]
+pub enum Output {
+    /// A signaling message to a participant's session.
+    Signal {
+        to: ParticipantKey,
+        msg: ServerMessage,
+    },
+    /// A chat frame (JSON) on a participant's data channel.
+    Chat {
+        to: ParticipantKey,
+        json: Arc<str>,
+    },
+    /// Add a sender for `track` at `slot` of the subscriber's connection (not negotiated
+    /// until the next offer is answered). If that fails, call [`Room::down_track_failed`].
+    OpenDownTrack {
+        subscriber: ParticipantKey,
+        sub_peer: PeerKey,
+        slot: usize,
+        track: TrackId,
+        owner: confab_proto::ParticipantId,
+        kind: MediaKind,
+        codec: TrackCodec,
+    },
+    CloseDownTrack {
+        sub_peer: PeerKey,
+        slot: usize,
+    },
+    /// The subscriber's down-tracks changed: create an offer, then call
+    /// [`Room::offer_created`].
+    CreateOffer {
+        subscriber: ParticipantKey,
+        sub_peer: PeerKey,
+    },
+    /// Apply a publisher's offer on its publisher connection (created if it has none),
+    /// then call [`Room::offer_answered`].
+    AnswerOffer {
+        participant: ParticipantKey,
+        request: Option<RequestId>,
+        sdp: String,
+    },
+    /// Apply a subscriber's answer, then call [`Room::answer_applied`].
+    ApplyAnswer {
+        participant: ParticipantKey,
+        sub_peer: PeerKey,
+        request: Option<RequestId>,
+        sdp: String,
+    },
+    /// Add a client's ICE candidate to one of its connections; on failure, call
+    /// [`Room::refuse`].
+    AddCandidate {
+        participant: ParticipantKey,
+        peer: PeerKey,
+        request: Option<RequestId>,
+        candidate: IceCandidate,
+    },
+    /// Ask a publisher for a keyframe of one encoding.
+    RequestKeyframe {
+        pub_peer: PeerKey,
+        rtc_id: String,
+        ssrc: u32,
+    },
+    /// A room event for webhooks.
+    Event(crate::events::RoomEvent),
+    /// The participant is out of the room: close its connections and its session (its
+    /// last message, if any, was output before).
+    Removed {
+        participant: ParticipantKey,
+        sub_peer: PeerKey,
+        pub_peer: Option<PeerKey>,
+    },
+}
+
+/// Why a participant is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Left,
+    SessionGone,
+    SlowConsumer,
+    MediaFailed,
+    Shutdown,
+    Kicked,
+    /// Its access token was revoked.
+    Revoked,
+    RoomClosed,
+    /// An internal error (a panic) in the room's handling closed it.
+    RoomFailed,
+    /// It did not complete its first negotiation within `negotiation_timeout_ms`.
+    NegotiationTimeout,
+    /// Its offers kept costing more media-thread time than its budget.
+    OverBudget,
+}
+
+impl Removal {
+    /// The error the participant's session is told, when it did not leave by itself.
+    pub fn notice(self) -> Option<ServerMessage> {
+        match self {
+            Removal::Left | Removal::SessionGone => None,
+            // Its queue is full: the notice cannot be queued; closing the channel tells it.
+            Removal::SlowConsumer => None,
+            Removal::MediaFailed => Some(ServerMessage::fatal(
+                ErrorCode::MediaFailed,
+                "the media connection failed (no ICE consent); rejoin",
+            )),
+            Removal::Shutdown => Some(ServerMessage::fatal(
+                ErrorCode::ServerShuttingDown,
+                "the server is shutting down",
+            )),
+            Removal::Revoked => Some(ServerMessage::fatal(
+                ErrorCode::Unauthorized,
+                "your access token was revoked",
+            )),
+            Removal::Kicked => Some(ServerMessage::fatal(
+                ErrorCode::Removed,
+                "an administrator removed you from the room",
+            )),
+            Removal::RoomClosed => Some(ServerMessage::fatal(
+                ErrorCode::Removed,
+                "an administrator closed the room",
+            )),
+            Removal::RoomFailed => Some(ServerMessage::fatal(
+                ErrorCode::Internal,
+                "this room hit an internal error and was closed; join again",
+            )),
+            Removal::NegotiationTimeout => Some(ServerMessage::fatal(
+                ErrorCode::Timeout,
+                "the media connection was not negotiated in time (no answer to the server's offer)",
+            )),
+            Removal::OverBudget => Some(ServerMessage::fatal(
+                ErrorCode::RateLimited,
+                "removed: your offers kept exceeding the server's signaling budget",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Removal::Left => "left",
+            Removal::SessionGone => "session gone",
+            Removal::SlowConsumer => "signaling session too slow",
+            Removal::MediaFailed => "media connection failed",
+            Removal::Shutdown => "server shutting down",
+            Removal::Kicked => "removed by an administrator",
+            Removal::Revoked => "access token revoked",
+            Removal::RoomClosed => "room closed by an administrator",
+            Removal::RoomFailed => "room failed (internal error)",
+            Removal::NegotiationTimeout => "first negotiation not completed in time",
+            Removal::OverBudget => "signaling budget exceeded too often",
+        }
+    }
+}
+
+/// A join the room refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinRefusal {
+    Full { max: usize },
+}
+
+/// What a publisher connection made of an offer: the answer and the mids it has, or why
+/// the offer was refused.
+#[derive(Debug, Clone)]
+pub enum OfferResult {
+    Answered { sdp: String, mids: Vec<String> },
+    Refused { code: ErrorCode, message: String },
+}
 
 pub struct Room {
     pub id: RoomId,
-    /// Participants in join order.
-    pub members: Vec<ParticipantKey>,
-    pub tracks: HashMap<TrackId, PublishedTrack>,
-    pub chat: ChatLog,
-    pub speakers: SpeakerDetector<ParticipantKey>,
+    config: Arc<SfuConfig>,
+    stats: Arc<SfuStats>,
+    /// Participants, and their join order.
+    members: FxHashMap<ParticipantKey, Member>,
+    order: Vec<ParticipantKey>,
+    tracks: slab::Slab<PublishedTrack>,
+    track_ids: HashMap<TrackId, TrackKey>,
+    chat: crate::chat::ChatLog,
+    speakers: crate::speaker::SpeakerDetector<ParticipantKey>,
     /// Recording and hook sessions receiving this room's media.
-    pub taps: Vec<crate::sink::Tap>,
+    taps: Vec<crate::sink::Tap>,
+    /// Subscribers whose down-tracks changed since their last offer (each once).
+    dirty: Vec<ParticipantKey>,
+    outputs: VecDeque<Output>,
+    /// Makes track ids unique on the worker: `<worker><counter>`.
+    track_prefix: usize,
+    next_track: u64,
 }
 
 impl Room {
-    pub fn new(id: RoomId, chat_history: usize) -> Self {
-        Self {
-            id,
-            members: Vec::new(),
-            tracks: HashMap::new(),
-            chat: ChatLog::new(chat_history),
-            speakers: SpeakerDetector::new(SpeakerConfig::default()),
-            taps: Vec::new(),
-        }
-    }
-}
-
-/// A track a participant publishes.
-pub struct PublishedTrack {
-    pub id: TrackId,
-    pub owner: ParticipantKey,
-    pub kind: MediaKind,
-    pub source: TrackSource,
-    pub muted: bool,
-    /// Muted by an administrator: not forwarded to anyone.
-    pub admin_muted: bool,
-    pub codec: TrackCodec,
-    /// The publisher connection, its rtc track id and transceiver mid.
-    pub pub_peer: PeerKey,
-    pub rtc_id: String,
-    pub mid: Option<String>,
-    /// Received layers, indexed lowest first. A non-simulcast track has one, without rid.
-    pub layers: Vec<Option<LayerIn>>,
-    /// The simulcast rids the publisher's offer negotiated for this track, by layer: the
-    /// publisher's layer set, including layers that have not arrived (yet).
-    pub rids: [Option<String>; MAX_LAYERS],
-    /// The negotiated id of the RFC 6464 audio-level extension, for audio tracks.
-    pub audio_level_ext: Option<u8>,
-    /// Dynacast: the rids last announced to the publisher as wanted, and when each layer
-    /// was last wanted.
-    pub announced_rids: Option<Vec<String>>,
-    pub wanted_at: [Option<Instant>; MAX_LAYERS],
-    pub down: Vec<DownTrack>,
-    keyframe_interval: Duration,
-}
-
-/// One received encoding (simulcast layer) of a track.
-pub struct LayerIn {
-    pub rid: Option<String>,
-    pub ssrc: u32,
-    pub seq: SeqTracker,
-    pub keyframes: KeyframeThrottle,
-    pub rate: RateMeter,
-    /// Frame height, from the last keyframe.
-    pub height: Option<u32>,
-}
-
-/// One subscriber's copy of a published track.
-pub struct DownTrack {
-    pub subscriber: ParticipantKey,
-    pub sub_peer: PeerKey,
-    /// Index of the sender slot in the subscriber connection.
-    pub slot: usize,
-    pub forwarder: Forwarder,
-    /// Negotiated and connected: allocation may turn it on.
-    pub ready: bool,
-}
-
-/// Where a simulcast rid sits in the layer order. Browsers' and libraries' usual names
-/// first; anything else takes the next free place.
-pub fn layer_of_rid(rid: &str) -> Option<usize> {
-    match rid {
-        "q" | "l" | "low" | "0" | "r0" => Some(0),
-        "h" | "m" | "mid" | "medium" | "1" | "r1" => Some(1),
-        "f" | "high" | "full" | "2" | "r2" => Some(2),
-        _ => None,
-    }
-}
-
-/// Places negotiated rids (lowest layer first, as offered) on layers: the usual names where
-/// they say, the others in offer order on the places left. More than [`MAX_LAYERS`] rids:
-/// the extra ones get no layer.
-pub fn rid_layers(rids: &[String]) -> [Option<String>; MAX_LAYERS] {
-    let mut out: [Option<String>; MAX_LAYERS] = Default::default();
-    let mut rest = Vec::new();
-    for r in rids {
-        match layer_of_rid(r) {
-            Some(i) if out[i].is_none() => out[i] = Some(r.clone()),
-            _ => rest.push(r),
-        }
-    }
-    for r in rest {
-        if let Some(free) = out.iter_mut().find(|s| s.is_none()) {
-            *free = Some(r.clone());
-        }
-    }
-    out
-}
-
-/// Counts of what happened to one incoming packet.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Fanout {
-    pub forwarded: u32,
-    pub dropped: u32,
-}
-
-impl PublishedTrack {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: TrackId,
-        owner: ParticipantKey,
-        kind: MediaKind,
-        source: TrackSource,
-        codec: TrackCodec,
-        pub_peer: PeerKey,
-        rtc_id: String,
-        mid: Option<String>,
-        keyframe_interval: Duration,
+        id: RoomId,
+        config: Arc<SfuConfig>,
+        stats: Arc<SfuStats>,
+        track_prefix: usize,
     ) -> Self {
         Self {
             id,
-            owner,
-            kind,
-            source,
-            muted: false,
-            admin_muted: false,
-            codec,
-            pub_peer,
-            rtc_id,
-            mid,
-            layers: Vec::new(),
-            rids: Default::default(),
-            audio_level_ext: None,
-            announced_rids: None,
-            wanted_at: [None; MAX_LAYERS],
-            down: Vec::new(),
-            keyframe_interval,
+            chat: crate::chat::ChatLog::new(config.chat_history),
+            config,
+            stats,
+            members: FxHashMap::default(),
+            order: Vec::new(),
+            tracks: slab::Slab::new(),
+            track_ids: HashMap::new(),
+            speakers: crate::speaker::SpeakerDetector::new(Default::default()),
+            taps: Vec::new(),
+            dirty: Vec::new(),
+            outputs: VecDeque::new(),
+            track_prefix,
+            next_track: 1,
         }
     }
 
-    /// The publisher's negotiated rids for this track, lowest first (see [`rid_layers`]).
-    pub fn set_negotiated_rids(&mut self, rids: &[String]) {
-        self.rids = rid_layers(rids);
-    }
-
-    /// How many layers the track has: negotiated or received, whichever says more.
-    pub fn layer_count(&self) -> usize {
-        let negotiated = self
-            .rids
-            .iter()
-            .rposition(Option::is_some)
-            .map_or(0, |i| i + 1);
-        negotiated.max(self.layers.len()).max(1)
-    }
-
-    /// Records a received encoding; returns its layer index. Idempotent.
-    pub fn add_layer(&mut self, rid: Option<String>, ssrc: u32) -> usize {
-        if let Some(i) = self.layer_of_ssrc(ssrc) {
-            return i;
+    /// The next thing the IO must do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        if let Some(o) = self.outputs.pop_front() {
+            return Some(o);
         }
-        let negotiated = rid
-            .as_deref()
-            .and_then(|r| self.rids.iter().position(|n| n.as_deref() == Some(r)));
-        let at = negotiated
-            .or_else(|| rid.as_deref().and_then(layer_of_rid))
-            .filter(|i| self.layers.get(*i).is_none_or(Option::is_none))
-            .or_else(|| (0..MAX_LAYERS).find(|i| self.layers.get(*i).is_none_or(Option::is_none)))
-            .unwrap_or(MAX_LAYERS - 1);
-        if self.layers.len() <= at {
-            self.layers.resize_with(at + 1, || None);
-        }
-        self.layers[at] = Some(LayerIn {
-            rid,
-            ssrc,
-            seq: SeqTracker::new(),
-            keyframes: KeyframeThrottle::new(self.keyframe_interval),
-            rate: RateMeter::default(),
-            height: None,
-        });
-        at
+        self.next_offer()
     }
 
-    pub fn layer_of_ssrc(&self, ssrc: u32) -> Option<usize> {
-        self.layers
-            .iter()
-            .position(|l| l.as_ref().is_some_and(|l| l.ssrc == ssrc))
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
 
-    pub fn layer(&mut self, i: usize) -> Option<&mut LayerIn> {
-        self.layers.get_mut(i).and_then(Option::as_mut)
+    pub fn len(&self) -> usize {
+        self.order.len()
     }
 
-    pub fn simulcast(&self) -> bool {
-        self.rids.iter().any(Option::is_some)
-            || self.layers.iter().flatten().any(|l| l.rid.is_some())
+    /// Participants in join order.
+    pub fn members(&self) -> &[ParticipantKey] {
+        &self.order
     }
 
-    /// Dynacast: the negotiated rids someone wants (a layer wanted within `grace` of `now`),
-    /// in layer order. Only rids the publisher negotiated are listed, whether they arrived
-    /// yet or not (a layer that starts late must not be paused before it could be wanted).
-    /// The lowest negotiated layer stays on while any down-track is active, so that a
-    /// switch down always has somewhere to land; the highest while `recorded` (a recording
-    /// takes the best layer).
-    pub fn dynacast_rids(&self, now: Instant, grace: Duration, recorded: bool) -> Vec<String> {
-        let lowest = self.rids.iter().position(Option::is_some);
-        let top = self.rids.iter().rposition(Option::is_some);
-        let anyone = self.down.iter().any(|d| d.ready && d.forwarder.is_active());
-        self.rids
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rid)| {
-                let rid = rid.as_ref()?;
-                let wanted =
-                    self.wanted_at[i].is_some_and(|w| now.saturating_duration_since(w) < grace);
-                let keep = (anyone && Some(i) == lowest) || (recorded && Some(i) == top);
-                (wanted || keep).then(|| rid.clone())
-            })
-            .collect()
+    pub fn has(&self, key: ParticipantKey) -> bool {
+        self.members.contains_key(&key)
     }
 
-    /// Recent bitrate per layer (0 = not received lately).
-    pub fn layer_rates(&self, now: Instant) -> [u64; MAX_LAYERS] {
-        let mut r = [0; MAX_LAYERS];
-        for (i, l) in self.layers.iter().enumerate().take(MAX_LAYERS) {
-            if let Some(l) = l {
-                r[i] = l.rate.rate_bps(now);
+    pub fn track(&self, key: TrackKey) -> Option<&PublishedTrack> {
+        self.tracks.get(key.0)
+    }
+
+    pub fn tracks(&self) -> impl Iterator<Item = (TrackKey, &PublishedTrack)> {
+        self.tracks.iter().map(|(k, t)| (TrackKey(k), t))
+    }
+
+    pub fn track_key(&self, id: &TrackId) -> Option<TrackKey> {
+        self.track_ids.get(id).copied()
+    }
+
+    pub fn member(&self, key: ParticipantKey) -> Option<&Member> {
+        self.members.get(&key)
+    }
+
+    fn out(&mut self, o: Output) {
+        self.outputs.push_back(o);
+    }
+
+    fn signal(&mut self, to: ParticipantKey, msg: ServerMessage) {
+        self.out(Output::Signal { to, msg });
+    }
+
+    /// Tells a participant its request was refused.
+    pub fn refuse(
+        &mut self,
+        to: ParticipantKey,
+        request: Option<RequestId>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) {
+        self.signal(to, ServerMessage::error(code, message).reply_to(request));
+    }
+
+    fn broadcast(&mut self, except: Option<ParticipantKey>, msg: ServerMessage) {
+        for i in 0..self.order.len() {
+            let k = self.order[i];
+            if Some(k) != except {
+                self.signal(k, msg.clone());
             }
         }
-        r
     }
 
-    pub fn layer_heights(&self) -> [Option<u32>; MAX_LAYERS] {
-        let mut h = [None; MAX_LAYERS];
-        for (i, l) in self.layers.iter().enumerate().take(MAX_LAYERS) {
-            h[i] = l.as_ref().and_then(|l| l.height);
-        }
-        h
+    fn event(&mut self, ev: crate::events::RoomEvent) {
+        self.out(Output::Event(ev));
     }
 
-    /// What a recording sink is told of this track.
-    pub fn meta(
-        &self,
-        room: &RoomId,
-        participant: &confab_proto::ParticipantId,
-        name: &confab_proto::DisplayName,
-    ) -> crate::sink::TrackMeta {
-        crate::sink::TrackMeta {
-            room: room.clone(),
-            participant: participant.clone(),
-            participant_name: name.clone(),
-            track: self.id.clone(),
-            kind: self.kind,
-            source: self.source,
-            codec: self.codec.codec,
-            mime: self.codec.rtp.mime_type.clone(),
-            clock_rate: self.codec.rtp.clock_rate,
-            channels: self.codec.rtp.channels,
-            payload_type: self.codec.payload_type,
-        }
+    /// Whether the others see this participant (hidden ones are never announced).
+    fn visible(&self, key: ParticipantKey) -> bool {
+        self.members.get(&key).is_some_and(|m| !m.grants.hidden)
     }
 
-    pub fn info(&self) -> TrackInfo {
-        TrackInfo {
-            id: self.id.clone(),
-            kind: self.kind,
-            source: self.source,
-            muted: self.muted,
-            simulcast: self.simulcast(),
+    pub fn participant_info(&self, key: ParticipantKey) -> Option<ParticipantInfo> {
+        let m = self.members.get(&key)?;
+        Some(ParticipantInfo {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            joined_at: m.joined_at,
+            tracks: m
+                .tracks
+                .iter()
+                .filter_map(|t| self.tracks.get(t.0).map(PublishedTrack::info))
+                .collect(),
+        })
+    }
+
+    fn announce_update(&mut self, key: ParticipantKey) {
+        if self.visible(key)
+            && let Some(info) = self.participant_info(key)
+        {
+            self.broadcast(
+                None,
+                ServerMessage::ParticipantUpdated { participant: info },
+            );
         }
     }
 
-    pub fn add_down(&mut self, subscriber: ParticipantKey, sub_peer: PeerKey, slot: usize) {
-        self.down.push(DownTrack {
+    /// `joined` for `key`: who it is, who else is in the room, the limits, its grants.
+    pub fn joined_message(&self, key: ParticipantKey) -> Option<ServerMessage> {
+        let m = self.members.get(&key)?;
+        let others: Vec<ParticipantInfo> = self
+            .order
+            .iter()
+            .filter(|k| **k != key && self.visible(**k))
+            .filter_map(|k| self.participant_info(*k))
+            .collect();
+        Some(ServerMessage::Joined {
+            protocol: PROTOCOL_VERSION,
+            room: self.id.clone(),
+            participant: self.participant_info(key)?,
+            participants: others,
+            config: ClientConfig {
+                chat_max_bytes: self.config.chat_max_bytes,
+                chat_history: self.config.chat_history,
+                max_message_bytes: self.config.max_message_bytes,
+            },
+            grants: m.grants,
+            resume_token: m.resume_token.clone(),
+            request_id: None,
+        })
+    }
+
+    /// A participant joins: it is told `joined` (its first offer follows), the others
+    /// that it joined, and everything published becomes a down-track of it.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        info: JoinInfo,
+    ) -> Result<(), JoinRefusal> {
+        let max = self.config.max_participants_per_room;
+        if self.order.len() >= max {
+            return Err(JoinRefusal::Full { max });
+        }
+        // Told apart from whoever the room already shows under that name.
+        let name = if self.config.unique_names && !info.grants.hidden {
+            let taken = self
+                .order
+                .iter()
+                .filter(|k| self.visible(**k))
+                .filter_map(|k| self.members.get(k).map(|m| &m.name));
+            crate::names::unique_name(info.name.clone(), taken)
+        } else {
+            info.name.clone()
+        };
+        let request = info.request_id.clone();
+        let hidden = info.grants.hidden;
+        let member = Member::new(now, &self.config, JoinInfo { name, ..info });
+        let event = crate::events::RoomEvent::ParticipantJoined {
+            room: self.id.clone(),
+            participant_id: member.id.clone(),
+            name: member.name.to_string(),
+            identity: member.identity.clone(),
+        };
+        self.members.insert(key, member);
+        self.order.push(key);
+        self.mark_dirty(key);
+        SfuStats::gauge(&self.stats.participants, 1);
+        let keys: Vec<TrackKey> = self.tracks.iter().map(|(k, _)| TrackKey(k)).collect();
+        for t in keys {
+            self.subscribe(key, t);
+        }
+        if let Some(joined) = self.joined_message(key) {
+            self.signal(key, joined.reply_to(request));
+        }
+        if !hidden && let Some(me) = self.participant_info(key) {
+            self.broadcast(
+                Some(key),
+                ServerMessage::ParticipantJoined { participant: me },
+            );
+        }
+        self.event(event);
+        Ok(())
+    }
+
+    /// Removes a participant: its tracks (with every down-track they fed) and its
+    /// subscriptions go, the others are told. Returns whether it was here.
+    pub fn leave(&mut self, key: ParticipantKey, why: Removal) -> bool {
+        let Some(tracks) = self.members.get(&key).map(|m| m.tracks.clone()) else {
+            return false;
+        };
+        if let Some(notice) = why.notice() {
+            self.signal(key, notice);
+        }
+        // Its tracks go first (while it is still known, for their events).
+        for t in tracks {
+            self.remove_track(t);
+        }
+        let Some(m) = self.members.remove(&key) else {
+            return false;
+        };
+        SfuStats::gauge(&self.stats.participants, -1);
+        self.order.retain(|k| *k != key);
+        self.dirty.retain(|k| *k != key);
+        self.speakers.remove(&key);
+        // Its subscriptions to everyone else's tracks (its connection closes with them).
+        for (_, t) in self.tracks.iter_mut() {
+            if t.remove_down(key).is_some() {
+                SfuStats::gauge(&self.stats.down_tracks, -1);
+            }
+        }
+        tracing::info!(participant = %m.id, reason = why.as_str(), "left");
+        self.out(Output::Removed {
+            participant: key,
+            sub_peer: m.sub_peer,
+            pub_peer: m.pub_peer,
+        });
+        self.event(crate::events::RoomEvent::ParticipantLeft {
+            room: self.id.clone(),
+            participant_id: m.id.clone(),
+            reason: why.as_str().to_string(),
+        });
+        if !self.order.is_empty() && !m.grants.hidden {
+            self.broadcast(
+                None,
+                ServerMessage::ParticipantLeft {
+                    participant_id: m.id.clone(),
+                },
+            );
+        }
+        true
+    }
+
+    /// The participant's signaling connection dropped; it may come back ([`Room::resync`]).
+    pub fn detach(&mut self, key: ParticipantKey) {
+        if let Some(m) = self.members.get_mut(&key) {
+            m.attached = false;
+        }
+    }
+
+    /// The participant's session resumed on a new connection: a fresh `joined`, and
+    /// again the subscriber offer it may have lost with the old connection.
+    pub fn resync(&mut self, key: ParticipantKey) {
+        if let Some(joined) = self.joined_message(key) {
+            self.signal(key, joined);
+        }
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        m.attached = true;
+        let resend = match &m.pending_offer {
+            Some((offer, true)) if m.sub_state == SubState::AwaitingAnswer => Some(offer.clone()),
+            _ => None,
+        };
+        if let Some(offer) = resend {
+            self.signal(key, offer);
+        }
+    }
+
+    /// Opens a down-track of `track` toward `subscriber` (negotiated with its next offer).
+    fn subscribe(&mut self, subscriber: ParticipantKey, track: TrackKey) {
+        let Some(t) = self.tracks.get(track.0) else {
+            return;
+        };
+        let Some(owner) = self.members.get(&t.owner).map(|m| m.id.clone()) else {
+            return;
+        };
+        let Some(m) = self.members.get_mut(&subscriber) else {
+            return;
+        };
+        if !m.grants.can_subscribe || t.owner == subscriber || t.down_of(subscriber).is_some() {
+            return;
+        }
+        let slot = m.take_slot();
+        let sub_peer = m.sub_peer;
+        let Some(t) = self.tracks.get_mut(track.0) else {
+            return;
+        };
+        t.add_down(subscriber, sub_peer, slot);
+        SfuStats::gauge(&self.stats.down_tracks, 1);
+        let open = Output::OpenDownTrack {
             subscriber,
             sub_peer,
             slot,
-            forwarder: Forwarder::new(self.codec.codec),
-            ready: false,
-        });
+            track: t.id.clone(),
+            owner,
+            kind: t.kind,
+            codec: t.codec.clone(),
+        };
+        self.out(open);
+        self.mark_dirty(subscriber);
     }
 
-    /// Removes the down-track of `subscriber`, returning it.
-    pub fn remove_down(&mut self, subscriber: ParticipantKey) -> Option<DownTrack> {
-        let i = self.down.iter().position(|d| d.subscriber == subscriber)?;
-        Some(self.down.swap_remove(i))
-    }
-
-    pub fn down_of(&mut self, subscriber: ParticipantKey) -> Option<&mut DownTrack> {
-        self.down.iter_mut().find(|d| d.subscriber == subscriber)
-    }
-
-    /// The layers some down-track waits for a keyframe of.
-    pub fn wanted_keyframes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.down
+    /// The subscriber's connection could not add the sender of a down-track.
+    pub fn down_track_failed(&mut self, subscriber: ParticipantKey, slot: usize) {
+        let found = self
+            .tracks
             .iter()
-            .filter_map(|d| d.forwarder.needs_keyframe())
+            .find(|(_, t)| t.down_of(subscriber).is_some_and(|d| d.slot == slot))
+            .map(|(k, _)| k);
+        if let Some(k) = found
+            && let Some(t) = self.tracks.get_mut(k)
+            && t.remove_down(subscriber).is_some()
+        {
+            SfuStats::gauge(&self.stats.down_tracks, -1);
+            tracing::warn!(track = %t.id, "cannot add down-track");
+        }
+        if let Some(m) = self.members.get_mut(&subscriber) {
+            m.free_slot(slot);
+        }
     }
 
-    /// Runs one incoming packet through every down-track's forwarder; `emit` is called
-    /// for each down-track that forwards it, with the rewritten numbering.
-    pub fn fan_out(
+    /// A participant's message (other than `join` and `leave`, which the worker turns
+    /// into [`Room::join`] and [`Room::leave`]); refusals name `request`.
+    pub fn client(
         &mut self,
-        info: &PacketInfo,
         now: Instant,
-        mut emit: impl FnMut(&DownTrack, Forward),
-    ) -> Fanout {
-        let mut f = Fanout::default();
-        for d in &mut self.down {
-            match d.forwarder.on_packet(info, now) {
-                Decision::Forward(rw) => {
-                    f.forwarded += 1;
-                    emit(d, rw);
+        key: ParticipantKey,
+        request: Option<RequestId>,
+        msg: ClientMessage,
+    ) {
+        if !self.members.contains_key(&key) {
+            return;
+        }
+        match msg {
+            ClientMessage::Publish { sdp, tracks } => self.publish(now, key, request, sdp, tracks),
+            ClientMessage::Answer { sdp } => self.answer(now, key, request, sdp),
+            ClientMessage::Candidate { target, candidate } => {
+                let Some(m) = self.members.get(&key) else {
+                    return;
+                };
+                let peer = match target {
+                    PcTarget::Subscriber => Some(m.sub_peer),
+                    PcTarget::Publisher => m.pub_peer,
+                };
+                match peer {
+                    Some(peer) => self.out(Output::AddCandidate {
+                        participant: key,
+                        peer,
+                        request,
+                        candidate,
+                    }),
+                    None => self.refuse(
+                        key,
+                        request,
+                        ErrorCode::OutOfOrder,
+                        "a publisher candidate arrived before any publish offer",
+                    ),
                 }
-                Decision::Drop(DropReason::Paused) => {}
-                Decision::Drop(_) => f.dropped += 1,
+            }
+            ClientMessage::Mute { source, muted } => self.mute(key, source, muted),
+            ClientMessage::Subscription {
+                track_id,
+                subscribed,
+                quality,
+                height,
+                ..
+            } => {
+                let known = self
+                    .track_key(&track_id)
+                    .and_then(|t| self.tracks.get(t.0))
+                    .is_some_and(|t| t.owner != key);
+                if !known {
+                    self.refuse(
+                        key,
+                        request,
+                        ErrorCode::UnknownTrack,
+                        format!("no remote track {track_id} in this room"),
+                    );
+                    return;
+                }
+                if let Some(m) = self.members.get_mut(&key) {
+                    m.prefs.insert(
+                        track_id,
+                        Pref {
+                            subscribed,
+                            quality,
+                            height,
+                        },
+                    );
+                }
+                self.allocate(key, now);
+            }
+            ClientMessage::Pin { participant_ids } => {
+                let pins = self
+                    .order
+                    .iter()
+                    .copied()
+                    .filter(|k| {
+                        self.members
+                            .get(k)
+                            .is_some_and(|m| participant_ids.contains(&m.id))
+                    })
+                    .collect();
+                if let Some(m) = self.members.get_mut(&key) {
+                    m.pins = pins;
+                }
+                self.allocate(key, now);
+            }
+            ClientMessage::Leave => {
+                self.leave(key, Removal::Left);
+            }
+            // Signaling answers a second join itself.
+            ClientMessage::Join { .. } => {}
+        }
+    }
+
+    fn mute(&mut self, key: ParticipantKey, source: confab_proto::TrackSource, muted: bool) {
+        let Some(m) = self.members.get(&key) else {
+            return;
+        };
+        let mut changed = false;
+        for t in m.tracks.clone() {
+            if let Some(t) = self.tracks.get_mut(t.0)
+                && t.source == source
+                && t.muted != muted
+                && !t.admin_muted
+            {
+                t.muted = muted;
+                changed = true;
             }
         }
-        f
+        if changed {
+            self.announce_update(key);
+        }
+    }
+
+    /// The participants that did not complete their first negotiation by their deadline
+    /// are removed.
+    fn enforce_deadlines(&mut self, now: Instant) {
+        let late: Vec<ParticipantKey> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|k| {
+                self.members
+                    .get(k)
+                    .is_some_and(|m| !m.negotiated && now >= m.negotiate_by)
+            })
+            .collect();
+        for k in late {
+            if let Some(m) = self.members.get(&k) {
+                tracing::info!(participant = %m.id, "removed: first negotiation not completed in time");
+            }
+            SfuStats::inc(&self.stats.negotiation_timeouts);
+            self.leave(k, Removal::NegotiationTimeout);
+        }
+    }
+
+    /// Removes everyone (the room closes); returns who was here.
+    pub fn close(&mut self, why: Removal) -> Vec<ParticipantKey> {
+        let all = self.order.clone();
+        for k in &all {
+            self.leave(*k, why);
+        }
+        all
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rtp::Codec;
-    use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
-
-    fn track(codec: Codec) -> PublishedTrack {
-        PublishedTrack::new(
-            TrackId::from_suffix("t"),
-            1,
-            MediaKind::Video,
-            TrackSource::Camera,
-            TrackCodec {
-                codec,
-                rtp: RTCRtpCodec::default(),
-                payload_type: 96,
-            },
-            10,
-            "rtc".into(),
-            None,
-            Duration::from_millis(500),
-        )
-    }
-
-    #[test]
-    fn layers_by_rid_and_ssrc() {
-        let mut t = track(Codec::Vp8);
-        assert_eq!(t.add_layer(Some("f".into()), 30), 2);
-        assert_eq!(t.add_layer(Some("q".into()), 10), 0);
-        assert_eq!(t.add_layer(Some("q".into()), 10), 0, "idempotent");
-        assert_eq!(t.add_layer(Some("weird".into()), 20), 1, "next free place");
-        assert_eq!(t.layer_of_ssrc(20), Some(1));
-        assert_eq!(t.layer_of_ssrc(99), None);
-        assert!(t.simulcast());
-        let mut single = track(Codec::Vp8);
-        assert_eq!(single.add_layer(None, 5), 0);
-        assert!(!single.simulcast());
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn negotiated_rids_are_placed_on_layers() {
-        let cases: &[(&[&str], [Option<&str>; MAX_LAYERS])] = &[
-            (&["q", "h", "f"], [Some("q"), Some("h"), Some("f")]),
-            // Usual names win over the offer order.
-            (&["f", "q", "h"], [Some("q"), Some("h"), Some("f")]),
-            // Two encodings: the names say which places.
-            (&["q", "f"], [Some("q"), None, Some("f")]),
-            (&["h", "f"], [None, Some("h"), Some("f")]),
-            // Other names: offer order, lowest first.
-            (&["a", "b", "c"], [Some("a"), Some("b"), Some("c")]),
-            (&["x", "f", "y"], [Some("x"), Some("y"), Some("f")]),
-            (&["lo", "hi"], [Some("lo"), Some("hi"), None]),
-            // Too many: the extra one has no place; a repeated usual name takes a free one.
-            (&["a", "b", "c", "d"], [Some("a"), Some("b"), Some("c")]),
-            (&["q", "low"], [Some("q"), Some("low"), None]),
-            (&[], [None, None, None]),
-        ];
-        for (rids, want) in cases {
-            let got = rid_layers(&strings(rids));
-            assert_eq!(got, want.map(|w| w.map(String::from)), "{rids:?}");
-        }
-    }
-
-    #[test]
-    fn layers_follow_the_negotiated_rids() {
-        let mut t = track(Codec::Vp8);
-        assert_eq!(t.layer_count(), 1);
-        t.set_negotiated_rids(&strings(&["a", "b", "c"]));
-        assert!(t.simulcast(), "negotiated, before any packet");
-        assert_eq!(t.layer_count(), 3, "the layers not received yet count");
-        // The top layer arrives first: it takes its own place, not the first free one.
-        assert_eq!(t.add_layer(Some("c".into()), 30), 2);
-        assert_eq!(t.add_layer(Some("a".into()), 10), 0);
-        assert_eq!(t.add_layer(Some("b".into()), 20), 1);
-        assert_eq!(t.layer_count(), 3);
-    }
-
-    #[test]
-    fn dynacast_lists_wanted_negotiated_rids() {
-        let now = Instant::now();
-        let grace = Duration::from_secs(2);
-        let mut t = track(Codec::Vp8);
-        t.set_negotiated_rids(&strings(&["q", "h", "f"]));
-        // Only q and h arrived; a stray rid the offer did not negotiate too.
-        t.add_layer(Some("q".into()), 10);
-        t.add_layer(Some("h".into()), 20);
-        assert_eq!(t.dynacast_rids(now, grace, false), Vec::<String>::new());
-        // Wanted up to the top: f is listed though nothing of it arrived yet.
-        t.wanted_at = [Some(now); MAX_LAYERS];
-        assert_eq!(t.dynacast_rids(now, grace, false), ["q", "h", "f"]);
-        // Wants expire after the grace period.
-        t.wanted_at = [Some(now), Some(now - grace), None];
-        assert_eq!(t.dynacast_rids(now, grace, false), ["q"]);
-        // Recorded: the top negotiated layer stays on, received or not.
-        t.wanted_at = [None; MAX_LAYERS];
-        assert_eq!(t.dynacast_rids(now, grace, true), ["f"]);
-        // An active down-track keeps the lowest negotiated layer on.
-        t.set_negotiated_rids(&strings(&["h", "f"]));
-        t.add_down(2, 20, 0);
-        let d = t.down_of(2).unwrap();
-        d.ready = true;
-        d.forwarder.set_active(true);
-        assert_eq!(t.dynacast_rids(now, grace, false), ["h"]);
-        // A rid that was received but not negotiated is never listed.
-        let mut odd = track(Codec::Vp8);
-        odd.set_negotiated_rids(&strings(&["q"]));
-        odd.add_layer(Some("x".into()), 99);
-        odd.wanted_at = [Some(now); MAX_LAYERS];
-        assert_eq!(odd.dynacast_rids(now, grace, false), ["q"]);
-    }
-
-    #[test]
-    fn fan_out_reaches_active_down_tracks_only() {
-        let now = Instant::now();
-        let mut t = track(Codec::Vp8);
-        t.add_down(2, 20, 0);
-        t.add_down(3, 30, 0);
-        t.add_down(4, 40, 1);
-        t.down_of(2).unwrap().forwarder.set_active(true);
-        t.down_of(4).unwrap().forwarder.set_active(true);
-        assert_eq!(t.wanted_keyframes().collect::<Vec<_>>(), vec![0, 0]);
-        let key = PacketInfo {
-            layer: 0,
-            ext_seq: 100,
-            ts: 0,
-            keyframe: true,
-            padding_only: false,
-            vp8: None,
-        };
-        let mut got = vec![];
-        let f = t.fan_out(&key, now, |d, rw| got.push((d.subscriber, rw.seq)));
-        assert_eq!(got, vec![(2, 100), (4, 100)]);
-        assert_eq!(
-            f,
-            Fanout {
-                forwarded: 2,
-                dropped: 0
-            }
-        );
-        assert_eq!(t.wanted_keyframes().count(), 0);
-        assert!(t.remove_down(2).is_some());
-        assert!(t.remove_down(2).is_none());
-        let mut got = vec![];
-        t.fan_out(
-            &PacketInfo {
-                ext_seq: 101,
-                keyframe: false,
-                ..key
-            },
-            now,
-            |d, _| got.push(d.subscriber),
-        );
-        assert_eq!(got, vec![4]);
+impl Room {
+    /// How many published tracks, down-tracks and recording taps the room holds (the
+    /// gauges to give back if it is dropped whole).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let downs = self.tracks.iter().map(|(_, t)| t.down.len()).sum();
+        (self.tracks.len(), downs, self.taps.len())
     }
 }

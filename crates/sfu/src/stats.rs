@@ -57,6 +57,8 @@ counters!(
         room_events_dropped: AtomicU64,
         /// Rooms closed by an internal error (a panic caught in the worker).
         rooms_failed: AtomicU64,
+        /// Media workers restarted after a panic escaped every room's isolation.
+        workers_restarted: AtomicU64,
         /// Recordings in progress.
         recordings: AtomicI64,
         /// Packets a recording or hook never got (its queue was full).

@@ -1,32 +1,32 @@
 //! A media worker: one thread, one UDP socket, every peer connection of the rooms placed
 //! on it, driven as sans-IO state machines from a single loop (the str0m shape).
 //!
-//! One pass of the loop: receive datagrams and route each to its peer (STUN by username
-//! fragment, everything else by remote address); fire due timers; apply commands from
-//! signaling; drain the events and messages of every peer that had input (which forwards
-//! RTP into other peers); send the offers that became due; flush the output of every peer
-//! touched. Nothing in the pass awaits, so a slow subscriber can only lose its own
-//! datagrams (the kernel drops, we count), never stall the others.
+//! The worker is IO and translation only: it owns the socket, the peer connections and
+//! their timers, and the signaling sessions' queues; the rooms ([`crate::room::Room`])
+//! decide. One pass of the loop: receive datagrams and route each to its peer (STUN by
+//! username fragment, everything else by remote address); fire due timers; apply
+//! commands from signaling; drain the events of every peer that had input into its room
+//! (which forwards RTP into other peers); apply what the rooms ask for; flush the output
+//! of every peer touched. Nothing in the pass awaits, so a slow subscriber can only lose
+//! its own datagrams (the kernel drops, we count), never stall the others.
 //!
-//! The rooms on a worker are owned by it: the worker is the rooms' actor.
+//! - [`drive`]: commands, peer events and room outputs.
+//! - [`isolate`]: every entry into a room runs under `catch_unwind`; a panic closes that
+//!   room only.
 
+mod drive;
 mod isolate;
-mod media;
-mod ops;
 
 use crate::config::SfuConfig;
 use crate::error::JoinError;
-use crate::peer::{ParticipantKey, Peer, PeerFactory, PeerKey, is_binding_success, is_stun};
-use crate::room::Room;
+use crate::keys::{ParticipantKey, PeerKey, RoomKey};
+use crate::peer::{Peer, PeerFactory, is_binding_success, is_stun};
+use crate::room::{Removal, Room};
 use crate::stats::{LoopStats, SfuStats};
 use crate::udp;
-use bytes::BytesMut;
 use confab_proto::{
     ClientMessage, DisplayName, ParticipantId, RequestId, RoomId, ServerMessage, TrackId,
-    TrackSource,
 };
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 const RECV_BATCHES: usize = 2;
 /// Commands applied per pass, so that signaling cannot starve media (and vice versa).
 const COMMAND_BATCH: usize = 32;
-/// Housekeeping period: keyframe re-requests.
+/// Housekeeping period: keyframe re-requests, allocation, speakers, dynacast, deadlines.
 const TICK: Duration = Duration::from_millis(100);
 
 /// What signaling asks of a worker.
@@ -77,10 +77,11 @@ pub enum Command {
     },
     /// Remove everyone (they are told `server_shutting_down`), refuse joins, then stop.
     Shutdown,
-    /// Panic while handling `room` (tests of failure isolation).
+    /// Panic while handling `room` at `point` (tests of failure isolation).
     #[cfg(feature = "fault-injection")]
     InjectPanic {
         room: RoomId,
+        point: crate::FaultPoint,
     },
     /// Start delivering a room's media to a recording or hook session; `false` when the
     /// room does not exist here.
@@ -136,134 +137,13 @@ pub struct RoomSummary {
     pub worker: usize,
 }
 
-/// Why a participant is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Removal {
-    Left,
-    SessionGone,
-    SlowConsumer,
-    MediaFailed,
-    Shutdown,
-    Kicked,
-    /// Its access token was revoked.
-    Revoked,
-    RoomClosed,
-    /// An internal error (a panic) in the room's handling closed it.
-    RoomFailed,
-    /// It did not complete its first negotiation within `negotiation_timeout_ms`.
-    NegotiationTimeout,
-    /// Its offers kept costing more media-thread time than its budget.
-    OverBudget,
-}
-
-impl Removal {
-    /// The error the participant's session is told, when it did not leave by itself.
-    fn notice(self) -> Option<ServerMessage> {
-        use confab_proto::ErrorCode;
-        match self {
-            Removal::Left | Removal::SessionGone => None,
-            // Its queue is full: the notice cannot be queued; closing the channel tells it.
-            Removal::SlowConsumer => None,
-            Removal::MediaFailed => Some(ServerMessage::fatal(
-                ErrorCode::MediaFailed,
-                "the media connection failed (no ICE consent); rejoin",
-            )),
-            Removal::Shutdown => Some(ServerMessage::fatal(
-                ErrorCode::ServerShuttingDown,
-                "the server is shutting down",
-            )),
-            Removal::Revoked => Some(ServerMessage::fatal(
-                ErrorCode::Unauthorized,
-                "your access token was revoked",
-            )),
-            Removal::Kicked => Some(ServerMessage::fatal(
-                ErrorCode::Removed,
-                "an administrator removed you from the room",
-            )),
-            Removal::RoomClosed => Some(ServerMessage::fatal(
-                ErrorCode::Removed,
-                "an administrator closed the room",
-            )),
-            Removal::RoomFailed => Some(ServerMessage::fatal(
-                ErrorCode::Internal,
-                "this room hit an internal error and was closed; join again",
-            )),
-            Removal::NegotiationTimeout => Some(ServerMessage::fatal(
-                ErrorCode::Timeout,
-                "the media connection was not negotiated in time (no answer to the server's offer)",
-            )),
-            Removal::OverBudget => Some(ServerMessage::fatal(
-                ErrorCode::RateLimited,
-                "removed: your offers kept exceeding the server's signaling budget",
-            )),
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Removal::Left => "left",
-            Removal::SessionGone => "session gone",
-            Removal::SlowConsumer => "signaling session too slow",
-            Removal::MediaFailed => "media connection failed",
-            Removal::Shutdown => "server shutting down",
-            Removal::Kicked => "removed by an administrator",
-            Removal::Revoked => "access token revoked",
-            Removal::RoomClosed => "room closed by an administrator",
-            Removal::RoomFailed => "room failed (internal error)",
-            Removal::NegotiationTimeout => "first negotiation not completed in time",
-            Removal::OverBudget => "signaling budget exceeded too often",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SubState {
-    Stable,
-    AwaitingAnswer,
-}
-
-struct Participant {
-    id: ParticipantId,
-    name: DisplayName,
-    /// What its token grants, and who it says it is.
-    grants: confab_proto::signal::Grants,
-    identity: Option<String>,
-    /// Its token's `jti`, for revocation.
-    token_id: Option<String>,
-    chat_limit: governor::DefaultDirectRateLimiter,
-    /// Given back in every `joined`, to resume the session on a new connection.
-    resume_token: String,
-    /// Whether its signaling connection is up (see `Command::Detach`).
-    attached: bool,
-    /// The subscriber offer awaiting an answer, and whether it was sent while attached
-    /// (then it may have been lost with the connection; one sent while detached is in the
-    /// missed messages the session replays).
-    pending_offer: Option<(ServerMessage, bool)>,
-    joined_at: u64,
-    room: RoomId,
+/// A participant's signaling session as the worker knows it: where its messages go and
+/// which connections are its.
+struct Session {
+    room: RoomKey,
     events: mpsc::Sender<ServerMessage>,
     sub: PeerKey,
     publ: Option<PeerKey>,
-    /// mid -> source, from the client's `publish`.
-    sources: HashMap<String, TrackSource>,
-    /// Published tracks, in publication order.
-    tracks: Vec<TrackId>,
-    sub_state: SubState,
-    needs_offer: bool,
-    /// Whether it ever answered a subscriber offer; until then it must do so by
-    /// `negotiate_by`.
-    negotiated: bool,
-    negotiate_by: Instant,
-    /// Its last answer was invalid (the offer is still pending).
-    answer_failed: bool,
-    /// Media-thread time its offers may still take.
-    budget: crate::budget::WorkBudget,
-    /// What this subscriber asked of each remote track.
-    prefs: HashMap<TrackId, media::Pref>,
-    pins: Vec<ParticipantId>,
-    /// Its downlink bandwidth estimate, and when its layers were last allocated.
-    bwe: crate::bwe::LossBwe,
-    allocated_at: Option<Instant>,
 }
 
 pub struct Worker {
@@ -273,12 +153,12 @@ pub struct Worker {
     factory: PeerFactory,
     config: Arc<SfuConfig>,
     stats: Arc<SfuStats>,
-    next_peer: PeerKey,
+    next_peer: u64,
     peers: FxHashMap<PeerKey, Peer>,
     by_ufrag: HashMap<String, PeerKey>,
     by_addr: FxHashMap<SocketAddr, PeerKey>,
     timers: BTreeSet<(Instant, PeerKey)>,
-    /// Peers that had input this pass: their events and messages must be drained.
+    /// Peers that had input this pass: their events must be drained.
     input: Vec<PeerKey>,
     /// Peers that may have output this pass: their datagrams must be flushed.
     touched: Vec<PeerKey>,
@@ -287,11 +167,11 @@ pub struct Worker {
     touched_flag: FxHashMap<PeerKey, bool>,
     recv: Option<udp::RecvBatch>,
     send: udp::SendBatch,
-    participants: HashMap<ParticipantKey, Participant>,
-    rooms: HashMap<RoomId, Room>,
+    rooms: slab::Slab<Room>,
+    room_keys: HashMap<RoomId, RoomKey>,
+    sessions: FxHashMap<ParticipantKey, Session>,
     /// Participants to remove at the end of the pass (failed connection, slow consumer).
     doomed: Vec<(ParticipantKey, Removal)>,
-    next_track: u64,
     stopping: bool,
     /// When this pass's first datagram batch was read, and how many RTP packets it
     /// forwarded: the server-added latency once their copies are handed to the kernel.
@@ -300,6 +180,9 @@ pub struct Worker {
     timing: Arc<LoopStats>,
     /// Room events for webhooks.
     events: Option<mpsc::Sender<crate::events::RoomEvent>>,
+    /// Test hook: panic in this room at this point.
+    #[cfg(feature = "fault-injection")]
+    fault: Option<(RoomKey, crate::FaultPoint)>,
 }
 
 impl Worker {
@@ -332,26 +215,30 @@ impl Worker {
             touched_flag: FxHashMap::default(),
             recv: Some(udp::RecvBatch::default()),
             send: udp::SendBatch::default(),
-            participants: HashMap::new(),
-            rooms: HashMap::new(),
+            rooms: slab::Slab::new(),
+            room_keys: HashMap::new(),
+            sessions: FxHashMap::default(),
             doomed: Vec::new(),
-            next_track: 1,
             stopping: false,
             rx_at: None,
             forwarded: 0,
             timing,
             events,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         })
     }
 
     /// Runs until told to shut down (or every command sender is gone) and everyone left.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    /// Returns `true` on a shutdown; a panic that escapes every room's isolation unwinds
+    /// out of here (the thread restarts the worker, see [`crate::Sfu`]).
+    pub async fn run(mut self, commands: &mut mpsc::Receiver<Command>) {
         let span = tracing::info_span!("worker", index = self.index);
         let _g = span.enter();
         tracing::info!(addr = %self.announce, "media worker started");
         let mut next_tick = Instant::now() + TICK;
         let mut open = true;
-        while !self.stopping || !self.participants.is_empty() {
+        while !self.stopping || !self.sessions.is_empty() {
             let deadline = self
                 .timers
                 .first()
@@ -403,7 +290,7 @@ impl Worker {
     /// Refuses new joins and removes everyone, telling them why.
     pub(crate) fn stop(&mut self) {
         self.stopping = true;
-        let keys: Vec<_> = self.participants.keys().copied().collect();
+        let keys: Vec<_> = self.sessions.keys().copied().collect();
         for k in keys {
             self.doomed.push((k, Removal::Shutdown));
         }
@@ -463,19 +350,7 @@ impl Worker {
         };
         let authenticated = peer.addrs.contains(&from);
         let shown = peer.paths.inbound(data, from, authenticated);
-        let msg = TaggedBytesMut {
-            now,
-            transport: TransportContext {
-                local_addr: self.announce,
-                peer_addr: shown,
-                ecn: None,
-                transport_protocol: TransportProtocol::UDP,
-            },
-            message: BytesMut::from(data),
-        };
-        if let Err(e) = peer.pc.handle_read(msg) {
-            tracing::trace!(error = %e, "handle_read");
-        }
+        peer.handle_datagram(data, self.announce, shown, now);
         self.mark_input(key);
     }
 
@@ -497,25 +372,29 @@ impl Worker {
                 break;
             }
             self.timers.pop_first();
-            if let Some(peer) = self.peers.get_mut(&key) {
-                peer.timer = None;
-                if let Err(e) = peer.pc.handle_timeout(now) {
-                    tracing::trace!(error = %e, "handle_timeout");
+            self.isolated(isolate::Scope::Peer(key), "a timer", |w| {
+                let Some(room) = w.peers.get(&key).map(|p| p.room) else {
+                    return;
+                };
+                w.fault_point(room, crate::FaultPoint::Timer);
+                if let Some(peer) = w.peers.get_mut(&key) {
+                    peer.timer = None;
+                    peer.handle_timeout(now);
+                    w.mark_input(key);
                 }
-                self.mark_input(key);
-            }
+            });
         }
     }
 
-    /// Drains inputs (which may touch more peers and queue offers), sends offers, removes
-    /// failed participants, then flushes every touched peer.
+    /// Drains inputs (which may touch more peers), removes failed participants, then
+    /// flushes every touched peer.
     fn end_of_pass(&mut self) {
         let mut guard = 0;
         while !self.input.is_empty() || !self.doomed.is_empty() {
             let input = std::mem::take(&mut self.input);
             for key in input {
                 self.isolated(isolate::Scope::Peer(key), "a peer's events", |w| {
-                    w.drain(key)
+                    w.drain_peer(key)
                 });
             }
             let doomed = std::mem::take(&mut self.doomed);
@@ -527,7 +406,6 @@ impl Worker {
                 break;
             }
         }
-        self.send_offers();
         self.flush();
         if let Some(rx) = self.rx_at.take()
             && self.forwarded > 0
@@ -545,41 +423,47 @@ impl Worker {
     fn flush(&mut self) {
         let touched = std::mem::take(&mut self.touched);
         for key in touched {
-            let timer_dirty = self.touched_flag.get(&key).copied().unwrap_or(true);
-            loop {
-                let Some(out) = self.peers.get_mut(&key).and_then(|p| p.pc.poll_write()) else {
-                    break;
-                };
-                let to = out.transport.peer_addr;
-                if is_binding_success(&out.message) {
-                    self.learn_addr(key, to);
-                }
-                let to = match self.peers.get_mut(&key) {
-                    Some(p) => p.paths.outbound(&out.message, to),
-                    None => to,
-                };
-                self.send.push(out.message, to);
-            }
-            if !timer_dirty {
-                // Only forwarded RTP was written: no protocol timer moved.
-                continue;
-            }
-            let Some(peer) = self.peers.get_mut(&key) else {
-                continue;
-            };
-            let next = peer.pc.poll_timeout();
-            if next != peer.timer {
-                if let Some(old) = peer.timer {
-                    self.timers.remove(&(old, key));
-                }
-                if let Some(t) = next {
-                    self.timers.insert((t, key));
-                }
-                peer.timer = next;
-            }
+            self.isolated(isolate::Scope::Peer(key), "a flush", |w| w.flush_peer(key));
         }
         self.touched_flag.clear();
         self.send_now();
+    }
+
+    fn flush_peer(&mut self, key: PeerKey) {
+        let timer_dirty = self.touched_flag.get(&key).copied().unwrap_or(true);
+        if let Some(p) = self.peers.get(&key) {
+            self.fault_point(p.room, crate::FaultPoint::Flush);
+        }
+        loop {
+            let Some((data, to)) = self.peers.get_mut(&key).and_then(|p| p.poll_write()) else {
+                break;
+            };
+            if is_binding_success(&data) {
+                self.learn_addr(key, to);
+            }
+            let to = match self.peers.get_mut(&key) {
+                Some(p) => p.paths.outbound(&data, to),
+                None => to,
+            };
+            self.send.push(data, to);
+        }
+        if !timer_dirty {
+            // Only forwarded RTP was written: no protocol timer moved.
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let next = peer.poll_timeout();
+        if next != peer.timer {
+            if let Some(old) = peer.timer {
+                self.timers.remove(&(old, key));
+            }
+            if let Some(t) = next {
+                self.timers.insert((t, key));
+            }
+            peer.timer = next;
+        }
     }
 
     fn send_now(&mut self) {
@@ -618,7 +502,7 @@ impl Worker {
     }
 
     fn add_peer(&mut self, peer: Peer) -> PeerKey {
-        let key = self.next_peer;
+        let key = PeerKey(self.next_peer);
         self.next_peer += 1;
         self.by_ufrag.insert(peer.ufrag.clone(), key);
         self.peers.insert(key, peer);
@@ -633,10 +517,8 @@ impl Worker {
             return;
         };
         peer.close();
-        while let Some(out) = peer.pc.poll_write() {
-            let _ = self
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr);
+        while let Some((data, to)) = peer.poll_write() {
+            let _ = self.socket.try_send_to(&data, to);
         }
         self.by_ufrag.remove(&peer.ufrag);
         for a in &peer.addrs {
@@ -653,10 +535,10 @@ impl Worker {
     /// Queues a message to a participant's signaling session. A session that does not
     /// keep up is removed rather than allowed to grow memory.
     fn send_to(&mut self, key: ParticipantKey, msg: ServerMessage) {
-        let Some(p) = self.participants.get(&key) else {
+        let Some(s) = self.sessions.get(&key) else {
             return;
         };
-        match p.events.try_send(msg) {
+        match s.events.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 SfuStats::inc(&self.stats.events_dropped);
@@ -677,18 +559,43 @@ impl Worker {
         }
     }
 
-    fn broadcast(&mut self, room: &RoomId, except: Option<ParticipantKey>, msg: ServerMessage) {
-        let Some(r) = self.rooms.get(room) else {
+    /// Test hook: panics if a fault was injected for `room` at `point`.
+    #[cfg(feature = "fault-injection")]
+    fn fault_point(&mut self, room: RoomKey, point: crate::FaultPoint) {
+        if self.fault == Some((room, point)) {
+            self.fault = None;
+            panic!("injected fault at {point:?}");
+        }
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn fault_point(&mut self, _room: RoomKey, _point: crate::FaultPoint) {}
+}
+
+/// A worker that panics beyond every room's isolation is dropped while unwinding: its
+/// participants are told (a fatal `internal`; their clients rejoin) and the gauges it
+/// held are given back, before the thread starts a fresh worker on the same socket.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
             return;
-        };
-        let members: Vec<_> = r
-            .members
-            .iter()
-            .copied()
-            .filter(|k| Some(*k) != except)
-            .collect();
-        for k in members {
-            self.send_to(k, msg.clone());
+        }
+        let notice = ServerMessage::fatal(
+            confab_proto::ErrorCode::Internal,
+            "the media worker hosting this room failed and was restarted; join again",
+        );
+        for s in self.sessions.values() {
+            let _ = s.events.try_send(notice.clone());
+        }
+        let g = |c: &std::sync::atomic::AtomicI64, n: usize| SfuStats::gauge(c, -(n as i64));
+        g(&self.stats.participants, self.sessions.len());
+        g(&self.stats.peer_connections, self.peers.len());
+        g(&self.stats.rooms, self.rooms.len());
+        for (_, r) in self.rooms.iter() {
+            let (tracks, downs, taps) = r.counts();
+            g(&self.stats.published_tracks, tracks);
+            g(&self.stats.down_tracks, downs);
+            g(&self.stats.recordings, taps);
         }
     }
 }

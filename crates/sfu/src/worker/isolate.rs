@@ -1,14 +1,17 @@
-//! Failure isolation: a panic while handling one room's traffic or commands closes that
-//! room, not the worker (and so not the other rooms it hosts).
+//! Failure isolation: a panic while handling one room's traffic, timers, output or
+//! commands closes that room, not the worker (and so not the other rooms it hosts).
 //!
-//! Every entry into room-scoped work (a command, a datagram, a peer's events, a removal)
-//! runs under `catch_unwind`. After a panic the room's state cannot be trusted: its
-//! participants are removed with a fatal `internal` error (their clients may rejoin, into
-//! a fresh room), and if even that panics they are dropped from the tables outright.
+//! Every entry into room-scoped work (a command, a datagram, a timer, a peer's events, a
+//! flush, a room's tick, a removal) runs under `catch_unwind`. After a panic the room's
+//! state cannot be trusted, so it is not called again: the worker tells its participants
+//! (a fatal `internal`; their clients rejoin, into a fresh room), closes their connections
+//! and drops the room. A panic that escapes even this (in the loop itself) unwinds the
+//! worker; the thread then starts a fresh one (see [`crate::Sfu`]).
 
-use super::{Command, Removal, Worker};
-use crate::peer::{ParticipantKey, PeerKey};
-use confab_proto::RoomId;
+use super::{Command, Worker};
+use crate::keys::{ParticipantKey, PeerKey, RoomKey};
+use crate::room::Removal;
+use crate::stats::SfuStats;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -19,6 +22,7 @@ pub(super) enum Scope {
     /// A datagram from this address (the peer it routes to).
     From(SocketAddr),
     Peer(PeerKey),
+    Room(RoomKey),
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
@@ -36,9 +40,10 @@ impl Worker {
                 Scope::From(addr) => self
                     .by_addr
                     .get(&addr)
-                    .copied()
-                    .and_then(|k| self.room_of_peer(k)),
-                Scope::Peer(key) => self.room_of_peer(key),
+                    .and_then(|k| self.peers.get(k))
+                    .map(|p| p.room),
+                Scope::Peer(key) => self.peers.get(&key).map(|p| p.room),
+                Scope::Room(rk) => Some(rk),
             };
             self.fail_room(room, what, panic_message(p.as_ref()));
         }
@@ -47,42 +52,51 @@ impl Worker {
     /// Runs a command; if it panics, the room it concerns is closed. (Known before it
     /// runs: a command may remove the participant it names.)
     pub(super) fn isolated_command(&mut self, c: Command) {
+        #[cfg(feature = "fault-injection")]
+        if let Command::InjectPanic {
+            point: crate::FaultPoint::Worker,
+            ..
+        } = &c
+        {
+            // Not isolated, on purpose: the test of the worker's own supervision.
+            self.command(c);
+            return;
+        }
         let room = self.room_of_command(&c);
+        let joining = match &c {
+            Command::Join { key, .. } => Some(*key),
+            _ => None,
+        };
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.command(c))) {
+            // A join that panicked may have left its session behind without a room.
+            let room = room.or_else(|| joining.and_then(|k| self.room_of(k)));
             self.fail_room(room, "a command", panic_message(p.as_ref()));
         }
     }
 
-    fn room_of_participant(&self, key: ParticipantKey) -> Option<RoomId> {
-        self.participants.get(&key).map(|p| p.room.clone())
-    }
-
-    fn room_of_peer(&self, key: PeerKey) -> Option<RoomId> {
-        let owner = self.peers.get(&key)?.participant;
-        self.room_of_participant(owner)
-    }
-
     /// The room a command concerns, if any.
-    fn room_of_command(&self, c: &Command) -> Option<RoomId> {
+    fn room_of_command(&self, c: &Command) -> Option<RoomKey> {
         match c {
             Command::Join { room, .. }
             | Command::AddTap { room, .. }
             | Command::RemoveTap { room, .. }
             | Command::TapKeyframe { room, .. }
             | Command::Kick { room, .. }
-            | Command::MuteTrack { room, .. } => Some(room.clone()),
+            | Command::MuteTrack { room, .. }
+            | Command::CloseRoom { room, .. } => self.room_key(room),
             Command::Client { key, .. }
             | Command::Leave { key }
             | Command::Detach { key }
-            | Command::Resync { key } => self.room_of_participant(*key),
+            | Command::Resync { key } => self.room_of(*key),
             #[cfg(feature = "fault-injection")]
-            Command::InjectPanic { room } => Some(room.clone()),
+            Command::InjectPanic { room, .. } => self.room_key(room),
             _ => None,
         }
     }
 
-    fn fail_room(&mut self, room: Option<RoomId>, what: &'static str, msg: &str) {
-        let Some(room) = room else {
+    /// Closes a room whose handling panicked, without calling into it again.
+    fn fail_room(&mut self, room: Option<RoomKey>, what: &'static str, msg: &str) {
+        let Some(rk) = room else {
             tracing::error!(
                 during = what,
                 panic = msg,
@@ -90,52 +104,63 @@ impl Worker {
             );
             return;
         };
-        tracing::error!(room = %room, during = what, panic = msg, "internal error: closing the room");
+        let name = self
+            .rooms
+            .get(rk.0)
+            .map(|r| r.id.to_string())
+            .unwrap_or_default();
+        tracing::error!(room = %name, during = what, panic = msg, "internal error: closing the room");
+        SfuStats::inc(&self.stats.rooms_failed);
         let members: Vec<ParticipantKey> = self
-            .participants
+            .sessions
             .iter()
-            .filter(|(_, p)| p.room == room)
+            .filter(|(_, s)| s.room == rk)
             .map(|(k, _)| *k)
             .collect();
-        for k in members {
-            self.doomed.push((k, Removal::RoomFailed));
-        }
-        crate::stats::SfuStats::inc(&self.stats.rooms_failed);
-    }
-
-    /// Removes a participant; if the removal itself panics (the room's state is broken),
-    /// forgets it and its peers without further ceremony.
-    pub(super) fn remove_isolated(&mut self, key: ParticipantKey, why: Removal) {
-        if catch_unwind(AssertUnwindSafe(|| self.remove_participant(key, why))).is_ok() {
-            return;
-        }
-        tracing::error!("removing a participant failed; dropping it outright");
-        if let Some(p) = self.participants.remove(&key) {
-            if let Some(notice) = why.notice() {
-                let _ = p.events.try_send(notice);
-            }
-            crate::stats::SfuStats::gauge(&self.stats.participants, -1);
-            if let Some(room) = self.rooms.get_mut(&p.room) {
-                room.members.retain(|m| *m != key);
-                if room.members.is_empty() {
-                    self.rooms.remove(&p.room);
-                    crate::stats::SfuStats::gauge(&self.stats.rooms, -1);
+        let notice = Removal::RoomFailed.notice();
+        for k in &members {
+            if let Some(s) = self.sessions.remove(k) {
+                if let Some(n) = &notice {
+                    let _ = s.events.try_send(n.clone());
+                }
+                SfuStats::gauge(&self.stats.participants, -1);
+                self.drop_peer(s.sub);
+                if let Some(p) = s.publ {
+                    self.drop_peer(p);
                 }
             }
         }
-        let peers: Vec<PeerKey> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.participant == key)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in peers {
-            if let Some(mut peer) = self.peers.remove(&k) {
-                peer.close();
-                crate::stats::SfuStats::gauge(&self.stats.peer_connections, -1);
-            }
-            self.by_ufrag.retain(|_, v| *v != k);
-            self.by_addr.retain(|_, v| *v != k);
+        if self.rooms.contains(rk.0) {
+            let mut r = self.rooms.remove(rk.0);
+            self.room_keys.remove(&r.id);
+            let (tracks, downs, _) = r.counts();
+            SfuStats::gauge(&self.stats.published_tracks, -(tracks as i64));
+            SfuStats::gauge(&self.stats.down_tracks, -(downs as i64));
+            r.drop_taps();
+            SfuStats::gauge(&self.stats.rooms, -1);
+            self.emit(crate::events::RoomEvent::RoomFinished { room: r.id });
+        }
+    }
+
+    /// Forgets a peer connection even if closing it panics.
+    fn drop_peer(&mut self, key: PeerKey) {
+        if catch_unwind(AssertUnwindSafe(|| self.remove_peer(key))).is_ok() {
+            return;
+        }
+        if self.peers.remove(&key).is_some() {
+            SfuStats::gauge(&self.stats.peer_connections, -1);
+        }
+        self.by_ufrag.retain(|_, v| *v != key);
+        self.by_addr.retain(|_, v| *v != key);
+        self.timers.retain(|(_, k)| *k != key);
+    }
+
+    /// Removes a participant; if the removal itself panics (the room's state is broken),
+    /// its whole room is closed.
+    pub(super) fn remove_isolated(&mut self, key: ParticipantKey, why: Removal) {
+        let room = self.room_of(key);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.remove_participant(key, why))) {
+            self.fail_room(room, "a removal", panic_message(p.as_ref()));
         }
     }
 }

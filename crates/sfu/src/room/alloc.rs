@@ -1,0 +1,285 @@
+//! The room's periodic decisions on top of the pure modules: which layer of each track a
+//! subscriber gets (`allocator`, `bwe`), last-N, top-K audio, active speakers
+//! (`speaker`), keyframe re-requests and dynacast.
+//!
+//! Cost: the room's ranking of who is seen and heard is computed once per pass
+//! ([`Ranking`]); each subscriber's allocation is then O(participants + tracks), so a
+//! speaker change re-allocating everyone is O(participants × tracks).
+
+use super::{Output, Room};
+use crate::allocator::{self, Demand, PRIORITY_NORMAL, PRIORITY_SCREEN, PRIORITY_SPEAKER};
+use crate::keys::{ParticipantKey, TrackKey};
+use confab_proto::{MediaKind, ServerMessage, TrackSource};
+use rustc_hash::FxHashSet;
+use std::time::{Duration, Instant};
+
+/// How often allocation runs for every subscriber (it also runs on every change).
+pub const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
+/// A simulcast layer nobody wants is paused at the publisher after this long.
+const DYNACAST_GRACE: Duration = Duration::from_secs(2);
+
+/// Who is seen and heard first, the same for every subscriber (pins aside).
+struct Ranking {
+    /// Screen sharers, then by speaking recency, then join order.
+    video: Vec<ParticipantKey>,
+    /// Loudest first.
+    audio: Vec<ParticipantKey>,
+    dominant: Option<ParticipantKey>,
+}
+
+impl Room {
+    fn ranking(&self) -> Ranking {
+        let sharing: FxHashSet<ParticipantKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.source == TrackSource::Screen)
+            .map(|(_, t)| t.owner)
+            .collect();
+        let mut video: Vec<(usize, ParticipantKey)> =
+            self.order.iter().copied().enumerate().collect();
+        video.sort_by_key(|(i, m)| {
+            (
+                !sharing.contains(m),
+                std::cmp::Reverse(self.speakers.last_active(m)),
+                *i,
+            )
+        });
+        let video: Vec<ParticipantKey> = video.into_iter().map(|(_, m)| m).collect();
+        // Ties in loudness (silence) keep the video order.
+        let mut audio = video.clone();
+        audio.sort_by(|a, b| {
+            self.speakers
+                .loudness(b)
+                .total_cmp(&self.speakers.loudness(a))
+        });
+        Ranking {
+            video,
+            audio,
+            dominant: self.speakers.speakers().first().copied(),
+        }
+    }
+
+    /// Allocates one subscriber's layers now.
+    pub(super) fn allocate(&mut self, subscriber: ParticipantKey, now: Instant) {
+        let ranking = self.ranking();
+        self.allocate_ranked(subscriber, &ranking, now);
+    }
+
+    /// Allocates every member's layers (speaking order or a track's state changed).
+    pub(super) fn allocate_all(&mut self, now: Instant) {
+        let ranking = self.ranking();
+        for i in 0..self.order.len() {
+            let k = self.order[i];
+            self.allocate_ranked(k, &ranking, now);
+        }
+    }
+
+    /// Decides which layer of each video track `subscriber` gets (and which tracks it gets
+    /// at all: subscriptions, last-N, top-K audio), within its bandwidth.
+    fn allocate_ranked(&mut self, subscriber: ParticipantKey, ranking: &Ranking, now: Instant) {
+        let Some(m) = self.members.get_mut(&subscriber) else {
+            return;
+        };
+        m.allocated_at = Some(now);
+        let m = &self.members[&subscriber];
+        let budget = m.bwe.estimate_bps();
+        let last_n = self.config.last_n;
+        let top_k = self.config.audio_top_k;
+        // Who gets video: pinned, then the room's ranking; at most `last_n` (0 = all).
+        let pinned = ranking
+            .video
+            .iter()
+            .filter(|k| **k != subscriber && m.pins.contains(k));
+        let rest = ranking
+            .video
+            .iter()
+            .filter(|k| **k != subscriber && !m.pins.contains(k));
+        let limit = if last_n == 0 { usize::MAX } else { last_n };
+        let video_from: FxHashSet<ParticipantKey> =
+            pinned.chain(rest).take(limit).copied().collect();
+        let limit = if top_k == 0 { usize::MAX } else { top_k };
+        let audio_from: FxHashSet<ParticipantKey> = ranking
+            .audio
+            .iter()
+            .filter(|k| **k != subscriber)
+            .take(limit)
+            .copied()
+            .collect();
+
+        // Demands for video; audio is on or off.
+        let mut video: Vec<(TrackKey, Demand)> = Vec::new();
+        let mut audio: Vec<(TrackKey, bool)> = Vec::new();
+        let mut audio_bps = 0u64;
+        for (k, t) in self.tracks.iter() {
+            let Some(d) = t.down_of(subscriber) else {
+                continue;
+            };
+            if !d.ready {
+                continue;
+            }
+            let pref = m.prefs.get(&t.id).copied().unwrap_or_default();
+            match t.kind {
+                MediaKind::Audio => {
+                    let on = pref.subscribed && !t.admin_muted && audio_from.contains(&t.owner);
+                    if on {
+                        audio_bps += t.layer_rates(now)[0];
+                    }
+                    audio.push((TrackKey(k), on));
+                }
+                MediaKind::Video => {
+                    let wanted = pref.subscribed
+                        && !t.admin_muted
+                        && (t.source == TrackSource::Screen || video_from.contains(&t.owner));
+                    let max_layer = if wanted {
+                        allocator::max_layer(
+                            pref.quality,
+                            pref.height,
+                            &t.layer_heights(),
+                            t.layer_count(),
+                        )
+                    } else {
+                        None
+                    };
+                    let priority = if t.source == TrackSource::Screen {
+                        PRIORITY_SCREEN
+                    } else if ranking.dominant == Some(t.owner) {
+                        PRIORITY_SPEAKER
+                    } else {
+                        PRIORITY_NORMAL
+                    };
+                    video.push((
+                        TrackKey(k),
+                        Demand {
+                            priority,
+                            max_layer,
+                            layers_bps: t.layer_rates(now),
+                            current: d.forwarder.is_active().then(|| d.forwarder.target_layer()),
+                        },
+                    ));
+                }
+            }
+        }
+        let demands: Vec<Demand> = video.iter().map(|(_, d)| *d).collect();
+        let targets = allocator::allocate(budget.saturating_sub(audio_bps), &demands);
+
+        let mut keyframes = Vec::new();
+        for ((track, demand), target) in video.iter().zip(targets) {
+            let Some(t) = self.tracks.get_mut(track.0) else {
+                continue;
+            };
+            if let Some(m) = demand.max_layer {
+                for w in t.wanted_at.iter_mut().take(m as usize + 1) {
+                    *w = Some(now);
+                }
+            }
+            let Some(d) = t.down_of_mut(subscriber) else {
+                continue;
+            };
+            match target {
+                None => d.forwarder.set_active(false),
+                Some(layer) => {
+                    // A layer that is not received yet: start on the lowest one that is.
+                    let layer = if demand.layers_bps[layer as usize] == 0 {
+                        (0..=layer)
+                            .find(|l| demand.layers_bps[*l as usize] > 0)
+                            .unwrap_or(0)
+                    } else {
+                        layer
+                    };
+                    d.forwarder.set_active(true);
+                    d.forwarder.set_target_layer(layer);
+                    if let Some(l) = d.forwarder.needs_keyframe() {
+                        keyframes.push((*track, l));
+                    }
+                }
+            }
+        }
+        for (track, on) in audio {
+            if let Some(d) = self
+                .tracks
+                .get_mut(track.0)
+                .and_then(|t| t.down_of_mut(subscriber))
+            {
+                d.forwarder.set_active(on);
+            }
+        }
+        for (track, layer) in keyframes {
+            self.request_keyframe(track, layer, now);
+        }
+    }
+
+    /// Periodic work: deadlines, keyframe re-requests until every waiting down-track has
+    /// one, re-allocation, active speakers, and which layers publishers should send.
+    pub fn tick(&mut self, now: Instant) {
+        self.enforce_deadlines(now);
+        let waiting: Vec<(TrackKey, u8)> = self
+            .tracks
+            .iter()
+            .flat_map(|(k, t)| {
+                let mut layers: Vec<u8> = t.wanted_keyframes().collect();
+                layers.sort_unstable();
+                layers.dedup();
+                layers.into_iter().map(move |l| (TrackKey(k), l))
+            })
+            .collect();
+        for (t, l) in waiting {
+            self.request_keyframe(t, l, now);
+        }
+        if let Some(speakers) = self.speakers.poll(now) {
+            let ids = speakers
+                .iter()
+                .filter_map(|k| self.members.get(k).map(|m| m.id.clone()))
+                .collect();
+            self.broadcast(None, ServerMessage::ActiveSpeakers { speakers: ids });
+            // Speaking recency drives last-N and priorities: re-allocate the room.
+            self.allocate_all(now);
+        } else {
+            let due: Vec<ParticipantKey> = self
+                .order
+                .iter()
+                .copied()
+                .filter(|k| {
+                    self.members[k]
+                        .allocated_at
+                        .is_none_or(|t| now.saturating_duration_since(t) >= ALLOCATE_EVERY)
+                })
+                .collect();
+            if !due.is_empty() {
+                let ranking = self.ranking();
+                for k in due {
+                    self.allocate_ranked(k, &ranking, now);
+                }
+            }
+        }
+        self.dynacast(now);
+    }
+
+    /// Dynacast: tells each publisher of a simulcast track which of the layers it
+    /// negotiated someone wants, so that it stops encoding the others.
+    fn dynacast(&mut self, now: Instant) {
+        // A recording takes the best layer: it stays on while the room is recorded.
+        let recorded = !self.taps.is_empty();
+        let mut notices = Vec::new();
+        for (_, t) in self.tracks.iter_mut() {
+            if t.kind != MediaKind::Video || !t.simulcast() {
+                continue;
+            }
+            let Some(mid) = t.mid.clone() else { continue };
+            if t.rids.iter().all(Option::is_none) {
+                continue;
+            }
+            let active = t.dynacast_rids(now, DYNACAST_GRACE, recorded);
+            if t.announced_rids.as_ref() != Some(&active) {
+                t.announced_rids = Some(active.clone());
+                notices.push(Output::Signal {
+                    to: t.owner,
+                    msg: ServerMessage::PublisherLayers {
+                        mid,
+                        active_rids: active,
+                    },
+                });
+            }
+        }
+        self.outputs.extend(notices);
+    }
+}

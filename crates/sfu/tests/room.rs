@@ -1,0 +1,508 @@
+//! The room without sockets: joins, leaves, publications, renegotiation, subscriptions,
+//! last-N, pins, keyframe requests, bandwidth, grants, chat, kicks, mutes and recording
+//! taps, driven by
+//! `room::harness` with injected time, at up to 100 participants; and a property test of
+//! the room's invariants over random sequences of events.
+
+use confab_proto::signal::Grants;
+use confab_proto::{ClientMessage, ErrorCode, MediaKind, Quality, ServerMessage, TrackSource};
+use confab_sfu::SfuConfig;
+use confab_sfu::keys::{ParticipantKey, TrackKey};
+use confab_sfu::room::Feedback;
+use confab_sfu::room::harness::Harness;
+use proptest::prelude::*;
+use std::time::Duration;
+
+const AV: &[(MediaKind, TrackSource)] = &[
+    (MediaKind::Audio, TrackSource::Microphone),
+    (MediaKind::Video, TrackSource::Camera),
+];
+
+fn harness() -> Harness {
+    Harness::new(SfuConfig::default())
+}
+
+fn vp8(ssrc: u32, seq: u16, key: bool) -> rtc::rtp::Packet {
+    let mut payload = vec![0u8; 100];
+    payload[0] = 0x10; // S, partition 0
+    payload[1] = if key { 0x00 } else { 0x01 };
+    // A keyframe's start code and a 640x360 frame.
+    payload[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+    payload[7..9].copy_from_slice(&640u16.to_le_bytes());
+    payload[9..11].copy_from_slice(&360u16.to_le_bytes());
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: 96,
+            sequence_number: seq,
+            timestamp: seq as u32 * 3000,
+            ssrc,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}
+
+fn ssrc_of(h: &Harness, t: TrackKey) -> u32 {
+    h.room.track(t).unwrap().layers[0].as_ref().unwrap().ssrc
+}
+
+fn told(h: &Harness, k: ParticipantKey) -> &[ServerMessage] {
+    &h.clients[&k].inbox
+}
+
+fn errors(h: &Harness, k: ParticipantKey) -> Vec<ErrorCode> {
+    told(h, k)
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_meeting_of_100_forms_and_disbands() {
+    let mut h = harness();
+    let keys: Vec<ParticipantKey> = (1..=100).map(|n| h.join(n)).collect();
+    for k in &keys[..10] {
+        h.publish(*k, AV);
+    }
+    h.check();
+    // Everyone gets every track of the others: 10 publishers x 2 tracks.
+    for k in &keys {
+        let own = usize::from(keys[..10].contains(k)) * 2;
+        assert_eq!(h.clients[k].slots.len(), 20 - own, "{k}");
+    }
+    // The last joiner was told about the 99 before it.
+    match &told(&h, keys[99])[0] {
+        ServerMessage::Joined { participants, .. } => assert_eq!(participants.len(), 99),
+        m => panic!("{m:?}"),
+    }
+    for k in keys.iter().step_by(2) {
+        h.leave(*k);
+    }
+    h.check();
+    assert_eq!(h.room.len(), 50);
+    assert_eq!(
+        h.room.tracks().count(),
+        10,
+        "5 publishers left with their 2 tracks each"
+    );
+    for k in keys.iter().skip(1).step_by(2) {
+        h.leave(*k);
+    }
+    assert!(h.room.is_empty());
+    assert_eq!(h.stats().snapshot().down_tracks, 0);
+    assert_eq!(h.stats().snapshot().published_tracks, 0);
+}
+
+#[test]
+fn nobody_receives_their_own_media_and_everyone_else_does() {
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    let c = h.join(3);
+    let tracks = h.publish(a, AV);
+    h.check();
+    let video = tracks[1];
+    let ssrc = ssrc_of(&h, video);
+    // Nothing flows before the layer is received and allocated.
+    assert!(h.rtp(video, vp8(ssrc, 1, true)).is_empty());
+    h.advance(Duration::from_millis(600));
+    let copies = h.rtp(video, vp8(ssrc, 2, true));
+    let to: Vec<_> = copies.iter().map(|(p, ..)| h.owner(*p).unwrap()).collect();
+    assert_eq!(to, [b, c]);
+    // A duplicate is dropped; the next packet follows in sequence.
+    assert!(h.rtp(video, vp8(ssrc, 2, true)).is_empty());
+    let next = h.rtp(video, vp8(ssrc, 3, false));
+    assert_eq!(next.len(), 2);
+    assert_eq!(
+        next[0].2.header.sequence_number,
+        copies[0].2.header.sequence_number.wrapping_add(1)
+    );
+}
+
+#[test]
+fn renegotiation_adds_and_removes_down_tracks() {
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    let cam = h.publish(a, AV);
+    let screen = h.publish(a, &[(MediaKind::Video, TrackSource::Screen)]);
+    h.check();
+    assert_eq!(h.clients[&b].slots.len(), 3);
+    let offers = told(&h, b)
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::Offer { .. }))
+        .count();
+    // Stopping the screen share frees its slot; the next track reuses it.
+    h.unpublish(a, screen[0]);
+    h.check();
+    assert_eq!(h.clients[&b].slots.len(), 2);
+    let again = h.publish(a, &[(MediaKind::Video, TrackSource::Screen)]);
+    h.check();
+    let slot_of = |h: &Harness, t| h.room.track(t).unwrap().down_of(b).unwrap().slot;
+    assert_eq!(slot_of(&h, again[0]), 2, "the freed slot is reused");
+    let after = told(&h, b)
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::Offer { .. }))
+        .count();
+    assert_eq!(after, offers + 2, "one offer per change");
+    let _ = cam;
+}
+
+#[test]
+fn one_offer_in_flight_until_answered() {
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    h.clients.get_mut(&b).unwrap().answers = false;
+    h.publish(a, &[(MediaKind::Audio, TrackSource::Microphone)]);
+    // b's first offer is pending (not answered): the new track waits.
+    let offers = |h: &Harness| {
+        told(h, b)
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Offer { .. }))
+            .count()
+    };
+    let before = offers(&h);
+    h.publish(a, &[(MediaKind::Video, TrackSource::Camera)]);
+    assert_eq!(offers(&h), before, "no second offer while one is in flight");
+    assert_eq!(h.clients[&b].offers_in_flight, 1);
+    // An answer to a different number of sections is refused before parsing.
+    h.send(
+        b,
+        ClientMessage::Answer {
+            sdp: "v=0\r\n".into(),
+        },
+    );
+    assert_eq!(errors(&h, b), [ErrorCode::InvalidSdp]);
+    // The right answer settles it, and the next offer follows at once.
+    let n = match told(&h, b)
+        .iter()
+        .rev()
+        .find(|m| matches!(m, ServerMessage::Offer { .. }))
+    {
+        Some(ServerMessage::Offer { sdp, .. }) => sdp.clone(),
+        _ => unreachable!(),
+    };
+    h.clients.get_mut(&b).unwrap().answers = true;
+    h.send(b, ClientMessage::Answer { sdp: n });
+    assert_eq!(offers(&h), before + 1);
+    h.check();
+}
+
+#[test]
+fn the_first_negotiation_has_a_deadline() {
+    let mut h = harness();
+    let a = h.join(1);
+    h.answer_new = false;
+    let b = h.join(2);
+    let c = h.join(3);
+    h.advance(Duration::from_secs(19));
+    assert_eq!(h.room.len(), 3);
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.room.len(), 1, "b and c never answered");
+    assert!(h.clients[&b].removed && !h.clients[&a].removed);
+    assert_eq!(errors(&h, c), [ErrorCode::Timeout]);
+}
+
+#[test]
+fn last_n_and_pins_choose_whose_video_flows() {
+    let mut h = Harness::new(SfuConfig {
+        last_n: 2,
+        ..SfuConfig::default()
+    });
+    let viewer = h.join(1);
+    let pubs: Vec<ParticipantKey> = (2..=5).map(|n| h.join(n)).collect();
+    let videos: Vec<TrackKey> = pubs
+        .iter()
+        .map(|p| h.publish(*p, &[(MediaKind::Video, TrackSource::Camera)])[0])
+        .collect();
+    // Layers are allocated to what is received: send a keyframe on each.
+    for (i, t) in videos.iter().enumerate() {
+        let ssrc = ssrc_of(&h, *t);
+        h.rtp(*t, vp8(ssrc, 1 + i as u16, true));
+    }
+    h.advance(Duration::from_millis(600));
+    let active = |h: &Harness| -> Vec<usize> {
+        (0..videos.len())
+            .filter(|i| {
+                h.room
+                    .track(videos[*i])
+                    .unwrap()
+                    .down_of(viewer)
+                    .is_some_and(|d| d.forwarder.is_active())
+            })
+            .collect()
+    };
+    assert_eq!(active(&h), [0, 1], "the first two by join order");
+    // Pinning the last brings it in first.
+    let id = h.id(pubs[3]);
+    h.send(
+        viewer,
+        ClientMessage::Pin {
+            participant_ids: vec![id],
+        },
+    );
+    assert_eq!(active(&h), [0, 3]);
+    // Unsubscribing turns one off whatever its rank (last-N picks participants: the
+    // place stays with the unsubscribed one).
+    let tid = h.room.track(videos[0]).unwrap().id.clone();
+    h.subscribe(viewer, &tid, false, Quality::High);
+    assert_eq!(active(&h), [3]);
+    h.check();
+}
+
+#[test]
+fn loss_lowers_the_estimate_and_keyframe_requests_go_upstream() {
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    let t = h.publish(a, &[(MediaKind::Video, TrackSource::Camera)])[0];
+    let ssrc = ssrc_of(&h, t);
+    h.rtp(t, vp8(ssrc, 1, true));
+    h.advance(Duration::from_millis(600));
+    let before = h.keyframe_requests.len();
+    let id = h.room.track(t).unwrap().id.clone();
+    h.advance(Duration::from_millis(300));
+    h.feedback(
+        b,
+        &id,
+        Feedback {
+            keyframe: true,
+            ..Feedback::default()
+        },
+    );
+    assert_eq!(h.keyframe_requests.len(), before + 1);
+    assert_eq!(h.keyframe_requests.last().unwrap().1, ssrc);
+    // Throttled: a second request at once is not sent on.
+    h.feedback(
+        b,
+        &id,
+        Feedback {
+            keyframe: true,
+            ..Feedback::default()
+        },
+    );
+    assert_eq!(h.keyframe_requests.len(), before + 1);
+    let est = |h: &Harness| h.room.member(b).unwrap().bwe.estimate_bps();
+    let start = est(&h);
+    h.feedback(
+        b,
+        &id,
+        Feedback {
+            worst_loss: Some(128),
+            egress_bps: 1_000_000,
+            ..Feedback::default()
+        },
+    );
+    assert!(est(&h) < start, "{} -> {}", start, est(&h));
+}
+
+#[test]
+fn grants_are_enforced_and_refusals_are_explained() {
+    let mut h = harness();
+    let viewer = h.join_with(
+        1,
+        Grants {
+            can_publish: false,
+            can_chat: false,
+            ..Grants::default()
+        },
+    );
+    let deaf = h.join_with(
+        2,
+        Grants {
+            can_subscribe: false,
+            ..Grants::default()
+        },
+    );
+    let a = h.join(3);
+    assert!(h.publish(viewer, AV).is_empty());
+    h.room.chat(viewer, br#"{"type":"chat","text":"hi"}"#, 0);
+    h.run();
+    assert_eq!(
+        errors(&h, viewer),
+        [ErrorCode::Forbidden, ErrorCode::Forbidden]
+    );
+    h.publish(a, AV);
+    h.check();
+    assert!(
+        h.clients[&deaf].slots.is_empty(),
+        "no down-tracks without can_subscribe"
+    );
+    assert_eq!(h.clients[&viewer].slots.len(), 2);
+    // An unknown track, a publisher candidate before any publish.
+    h.subscribe(
+        a,
+        &confab_proto::TrackId::from_suffix("nope"),
+        true,
+        Quality::Low,
+    );
+    h.send(
+        viewer,
+        ClientMessage::Candidate {
+            target: confab_proto::PcTarget::Publisher,
+            candidate: Default::default(),
+        },
+    );
+    assert_eq!(errors(&h, a), [ErrorCode::UnknownTrack]);
+    assert_eq!(errors(&h, viewer).last(), Some(&ErrorCode::OutOfOrder));
+}
+
+#[test]
+fn chat_is_relayed_to_the_others_and_replayed_to_newcomers() {
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    h.room.chat(a, br#"{"type":"chat","text":"hello"}"#, 7);
+    h.run();
+    assert!(h.clients[&a].chats.is_empty(), "not echoed to the sender");
+    assert_eq!(h.clients[&b].chats.len(), 1);
+    assert!(h.clients[&b].chats[0].contains("hello"));
+    let c = h.join(3);
+    h.room.chat_opened(c);
+    h.run();
+    assert!(h.clients[&c].chats[0].contains("\"history\":true"));
+}
+
+#[test]
+fn kicks_mutes_and_taps() {
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    let t = h.publish(a, AV);
+    let id = h.room.track(t[1]).unwrap().id.clone();
+    let now = h.now;
+    // An administrator's mute: marked, announced, and nobody receives it.
+    assert!(h.room.admin_mute(&id, true, now));
+    h.run();
+    assert!(h.room.track(t[1]).unwrap().muted);
+    assert!(told(&h, b).iter().any(|m| matches!(
+        m,
+        ServerMessage::ParticipantUpdated { participant } if participant.tracks.iter().any(|x| x.id == id && x.muted)
+    )));
+    // The publisher cannot unmute it.
+    h.send(
+        a,
+        ClientMessage::Mute {
+            source: TrackSource::Camera,
+            muted: false,
+        },
+    );
+    assert!(h.room.track(t[1]).unwrap().muted);
+    // A tap gets the tracks already published, and a keyframe is asked for.
+    let (tap, rx) = confab_sfu::sink::Tap::new(1, 64);
+    let asked = h.keyframe_requests.len();
+    h.room.add_tap(tap, now);
+    h.run();
+    assert_eq!(rx.try_iter().count(), 2);
+    assert!(h.keyframe_requests.len() > asked);
+    // A kick removes and tells, and returns the identity (none here).
+    let pid = h.id(b);
+    assert_eq!(h.room.kick(&pid), Some(None));
+    h.run();
+    assert!(h.clients[&b].removed);
+    assert_eq!(errors(&h, b), [ErrorCode::Removed]);
+    assert_eq!(h.room.kick(&pid), None);
+    h.check();
+}
+
+/// One step of a random meeting.
+#[derive(Debug, Clone)]
+enum Step {
+    Join(u8),
+    Leave(u8),
+    Publish(u8, bool),
+    Unpublish(u8),
+    Subscribe(u8, u8, bool),
+    Mute(u8, bool),
+    Tick,
+    Packet(u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let who = 0u8..8;
+    prop_oneof![
+        3 => who.clone().prop_map(Step::Join),
+        1 => who.clone().prop_map(Step::Leave),
+        2 => (who.clone(), any::<bool>()).prop_map(|(w, v)| Step::Publish(w, v)),
+        1 => who.clone().prop_map(Step::Unpublish),
+        1 => (who.clone(), 0u8..16, any::<bool>()).prop_map(|(w, t, s)| Step::Subscribe(w, t, s)),
+        1 => (who.clone(), any::<bool>()).prop_map(|(w, m)| Step::Mute(w, m)),
+        1 => Just(Step::Tick),
+        2 => (0u8..16).prop_map(Step::Packet),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the order of joins, leaves, publications, subscriptions and mutes:
+    /// nobody receives their own tracks; every live track has exactly one down-track per
+    /// subscribed participant; no down-track outlives its subscriber or its track; each
+    /// connection's senders are exactly its down-tracks; at most one offer is in flight
+    /// per connection; a forwarded copy never goes to the publisher.
+    #[test]
+    fn room_invariants_hold(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut h = harness();
+        let mut seq = 1u16;
+        for s in steps {
+            match s {
+                Step::Join(w) => {
+                    let k = ParticipantKey(w as u64 + 1);
+                    if !h.room.has(k) && !h.clients.get(&k).is_some_and(|c| c.removed) {
+                        h.join(k.0);
+                    }
+                }
+                Step::Leave(w) => {
+                    let k = ParticipantKey(w as u64 + 1);
+                    if h.room.has(k) {
+                        h.leave(k);
+                    }
+                }
+                Step::Publish(w, video) => {
+                    let k = ParticipantKey(w as u64 + 1);
+                    if h.room.has(k) {
+                        let kind = if video { MediaKind::Video } else { MediaKind::Audio };
+                        let source = if video { TrackSource::Camera } else { TrackSource::Microphone };
+                        h.publish(k, &[(kind, source)]);
+                    }
+                }
+                Step::Unpublish(w) => {
+                    let k = ParticipantKey(w as u64 + 1);
+                    if let Some(t) = h.clients.get(&k).filter(|_| h.room.has(k)).and_then(|c| c.tracks.first().copied()) {
+                        h.unpublish(k, t);
+                    }
+                }
+                Step::Subscribe(w, t, on) => {
+                    let k = ParticipantKey(w as u64 + 1);
+                    let track = h.room.tracks().nth(t as usize).map(|(_, t)| t.id.clone());
+                    if let (true, Some(id)) = (h.room.has(k), track) {
+                        h.subscribe(k, &id, on, Quality::High);
+                    }
+                }
+                Step::Mute(w, m) => {
+                    let k = ParticipantKey(w as u64 + 1);
+                    if h.room.has(k) {
+                        h.send(k, ClientMessage::Mute { source: TrackSource::Camera, muted: m });
+                    }
+                }
+                Step::Tick => h.advance(Duration::from_millis(250)),
+                Step::Packet(t) => {
+                    let picked = h.room.tracks().nth(t as usize).map(|(k, t)| (k, t.owner, t.kind));
+                    if let Some((tk, owner, MediaKind::Video)) = picked {
+                        seq = seq.wrapping_add(1);
+                        let ssrc = ssrc_of(&h, tk);
+                        for (peer, ..) in h.rtp(tk, vp8(ssrc, seq, true)) {
+                            prop_assert_ne!(h.owner(peer), Some(owner), "a publisher got its own packet");
+                        }
+                    }
+                }
+            }
+            h.check();
+        }
+    }
+}
