@@ -271,6 +271,41 @@ pub fn rtp(data: &[u8]) {
     for codec in CODECS {
         first_packet(codec, &pkt);
     }
+    through_a_room(&pkt);
+}
+
+/// The packet through the real room (`Room::forward`, driven by `room::harness`): as a
+/// publisher's audio and video, twice (the second a duplicate), to one subscriber.
+fn through_a_room(pkt: &rtc::rtp::Packet) {
+    use confab_proto::TrackSource;
+    use confab_sfu::room::harness::Harness;
+    let mut h = Harness::new(confab_sfu::SfuConfig::default());
+    let a = h.join(1);
+    let b = h.join(2);
+    let tracks = h.publish(
+        a,
+        &[
+            (MediaKind::Audio, TrackSource::Microphone),
+            (MediaKind::Video, TrackSource::Camera),
+        ],
+    );
+    for t in tracks {
+        let Some(ssrc) = h
+            .room
+            .track(t)
+            .and_then(|t| t.layers.first()?.as_ref().map(|l| l.ssrc))
+        else {
+            continue;
+        };
+        let mut p = pkt.clone();
+        p.header.ssrc = ssrc;
+        for _ in 0..2 {
+            for (peer, _, _) in h.rtp(t, p.clone()) {
+                assert_eq!(h.owner(peer), Some(b), "only the subscriber gets a copy");
+            }
+        }
+    }
+    h.check();
 }
 
 /// The payload parsers, as `worker::media` calls them on every packet.

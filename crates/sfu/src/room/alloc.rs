@@ -18,8 +18,20 @@ pub const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
 /// A simulcast layer nobody wants is paused at the publisher after this long.
 const DYNACAST_GRACE: Duration = Duration::from_secs(2);
 
-/// Who is seen and heard first, the same for every subscriber (pins aside).
+/// What allocation reads of a track, the same for every subscriber: computed once per
+/// pass rather than once per subscriber.
+#[derive(Clone, Copy)]
+struct TrackView {
+    rates: [u64; crate::allocator::MAX_LAYERS],
+    heights: [Option<u32>; crate::allocator::MAX_LAYERS],
+    layers: usize,
+}
+
+/// Who is seen and heard first, the same for every subscriber (pins aside), and what
+/// each track offers.
 struct Ranking {
+    /// By track key.
+    tracks: Vec<Option<TrackView>>,
     /// Screen sharers, then by speaking recency, then join order.
     video: Vec<ParticipantKey>,
     /// Loudest first.
@@ -28,7 +40,17 @@ struct Ranking {
 }
 
 impl Room {
-    fn ranking(&self) -> Ranking {
+    fn ranking(&self, now: Instant) -> Ranking {
+        let mut tracks = vec![None; self.tracks.capacity()];
+        for (k, t) in self.tracks.iter() {
+            if let Some(slot) = tracks.get_mut(k) {
+                *slot = Some(TrackView {
+                    rates: t.layer_rates(now),
+                    heights: t.layer_heights(),
+                    layers: t.layer_count(),
+                });
+            }
+        }
         let sharing: FxHashSet<ParticipantKey> = self
             .tracks
             .iter()
@@ -53,6 +75,7 @@ impl Room {
                 .total_cmp(&self.speakers.loudness(a))
         });
         Ranking {
+            tracks,
             video,
             audio,
             dominant: self.speakers.speakers().first().copied(),
@@ -61,13 +84,13 @@ impl Room {
 
     /// Allocates one subscriber's layers now.
     pub(super) fn allocate(&mut self, subscriber: ParticipantKey, now: Instant) {
-        let ranking = self.ranking();
+        let ranking = self.ranking(now);
         self.allocate_ranked(subscriber, &ranking, now);
     }
 
     /// Allocates every member's layers (speaking order or a track's state changed).
     pub(super) fn allocate_all(&mut self, now: Instant) {
-        let ranking = self.ranking();
+        let ranking = self.ranking(now);
         for i in 0..self.order.len() {
             let k = self.order[i];
             self.allocate_ranked(k, &ranking, now);
@@ -117,12 +140,19 @@ impl Room {
             if !d.ready {
                 continue;
             }
-            let pref = m.prefs.get(&t.id).copied().unwrap_or_default();
+            let Some(view) = ranking.tracks.get(k).copied().flatten() else {
+                continue;
+            };
+            let pref = if m.prefs.is_empty() {
+                Default::default()
+            } else {
+                m.prefs.get(&t.id).copied().unwrap_or_default()
+            };
             match t.kind {
                 MediaKind::Audio => {
                     let on = pref.subscribed && !t.admin_muted && audio_from.contains(&t.owner);
                     if on {
-                        audio_bps += t.layer_rates(now)[0];
+                        audio_bps += view.rates[0];
                     }
                     audio.push((TrackKey(k), on));
                 }
@@ -131,12 +161,7 @@ impl Room {
                         && !t.admin_muted
                         && (t.source == TrackSource::Screen || video_from.contains(&t.owner));
                     let max_layer = if wanted {
-                        allocator::max_layer(
-                            pref.quality,
-                            pref.height,
-                            &t.layer_heights(),
-                            t.layer_count(),
-                        )
+                        allocator::max_layer(pref.quality, pref.height, &view.heights, view.layers)
                     } else {
                         None
                     };
@@ -152,7 +177,7 @@ impl Room {
                         Demand {
                             priority,
                             max_layer,
-                            layers_bps: t.layer_rates(now),
+                            layers_bps: view.rates,
                             current: d.forwarder.is_active().then(|| d.forwarder.target_layer()),
                         },
                     ));
@@ -245,7 +270,7 @@ impl Room {
                 })
                 .collect();
             if !due.is_empty() {
-                let ranking = self.ranking();
+                let ranking = self.ranking(now);
                 for k in due {
                     self.allocate_ranked(k, &ranking, now);
                 }

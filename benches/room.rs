@@ -1,0 +1,110 @@
+//! Room events at 10, 100 and 300 participants (every one publishing audio and video),
+//! through the real room code and no sockets (`room::harness` plays the IO):
+//!
+//! - `join_leave`: one more participant joins (a down-track of every track, an offer)
+//!   and leaves again;
+//! - `subscription`: one subscriber turns one remote video off and on (re-allocation);
+//! - `reallocate_all`: a tick where every member is due (what a speaker change costs:
+//!   the room's ranking once, then every member's layers);
+//! - `fan_out`: one video packet forwarded to every other member.
+//!
+//!     cargo bench --bench room
+//!
+//! The cost per event should grow at most as participants × tracks.
+
+use confab_proto::{MediaKind, Quality, TrackSource};
+use confab_sfu::SfuConfig;
+use confab_sfu::keys::ParticipantKey;
+use confab_sfu::room::harness::Harness;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::time::Duration;
+
+const AV: &[(MediaKind, TrackSource)] = &[
+    (MediaKind::Audio, TrackSource::Microphone),
+    (MediaKind::Video, TrackSource::Camera),
+];
+
+fn meeting(n: u64) -> Harness {
+    let mut h = Harness::new(SfuConfig {
+        max_participants_per_room: 1000,
+        ..SfuConfig::default()
+    });
+    for i in 1..=n {
+        let k = h.join(i);
+        h.publish(k, AV);
+    }
+    h
+}
+
+fn vp8(ssrc: u32, seq: u16) -> rtc::rtp::Packet {
+    let mut payload = vec![0u8; 1100];
+    payload[0] = 0x10;
+    payload[1] = 0x00; // keyframe: every down-track takes it
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: 96,
+            sequence_number: seq,
+            timestamp: seq as u32 * 3000,
+            ssrc,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}
+
+fn room_events(c: &mut Criterion) {
+    let mut g = c.benchmark_group("room");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in [10u64, 100, 300] {
+        let mut h = meeting(n);
+        let mut next = 10_000;
+        g.bench_with_input(BenchmarkId::new("join_leave", n), &n, |b, _| {
+            b.iter(|| {
+                next += 1;
+                let k = h.join(next);
+                h.leave(k);
+            })
+        });
+        let viewer = ParticipantKey(1);
+        let video = h
+            .room
+            .tracks()
+            .find(|(_, t)| t.kind == MediaKind::Video && t.owner != viewer)
+            .map(|(_, t)| t.id.clone())
+            .expect("a remote video");
+        let mut on = false;
+        g.bench_with_input(BenchmarkId::new("subscription", n), &n, |b, _| {
+            b.iter(|| {
+                on = !on;
+                h.subscribe(viewer, &video, on, Quality::High);
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("reallocate_all", n), &n, |b, _| {
+            b.iter(|| h.advance(Duration::from_millis(500)))
+        });
+        let (track, ssrc) = h
+            .room
+            .tracks()
+            .find(|(_, t)| t.kind == MediaKind::Video)
+            .map(|(k, t)| (k, t.layers[0].as_ref().expect("a layer").ssrc))
+            .expect("a video track");
+        // Received and allocated: every subscriber's down-track is on.
+        h.rtp(track, vp8(ssrc, 1));
+        h.advance(Duration::from_millis(500));
+        let mut seq = 1u16;
+        g.bench_with_input(BenchmarkId::new("fan_out", n), &n, |b, _| {
+            b.iter(|| {
+                seq = seq.wrapping_add(1);
+                black_box(h.rtp(track, vp8(ssrc, seq)).len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, room_events);
+criterion_main!(benches);
