@@ -1,5 +1,14 @@
-// The chat log of the meeting page: messages (ours marked, history dimmed) and the page's
-// own notices, kept scrolled to the newest unless the reader has scrolled up.
+// The chat log of the meeting page: messages (ours marked, history dimmed, ours that the
+// server refused marked "not sent" with the reason) and the page's own notices, kept
+// scrolled to the newest unless the reader has scrolled up.
+
+/** Why a chat message was refused, in a few words, by error code. */
+const NOT_SENT = {
+  rate_limited: 'rate limited',
+  forbidden: 'chat not allowed',
+  chat_too_long: 'too long',
+  chat_invalid: 'invalid message',
+};
 
 function formatTime(ts) {
   return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
@@ -14,6 +23,11 @@ export function appendChat(log, msg) {
   if (msg.history) li.classList.add('history');
   li.dataset.from = msg.from ?? '';
   li.dataset.history = String(!!msg.history);
+  if (msg.local) {
+    // There is no acknowledgement: ours count as sent unless the server refuses them.
+    li.dataset.requestId = String(msg.requestId ?? '');
+    li.dataset.state = 'sent';
+  }
   const head = document.createElement('div');
   head.className = 'chat-meta';
   const who = document.createElement('span');
@@ -30,6 +44,24 @@ export function appendChat(log, msg) {
   text.textContent = msg.text;
   li.append(head, text);
   appendToLog(log, li);
+  if (msg.failed) markChatFailed(log, msg.requestId, msg.failed.code, msg.failed.message);
+}
+
+/** Marks our message of request `requestId` as not sent, saying why (`code`, `message`). */
+export function markChatFailed(log, requestId, code, message) {
+  const li = [...log.querySelectorAll('.chat-message.mine')].find((el) => el.dataset.requestId === String(requestId));
+  if (!li || li.dataset.state === 'failed') return;
+  li.dataset.state = 'failed';
+  li.classList.add('failed');
+  const note = document.createElement('p');
+  note.className = 'chat-failed';
+  note.dataset.testid = 'chat-failed';
+  note.dataset.code = code;
+  note.textContent = `Not sent: ${NOT_SENT[code] ?? code.replace(/_/g, ' ')}`;
+  note.title = message;
+  const atBottom = isAtBottom(log);
+  li.append(note);
+  if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
 /** Appends a line from the page itself ("Reconnected."). */
@@ -42,7 +74,11 @@ export function appendSystemMessage(log, text) {
 
 /** Keeps the log scrolled to the end unless the reader scrolled up. */
 function appendToLog(log, li) {
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  const atBottom = isAtBottom(log);
   log.append(li);
   if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+function isAtBottom(log) {
+  return log.scrollHeight - log.scrollTop - log.clientHeight < 40;
 }

@@ -1,6 +1,7 @@
 // The pre-join screen: a preview of the camera, a microphone level meter, the choice of
 // devices (remembered), and "join with microphone / camera off". The media opened here is
 // what the meeting then publishes: no second getUserMedia, no second permission prompt.
+// A viewer (an access token that does not allow sending media) opens no device at all.
 
 import {
   acquireMedia, canChooseSpeaker, deviceOf, fillSelect, listDevices, rememberedDevice, saveChoice,
@@ -28,6 +29,8 @@ export class Prejoin {
     this.micOff = false;
     this.camOff = false;
     this.speakerId = '';
+    /** Why this participant will send no media (a viewer), or '' */
+    this.viewer = '';
     this._ready = null;
     this._meter = null;
     this._meterTimer = null;
@@ -47,12 +50,29 @@ export class Prejoin {
     root.querySelector('.speaker-field').hidden = !canChooseSpeaker;
   }
 
+  /**
+   * Joins without media: no camera or microphone is opened (no permission prompt), and
+   * `why` is shown in place of the preview. Call before start().
+   */
+  setViewer(why) {
+    this.viewer = why;
+    this.root.dataset.viewer = String(!!why);
+    this.root.querySelector('h2').textContent = why ? 'You will join as a viewer' : 'Check your camera and microphone';
+    this._render();
+  }
+
   /** Opens the remembered (or default) devices for the preview. Safe to call again. */
   start() {
     if (this._ready) return this._ready;
     const gen = ++this._generation;
-    this.placeholder.textContent = 'Starting camera…';
+    this.placeholder.textContent = this.viewer || 'Starting camera…';
     this._ready = (async () => {
+      if (this.viewer) {
+        // Only the speaker is worth choosing; listing devices asks for no permission.
+        await this.refreshDevices();
+        this._render();
+        return;
+      }
       // Ids of remembered devices are only comparable once the page may see devices; before
       // the first grant, enumerateDevices gives no labels but does give ids on Chromium.
       const before = await listDevices();
@@ -173,12 +193,19 @@ export class Prejoin {
   }
 
   _render() {
+    const viewer = !!this.viewer;
+    this.root.querySelector('.preview-toggles').hidden = viewer;
+    this.root.querySelector('.meter-row').hidden = viewer;
+    for (const select of this.selects) {
+      if (select.dataset.kind !== 'audiooutput') select.closest('label').hidden = viewer;
+    }
     const hasVideo = !!this.stream?.getVideoTracks().length;
     const hasAudio = !!this.stream?.getAudioTracks().length;
     for (const t of this.stream?.getVideoTracks() ?? []) t.enabled = !this.camOff;
     for (const t of this.stream?.getAudioTracks() ?? []) t.enabled = !this.micOff;
     this.frame.dataset.video = hasVideo && !this.camOff ? 'on' : 'off';
-    if (!hasVideo) this.placeholder.textContent = this.stream ? 'No camera' : 'No camera or microphone';
+    if (viewer) this.placeholder.textContent = this.viewer;
+    else if (!hasVideo) this.placeholder.textContent = this.stream ? 'No camera' : 'No camera or microphone';
     else if (this.camOff) this.placeholder.textContent = 'Camera off';
     this.micToggle.disabled = !hasAudio;
     this.camToggle.disabled = !hasVideo;

@@ -319,10 +319,15 @@ impl Sfu {
             return Err(JoinError::ShuttingDown);
         }
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = rooms.get_mut(room) {
+        if let Some(p) = rooms.get_mut(room)
+            && self.inner.workers[p.worker].alive.load(Ordering::Relaxed)
+        {
             p.participants += 1;
             return Ok(p.worker);
         }
+        // A room on a worker that is gone for good starts afresh on another one (its
+        // participants were told; their handles unplace a room that no longer counts).
+        rooms.remove(room);
         let max = self.inner.config.max_rooms;
         if max > 0 && rooms.len() >= max {
             return Err(JoinError::TooManyRooms { max });
@@ -408,6 +413,15 @@ impl Sfu {
                 })
                 .await;
         }
+    }
+
+    /// Whether a media worker is up to take joins (they are restarted after a panic; one
+    /// that cannot be restarted is gone).
+    pub fn serving(&self) -> bool {
+        self.inner
+            .workers
+            .iter()
+            .any(|w| w.alive.load(Ordering::Relaxed))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -549,8 +563,31 @@ struct Supervisor {
     alive: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Marks a worker gone when its thread ends other than by a shutdown (whatever ended it).
+struct Gone(Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Supervisor {
-    fn run(self, mut commands: mpsc::Receiver<Command>) {
+    fn run(self, commands: mpsc::Receiver<Command>) {
+        let mut gone = Gone(self.alive.clone(), false);
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(commands)));
+        match outcome {
+            Ok(true) => gone.1 = true,
+            Ok(false) => {}
+            Err(_) => tracing::error!("media worker supervisor failed; the worker is gone"),
+        }
+    }
+
+    /// Runs workers until a shutdown (`true`) or until one cannot be started (`false`).
+    fn serve(&self, mut commands: mpsc::Receiver<Command>) -> bool {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -558,8 +595,7 @@ impl Supervisor {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build worker runtime");
-                self.alive.store(false, Ordering::Relaxed);
-                return;
+                return false;
             }
         };
         // The worker registers its socket with this runtime's reactor.
@@ -581,15 +617,14 @@ impl Supervisor {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(worker = self.index, error = %e, "cannot start worker");
-                    self.alive.store(false, Ordering::Relaxed);
-                    return;
+                    return false;
                 }
             };
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 rt.block_on(worker.run(&mut commands))
             }));
             match run {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(_) => {
                     SfuStats::inc(&self.stats.workers_restarted);
                     tracing::error!(worker = self.index, "media worker failed; restarting it");

@@ -165,10 +165,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        "ready".into_response()
-    } else {
+    if !state.ready.load(Ordering::Relaxed) {
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if !state.sfu.serving() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no media worker",
+        )
+            .into_response()
+    } else {
+        "ready".into_response()
     }
 }
 

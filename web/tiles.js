@@ -1,0 +1,328 @@
+// The others on screen: their tiles (video, audio, name, flags), our own tile, the
+// screen-share stage, the layout (layout.js: paged gallery or speaker view) and pins, who is
+// speaking, and the people panel. Driven by app.js from the client's events.
+
+import { canChooseSpeaker } from './devices.js';
+import { renderPeople, sourceState } from './people.js';
+import { StageLayout } from './layout.js';
+import { SELF, departed, meeting, speaking, tiles, ui } from './page-state.js';
+
+const layout = new StageLayout({
+  stage: ui.stage,
+  grid: ui.grid,
+  main: ui.speakerMain,
+  galleryButton: ui.galleryButton,
+  speakerButton: ui.speakerButton,
+  pager: ui.pager,
+  prev: ui.pagePrev,
+  next: ui.pageNext,
+  pageLabel: ui.pageLabel,
+}, { dominant: (accept) => speaking.dominant(accept) });
+try {
+  layout.setMode(localStorage.getItem('confab.layout') ?? 'gallery');
+} catch { /* storage may be unavailable */ }
+layout.addEventListener('change', () => {
+  try {
+    localStorage.setItem('confab.layout', layout.mode);
+  } catch { /* ignore */ }
+  renderLayout();
+});
+// For tests and debugging, like window.confab.
+window.confabLayout = layout;
+
+// ---------------------------------------------------------------------------------------
+// Tiles
+// ---------------------------------------------------------------------------------------
+
+export function initials(name) {
+  return (name ?? '?')
+    .split(/\s+/)
+    .filter(Boolean)
+    .slice(0, 2)
+    .map((w) => [...w][0].toUpperCase())
+    .join('') || '?';
+}
+
+function ensureTile(id) {
+  let t = tiles.get(id);
+  if (t) return t;
+  const el = ui.tileTemplate.content.firstElementChild.cloneNode(true);
+  el.dataset.participantId = id;
+  el.dataset.testid = 'remote-tile';
+  const audio = document.createElement('audio');
+  audio.autoplay = true;
+  audio.dataset.participantId = id;
+  audio.dataset.testid = 'remote-audio';
+  applySpeaker(audio);
+  ui.audioSinks.append(audio);
+  t = {
+    el, video: el.querySelector('video'), audio, info: null,
+    videoTrack: null, videoTrackId: null, audioTrack: null, screen: null,
+  };
+  t.video.dataset.testid = 'remote-video';
+  el.querySelector('.tile-pin').addEventListener('click', () => togglePin(id));
+  tiles.set(id, t);
+  ui.grid.append(el);
+  renderTile(t);
+  renderLayout();
+  return t;
+}
+
+export function upsertTile(info) {
+  const t = ensureTile(info.id);
+  t.info = info;
+  renderTile(t);
+  updateScreenOrder(info.id);
+  renderPeoplePanel();
+}
+
+export function removeTile(id) {
+  const t = tiles.get(id);
+  if (!t) return;
+  t.video.srcObject = null;
+  t.audio.srcObject = null;
+  meeting.reporter?.unobserve(t.el);
+  t.el.remove();
+  t.audio.remove();
+  tiles.delete(id);
+  speaking.unwatch(id);
+  updateScreenOrder(id);
+  renderLayout();
+  renderPeoplePanel();
+}
+
+function renderTile(t) {
+  const name = t.info?.name ?? 'Joining…';
+  t.el.querySelector('.tile-name').textContent = name;
+  t.el.querySelector('.avatar').textContent = initials(t.info?.name);
+  t.el.setAttribute('aria-label', name);
+  const pin = t.el.querySelector('.tile-pin');
+  const pinned = meeting.pins.includes(t.el.dataset.participantId);
+  pin.setAttribute('aria-label', `Pin ${name}`);
+  pin.setAttribute('aria-pressed', String(pinned));
+  pin.title = pinned ? `${name} is pinned: click to unpin` : `Pin ${name}: always shown, large in speaker view`;
+  t.el.dataset.pinned = String(pinned);
+  const micMuted = sourceState(t.info, 'microphone') === 'off';
+  const camOff = sourceState(t.info, 'camera') === 'off';
+  t.el.querySelector('.flag-mic').hidden = !micMuted;
+  t.el.querySelector('.flag-cam').hidden = !camOff;
+  t.el.querySelector('.flag-screen').hidden = !screenLive(t);
+  t.el.dataset.micMuted = String(micMuted);
+  t.el.dataset.cameraOff = String(camOff);
+  const showVideo = !!t.videoTrack && !camOff && !t.videoTrack.muted;
+  t.el.dataset.video = showVideo ? 'on' : 'off';
+}
+
+export function attachTrack({ participantId, kind, source, track, trackId }) {
+  if (departed.has(participantId)) return;
+  const t = ensureTile(participantId);
+  if (source === 'screen') {
+    t.screen = { track, trackId };
+    track.onmute = track.onunmute = () => renderStage();
+    updateScreenOrder(participantId);
+  } else if (kind === 'video') {
+    t.videoTrack = track;
+    t.videoTrackId = trackId;
+    t.video.srcObject = new MediaStream([track]);
+    // A receiver's track is muted until media flows (and again when it stops).
+    track.onmute = track.onunmute = () => renderTile(t);
+  } else {
+    t.audioTrack = track;
+    t.audio.srcObject = new MediaStream([track]);
+    speaking.watch(participantId, track);
+  }
+  renderTile(t);
+  if (kind === 'video') renderLayout();
+  renderPeoplePanel();
+}
+
+export function detachTrack({ participantId, kind, source, track }) {
+  const t = tiles.get(participantId);
+  if (!t) return;
+  if (source === 'screen' && t.screen?.track === track) {
+    track.onmute = track.onunmute = null;
+    t.screen = null;
+    updateScreenOrder(participantId);
+  } else if (kind === 'video' && t.videoTrack === track) {
+    track.onmute = track.onunmute = null;
+    t.videoTrack = null;
+    t.videoTrackId = null;
+    t.video.srcObject = null;
+    // A track that comes back (our reconnection) is reported afresh.
+    meeting.reporter?.unobserve(t.el);
+  } else if (kind === 'audio' && t.audioTrack === track) {
+    t.audioTrack = null;
+    t.audio.srcObject = null;
+    speaking.unwatch(participantId);
+  }
+  if (!t.info && !t.videoTrack && !t.audioTrack && !t.screen) {
+    removeTile(participantId); // tracks of someone we never heard of, now gone
+    return;
+  }
+  renderTile(t);
+  renderPeoplePanel();
+}
+
+export function renderLocalTile() {
+  // Flags say "turned off"; a device we do not have is the people panel's "No cam".
+  const camState = localState('camera');
+  ui.localTile.dataset.video = camState === 'on' ? 'on' : 'off';
+  ui.localTile.querySelector('.flag-mic').hidden = localState('microphone') !== 'off';
+  ui.localTile.querySelector('.flag-cam').hidden = camState !== 'off';
+}
+
+// ---------------------------------------------------------------------------------------
+// Screen share: the stage shows the latest live share, with the sharer's name
+// ---------------------------------------------------------------------------------------
+
+/**
+ * A remote screen share is live while its track is published and not muted: the server
+ * keeps the track of an ended share and marks it muted (see stopScreenShare in confab-publisher.js).
+ */
+function screenLive(t) {
+  if (!t?.screen) return false;
+  const info = t.info?.tracks?.find((tr) => tr.id === t.screen.trackId);
+  return !!info && !info.muted;
+}
+
+function updateScreenOrder(id) {
+  const live = screenLive(tiles.get(id));
+  const listed = meeting.screenOrder.includes(id);
+  if (live && !listed) meeting.screenOrder.push(id);
+  if (!live && listed) meeting.screenOrder = meeting.screenOrder.filter((x) => x !== id);
+  renderStage();
+  const t = tiles.get(id);
+  if (t) t.el.querySelector('.flag-screen').hidden = !live;
+}
+
+export function renderStage() {
+  const owner = meeting.screenOrder[meeting.screenOrder.length - 1];
+  const local = owner === SELF;
+  const track = local ? meeting.client?.screenShareTrack : tiles.get(owner)?.screen?.track;
+  // Only the screen on the stage is received; others (ended, or older) are paused.
+  for (const [id, t] of tiles) {
+    if (t.screen) meeting.client?.setSubscription(t.screen.trackId, { subscribed: id === owner && screenLive(t) });
+  }
+  if (!owner || !track) {
+    ui.screenStage.hidden = true;
+    ui.stage.classList.remove('sharing');
+    ui.screenVideo.srcObject = null;
+    delete ui.screenStage.dataset.participantId;
+    renderLayout();
+    return;
+  }
+  if (ui.screenVideo.srcObject?.getVideoTracks()[0] !== track) {
+    ui.screenVideo.srcObject = new MediaStream([track]);
+  }
+  const name = local ? 'You are' : `${tiles.get(owner)?.info?.name ?? 'Someone'} is`;
+  ui.screenOwner.textContent = `${name} sharing the screen`;
+  ui.screenStage.dataset.participantId = local ? (meeting.client?.participantId ?? '') : owner;
+  ui.screenStage.dataset.local = String(local);
+  ui.screenStage.setAttribute('aria-label', ui.screenOwner.textContent);
+  ui.stageStopShare.hidden = !local;
+  ui.screenStage.hidden = false;
+  ui.stage.classList.add('sharing');
+  renderLayout();
+}
+
+// ---------------------------------------------------------------------------------------
+// Layout: the paged gallery or the speaker view (layout.js), pins, and what each tile
+// asks of the server (subscriptions.js)
+// ---------------------------------------------------------------------------------------
+
+export function renderLayout() {
+  if (!meeting.reporter) return; // not in a meeting
+  layout.setTiles([
+    { id: SELF, el: ui.localTile, remote: false },
+    ...[...tiles].map(([id, t]) => ({ id, el: t.el, remote: true })),
+  ]);
+  layout.setSharing(!ui.screenStage.hidden);
+  layout.setPinned(meeting.pins);
+  const placed = layout.render();
+  for (const [id, t] of tiles) {
+    const where = placed.get(id);
+    if (t.videoTrackId && where) {
+      meeting.reporter.observe(t.el, { trackId: t.videoTrackId, quality: where.quality, shown: where.shown });
+    }
+  }
+}
+
+function setPins(ids) {
+  meeting.pins = ids;
+  meeting.client?.setPins(meeting.pins);
+  for (const t of tiles.values()) renderTile(t);
+  renderLayout();
+}
+
+function togglePin(id) {
+  setPins(meeting.pins.includes(id) ? meeting.pins.filter((x) => x !== id) : [...meeting.pins, id]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Who is speaking: speaking.js gives one answer (the server's active speakers, or levels
+// measured here until the server sends any); the tiles, the people panel and the speaker
+// view follow its events.
+// ---------------------------------------------------------------------------------------
+
+export function watchLocalSpeaking() {
+  const mic = meeting.localStream?.getAudioTracks()[0];
+  if (mic) speaking.watch(SELF, mic);
+  else speaking.unwatch(SELF);
+}
+
+speaking.addEventListener('change', ({ detail: { id, speaking: on } }) => {
+  const el = id === SELF ? ui.localTile : tiles.get(id)?.el;
+  if (el) el.dataset.speaking = String(on);
+  renderPeoplePanel();
+});
+
+speaking.addEventListener('dominant', () => {
+  if (layout.mode === 'speaker') renderLayout();
+});
+
+// ---------------------------------------------------------------------------------------
+// People panel
+// ---------------------------------------------------------------------------------------
+
+export function renderPeoplePanel() {
+  if (!meeting.client) return;
+  const self = {
+    id: meeting.client.participantId ?? SELF,
+    name: meeting.client.participant?.name ?? meeting.client.name,
+    local: true,
+    microphone: localState('microphone'),
+    camera: localState('camera'),
+    screen: meeting.client.screenSharing ? 'on' : 'off',
+    speaking: speaking.isSpeaking(SELF),
+    joinedAt: 0,
+  };
+  const others = [...tiles.entries()].filter(([, t]) => t.info).map(([id, t]) => ({
+    id,
+    name: t.info.name,
+    local: false,
+    microphone: sourceState(t.info, 'microphone'),
+    camera: sourceState(t.info, 'camera'),
+    screen: screenLive(t) ? 'on' : 'off',
+    speaking: speaking.isSpeaking(id),
+    joinedAt: t.info.joined_at ?? 0,
+  }));
+  others.sort((a, b) => a.joinedAt - b.joinedAt || a.name.localeCompare(b.name));
+  renderPeople(ui.peopleList, ui.personTemplate, [self, ...others]);
+  // Where "speaking" comes from: 'server' (active_speakers) or 'local' (levels measured here).
+  ui.peopleList.dataset.speakingSource = speaking.source;
+  ui.peopleCount.textContent = `(${1 + others.length})`;
+}
+
+function localState(source) {
+  const has = source === 'microphone'
+    ? meeting.localStream?.getAudioTracks().length
+    : meeting.localStream?.getVideoTracks().length;
+  if (!has) return 'none';
+  return meeting.client?.isMuted(source) ? 'off' : 'on';
+}
+
+/** Plays a tile's audio on the chosen speaker (devices dialog or pre-join). */
+export function applySpeaker(audio) {
+  if (!canChooseSpeaker || !meeting.speakerId) return;
+  audio.setSinkId(meeting.speakerId).catch((err) => console.warn('setSinkId failed', err));
+}
