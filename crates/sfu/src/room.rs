@@ -367,6 +367,17 @@ impl Room {
         }
     }
 
+    /// `active_speakers` as it stands, if anyone speaks.
+    fn speakers_message(&self) -> Option<ServerMessage> {
+        let speakers: Vec<_> = self
+            .speakers
+            .speakers()
+            .iter()
+            .filter_map(|k| self.members.get(k).map(|m| m.id.clone()))
+            .collect();
+        (!speakers.is_empty()).then_some(ServerMessage::ActiveSpeakers { speakers })
+    }
+
     /// `joined` for `key`: who it is, who else is in the room, the limits, its grants.
     pub fn joined_message(&self, key: ParticipantKey) -> Option<ServerMessage> {
         let m = self.members.get(&key)?;
@@ -434,6 +445,11 @@ impl Room {
         }
         if let Some(joined) = self.joined_message(key) {
             self.signal(key, joined.reply_to(request));
+        }
+        // Who speaks now: the list is only sent when it changes, and it may not change
+        // for a long while after someone joins.
+        if let Some(msg) = self.speakers_message() {
+            self.signal(key, msg);
         }
         if !hidden && let Some(me) = self.participant_info(key) {
             self.broadcast(
@@ -505,6 +521,9 @@ impl Room {
     pub fn resync(&mut self, key: ParticipantKey) {
         if let Some(joined) = self.joined_message(key) {
             self.signal(key, joined);
+        }
+        if let Some(msg) = self.speakers_message() {
+            self.signal(key, msg);
         }
         let Some(m) = self.members.get_mut(&key) else {
             return;
