@@ -429,6 +429,7 @@ async fn route<S: Sink<Message> + Unpin>(
     sink: &mut S,
     env: &SessionEnv,
     room: &RoomId,
+    request_id: &Option<RequestId>,
 ) -> Option<Flow> {
     use confab_cluster::{ClusterError, Placement};
     let cluster = env.cluster.as_ref()?;
@@ -460,7 +461,7 @@ async fn route<S: Sink<Message> + Unpin>(
     tracing::debug!(room = %room, "join refused: no placement");
     send(
         sink,
-        &ServerMessage::fatal(ErrorCode::ClusterUnavailable, message),
+        &ServerMessage::fatal(ErrorCode::ClusterUnavailable, message).reply_to(request_id.clone()),
     )
     .await;
     Some(Flow::Close)
@@ -489,7 +490,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
             },
             _,
         ) => {
-            if let Some(flow) = route(sink, env, &room).await {
+            if let Some(flow) = route(sink, env, &room, &request_id).await {
                 return flow;
             }
             match resume(sink, env, &room, token, request_id).await {
@@ -540,7 +541,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
                 }
                 None => (name, JoinOptions::default()),
             };
-            if let Some(flow) = route(sink, env, &room).await {
+            if let Some(flow) = route(sink, env, &room, &request_id).await {
                 return flow;
             }
             let resume_token = crate::resume::Resumes::new_token();
