@@ -216,8 +216,11 @@ test('simulcast: layers by tile size, dynacast, server active speakers, speaker 
       await waitCameraWidth(pages.Ada, ids.Linus, 1280, 'Ada receiving f (1280) of Linus, large');
     } catch (err) {
       const up = await uplink(pages.Linus);
-      if (up.layers.f?.bytes > 0) throw new Error(`${err.message}; Linus's uplink: ${JSON.stringify(up)}`);
-      t.diagnostic(`Linus's Chromium has not started f (uplink ${JSON.stringify(up)}): h is the top layer`);
+      // The server can only forward what the publisher sends: Chromium's own uplink
+      // estimate may hold f back (not started, or `limitedBy: bandwidth` on a busy machine).
+      const held = !(up.layers.f?.bytes > 0) || up.layers.f?.limitedBy === 'bandwidth';
+      if (!held) throw new Error(`${err.message}; Linus's uplink: ${JSON.stringify(up)}`);
+      t.diagnostic(`Linus's Chromium holds f back (uplink ${JSON.stringify(up)}): h is the top layer`);
       top = 640;
       await waitCameraWidth(pages.Ada, ids.Linus, 640, 'Ada receiving h (640) of Linus, large');
     }
@@ -242,8 +245,12 @@ test('simulcast: layers by tile size, dynacast, server active speakers, speaker 
     if (top === 1280) {
       // Linus sends all three layers at once (the server keeps every layer up to the highest
       // anyone wants: Ada's f, and h and q below it).
-      const out = await waitActiveLayers(pages.Linus, { q: true, h: true, f: true }, 'Linus sending q, h and f');
-      assert.deepEqual([out.q.frameWidth, out.h.frameWidth, out.f.frameWidth], [320, 640, 1280]);
+      await waitActiveLayers(pages.Linus, { q: true, h: true, f: true }, 'Linus sending q, h and f');
+      // Active is the page's decision; frames follow once the encoder produces them.
+      await waitFor(pages.Linus, 'Linus encoding q, h and f at their sizes', async () => {
+        const out = await cameraOut(pages.Linus);
+        return out.q?.frameWidth === 320 && out.h?.frameWidth === 640 && out.f?.frameWidth === 1280;
+      });
     }
 
     // Dynacast: Ada shows Grace large instead, Linus goes to her strip. Nobody wants more
