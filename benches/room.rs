@@ -37,21 +37,9 @@ fn meeting(n: u64) -> Harness {
     h
 }
 
+/// A keyframe: every down-track takes it.
 fn vp8(ssrc: u32, seq: u16) -> rtc::rtp::Packet {
-    let mut payload = vec![0u8; 1100];
-    payload[0] = 0x10;
-    payload[1] = 0x00; // keyframe: every down-track takes it
-    rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            payload_type: 96,
-            sequence_number: seq,
-            timestamp: seq as u32 * 3000,
-            ssrc,
-            ..Default::default()
-        },
-        payload: payload.into(),
-    }
+    confab_sfu::room::harness::vp8_packet(ssrc, seq, true, 1100)
 }
 
 fn room_events(c: &mut Criterion) {

@@ -302,6 +302,20 @@ async fn a_drain_deadline_disconnects_who_is_left() {
     tokio::time::timeout(WAIT, draining).await.unwrap().unwrap();
 }
 
+/// The message of the fatal `internal` error a client is told.
+async fn wait_internal(c: &mut Client, what: &str) -> String {
+    wait_server(c, what, |m| match m {
+        ServerMessage::Error {
+            code: ErrorCode::Internal,
+            fatal: true,
+            message,
+            ..
+        } => Some(message.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// A panic while handling one room (in a command, a peer's timer, or a flush of its
 /// output) closes that room only: its participants are told (fatal `internal`), the
 /// other room on the same worker goes on, and the failed room can be joined afresh.
@@ -325,16 +339,7 @@ async fn a_failure_in_one_room_spares_the_others() {
         assert!(server.sfu.inject_panic(&room, point).await);
         // The failed room's participants are told and disconnected...
         for c in [&mut a1, &mut a2] {
-            let msg = wait_server(c, "room failed", |m| match m {
-                ServerMessage::Error {
-                    code: ErrorCode::Internal,
-                    fatal: true,
-                    message,
-                    ..
-                } => Some(message.clone()),
-                _ => None,
-            })
-            .await;
+            let msg = wait_internal(c, "room failed").await;
             assert!(msg.contains("join again"), "{point:?}: {msg}");
         }
         wait_until(|| {
@@ -380,16 +385,7 @@ async fn a_failed_worker_is_restarted() {
             .await
     );
     for c in [&mut a1, &mut b1] {
-        let msg = wait_server(c, "worker failed", |m| match m {
-            ServerMessage::Error {
-                code: ErrorCode::Internal,
-                fatal: true,
-                message,
-                ..
-            } => Some(message.clone()),
-            _ => None,
-        })
-        .await;
+        let msg = wait_internal(c, "worker failed").await;
         assert!(msg.contains("join again"), "{msg}");
     }
     wait_until(|| {

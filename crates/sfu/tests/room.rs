@@ -23,24 +23,7 @@ fn harness() -> Harness {
 }
 
 fn vp8(ssrc: u32, seq: u16, key: bool) -> rtc::rtp::Packet {
-    let mut payload = vec![0u8; 100];
-    payload[0] = 0x10; // S, partition 0
-    payload[1] = if key { 0x00 } else { 0x01 };
-    // A keyframe's start code and a 640x360 frame.
-    payload[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
-    payload[7..9].copy_from_slice(&640u16.to_le_bytes());
-    payload[9..11].copy_from_slice(&360u16.to_le_bytes());
-    rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            payload_type: 96,
-            sequence_number: seq,
-            timestamp: seq as u32 * 3000,
-            ssrc,
-            ..Default::default()
-        },
-        payload: payload.into(),
-    }
+    confab_sfu::room::harness::vp8_packet(ssrc, seq, key, 100)
 }
 
 fn ssrc_of(h: &Harness, t: TrackKey) -> u32 {
@@ -267,25 +250,15 @@ fn loss_lowers_the_estimate_and_keyframe_requests_go_upstream() {
     let before = h.keyframe_requests.len();
     let id = h.room.track(t).unwrap().id.clone();
     h.advance(Duration::from_millis(300));
-    h.feedback(
-        b,
-        &id,
-        Feedback {
-            keyframe: true,
-            ..Feedback::default()
-        },
-    );
+    let pli = Feedback {
+        keyframe: true,
+        ..Feedback::default()
+    };
+    h.feedback(b, &id, pli);
     assert_eq!(h.keyframe_requests.len(), before + 1);
     assert_eq!(h.keyframe_requests.last().unwrap().1, ssrc);
     // Throttled: a second request at once is not sent on.
-    h.feedback(
-        b,
-        &id,
-        Feedback {
-            keyframe: true,
-            ..Feedback::default()
-        },
-    );
+    h.feedback(b, &id, pli);
     assert_eq!(h.keyframe_requests.len(), before + 1);
     let est = |h: &Harness| h.room.member(b).unwrap().bwe.estimate_bps();
     let start = est(&h);

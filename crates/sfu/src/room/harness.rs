@@ -71,6 +71,28 @@ pub fn codec(kind: MediaKind) -> TrackCodec {
     }
 }
 
+/// A VP8 RTP packet of `size` payload bytes as a publisher would send it: a keyframe (with
+/// its start code and a 640x360 frame size) or a delta frame.
+pub fn vp8_packet(ssrc: u32, seq: u16, keyframe: bool, size: usize) -> rtc::rtp::Packet {
+    let mut payload = vec![0u8; size.max(11)];
+    payload[0] = 0x10; // S, partition 0
+    payload[1] = if keyframe { 0x00 } else { 0x01 };
+    payload[4..7].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+    payload[7..9].copy_from_slice(&640u16.to_le_bytes());
+    payload[9..11].copy_from_slice(&360u16.to_le_bytes());
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: 96,
+            sequence_number: seq,
+            timestamp: seq as u32 * 3000,
+            ssrc,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}
+
 /// A fake SDP with `n` media sections (all sending).
 fn sdp(n: usize) -> String {
     let mut s = String::from("v=0\r\n");

@@ -348,12 +348,13 @@ impl Room {
                 None => return,
             }
         };
-        let (pub_peer, rtc_id) = (t.pub_peer, t.rtc_id.clone());
-        let Some(l) = t.layer(l) else { return };
-        if !l.keyframes.try_request(now) {
+        let Some(layer) = t.layer(l) else { return };
+        if !layer.keyframes.try_request(now) {
             return;
         }
-        let ssrc = l.ssrc;
+        let ssrc = layer.ssrc;
+        // Only a request that goes out allocates its rtc track id.
+        let (pub_peer, rtc_id) = (t.pub_peer, t.rtc_id.clone());
         SfuStats::inc(&self.stats.keyframe_requests_out);
         self.out(Output::RequestKeyframe {
             pub_peer,

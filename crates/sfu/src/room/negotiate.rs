@@ -134,13 +134,6 @@ impl Room {
         }
     }
 
-    /// Charges media-thread time to a participant's signaling budget.
-    pub fn charge(&mut self, key: ParticipantKey, cost: Duration) {
-        if let Some(m) = self.members.get_mut(&key) {
-            m.budget.charge(cost);
-        }
-    }
-
     pub(super) fn publish(
         &mut self,
         now: Instant,
