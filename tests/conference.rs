@@ -261,6 +261,8 @@ async fn loss_is_repaired_without_retransmission_storms() {
         retransmitted <= dropped * 1.2,
         "{retransmitted} retransmissions for {dropped} lost packets"
     );
+    // Counted where the egress answered them.
+    assert!(server.sfu.stats().retransmissions > 0);
     server.stop().await;
 }
 

@@ -35,6 +35,7 @@ pub mod bwe;
 pub mod chat;
 pub mod config;
 pub mod control;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod expiring;
@@ -102,8 +103,10 @@ struct Inner {
     workers: Vec<WorkerHandle>,
     /// Which worker hosts each room, with its participant count (for least-loaded placement).
     rooms: Mutex<HashMap<RoomId, Placement>>,
-    stats: Arc<SfuStats>,
-    timing: Arc<stats::LoopStats>,
+    /// Each worker's counters and loop timing, written by that worker only (no cache line
+    /// shared across cores on the per-packet path) and summed when read.
+    stats: Vec<Arc<SfuStats>>,
+    timing: Vec<Arc<stats::LoopStats>>,
     next_key: AtomicU64,
     recordings: Mutex<HashMap<RoomId, control::Recording>>,
     /// Identities kicked from a room, kept out until their ban ends.
@@ -140,8 +143,8 @@ impl Sfu {
     ) -> Result<Sfu, StartError> {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
-        let stats = Arc::new(SfuStats::default());
-        let timing = Arc::new(stats::LoopStats::default());
+        let mut stats = Vec::new();
+        let mut timing = Vec::new();
         let provider =
             rtc::crypto::default_provider().map_err(|e| StartError::Certificate(e.to_string()))?;
         let mut workers = Vec::new();
@@ -179,14 +182,16 @@ impl Sfu {
             };
             let (tx, rx) = mpsc::channel(4096);
             let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            stats.push(Arc::new(SfuStats::default()));
+            timing.push(Arc::new(stats::LoopStats::default()));
             let supervisor = Supervisor {
                 index: i,
                 socket,
                 announce,
                 factory,
                 config: config.clone(),
-                stats: stats.clone(),
-                timing: timing.clone(),
+                stats: stats[i].clone(),
+                timing: timing[i].clone(),
                 events: events.clone(),
                 alive: alive.clone(),
             };
@@ -226,18 +231,23 @@ impl Sfu {
         self.inner.workers.iter().map(|w| w.addr).collect()
     }
 
+    /// The workers' counters, summed.
     pub fn stats(&self) -> StatsSnapshot {
-        self.inner.stats.snapshot()
+        let mut sum = StatsSnapshot::default();
+        for s in &self.inner.stats {
+            sum.merge(&s.snapshot());
+        }
+        sum
     }
 
     /// Loop timing: server-added forwarding latency (a packet's arrival at the socket to
     /// its last copy handed to the kernel), pass durations and timer lag.
     pub fn loop_stats(&self) -> stats::LoopSnapshot {
-        self.inner.timing.snapshot()
-    }
-
-    pub fn stats_handle(&self) -> Arc<SfuStats> {
-        self.inner.stats.clone()
+        let mut sum = stats::LoopSnapshot::default();
+        for t in &self.inner.timing {
+            sum.merge(&t.snapshot());
+        }
+        sum
     }
 
     /// Joins `room` as `name`, with what `opts` grants. On success the participant's first

@@ -18,6 +18,7 @@ mod paths;
 pub use factory::PeerFactory;
 pub use paths::{Paths, is_binding_success, is_stun, stun_target_ufrag};
 
+use crate::egress::{DownStream, LocalKeys, StreamParams};
 use crate::error::PeerError;
 use crate::keys::{ParticipantKey, RoomKey, TrackKey};
 use crate::rtp::Codec;
@@ -51,13 +52,17 @@ pub enum Role {
 }
 
 /// An outgoing (down) track slot of a subscriber connection.
-#[derive(Debug, Clone)]
 pub struct SenderSlot {
     pub sender: RTCRtpSenderId,
     pub ssrc: u32,
     pub mime: String,
+    pub clock_rate: u32,
+    pub kind: MediaKind,
     /// Resolved once the subscriber's answer fixed the payload types.
     pub payload_type: Option<u8>,
+    /// Where its packets are protected and accounted for, once the payload type is known
+    /// and the connection's keys are ([`crate::egress`]).
+    stream: Option<DownStream>,
 }
 
 /// A track received on a publisher connection.
@@ -123,6 +128,8 @@ pub enum Opened {
 pub struct RtcpSummary {
     pub keyframe: bool,
     pub nacks: u32,
+    /// Packets sent again for those NACKs.
+    pub retransmitted: u32,
     pub worst_loss: Option<u8>,
     pub rtt: Option<Duration>,
 }
@@ -148,6 +155,10 @@ pub struct Peer {
     chat: Option<(usize, bool)>,
     /// Subscriber: what is sent toward it (for its bandwidth estimate).
     pub egress: crate::bwe::RateMeter,
+    /// Subscriber: the keys its down-tracks are protected with, once DTLS completed.
+    keys: Option<LocalKeys>,
+    /// Subscriber: retransmissions and sender reports waiting for the next flush.
+    out: std::collections::VecDeque<bytes::Bytes>,
     /// Events translated but not yet taken.
     pending: std::collections::VecDeque<PeerEvent>,
 }
@@ -310,7 +321,36 @@ impl Peer {
                     .map(|c| c.payload_type);
             }
         }
+        self.open_streams();
         Ok(())
+    }
+
+    /// Subscriber: gives every negotiated down-track without one its egress stream, once
+    /// the connection's keys are known.
+    fn open_streams(&mut self) {
+        let Some(keys) = &self.keys else {
+            return;
+        };
+        for slot in self.senders.iter_mut().flatten() {
+            if slot.stream.is_some() {
+                continue;
+            }
+            let Some(payload_type) = slot.payload_type else {
+                continue;
+            };
+            slot.stream = DownStream::new(
+                keys,
+                StreamParams {
+                    ssrc: slot.ssrc,
+                    payload_type,
+                    clock_rate: slot.clock_rate,
+                    retransmit: slot.kind == MediaKind::Video,
+                },
+            );
+            if slot.stream.is_none() {
+                tracing::warn!(profile = ?keys.profile(), "no SRTP context for this profile");
+            }
+        }
     }
 
     pub fn add_remote_candidate(&mut self, c: IceCandidate) -> Result<(), PeerError> {
@@ -404,10 +444,13 @@ impl Peer {
             sender,
             ssrc,
             mime: codec.rtp.mime_type.clone(),
+            clock_rate: codec.rtp.clock_rate,
+            kind,
             payload_type: None,
+            stream: None,
         };
         if self.senders.len() <= slot {
-            self.senders.resize(slot + 1, None);
+            self.senders.resize_with(slot + 1, || None);
         }
         self.senders[slot] = Some(s);
         Ok(())
@@ -421,22 +464,62 @@ impl Peer {
         }
     }
 
-    /// Writes a rewritten packet on a down-track (its header extensions already stripped:
-    /// ids are per leg). `false` when the slot is gone or not negotiated yet.
-    pub fn write_rtp(&mut self, slot: usize, mut pkt: rtc::rtp::Packet, now: Instant) -> bool {
-        let Some(Some(s)) = self.senders.get(slot) else {
-            return false;
-        };
-        let Some(pt) = s.payload_type else {
-            return false;
-        };
-        pkt.header.ssrc = s.ssrc;
-        pkt.header.payload_type = pt;
-        let sender = s.sender;
-        match self.pc.rtp_sender(sender) {
-            Some(mut tx) => tx.write_rtp(now, pkt).is_ok(),
-            None => false,
+    /// Protects a rewritten packet for down-track `slot` (its header extensions already
+    /// stripped: ids are per leg) and returns the datagram and where it goes. `None` when
+    /// the slot is gone, not negotiated yet, or the connection has no media path or keys.
+    pub fn write_rtp(
+        &mut self,
+        slot: usize,
+        pkt: rtc::rtp::Packet,
+        now: Instant,
+        scratch: &mut Vec<u8>,
+    ) -> Option<(bytes::Bytes, SocketAddr)> {
+        let to = self.paths.media()?;
+        let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
+        let size = pkt.payload.len() + 12;
+        let datagram = stream.write(pkt, now, scratch)?;
+        self.egress.add(size, now);
+        Some((datagram, to))
+    }
+
+    /// Subscriber: queues the sender reports that are due (flushed with `poll_write`).
+    /// Returns whether any was.
+    pub fn sender_reports(&mut self, now: Instant, wall: std::time::SystemTime) -> bool {
+        let before = self.out.len();
+        for slot in self.senders.iter_mut().flatten() {
+            if let Some(d) = slot.stream.as_mut().and_then(|s| s.report(now, wall)) {
+                self.out.push_back(d);
+            }
         }
+        self.out.len() > before
+    }
+
+    /// Subscriber: queues the retransmissions a NACK for `media_ssrc` asks for; returns
+    /// how many were still in the history.
+    fn retransmit(
+        &mut self,
+        media_ssrc: u32,
+        nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+    ) -> u32 {
+        let Some(stream) = self
+            .senders
+            .iter_mut()
+            .flatten()
+            .find_map(|s| s.stream.as_mut().filter(|st| st.ssrc() == media_ssrc))
+        else {
+            return 0;
+        };
+        let mut scratch = Vec::new();
+        let mut n = 0;
+        for pair in &nack.nacks {
+            for seq in crate::egress::nacked(pair.packet_id, pair.lost_packets) {
+                if let Some(d) = stream.retransmit(seq, &mut scratch) {
+                    self.out.push_back(d);
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Publisher: asks for a keyframe of a received track's encoding `media_ssrc`.
@@ -542,11 +625,19 @@ impl Peer {
         }
     }
 
-    /// The next datagram to send, and where the agent addressed it.
-    pub fn poll_write(&mut self) -> Option<(bytes::BytesMut, SocketAddr)> {
-        self.pc
-            .poll_write()
-            .map(|out| (out.message, out.transport.peer_addr))
+    /// The next datagram to send, and where it goes: first what the agent addressed
+    /// (`to` is the agent's view: pass it through [`Paths::outbound`]), then the egress's
+    /// retransmissions and reports (`to` is the media path already).
+    pub fn poll_write(&mut self) -> Option<Outgoing> {
+        if let Some(out) = self.pc.poll_write() {
+            return Some(Outgoing::Agent(
+                out.message.freeze(),
+                out.transport.peer_addr,
+            ));
+        }
+        let to = self.paths.media()?;
+        let d = self.out.pop_front()?;
+        Some(Outgoing::Media(d, to))
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
@@ -595,6 +686,13 @@ impl Peer {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         self.connected = true;
+                        if self.role == Role::Subscriber && self.keys.is_none() {
+                            self.keys = self.pc.export_srtp_keys().map(|(p, k)| {
+                                LocalKeys::new(p, k.local_master_key, k.local_master_salt)
+                            });
+                            tracing::debug!(keys = ?self.keys, "subscriber SRTP");
+                            self.open_streams();
+                        }
                         PeerEvent::Connected
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
@@ -713,8 +811,9 @@ impl Peer {
             let any = p.as_any();
             if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 sum.keyframe = true;
-            } else if any.is::<TransportLayerNack>() {
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 sum.nacks += 1;
+                sum.retransmitted += self.retransmit(nack.media_ssrc, nack);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 for r in &rr.reports {
                     sum.worst_loss = Some(sum.worst_loss.unwrap_or(0).max(r.fraction_lost));
@@ -738,6 +837,15 @@ impl Peer {
     pub fn close(&mut self) {
         let _ = self.pc.close();
     }
+}
+
+/// A datagram a peer has for the network.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// From the agent (ICE, DTLS, SCTP, RTCP), addressed as it sees the remote.
+    Agent(bytes::Bytes, SocketAddr),
+    /// From the egress (retransmissions, sender reports), on the media path.
+    Media(bytes::Bytes, SocketAddr),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

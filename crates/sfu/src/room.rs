@@ -33,7 +33,7 @@ pub mod member;
 mod negotiate;
 pub mod track;
 
-pub use media::{Feedback, TrackOpen};
+pub use media::{Feedback, TrackOpen, rewrite_vp8};
 pub use member::{JoinInfo, Pref};
 pub use negotiate::Applied;
 pub use track::{DownTrack, Fanout, LayerIn, PublishedTrack, layer_of_rid, rid_layers};

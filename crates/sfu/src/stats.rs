@@ -1,12 +1,16 @@
-//! Counters shared by the workers and read by whoever reports them (metrics, tests).
-//! Relaxed atomics: each counter is independent and read approximately.
+//! Counters and timing histograms. Each media worker has its own set, which only it
+//! writes (relaxed atomics on cache lines no other core writes), and whoever reports them
+//! (metrics, tests) sums the workers' snapshots. Each counter is independent and read
+//! approximately.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
     ($(#[$m:meta])* $name:ident / $snap:ident { $($(#[$fm:meta])* $field:ident: $ty:ident),* $(,)? }) => {
         $(#[$m])*
+        // Aligned so that two workers' sets never share a cache line.
         #[derive(Debug, Default)]
+        #[repr(align(128))]
         pub struct $name { $($(#[$fm])* pub $field: $ty,)* }
 
         /// A point-in-time copy of the counters.
@@ -16,6 +20,13 @@ macro_rules! counters {
         impl $name {
             pub fn snapshot(&self) -> $snap {
                 $snap { $($field: self.$field.load(Relaxed) as i64,)* }
+            }
+        }
+
+        impl $snap {
+            /// Adds `other`'s counts (another worker's) to these.
+            pub fn merge(&mut self, other: &$snap) {
+                $(self.$field += other.$field;)*
             }
         }
     };
@@ -47,6 +58,8 @@ counters!(
         keyframe_requests_in: AtomicU64,
         /// NACKs from subscribers (answered by the retransmission buffer).
         nacks_in: AtomicU64,
+        /// Packets sent again for those NACKs.
+        retransmissions: AtomicU64,
         /// Keyframe requests sent to publishers, after throttling.
         keyframe_requests_out: AtomicU64,
         chat_messages: AtomicU64,
@@ -152,6 +165,18 @@ impl LatencySnapshot {
         }
     }
 
+    /// The latencies of both (two workers' histograms, say).
+    pub fn merge(&mut self, other: &LatencySnapshot) {
+        let n = self.buckets.len().max(other.buckets.len());
+        let counts: Vec<u64> = (0..n)
+            .map(|i| {
+                self.buckets.get(i).copied().unwrap_or(0)
+                    + other.buckets.get(i).copied().unwrap_or(0)
+            })
+            .collect();
+        *self = LatencySnapshot::from_counts(&counts);
+    }
+
     /// The latencies recorded between `earlier` and `self`.
     pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
         let counts: Vec<u64> = self
@@ -235,6 +260,30 @@ mod tests {
         }
     }
 
+    /// What two workers counted is reported as one.
+    #[test]
+    fn workers_snapshots_add_up() {
+        let (a, b) = (SfuStats::default(), SfuStats::default());
+        SfuStats::add(&a.rtp_out, 3);
+        SfuStats::add(&b.rtp_out, 4);
+        SfuStats::gauge(&b.rooms, 1);
+        let mut sum = StatsSnapshot::default();
+        sum.merge(&a.snapshot());
+        sum.merge(&b.snapshot());
+        assert_eq!((sum.rtp_out, sum.rooms), (7, 1));
+
+        let (x, y) = (LatencyHistogram::default(), LatencyHistogram::default());
+        x.record(100);
+        for _ in 0..3 {
+            y.record(10_000);
+        }
+        let mut l = LatencySnapshot::default();
+        l.merge(&x.snapshot());
+        l.merge(&y.snapshot());
+        assert_eq!(l.count, 4);
+        assert!((10_000..=12_500).contains(&l.p50_us), "{l:?}");
+    }
+
     #[test]
     fn percentiles() {
         let h = LatencyHistogram::default();
@@ -276,6 +325,16 @@ pub struct LoopSnapshot {
     pub pass_time: LatencySnapshot,
     pub timer_lag: LatencySnapshot,
     pub rtt: LatencySnapshot,
+}
+
+impl LoopSnapshot {
+    /// Adds another worker's histograms to these.
+    pub fn merge(&mut self, other: &LoopSnapshot) {
+        self.forward_latency.merge(&other.forward_latency);
+        self.pass_time.merge(&other.pass_time);
+        self.timer_lag.merge(&other.timer_lag);
+        self.rtt.merge(&other.rtt);
+    }
 }
 
 impl LoopStats {

@@ -4,7 +4,7 @@
 //! so this saves a part of the per-packet system-call overhead, not all of it (see
 //! docs/benchmarks.md).
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use std::io::{ErrorKind, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
@@ -105,7 +105,7 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// Outgoing datagrams of a pass, sent in batches.
 pub struct SendBatch {
-    queue: Vec<(BytesMut, SocketAddr)>,
+    queue: Vec<(Bytes, SocketAddr)>,
     headers: MultiHeaders<SockaddrStorage>,
 }
 
@@ -128,7 +128,7 @@ pub struct Sent {
 }
 
 impl SendBatch {
-    pub fn push(&mut self, data: BytesMut, to: SocketAddr) {
+    pub fn push(&mut self, data: Bytes, to: SocketAddr) {
         self.queue.push((data, to));
     }
 

@@ -20,7 +20,7 @@ mod isolate;
 use crate::config::SfuConfig;
 use crate::error::JoinError;
 use crate::keys::{ParticipantKey, PeerKey, RoomKey};
-use crate::peer::{Peer, PeerFactory, is_binding_success, is_stun};
+use crate::peer::{Outgoing, Peer, PeerFactory, is_binding_success, is_stun};
 use crate::room::{Removal, Room};
 use crate::stats::{LoopStats, SfuStats};
 use crate::udp;
@@ -173,10 +173,11 @@ pub struct Worker {
     /// Participants to remove at the end of the pass (failed connection, slow consumer).
     doomed: Vec<(ParticipantKey, Removal)>,
     stopping: bool,
-    /// When this pass's first datagram batch was read, and how many RTP packets it
-    /// forwarded: the server-added latency once their copies are handed to the kernel.
+    /// When the datagram batch being handled was read: a forwarded packet's server-added
+    /// latency ends when its last copy is handed to the kernel.
     rx_at: Option<Instant>,
-    forwarded: u64,
+    /// The marshalled packet before encryption, reused for every copy.
+    scratch: Vec<u8>,
     timing: Arc<LoopStats>,
     /// Room events for webhooks.
     events: Option<mpsc::Sender<crate::events::RoomEvent>>,
@@ -221,7 +222,7 @@ impl Worker {
             doomed: Vec::new(),
             stopping: false,
             rx_at: None,
-            forwarded: 0,
+            scratch: Vec::with_capacity(udp::MAX_DATAGRAM),
             timing,
             events,
             #[cfg(feature = "fault-injection")]
@@ -317,7 +318,7 @@ impl Worker {
                 }
             };
             let now = Instant::now();
-            self.rx_at.get_or_insert(now);
+            self.rx_at = Some(now);
             for (data, from) in recv.datagrams() {
                 SfuStats::add(&self.stats.bytes_in, data.len() as u64);
                 self.isolated(isolate::Scope::From(from), "a datagram", |w| {
@@ -351,7 +352,13 @@ impl Worker {
         let authenticated = peer.addrs.contains(&from);
         let shown = peer.paths.inbound(data, from, authenticated);
         peer.handle_datagram(data, self.announce, shown, now);
+        let publisher = peer.role == crate::peer::Role::Publisher;
         self.mark_input(key);
+        if publisher {
+            // Forward the packet now (its copies leave before the next datagram is
+            // handled), rather than at the end of the pass.
+            self.drain_peer(key);
+        }
     }
 
     fn mark_input(&mut self, key: PeerKey) {
@@ -407,17 +414,7 @@ impl Worker {
             }
         }
         self.flush();
-        if let Some(rx) = self.rx_at.take()
-            && self.forwarded > 0
-        {
-            // Every packet forwarded in this pass arrived at or after `rx`, and its last
-            // copy has now been handed to the kernel.
-            let us = Instant::now().saturating_duration_since(rx).as_micros() as u64;
-            for _ in 0..self.forwarded {
-                self.timing.forward_latency.record(us);
-            }
-        }
-        self.forwarded = 0;
+        self.rx_at = None;
     }
 
     fn flush(&mut self) {
@@ -435,15 +432,21 @@ impl Worker {
             self.fault_point(p.room, crate::FaultPoint::Flush);
         }
         loop {
-            let Some((data, to)) = self.peers.get_mut(&key).and_then(|p| p.poll_write()) else {
+            let Some(out) = self.peers.get_mut(&key).and_then(|p| p.poll_write()) else {
                 break;
             };
-            if is_binding_success(&data) {
-                self.learn_addr(key, to);
-            }
-            let to = match self.peers.get_mut(&key) {
-                Some(p) => p.paths.outbound(&data, to),
-                None => to,
+            let (data, to) = match out {
+                Outgoing::Media(data, to) => (data, to),
+                Outgoing::Agent(data, to) => {
+                    if is_binding_success(&data) {
+                        self.learn_addr(key, to);
+                    }
+                    let to = match self.peers.get_mut(&key) {
+                        Some(p) => p.paths.outbound(&data, to),
+                        None => to,
+                    };
+                    (data, to)
+                }
             };
             self.send.push(data, to);
         }
@@ -517,7 +520,8 @@ impl Worker {
             return;
         };
         peer.close();
-        while let Some((data, to)) = peer.poll_write() {
+        while let Some(out) = peer.poll_write() {
+            let (Outgoing::Agent(data, to) | Outgoing::Media(data, to)) = out;
             let _ = self.socket.try_send_to(&data, to);
         }
         self.by_ufrag.remove(&peer.ufrag);

@@ -156,6 +156,12 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_retransmissions",
+            "Packets sent again to subscribers for their NACKs",
+            c(s.retransmissions),
+        )?;
+        counter(
+            &mut e,
             "confab_chat_messages",
             "Chat messages relayed",
             c(s.chat_messages),

@@ -7,9 +7,8 @@ use crate::keys::{ParticipantKey, RoomKey};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
-    Packet as InterceptorPacket, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
-    StreamInfo, TaggedPacket, TwccReceiverBuilder,
+    Attribute, Interceptor, NackGeneratorBuilder, Packet as InterceptorPacket,
+    ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
 };
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::RTCCertificate;
@@ -92,10 +91,9 @@ impl PeerFactory {
                 }
             }
             Role::Subscriber => {
-                registry = registry
-                    .with(Slot::NackResponder, NackResponderBuilder::new().build())
-                    .with(Slot::SenderReport, SenderReportBuilder::new().build())
-                    .with(Slot::from(FEEDBACK_TAP_SLOT), FeedbackTap::default());
+                // No NACK responder and no sender reports: the down-tracks' egress
+                // (crate::egress) keeps their history and reports per stream.
+                registry = registry.with(Slot::from(FEEDBACK_TAP_SLOT), FeedbackTap::default());
             }
         }
 
@@ -144,6 +142,8 @@ impl PeerFactory {
             senders: Vec::new(),
             chat,
             egress: Default::default(),
+            keys: None,
+            out: Default::default(),
             pending: Default::default(),
         })
     }

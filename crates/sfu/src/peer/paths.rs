@@ -82,6 +82,12 @@ impl Paths {
         }
     }
 
+    /// Where media goes: the path the client nominated last (`None` before any check
+    /// passed).
+    pub fn media(&self) -> Option<SocketAddr> {
+        self.active.or(self.primary)
+    }
+
     /// Where to send a datagram the agent addressed to `to`.
     pub fn outbound(&mut self, data: &[u8], to: SocketAddr) -> SocketAddr {
         if Some(to) != self.primary {

@@ -387,7 +387,7 @@ impl Room {
 
 /// Rewrites a VP8 payload's picture id and TL0PICIDX in a copy (the original is shared by
 /// every other down-track).
-fn rewrite_vp8(payload: &bytes::Bytes, desc: &Vp8Descriptor, v: Vp8Fields) -> bytes::Bytes {
+pub fn rewrite_vp8(payload: &bytes::Bytes, desc: &Vp8Descriptor, v: Vp8Fields) -> bytes::Bytes {
     let mut b = bytes::BytesMut::from(&payload[..]);
     if let (Some(off), Some((pid, long))) = (desc.picture_id_offset, v.picture_id) {
         if long {

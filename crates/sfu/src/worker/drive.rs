@@ -545,28 +545,27 @@ impl Worker {
                     return;
                 };
                 let peers = &mut self.peers;
-                let touched = &mut self.touched;
-                let touched_flag = &mut self.touched_flag;
+                let send = &mut self.send;
+                let scratch = &mut self.scratch;
                 let written = room.forward(now, track, pkt, |sub_peer, slot, out| {
                     let Some(sub) = peers.get_mut(&sub_peer) else {
                         return false;
                     };
-                    let size = out.payload.len() + 12;
-                    if !sub.write_rtp(slot, out, now) {
-                        return false;
+                    match sub.write_rtp(slot, out, now, scratch) {
+                        Some((datagram, to)) => {
+                            send.push(datagram, to);
+                            true
+                        }
+                        None => false,
                     }
-                    sub.egress.add(size, now);
-                    // Output only: forwarded RTP moves no protocol timer.
-                    if let std::collections::hash_map::Entry::Vacant(e) =
-                        touched_flag.entry(sub_peer)
-                    {
-                        e.insert(false);
-                        touched.push(sub_peer);
-                    }
-                    true
                 });
                 if written > 0 {
-                    self.forwarded += 1;
+                    // This packet's copies leave now, not after the rest of the pass.
+                    self.send_now();
+                    if let Some(rx) = self.rx_at {
+                        let us = Instant::now().saturating_duration_since(rx).as_micros();
+                        self.timing.forward_latency.record(us as u64);
+                    }
                 }
             }
             PeerEvent::IceConnected => self.mark_touched(key),
@@ -639,6 +638,7 @@ impl Worker {
             }
             PeerEvent::Feedback(track, sum) => {
                 SfuStats::add(&self.stats.nacks_in, sum.nacks as u64);
+                SfuStats::add(&self.stats.retransmissions, sum.retransmitted as u64);
                 if let Some(rtt) = sum.rtt {
                     self.timing.rtt.record(rtt.as_micros() as u64);
                 }
@@ -662,6 +662,18 @@ impl Worker {
             self.isolated(super::isolate::Scope::Room(rk), "a room's tick", |w| {
                 w.with_room(rk, |r| r.tick(now));
             });
+        }
+        // Sender reports of every down-track that is due one.
+        let wall = std::time::SystemTime::now();
+        for (key, peer) in self.peers.iter_mut() {
+            if peer.role == Role::Subscriber
+                && peer.sender_reports(now, wall)
+                && let std::collections::hash_map::Entry::Vacant(e) = self.touched_flag.entry(*key)
+            {
+                // Output only: no protocol timer moved.
+                e.insert(false);
+                self.touched.push(*key);
+            }
         }
     }
 }

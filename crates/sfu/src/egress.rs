@@ -1,0 +1,337 @@
+//! The egress of forwarded RTP: one [`DownStream`] per down-track, beside `rtc`'s
+//! per-packet write pipeline.
+//!
+//! `rtc`'s `RTCRtpSender::write_rtp` costs several times what forwarding needs: it rebuilds
+//! the sender's parameters (vectors and codec clones) and allocates the track id per
+//! packet, passes the packet through the interceptor chain (sender report accounting, NACK
+//! buffer), marshals it, then encrypts it into another copy. A forwarded packet needs its
+//! header rewritten, one encryption into the datagram, and a note of what was sent. So a
+//! subscriber connection's DTLS-SRTP keys are exported once (`export_srtp_keys`, our patch
+//! of rtc 0.21.1: patches/rtc.patch) and each down-track gets an SRTP context of its own,
+//! with the bookkeeping per stream that the interceptors did per packet:
+//! - sender reports (RFC 3550 §6.4.1) every [`REPORT_INTERVAL`] while it sends;
+//! - a retransmission history for video: the last [`HISTORY`] rewritten packets (their
+//!   payloads shared with every other down-track), re-encrypted when the subscriber NACKs
+//!   one (same sequence number and rollover counter, so the same ciphertext);
+//! - packet and octet counts.
+//!
+//! `rtc` still owns everything else on the connection: ICE, DTLS, the data channel, the
+//! RTCP it receives. Its own SRTP context never sends on a down-track's SSRC (it sends no
+//! RTP on a subscriber connection, and no sender reports: that interceptor is not
+//! installed), so no two contexts ever protect one SRTP stream.
+//!
+//! No IO here: the caller sends the datagrams returned.
+
+use bytes::{Bytes, BytesMut};
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::srtp::context::Context;
+use rtc::srtp::protection_profile::ProtectionProfile;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Sender reports per down-track while it sends (rtc's interceptor used the same).
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The first report follows a stream's first packet this soon, so that a receiver can
+/// synchronise audio and video early.
+const FIRST_REPORT: Duration = Duration::from_millis(100);
+/// Video packets kept for retransmission per down-track (a power of two): about 1.7 s at
+/// 2.5 Mbit/s. A retransmission older than that would arrive too late to be played.
+pub const HISTORY: usize = 512;
+
+/// The keys that protect what this side sends on one connection.
+#[derive(Clone)]
+pub struct LocalKeys {
+    profile: ProtectionProfile,
+    key: Vec<u8>,
+    salt: Vec<u8>,
+}
+
+impl std::fmt::Debug for LocalKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKeys")
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalKeys {
+    pub fn new(profile: ProtectionProfile, key: Vec<u8>, salt: Vec<u8>) -> Self {
+        Self { profile, key, salt }
+    }
+
+    pub fn profile(&self) -> ProtectionProfile {
+        self.profile
+    }
+
+    fn context(&self) -> Option<Context> {
+        let crypto = crypto()?;
+        Context::new(
+            &self.key,
+            &self.salt,
+            self.profile,
+            None,
+            None,
+            crypto.crypto(),
+        )
+        .ok()
+    }
+}
+
+/// The crypto provider `rtc` uses by default (ring: AES-NI where the CPU has it).
+fn crypto() -> Option<&'static Arc<dyn rtc::crypto::RTCCryptoProvider>> {
+    static PROVIDER: OnceLock<Option<Arc<dyn rtc::crypto::RTCCryptoProvider>>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| rtc::crypto::default_provider().ok())
+        .as_ref()
+}
+
+/// What a down-track is sent as on its subscriber's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamParams {
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    /// Keep a retransmission history (video).
+    pub retransmit: bool,
+}
+
+/// One down-track's outgoing SRTP stream.
+pub struct DownStream {
+    params: StreamParams,
+    srtp: Context,
+    packets: u32,
+    octets: u32,
+    /// The last packet's RTP timestamp and when it was sent: a report's RTP time.
+    last: Option<(u32, Instant)>,
+    next_report: Option<Instant>,
+    history: Vec<Option<rtp::Packet>>,
+    retransmitted: u64,
+}
+
+impl DownStream {
+    /// `None` when the keys' profile has no implementation in the crypto provider.
+    pub fn new(keys: &LocalKeys, params: StreamParams) -> Option<Self> {
+        Some(Self {
+            params,
+            srtp: keys.context()?,
+            packets: 0,
+            octets: 0,
+            last: None,
+            next_report: None,
+            history: if params.retransmit {
+                vec![None; HISTORY]
+            } else {
+                Vec::new()
+            },
+            retransmitted: 0,
+        })
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.params.ssrc
+    }
+
+    /// Rewrites `pkt`'s SSRC and payload type to this stream's and returns the protected
+    /// datagram. `scratch` is reused across calls (the marshalled packet before encryption).
+    pub fn write(
+        &mut self,
+        mut pkt: rtp::Packet,
+        now: Instant,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Bytes> {
+        pkt.header.ssrc = self.params.ssrc;
+        pkt.header.payload_type = self.params.payload_type;
+        let datagram = self.protect(&pkt, scratch)?;
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(pkt.payload.len() as u32);
+        self.last = Some((pkt.header.timestamp, now));
+        self.next_report.get_or_insert(now + FIRST_REPORT);
+        if !self.history.is_empty() {
+            let i = usize::from(pkt.header.sequence_number) % HISTORY;
+            self.history[i] = Some(pkt);
+        }
+        Some(datagram)
+    }
+
+    fn protect(&mut self, pkt: &rtp::Packet, scratch: &mut Vec<u8>) -> Option<Bytes> {
+        scratch.clear();
+        scratch.resize(pkt.marshal_size(), 0);
+        let n = pkt.marshal_to(scratch).ok()?;
+        self.srtp
+            .encrypt_rtp_with_header(&scratch[..n], &pkt.header)
+            .ok()
+            .map(BytesMut::freeze)
+    }
+
+    /// The packet `seq` again, if it is still in the history.
+    pub fn retransmit(&mut self, seq: u16, scratch: &mut Vec<u8>) -> Option<Bytes> {
+        let pkt = self
+            .history
+            .get(usize::from(seq) % HISTORY.max(1))?
+            .as_ref()
+            .filter(|p| p.header.sequence_number == seq)?
+            .clone();
+        let datagram = self.protect(&pkt, scratch)?;
+        self.retransmitted += 1;
+        Some(datagram)
+    }
+
+    /// A sender report if one is due: `wall` is the NTP clock that receivers' reports
+    /// refer back to (round-trip times are computed from it).
+    pub fn report(&mut self, now: Instant, wall: SystemTime) -> Option<Bytes> {
+        let due = self.next_report?;
+        if now < due {
+            return None;
+        }
+        self.next_report = Some(now + REPORT_INTERVAL);
+        let (ts, at) = self.last?;
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        let rtp_time = ts.wrapping_add((elapsed * f64::from(self.params.clock_rate)) as u32);
+        let sr = SenderReport {
+            ssrc: self.params.ssrc,
+            ntp_time: crate::bwe::ntp_time(wall),
+            rtp_time,
+            packet_count: self.packets,
+            octet_count: self.octets,
+            reports: Vec::new(),
+            profile_extensions: Bytes::new(),
+        };
+        let raw = sr.marshal().ok()?;
+        self.srtp.encrypt_rtcp(&raw).ok().map(BytesMut::freeze)
+    }
+
+    /// Packets and payload octets sent (wrapping, as in a sender report), and
+    /// retransmissions.
+    pub fn counts(&self) -> (u32, u32, u64) {
+        (self.packets, self.octets, self.retransmitted)
+    }
+}
+
+/// The sequence numbers a generic NACK (RFC 4585 §6.2.1) asks for: `packet_id` and each
+/// of the 16 following whose bit is set in `lost`.
+pub fn nacked(packet_id: u16, lost: u16) -> impl Iterator<Item = u16> {
+    std::iter::once(packet_id).chain(
+        (0..16u16)
+            .filter(move |i| lost & (1 << i) != 0)
+            .map(move |i| packet_id.wrapping_add(i + 1)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> LocalKeys {
+        LocalKeys::new(ProtectionProfile::AeadAes128Gcm, vec![7; 16], vec![9; 12])
+    }
+
+    fn params(retransmit: bool) -> StreamParams {
+        StreamParams {
+            ssrc: 0x1234_5678,
+            payload_type: 96,
+            clock_rate: 90_000,
+            retransmit,
+        }
+    }
+
+    fn packet(seq: u16, ts: u32, len: usize) -> rtp::Packet {
+        rtp::Packet {
+            header: rtp::Header {
+                version: 2,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: 1,
+                payload_type: 100,
+                ..Default::default()
+            },
+            payload: Bytes::from(vec![0xab; len]),
+        }
+    }
+
+    /// A receiver with the same keys decrypts what the stream sends, under its SSRC and
+    /// payload type.
+    #[test]
+    fn a_receiver_with_the_keys_decrypts_each_packet() {
+        let mut tx = DownStream::new(&keys(), params(true)).unwrap();
+        let mut rx = keys().context().unwrap();
+        let mut scratch = Vec::new();
+        let now = Instant::now();
+        for seq in [65_534u16, 65_535, 0, 1] {
+            let d = tx.write(packet(seq, 3000, 900), now, &mut scratch).unwrap();
+            assert_eq!(d.len(), 12 + 900 + 16, "header, payload and the GCM tag");
+            let plain = rx.decrypt_rtp(&d).unwrap();
+            let mut b = &plain[..];
+            let p = <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap();
+            assert_eq!(p.header.sequence_number, seq);
+            assert_eq!(p.header.ssrc, 0x1234_5678);
+            assert_eq!(p.header.payload_type, 96);
+            assert_eq!(&p.payload[..], &[0xab; 900][..]);
+        }
+        assert_eq!(tx.counts(), (4, 3600, 0));
+    }
+
+    /// A NACKed packet is sent again, byte for byte; one that left the history, or never
+    /// was in it (audio), is not.
+    #[test]
+    fn retransmits_what_the_history_holds() {
+        let mut tx = DownStream::new(&keys(), params(true)).unwrap();
+        let mut scratch = Vec::new();
+        let now = Instant::now();
+        let first = tx.write(packet(10, 0, 100), now, &mut scratch).unwrap();
+        for seq in 11..(11 + HISTORY as u16 - 1) {
+            tx.write(packet(seq, 0, 100), now, &mut scratch).unwrap();
+        }
+        assert_eq!(tx.retransmit(10, &mut scratch).unwrap(), first);
+        tx.write(packet(10 + HISTORY as u16, 0, 100), now, &mut scratch);
+        assert!(tx.retransmit(10, &mut scratch).is_none(), "overwritten");
+        assert_eq!(tx.counts().2, 1);
+
+        let mut audio = DownStream::new(&keys(), params(false)).unwrap();
+        audio.write(packet(5, 0, 100), now, &mut scratch).unwrap();
+        assert!(audio.retransmit(5, &mut scratch).is_none());
+    }
+
+    /// Reports start shortly after the first packet, recur every interval, carry the
+    /// counts, and extrapolate the RTP time from the last packet by the clock rate.
+    #[test]
+    fn sender_reports_follow_the_stream() {
+        let mut tx = DownStream::new(&keys(), params(false)).unwrap();
+        let mut rx = keys().context().unwrap();
+        let mut scratch = Vec::new();
+        let t0 = Instant::now();
+        assert!(
+            tx.report(t0, SystemTime::now()).is_none(),
+            "nothing sent yet"
+        );
+        tx.write(packet(1, 90_000, 200), t0, &mut scratch).unwrap();
+        assert!(tx.report(t0, SystemTime::now()).is_none(), "not due yet");
+        let at = t0 + FIRST_REPORT;
+        let d = tx.report(at, SystemTime::now()).unwrap();
+        let plain = rx.decrypt_rtcp(&d).unwrap();
+        let mut b = &plain[..];
+        let sr = <SenderReport as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap();
+        assert_eq!(
+            (sr.ssrc, sr.packet_count, sr.octet_count),
+            (0x1234_5678, 1, 200)
+        );
+        assert_eq!(
+            sr.rtp_time,
+            90_000 + 9_000,
+            "100 ms at 90 kHz after the packet"
+        );
+        assert!(
+            tx.report(at + REPORT_INTERVAL / 2, SystemTime::now())
+                .is_none()
+        );
+        assert!(tx.report(at + REPORT_INTERVAL, SystemTime::now()).is_some());
+    }
+
+    #[test]
+    fn nack_bitmask_expands_to_sequence_numbers() {
+        assert_eq!(nacked(100, 0).collect::<Vec<_>>(), [100]);
+        assert_eq!(nacked(65_535, 0b101).collect::<Vec<_>>(), [65_535, 0, 2]);
+        assert_eq!(nacked(1, 0x8000).collect::<Vec<_>>(), [1, 17]);
+    }
+}
