@@ -47,6 +47,8 @@ counters!(
         bytes_out: AtomicU64,
         /// Datagrams from an address no peer connection knows.
         datagrams_unroutable: AtomicU64,
+        /// GSO sends (each several datagrams to one destination in one buffer).
+        segmented_sends: AtomicU64,
         /// Datagrams the kernel refused to queue (socket buffer full).
         send_drops: AtomicU64,
         rtp_in: AtomicU64,

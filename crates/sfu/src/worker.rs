@@ -39,6 +39,9 @@ use tokio::sync::{mpsc, oneshot};
 const RECV_BATCHES: usize = 2;
 /// Commands applied per pass, so that signaling cannot starve media (and vice versa).
 const COMMAND_BATCH: usize = 32;
+/// Queued datagrams that are sent at once rather than at the end of the datagram batch
+/// (bounds the wait of a large room's first copies, and the queue).
+const FLUSH_AT: usize = 512;
 /// Housekeeping period: keyframe re-requests, allocation, speakers, dynacast, deadlines.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -173,9 +176,11 @@ pub struct Worker {
     /// Participants to remove at the end of the pass (failed connection, slow consumer).
     doomed: Vec<(ParticipantKey, Removal)>,
     stopping: bool,
-    /// When the datagram batch being handled was read: a forwarded packet's server-added
-    /// latency ends when its last copy is handed to the kernel.
+    /// When the datagram batch being handled was read, and how many of its RTP packets
+    /// were forwarded and not yet sent: a forwarded packet's server-added latency ends when
+    /// its last copy is handed to the kernel.
     rx_at: Option<Instant>,
+    forwarded: u64,
     /// The marshalled packet before encryption, reused for every copy.
     scratch: Vec<u8>,
     timing: Arc<LoopStats>,
@@ -199,6 +204,8 @@ impl Worker {
         events: Option<mpsc::Sender<crate::events::RoomEvent>>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
+        let gso = udp::gso_supported(&socket);
+        tracing::debug!(gso, "UDP segmentation offload");
         Ok(Self {
             index,
             socket: UdpSocket::from_std(socket)?,
@@ -215,13 +222,14 @@ impl Worker {
             touched: Vec::new(),
             touched_flag: FxHashMap::default(),
             recv: Some(udp::RecvBatch::default()),
-            send: udp::SendBatch::default(),
+            send: udp::SendBatch::with_gso(gso),
             rooms: slab::Slab::new(),
             room_keys: HashMap::new(),
             sessions: FxHashMap::default(),
             doomed: Vec::new(),
             stopping: false,
             rx_at: None,
+            forwarded: 0,
             scratch: Vec::with_capacity(udp::MAX_DATAGRAM),
             timing,
             events,
@@ -327,6 +335,9 @@ impl Worker {
             }
             // Counted once handled, so that a reader seeing the count sees their effects.
             SfuStats::add(&self.stats.datagrams_in, n as u64);
+            // The batch's forwarded copies leave now, grouped by destination (a frame's
+            // packets to one viewer in one GSO send), before the next batch is read.
+            self.send_now();
             self.recv = Some(recv);
             if n < udp::BATCH {
                 break;
@@ -417,6 +428,19 @@ impl Worker {
         self.rx_at = None;
     }
 
+    /// Records the server-added latency of the packets forwarded since the last send.
+    fn forwarded_sent(&mut self) {
+        if let Some(rx) = self.rx_at
+            && self.forwarded > 0
+        {
+            let us = Instant::now().saturating_duration_since(rx).as_micros() as u64;
+            for _ in 0..self.forwarded {
+                self.timing.forward_latency.record(us);
+            }
+        }
+        self.forwarded = 0;
+    }
+
     fn flush(&mut self) {
         let touched = std::mem::take(&mut self.touched);
         for key in touched {
@@ -474,7 +498,9 @@ impl Worker {
             return;
         }
         let sent = self.send.flush(&self.socket);
+        self.forwarded_sent();
         SfuStats::add(&self.stats.datagrams_out, sent.datagrams);
+        SfuStats::add(&self.stats.segmented_sends, sent.segmented);
         SfuStats::add(&self.stats.bytes_out, sent.bytes);
         SfuStats::add(&self.stats.send_drops, sent.dropped);
     }

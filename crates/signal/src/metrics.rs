@@ -156,6 +156,12 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_segmented_sends",
+            "UDP GSO sends (several datagrams to one destination in one buffer)",
+            c(s.segmented_sends),
+        )?;
+        counter(
+            &mut e,
             "confab_retransmissions",
             "Packets sent again to subscribers for their NACKs",
             c(s.retransmissions),

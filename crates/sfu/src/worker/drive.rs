@@ -560,11 +560,9 @@ impl Worker {
                     }
                 });
                 if written > 0 {
-                    // This packet's copies leave now, not after the rest of the pass.
-                    self.send_now();
-                    if let Some(rx) = self.rx_at {
-                        let us = Instant::now().saturating_duration_since(rx).as_micros();
-                        self.timing.forward_latency.record(us as u64);
+                    self.forwarded += 1;
+                    if self.send.len() >= super::FLUSH_AT {
+                        self.send_now();
                     }
                 }
             }
