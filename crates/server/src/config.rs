@@ -80,6 +80,8 @@ pub struct MediaConfig {
     pub max_nacks_per_packet: u16,
     /// Kernel buffer of each media socket, each way (0 keeps the system default).
     pub socket_buffer_bytes: usize,
+    /// UDP segmentation offload for media sends, where the kernel has it.
+    pub gso: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +138,7 @@ impl Default for Config {
                 ice_failed_timeout_ms: sfu.ice_failed_timeout_ms,
                 max_nacks_per_packet: sfu.max_nacks_per_packet,
                 socket_buffer_bytes: sfu.socket_buffer_bytes,
+                gso: sfu.gso,
             },
             room: RoomConfig {
                 max_participants: sfu.max_participants_per_room,
@@ -285,6 +288,7 @@ impl Config {
             ice_failed_timeout_ms: self.media.ice_failed_timeout_ms,
             max_nacks_per_packet: self.media.max_nacks_per_packet,
             socket_buffer_bytes: self.media.socket_buffer_bytes,
+            gso: self.media.gso,
             last_n: self.room.last_n,
             audio_top_k: self.room.audio_top_k,
             negotiation_timeout_ms: self.room.negotiation_timeout_ms,

@@ -39,6 +39,10 @@ pub struct SfuConfig {
     pub max_nacks_per_packet: u16,
     /// Kernel buffer of each media socket, each way (0 keeps the system default).
     pub socket_buffer_bytes: usize,
+    /// UDP segmentation offload (`UDP_SEGMENT`) for media sends: each run of equal-size
+    /// datagrams to one destination goes to the kernel as one buffer. Used only where the
+    /// socket accepts it, and turned off at the first send the kernel refuses.
+    pub gso: bool,
     /// Last-N: each subscriber gets video from at most this many participants, chosen by
     /// pins, screen sharing and speaking recency (0 = everyone).
     pub last_n: usize,
@@ -127,6 +131,7 @@ impl Default for SfuConfig {
             ice_failed_timeout_ms: 5_000,
             max_nacks_per_packet: 3,
             socket_buffer_bytes: 4 * 1024 * 1024,
+            gso: true,
             last_n: 0,
             audio_top_k: 0,
             negotiation_timeout_ms: 20_000,

@@ -465,7 +465,7 @@ impl Peer {
     }
 
     /// Protects a rewritten packet for down-track `slot` (its header extensions already
-    /// stripped: ids are per leg) and returns the datagram and where it goes. `None` when
+    /// stripped: ids are per leg) and returns the datagram, where it goes and its SSRC. `None` when
     /// the slot is gone, not negotiated yet, or the connection has no media path or keys.
     pub fn write_rtp(
         &mut self,
@@ -473,13 +473,14 @@ impl Peer {
         pkt: rtc::rtp::Packet,
         now: Instant,
         scratch: &mut Vec<u8>,
-    ) -> Option<(bytes::Bytes, SocketAddr)> {
+    ) -> Option<(bytes::Bytes, SocketAddr, u32)> {
         let to = self.paths.media()?;
         let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
         let size = pkt.payload.len() + 12;
         let datagram = stream.write(pkt, now, scratch)?;
+        let ssrc = stream.ssrc();
         self.egress.add(size, now);
-        Some((datagram, to))
+        Some((datagram, to, ssrc))
     }
 
     /// Subscriber: queues the sender reports that are due (flushed with `poll_write`).

@@ -204,7 +204,7 @@ impl Worker {
         events: Option<mpsc::Sender<crate::events::RoomEvent>>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
-        let gso = udp::gso_supported(&socket);
+        let gso = config.gso && udp::gso_supported(&socket);
         tracing::debug!(gso, "UDP segmentation offload");
         Ok(Self {
             index,
@@ -327,17 +327,22 @@ impl Worker {
             };
             let now = Instant::now();
             self.rx_at = Some(now);
-            for (data, from) in recv.datagrams() {
+            let mut datagrams = recv.datagrams().peekable();
+            while let Some((data, from)) = datagrams.next() {
                 SfuStats::add(&self.stats.bytes_in, data.len() as u64);
                 self.isolated(isolate::Scope::From(from), "a datagram", |w| {
                     w.datagram(data, from, now)
                 });
+                // Forwarded copies leave once the sender's consecutive datagrams are
+                // handled: a frame's packets arrive together, and their copies to one
+                // viewer go as one GSO send; another sender's packet does not wait.
+                if self.forwarded > 0 && datagrams.peek().is_none_or(|(_, next)| *next != from) {
+                    self.send_now();
+                }
             }
+            drop(datagrams);
             // Counted once handled, so that a reader seeing the count sees their effects.
             SfuStats::add(&self.stats.datagrams_in, n as u64);
-            // The batch's forwarded copies leave now, grouped by destination (a frame's
-            // packets to one viewer in one GSO send), before the next batch is read.
-            self.send_now();
             self.recv = Some(recv);
             if n < udp::BATCH {
                 break;

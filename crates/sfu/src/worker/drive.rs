@@ -552,8 +552,8 @@ impl Worker {
                         return false;
                     };
                     match sub.write_rtp(slot, out, now, scratch) {
-                        Some((datagram, to)) => {
-                            send.push(datagram, to);
+                        Some((datagram, to, ssrc)) => {
+                            send.push_stream(datagram, to, ssrc);
                             true
                         }
                         None => false,
