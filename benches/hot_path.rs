@@ -190,8 +190,7 @@ fn signaling(c: &mut Criterion) {
 
 fn egress(c: &mut Criterion) {
     use confab_sfu::egress::{DownStream, LocalKeys, StreamParams};
-    use confab_sfu::forwarder::Vp8Fields;
-    use confab_sfu::rtp::codec::Vp8Descriptor;
+    use confab_sfu::rtp::codec::{Vp8Descriptor, Vp8Patch};
     let keys = LocalKeys::new(
         rtc::srtp::protection_profile::ProtectionProfile::AeadAes128Gcm,
         vec![7; 16],
@@ -219,7 +218,7 @@ fn egress(c: &mut Criterion) {
             seq = seq.wrapping_add(1);
             let mut p = pkt.clone();
             p.header.sequence_number = seq;
-            black_box(stream.write(p, now, &mut scratch))
+            black_box(stream.write(p, None, now, &mut scratch))
         })
     });
     g.bench_function("vp8_rewrite_and_protect", |b| {
@@ -227,15 +226,8 @@ fn egress(c: &mut Criterion) {
             seq = seq.wrapping_add(1);
             let mut p = pkt.clone();
             p.header.sequence_number = seq;
-            p.payload = confab_sfu::room::rewrite_vp8(
-                &p.payload,
-                &desc,
-                Vp8Fields {
-                    picture_id: Some((seq & 0x7fff, true)),
-                    tl0picidx: None,
-                },
-            );
-            black_box(stream.write(p, now, &mut scratch))
+            let patch = Vp8Patch::new(&desc, Some((seq & 0x7fff, true)), None);
+            black_box(stream.write(p, Some(patch), now, &mut scratch))
         })
     });
     g.finish();

@@ -41,7 +41,8 @@ pub struct SfuConfig {
     pub socket_buffer_bytes: usize,
     /// UDP segmentation offload (`UDP_SEGMENT`) for media sends: each run of equal-size
     /// datagrams to one destination goes to the kernel as one buffer. Used only where the
-    /// socket accepts it, and turned off at the first send the kernel refuses.
+    /// socket accepts it, and turned off at the first send the kernel refuses. Off by
+    /// default: on loopback it overflowed a busy receiver's socket buffer (docs/benchmarks.md).
     pub gso: bool,
     /// Last-N: each subscriber gets video from at most this many participants, chosen by
     /// pins, screen sharing and speaking recency (0 = everyone).
@@ -131,7 +132,7 @@ impl Default for SfuConfig {
             ice_failed_timeout_ms: 5_000,
             max_nacks_per_packet: 3,
             socket_buffer_bytes: 4 * 1024 * 1024,
-            gso: true,
+            gso: false,
             last_n: 0,
             audio_top_k: 0,
             negotiation_timeout_ms: 20_000,

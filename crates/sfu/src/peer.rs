@@ -471,13 +471,14 @@ impl Peer {
         &mut self,
         slot: usize,
         pkt: rtc::rtp::Packet,
+        patch: Option<crate::rtp::codec::Vp8Patch>,
         now: Instant,
         scratch: &mut Vec<u8>,
     ) -> Option<(bytes::Bytes, SocketAddr, u32)> {
         let to = self.paths.media()?;
         let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
         let size = pkt.payload.len() + 12;
-        let datagram = stream.write(pkt, now, scratch)?;
+        let datagram = stream.write(pkt, patch, now, scratch)?;
         let ssrc = stream.ssrc();
         self.egress.add(size, now);
         Some((datagram, to, ssrc))

@@ -503,7 +503,7 @@ mod tests {
         let to = rx.local_addr().unwrap();
         let mut batch = SendBatch::with_gso(gso);
         for (i, len) in [1200usize, 1200, 1200, 800].iter().enumerate() {
-            batch.push(Bytes::from(vec![i as u8; *len]), to);
+            batch.push_stream(Bytes::from(vec![i as u8; *len]), to, 1);
         }
         // As in a worker, whose reactor has seen the socket writable before it sends.
         tx.writable().await.unwrap();

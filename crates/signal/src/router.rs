@@ -7,9 +7,6 @@ use crate::assets;
 use crate::session::{self, SessionEnv, SessionLimits};
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-
-/// The signaling socket's read chunk (see `ws`).
-const WS_READ_BUFFER: usize = 4096;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
@@ -290,11 +287,7 @@ async fn ws(
         cluster: state.cluster.clone(),
         guards: state.guards.clone(),
     };
-    // tungstenite zeroes its whole read buffer (128 KiB by default) every time the
-    // stream is polled, whatever arrived: profiled at 12 % of a loaded server's CPU with
-    // 200 idle signaling connections. Messages larger than the buffer are read in steps.
     upgrade
-        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(state.config.hard_max_message_bytes)
         .max_frame_size(state.config.hard_max_message_bytes)
         .on_upgrade(move |socket| async move {

@@ -276,17 +276,24 @@ impl Harness {
         self.run();
     }
 
-    /// Forwards one packet of `track`; returns the copies: (connection, slot, packet).
+    /// Forwards one packet of `track`; returns the copies: (connection, slot, packet), the
+    /// packet as it is sent (VP8 patch applied).
     pub fn rtp(
         &mut self,
         track: TrackKey,
         pkt: rtc::rtp::Packet,
     ) -> Vec<(PeerKey, usize, rtc::rtp::Packet)> {
         let mut out = Vec::new();
-        self.room.forward(self.now, track, pkt, |peer, slot, p| {
-            out.push((peer, slot, p));
-            true
-        });
+        self.room
+            .forward(self.now, track, pkt, |peer, slot, mut p, patch| {
+                if let Some(patch) = patch {
+                    let mut b = bytes::BytesMut::from(&p.payload[..]);
+                    patch.apply(&mut b);
+                    p.payload = b.freeze();
+                }
+                out.push((peer, slot, p));
+                true
+            });
         self.run();
         out
     }

@@ -6,7 +6,7 @@ use crate::forwarder::{PacketInfo, Vp8Fields};
 use crate::keys::{ParticipantKey, PeerKey, TrackKey};
 use crate::peer::TrackCodec;
 use crate::rtp::SeqResult;
-use crate::rtp::codec::{Codec, Vp8Descriptor};
+use crate::rtp::codec::{Codec, Vp8Descriptor, Vp8Patch};
 use crate::stats::SfuStats;
 use confab_proto::{MediaKind, TrackId, TrackSource};
 use std::time::{Duration, Instant};
@@ -156,14 +156,15 @@ impl Room {
 
     /// One RTP packet of a published track: accounted, handed to recording taps, and run
     /// through every down-track's forwarder. `write` sends one rewritten copy to a
-    /// subscriber connection's slot and says whether it went out. Returns how many
+    /// subscriber connection's slot (its VP8 fields, when they change, as a patch to apply
+    /// to the bytes sent) and says whether it went out. Returns how many
     /// copies went out.
     pub fn forward(
         &mut self,
         now: Instant,
         track: TrackKey,
         pkt: rtc::rtp::Packet,
-        mut write: impl FnMut(PeerKey, usize, rtc::rtp::Packet) -> bool,
+        mut write: impl FnMut(PeerKey, usize, rtc::rtp::Packet, Option<Vp8Patch>) -> bool,
     ) -> u64 {
         let Some(t) = self.tracks.get_mut(track.0) else {
             return 0;
@@ -253,10 +254,11 @@ impl Room {
             let mut out = pkt.clone();
             out.header.sequence_number = fw.seq;
             out.header.timestamp = fw.ts;
-            if let (Some(v), Some(desc)) = (fw.vp8, descriptor.as_ref()) {
-                out.payload = rewrite_vp8(&out.payload, desc, v);
-            }
-            if write(d.sub_peer, d.slot, out) {
+            let patch = fw
+                .vp8
+                .zip(descriptor.as_ref())
+                .map(|(v, desc)| Vp8Patch::new(desc, v.picture_id, v.tl0picidx));
+            if write(d.sub_peer, d.slot, out, patch) {
                 written += 1;
             }
         });
@@ -386,24 +388,11 @@ impl Room {
 }
 
 /// Rewrites a VP8 payload's picture id and TL0PICIDX in a copy (the original is shared by
-/// every other down-track).
+/// every other down-track). The forwarding path does not copy: it hands the down-track's
+/// egress the [`Vp8Patch`], applied to the bytes being encrypted.
 pub fn rewrite_vp8(payload: &bytes::Bytes, desc: &Vp8Descriptor, v: Vp8Fields) -> bytes::Bytes {
     let mut b = bytes::BytesMut::from(&payload[..]);
-    if let (Some(off), Some((pid, long))) = (desc.picture_id_offset, v.picture_id) {
-        if long {
-            if off + 1 < b.len() {
-                b[off] = 0x80 | ((pid >> 8) as u8 & 0x7f);
-                b[off + 1] = pid as u8;
-            }
-        } else if off < b.len() {
-            b[off] = (pid as u8) & 0x7f;
-        }
-    }
-    if let (Some(off), Some(tl0)) = (desc.tl0picidx_offset, v.tl0picidx)
-        && off < b.len()
-    {
-        b[off] = tl0;
-    }
+    Vp8Patch::new(desc, v.picture_id, v.tl0picidx).apply(&mut b);
     b.freeze()
 }
 

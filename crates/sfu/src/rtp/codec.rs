@@ -71,6 +71,49 @@ pub struct Vp8Descriptor {
     pub is_keyframe: bool,
 }
 
+/// What a down-track writes into a VP8 payload: its picture id and TL0PICIDX, at the
+/// descriptor's offsets. Applied to the copy being encrypted (the payload itself is shared
+/// by every down-track), and again to a retransmission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vp8Patch {
+    /// (offset, picture id, 15-bit form)
+    picture_id: Option<(usize, u16, bool)>,
+    /// (offset, TL0PICIDX)
+    tl0picidx: Option<(usize, u8)>,
+}
+
+impl Vp8Patch {
+    /// The patch that writes `picture_id` and `tl0picidx` where `d` has them.
+    pub fn new(d: &Vp8Descriptor, picture_id: Option<(u16, bool)>, tl0picidx: Option<u8>) -> Self {
+        Self {
+            picture_id: d
+                .picture_id_offset
+                .zip(picture_id)
+                .map(|(off, (pid, long))| (off, pid, long)),
+            tl0picidx: d.tl0picidx_offset.zip(tl0picidx),
+        }
+    }
+
+    /// Writes the fields into `payload` (bytes out of range are left alone).
+    pub fn apply(&self, payload: &mut [u8]) {
+        if let Some((off, pid, long)) = self.picture_id {
+            if long {
+                if off + 1 < payload.len() {
+                    payload[off] = 0x80 | ((pid >> 8) as u8 & 0x7f);
+                    payload[off + 1] = pid as u8;
+                }
+            } else if off < payload.len() {
+                payload[off] = (pid as u8) & 0x7f;
+            }
+        }
+        if let Some((off, tl0)) = self.tl0picidx
+            && off < payload.len()
+        {
+            payload[off] = tl0;
+        }
+    }
+}
+
 impl Vp8Descriptor {
     pub fn parse(p: &[u8]) -> Option<Vp8Descriptor> {
         let b0 = *p.first()?;

@@ -547,11 +547,11 @@ impl Worker {
                 let peers = &mut self.peers;
                 let send = &mut self.send;
                 let scratch = &mut self.scratch;
-                let written = room.forward(now, track, pkt, |sub_peer, slot, out| {
+                let written = room.forward(now, track, pkt, |sub_peer, slot, out, patch| {
                     let Some(sub) = peers.get_mut(&sub_peer) else {
                         return false;
                     };
-                    match sub.write_rtp(slot, out, now, scratch) {
+                    match sub.write_rtp(slot, out, patch, now, scratch) {
                         Some((datagram, to, ssrc)) => {
                             send.push_stream(datagram, to, ssrc);
                             true
