@@ -195,7 +195,7 @@ fn pct(l: &confab_sfu::LatencySnapshot) -> Percentiles {
     Percentiles {
         count: l.count,
         p50: l.p50_us,
-        p95: 0,
+        p95: l.p95_us,
         p99: l.p99_us,
         max: l.max_us,
     }

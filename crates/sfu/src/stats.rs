@@ -128,6 +128,8 @@ impl std::fmt::Debug for LatencyHistogram {
 pub struct LatencySnapshot {
     pub count: u64,
     pub p50_us: u64,
+    #[serde(default)]
+    pub p95_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
     pub buckets: Vec<u64>,
@@ -161,6 +163,7 @@ impl LatencySnapshot {
         LatencySnapshot {
             count: total,
             p50_us: at(0.50),
+            p95_us: at(0.95),
             p99_us: at(0.99),
             max_us: max,
             buckets: counts.to_vec(),
