@@ -14,7 +14,7 @@ use confab_proto::{ClientMessage, MediaKind, TrackId, TrackSource};
 use confab_sfu::forwarder::{Forwarder, PacketInfo};
 use confab_sfu::keys::{ParticipantKey, PeerKey};
 use confab_sfu::peer::TrackCodec;
-use confab_sfu::room::PublishedTrack;
+use confab_sfu::room::{Emit, PublishedTrack};
 use confab_sfu::rtp::{Codec, SeqTracker};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rtc::shared::marshal::{Marshal, Unmarshal};
@@ -146,7 +146,7 @@ fn forwarding(c: &mut Criterion) {
             padding_only: false,
             vp8: None,
         };
-        t.fan_out(&key, now, |_, _| {});
+        t.fan_out(&key, now, |_| {});
         let pkt = vp8_packet(0, false);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -159,11 +159,13 @@ fn forwarding(c: &mut Criterion) {
                     ..key
                 };
                 // The decision plus the per-copy rewrite the peer layer does.
-                t.fan_out(&info, now, |_, rw| {
-                    let mut p = pkt.clone();
-                    p.header.sequence_number = rw.seq;
-                    p.header.timestamp = rw.ts;
-                    black_box(p);
+                t.fan_out(&info, now, |e| {
+                    if let Emit::Down(_, rw) = e {
+                        let mut p = pkt.clone();
+                        p.header.sequence_number = rw.seq;
+                        p.header.timestamp = rw.ts;
+                        black_box(p);
+                    }
                 })
             })
         });

@@ -23,6 +23,8 @@
 //!   list) and their answers.
 //! - [`alloc`]: periodic decisions: layer allocation, last-N, active speakers, dynacast.
 //! - [`admin`]: chat, recording taps and administration.
+//! - [`relay`]: a track's copy to a room copy on another worker or node (issue 15, the
+//!   pure part: relays out, wants and keyframe requests back).
 //! - [`harness`]: drives a room without IO, for tests and benchmarks.
 
 mod admin;
@@ -31,12 +33,14 @@ pub mod harness;
 mod media;
 pub mod member;
 mod negotiate;
+pub mod relay;
 pub mod track;
 
 pub use media::{Feedback, TrackOpen, rewrite_vp8};
 pub use member::{JoinInfo, Pref};
 pub use negotiate::Applied;
-pub use track::{DownTrack, Fanout, LayerIn, PublishedTrack, layer_of_rid, rid_layers};
+pub use relay::{RelayKey, Upstream};
+pub use track::{DownTrack, Emit, Fanout, LayerIn, PublishedTrack, layer_of_rid, rid_layers};
 
 use crate::config::SfuConfig;
 use crate::keys::{ParticipantKey, PeerKey, TrackKey};
@@ -51,6 +55,15 @@ use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Where [`Room::forward`] sends one copy of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// A subscriber connection's down-track at `slot`.
+    Down { sub_peer: PeerKey, slot: usize },
+    /// A copy of this room elsewhere ([`relay`]).
+    Relay(RelayKey),
+}
 
 /// What the room asks of the IO around it.
 #[derive(Debug)]
@@ -113,6 +126,11 @@ pub enum Output {
         pub_peer: PeerKey,
         rtc_id: String,
         ssrc: u32,
+    },
+    /// A message to the home of a track this room relays ([`relay::Upstream`]).
+    Relay {
+        to: RelayKey,
+        msg: Upstream,
     },
     /// A room event for webhooks.
     Event(crate::events::RoomEvent),

@@ -1,6 +1,6 @@
 //! The room without sockets: joins, leaves, publications, renegotiation, subscriptions,
-//! last-N, pins, keyframe requests, bandwidth, grants, chat, kicks, mutes and recording
-//! taps, driven by
+//! last-N, pins, keyframe requests, bandwidth, grants, chat, kicks, mutes, recording
+//! taps and relays, driven by
 //! `room::harness` with injected time, at up to 100 participants; and a property test of
 //! the room's invariants over random sequences of events.
 
@@ -272,6 +272,58 @@ fn loss_lowers_the_estimate_and_keyframe_requests_go_upstream() {
         },
     );
     assert!(est(&h) < start, "{} -> {}", start, est(&h));
+}
+
+#[test]
+fn a_track_is_relayed_unchanged_while_a_copy_wants_it() {
+    use confab_sfu::room::RelayKey;
+    let mut h = harness();
+    // A publisher alone: nobody here receives its video, a copy elsewhere does.
+    let a = h.join(1);
+    let t = h.publish(a, &[(MediaKind::Video, TrackSource::Camera)])[0];
+    let ssrc = ssrc_of(&h, t);
+    let id = h.room.track(t).unwrap().id.clone();
+    let copy = RelayKey(3);
+    assert!(h.rtp(t, vp8(ssrc, 1, true)).is_empty());
+    assert!(h.relayed.is_empty(), "no relay before a copy asks");
+    h.room.relay_wants(h.now, &id, copy, 0b1);
+    let mut pkt = vp8(ssrc, 2, false);
+    pkt.header.timestamp = 1234;
+    assert!(h.rtp(t, pkt.clone()).is_empty(), "no local subscriber");
+    let (to, sent) = h.relayed.last().unwrap();
+    assert_eq!(*to, copy);
+    assert_eq!(
+        (
+            sent.header.ssrc,
+            sent.header.sequence_number,
+            sent.header.timestamp
+        ),
+        (ssrc, 2, 1234),
+        "relayed as received"
+    );
+    assert_eq!(sent.payload, pkt.payload);
+    // A subscriber there waits for a keyframe: the publisher is asked, once per interval.
+    let before = h.keyframe_requests.len();
+    h.advance(Duration::from_secs(1));
+    h.room.relay_wants(h.now, &id, copy, 0b1);
+    h.room.relay_keyframe(h.now, &id, 0);
+    h.room.relay_keyframe(h.now, &id, 0);
+    h.run();
+    assert_eq!(h.keyframe_requests.len(), before + 1);
+    assert_eq!(h.keyframe_requests.last().unwrap().1, ssrc);
+    // Wants not repeated: the relay expires and nothing crosses.
+    h.advance(Duration::from_secs(3));
+    let n = h.relayed.len();
+    h.rtp(t, vp8(ssrc, 3, false));
+    assert_eq!(h.relayed.len(), n);
+    // Asked again, then the link is gone.
+    h.room.relay_wants(h.now, &id, copy, 0b1);
+    h.rtp(t, vp8(ssrc, 4, false));
+    assert_eq!(h.relayed.len(), n + 1);
+    h.room.relay_gone(copy);
+    h.rtp(t, vp8(ssrc, 5, false));
+    assert_eq!(h.relayed.len(), n + 1);
+    assert!(h.room.track(t).unwrap().relays.is_empty());
 }
 
 #[test]

@@ -277,6 +277,7 @@ impl Room {
             }
         }
         self.dynacast(now);
+        self.relay_upstream(now, DYNACAST_GRACE);
     }
 
     /// Dynacast: tells each publisher of a simulcast track which of the layers it

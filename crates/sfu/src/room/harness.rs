@@ -44,6 +44,10 @@ pub struct Harness {
     pub clients: BTreeMap<ParticipantKey, Client>,
     /// Keyframe requests sent to publishers: (connection, ssrc).
     pub keyframe_requests: Vec<(PeerKey, u32)>,
+    /// Copies relayed to room copies, as sent.
+    pub relayed: Vec<(super::RelayKey, rtc::rtp::Packet)>,
+    /// What the room sent to the homes of tracks it relays.
+    pub upstream: Vec<(super::RelayKey, super::Upstream)>,
     pub events: Vec<crate::events::RoomEvent>,
     /// The most offers ever in flight at once for one participant.
     pub max_offers_in_flight: u32,
@@ -118,6 +122,8 @@ impl Harness {
             now,
             clients: BTreeMap::new(),
             keyframe_requests: Vec::new(),
+            relayed: Vec::new(),
+            upstream: Vec::new(),
             events: Vec::new(),
             max_offers_in_flight: 0,
             answer_new: true,
@@ -284,14 +290,18 @@ impl Harness {
         pkt: rtc::rtp::Packet,
     ) -> Vec<(PeerKey, usize, rtc::rtp::Packet)> {
         let mut out = Vec::new();
+        let relayed = &mut self.relayed;
         self.room
-            .forward(self.now, track, pkt, |peer, slot, mut p, patch| {
+            .forward(self.now, track, pkt, |dest, mut p, patch| {
                 if let Some(patch) = patch {
                     let mut b = bytes::BytesMut::from(&p.payload[..]);
                     patch.apply(&mut b);
                     p.payload = b.freeze();
                 }
-                out.push((peer, slot, p));
+                match dest {
+                    super::Dest::Down { sub_peer, slot } => out.push((sub_peer, slot, p)),
+                    super::Dest::Relay(to) => relayed.push((to, p)),
+                }
                 true
             });
         self.run();
@@ -423,6 +433,7 @@ impl Harness {
             Output::RequestKeyframe { pub_peer, ssrc, .. } => {
                 self.keyframe_requests.push((pub_peer, ssrc));
             }
+            Output::Relay { to, msg } => self.upstream.push((to, msg)),
             Output::Event(ev) => self.events.push(ev),
             Output::Removed { participant, .. } => {
                 let c = self

@@ -1,7 +1,9 @@
 //! Tracks opening and closing, the per-packet forwarding path, subscribers' feedback and
 //! keyframe requests.
 
-use super::{Output, PublishedTrack, Room};
+use super::relay::{RelayKey, Upstream};
+use super::track::Emit;
+use super::{Dest, Output, PublishedTrack, Room};
 use crate::forwarder::{PacketInfo, Vp8Fields};
 use crate::keys::{ParticipantKey, PeerKey, TrackKey};
 use crate::peer::TrackCodec;
@@ -155,16 +157,16 @@ impl Room {
     }
 
     /// One RTP packet of a published track: accounted, handed to recording taps, and run
-    /// through every down-track's forwarder. `write` sends one rewritten copy to a
-    /// subscriber connection's slot (its VP8 fields, when they change, as a patch to apply
-    /// to the bytes sent) and says whether it went out. Returns how many
-    /// copies went out.
+    /// through every down-track's forwarder and every relay. `write` sends one copy: a
+    /// rewritten one to a subscriber connection's slot (its VP8 fields, when they change,
+    /// as a patch to apply to the bytes sent), or the packet as received to a relay; it
+    /// says whether the copy went out. Returns how many copies went out.
     pub fn forward(
         &mut self,
         now: Instant,
         track: TrackKey,
         pkt: rtc::rtp::Packet,
-        mut write: impl FnMut(PeerKey, usize, rtc::rtp::Packet, Option<Vp8Patch>) -> bool,
+        mut write: impl FnMut(Dest, rtc::rtp::Packet, Option<Vp8Patch>) -> bool,
     ) -> u64 {
         let Some(t) = self.tracks.get_mut(track.0) else {
             return 0;
@@ -243,6 +245,9 @@ impl Room {
                 tl0picidx: d.tl0picidx,
             }),
         };
+        // A relay carries the packet as received, extensions included (the copy reads the
+        // audio level from it); made only when there are relays.
+        let relayed = (!t.relays.is_empty()).then(|| pkt.clone());
         // Extension ids are per leg: none of the publisher's mean anything downstream.
         // Stripped once here rather than per copy.
         let mut pkt = pkt;
@@ -250,16 +255,29 @@ impl Room {
         pkt.header.extensions.clear();
         pkt.header.extensions_padding = 0;
         let mut written = 0u64;
-        let fan = t.fan_out(&info, now, |d, fw| {
-            let mut out = pkt.clone();
-            out.header.sequence_number = fw.seq;
-            out.header.timestamp = fw.ts;
-            let patch = fw
-                .vp8
-                .zip(descriptor.as_ref())
-                .map(|(v, desc)| Vp8Patch::new(desc, v.picture_id, v.tl0picidx));
-            if write(d.sub_peer, d.slot, out, patch) {
-                written += 1;
+        let fan = t.fan_out(&info, now, |e| match e {
+            Emit::Down(d, fw) => {
+                let mut out = pkt.clone();
+                out.header.sequence_number = fw.seq;
+                out.header.timestamp = fw.ts;
+                let patch = fw
+                    .vp8
+                    .zip(descriptor.as_ref())
+                    .map(|(v, desc)| Vp8Patch::new(desc, v.picture_id, v.tl0picidx));
+                let to = Dest::Down {
+                    sub_peer: d.sub_peer,
+                    slot: d.slot,
+                };
+                if write(to, out, patch) {
+                    written += 1;
+                }
+            }
+            Emit::Relay(to) => {
+                if let Some(p) = &relayed
+                    && write(Dest::Relay(to), p.clone(), None)
+                {
+                    written += 1;
+                }
             }
         });
         SfuStats::add(&self.stats.rtp_out, written);
@@ -335,6 +353,58 @@ impl Room {
 
     /// Asks the publisher of a video track for a keyframe of `layer` (or of the lowest
     /// received layer if that one is not there yet), within the keyframe throttle.
+    /// A room copy at `to` wants the layers of `mask` (bit i = layer i) of `track`, which
+    /// this room publishes: the track is relayed there from now on (0: no longer).
+    pub fn relay_wants(&mut self, now: Instant, track: &TrackId, to: RelayKey, mask: u8) {
+        let Some(key) = self.track_key(track) else {
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(key.0) else {
+            return;
+        };
+        if mask == 0 {
+            t.remove_relay(to);
+        } else if t.relay_wants(to, mask, now) {
+            tracing::debug!(track = %t.id, relay = to.0, mask, "relay opened");
+        }
+    }
+
+    /// A room copy asks for a keyframe of `layer` of `track` (a subscriber there waits).
+    pub fn relay_keyframe(&mut self, now: Instant, track: &TrackId, layer: u8) {
+        if let Some(key) = self.track_key(track) {
+            SfuStats::inc(&self.stats.keyframe_requests_in);
+            self.request_keyframe(key, layer, now);
+        }
+    }
+
+    /// The link to the room copy at `to` is gone: nothing is relayed there any more.
+    pub fn relay_gone(&mut self, to: RelayKey) {
+        for (_, t) in self.tracks.iter_mut() {
+            t.remove_relay(to);
+        }
+    }
+
+    /// Relayed copies: tells each home the layers this room's subscribers want of the
+    /// tracks it relays here (on change, and repeated so the relay does not expire).
+    pub(super) fn relay_upstream(&mut self, now: Instant, grace: Duration) {
+        let mut msgs = Vec::new();
+        for (_, t) in self.tracks.iter_mut() {
+            let mask = t.wanted_layers(now, grace);
+            if let Some((from, announcer)) = t.relayed_from.as_mut()
+                && let Some(layers) = announcer.poll(mask, now)
+            {
+                msgs.push(Output::Relay {
+                    to: *from,
+                    msg: Upstream::Wants {
+                        track: t.id.clone(),
+                        layers,
+                    },
+                });
+            }
+        }
+        self.outputs.extend(msgs);
+    }
+
     pub(super) fn request_keyframe(&mut self, track: TrackKey, layer: u8, now: Instant) {
         let Some(t) = self.tracks.get_mut(track.0) else {
             return;
@@ -350,8 +420,23 @@ impl Room {
                 None => return,
             }
         };
+        let relayed_from = t.relayed_from.as_ref().map(|(from, _)| *from);
+        let track_id = relayed_from.map(|_| t.id.clone());
         let Some(layer) = t.layer(l) else { return };
         if !layer.keyframes.try_request(now) {
+            return;
+        }
+        if let (Some(to), Some(track)) = (relayed_from, track_id) {
+            // A relayed copy: the request goes to the track's home, which asks the
+            // publisher (through its own throttle).
+            SfuStats::inc(&self.stats.keyframe_requests_out);
+            self.out(Output::Relay {
+                to,
+                msg: Upstream::Keyframe {
+                    track,
+                    layer: l as u8,
+                },
+            });
             return;
         }
         let ssrc = layer.ssrc;

@@ -1,6 +1,7 @@
 //! A published track (producer), its received layers, and its down-tracks (consumers),
 //! with the per-packet fan-out. Pure data and decisions.
 
+use super::relay::{RelayKey, RelayOut, WantsAnnouncer};
 use crate::allocator::MAX_LAYERS;
 use crate::bwe::RateMeter;
 use crate::forwarder::{Decision, DropReason, Forward, Forwarder, PacketInfo};
@@ -41,6 +42,12 @@ pub struct PublishedTrack {
     /// vector; allocation finds a subscriber's in O(1)).
     pub down: Vec<DownTrack>,
     down_at: FxHashMap<ParticipantKey, usize>,
+    /// Relays: copies of this track to room copies elsewhere ([`super::relay`]).
+    pub relays: Vec<RelayOut>,
+    /// Set when this track is itself a relayed copy: the home it comes from (keyframe
+    /// requests and layer wants go there, not to a publisher connection), and when its
+    /// wants were last told.
+    pub relayed_from: Option<(RelayKey, WantsAnnouncer)>,
     keyframe_interval: Duration,
 }
 
@@ -97,6 +104,14 @@ pub fn rid_layers(rids: &[String]) -> [Option<String>; MAX_LAYERS] {
     out
 }
 
+/// Where one copy of an incoming packet goes ([`PublishedTrack::fan_out`]).
+pub enum Emit<'a> {
+    /// To a subscriber's down-track, rewritten so.
+    Down(&'a DownTrack, Forward),
+    /// Unchanged, to a room copy.
+    Relay(RelayKey),
+}
+
 /// Counts of what happened to one incoming packet.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Fanout {
@@ -135,6 +150,8 @@ impl PublishedTrack {
             wanted_at: [None; MAX_LAYERS],
             down: Vec::new(),
             down_at: FxHashMap::default(),
+            relays: Vec::new(),
+            relayed_from: None,
             keyframe_interval,
         }
     }
@@ -205,14 +222,16 @@ impl PublishedTrack {
     pub fn dynacast_rids(&self, now: Instant, grace: Duration, recorded: bool) -> Vec<String> {
         let lowest = self.rids.iter().position(Option::is_some);
         let top = self.rids.iter().rposition(Option::is_some);
-        let anyone = self.down.iter().any(|d| d.ready && d.forwarder.is_active());
+        let anyone = self.down.iter().any(|d| d.ready && d.forwarder.is_active())
+            || self.relays.iter().any(|r| r.wants_any(now));
         self.rids
             .iter()
             .enumerate()
             .filter_map(|(i, rid)| {
                 let rid = rid.as_ref()?;
-                let wanted =
-                    self.wanted_at[i].is_some_and(|w| now.saturating_duration_since(w) < grace);
+                let wanted = self.wanted_at[i]
+                    .is_some_and(|w| now.saturating_duration_since(w) < grace)
+                    || self.relays.iter().any(|r| r.wants(i as u8, now));
                 let keep = (anyone && Some(i) == lowest) || (recorded && Some(i) == top);
                 (wanted || keep).then(|| rid.clone())
             })
@@ -258,6 +277,54 @@ impl PublishedTrack {
             channels: self.codec.rtp.channels,
             payload_type: self.codec.payload_type,
         }
+    }
+
+    /// The layers this room's subscribers want (bit i = layer i; a relay's wants merged
+    /// in): what a relayed copy asks its home for. A layer is wanted when the allocation
+    /// wanted it within `grace`; the lowest received layer, or layer 0 of a track without
+    /// layers (audio), while any down-track is active.
+    pub fn wanted_layers(&self, now: Instant, grace: Duration) -> u8 {
+        let mut mask = 0u8;
+        for (i, w) in self.wanted_at.iter().enumerate() {
+            if w.is_some_and(|w| now.saturating_duration_since(w) < grace) {
+                mask |= 1 << i;
+            }
+        }
+        for r in &self.relays {
+            for l in 0..MAX_LAYERS as u8 {
+                if r.wants(l, now) {
+                    mask |= 1 << l;
+                }
+            }
+        }
+        if self.down.iter().any(|d| d.ready && d.forwarder.is_active()) {
+            let lowest = self.layers.iter().position(Option::is_some).unwrap_or(0);
+            mask |= 1 << lowest;
+        }
+        mask
+    }
+
+    /// A room copy at `to` wants the layers of `mask` (bit i = layer i): the relay is
+    /// created if new. Returns whether it was.
+    pub fn relay_wants(&mut self, to: RelayKey, mask: u8, now: Instant) -> bool {
+        match self.relays.iter_mut().find(|r| r.to == to) {
+            Some(r) => {
+                r.set_wants(mask, now);
+                false
+            }
+            None => {
+                let mut r = RelayOut::new(to);
+                r.set_wants(mask, now);
+                self.relays.push(r);
+                true
+            }
+        }
+    }
+
+    /// Drops the relay to `to` (its link is gone, or it wants nothing); returns it.
+    pub fn remove_relay(&mut self, to: RelayKey) -> Option<RelayOut> {
+        let i = self.relays.iter().position(|r| r.to == to)?;
+        Some(self.relays.swap_remove(i))
     }
 
     pub fn info(&self) -> TrackInfo {
@@ -309,23 +376,31 @@ impl PublishedTrack {
             .filter_map(|d| d.forwarder.needs_keyframe())
     }
 
-    /// Runs one incoming packet through every down-track's forwarder; `emit` is called
-    /// for each down-track that forwards it, with the rewritten numbering.
+    /// Runs one incoming packet through every down-track's forwarder and every relay;
+    /// `emit` is called for each down-track that forwards it, with the rewritten
+    /// numbering, and for each relay whose copy wants its layer.
     pub fn fan_out(
         &mut self,
         info: &PacketInfo,
         now: Instant,
-        mut emit: impl FnMut(&DownTrack, Forward),
+        mut emit: impl FnMut(Emit<'_>),
     ) -> Fanout {
         let mut f = Fanout::default();
         for d in &mut self.down {
             match d.forwarder.on_packet(info, now) {
                 Decision::Forward(rw) => {
                     f.forwarded += 1;
-                    emit(d, rw);
+                    emit(Emit::Down(d, rw));
                 }
                 Decision::Drop(DropReason::Paused) => {}
                 Decision::Drop(_) => f.dropped += 1,
+            }
+        }
+        for r in &mut self.relays {
+            if r.wants(info.layer, now) {
+                r.packets += 1;
+                f.forwarded += 1;
+                emit(Emit::Relay(r.to));
             }
         }
         f
@@ -467,7 +542,11 @@ mod tests {
             vp8: None,
         };
         let mut got = vec![];
-        let f = t.fan_out(&key, now, |d, rw| got.push((d.subscriber, rw.seq)));
+        let f = t.fan_out(&key, now, |e| {
+            if let Emit::Down(d, rw) = e {
+                got.push((d.subscriber, rw.seq))
+            }
+        });
         assert_eq!(got, vec![(k(2), 100), (k(4), 100)]);
         assert_eq!(
             f,
@@ -492,8 +571,145 @@ mod tests {
                 ..key
             },
             now,
-            |d, _| got.push(d.subscriber),
+            |e| {
+                if let Emit::Down(d, _) = e {
+                    got.push(d.subscriber)
+                }
+            },
         );
         assert_eq!(got, vec![k(4)]);
+    }
+
+    #[test]
+    fn a_relayed_copy_keeps_each_subscriber_continuous_across_switches() {
+        use crate::forwarder::Vp8Fields;
+        let t0 = Instant::now();
+        let to = RelayKey(9);
+        // The home's track, and its copy elsewhere with one subscriber.
+        let mut home = track(Codec::Vp8);
+        let mut copy = track(Codec::Vp8);
+        copy.relayed_from = Some((to, WantsAnnouncer::default()));
+        for (l, rid) in ["q", "h", "f"].iter().enumerate() {
+            home.add_layer(Some(rid.to_string()), 10 + l as u32);
+            copy.add_layer(Some(rid.to_string()), 10 + l as u32);
+        }
+        let sub = ParticipantKey(5);
+        copy.add_down(sub, PeerKey(50), 0);
+        let d = copy.down_of_mut(sub).unwrap();
+        d.ready = true;
+        d.forwarder.set_active(true);
+        let grace = Duration::from_secs(2);
+        // What the subscriber received: (seq, picture id), and which layers crossed.
+        let mut got: Vec<(u16, u16)> = Vec::new();
+        let mut crossed = [0u32; MAX_LAYERS];
+        let mut target = 0u8;
+        let mut now = t0;
+        for step in 0..120u64 {
+            now += Duration::from_millis(33);
+            // The copy's allocation: the subscriber's target, wanted up to it.
+            target = match step {
+                40 => 2,
+                80 => 1,
+                _ => target,
+            };
+            copy.down_of_mut(sub)
+                .unwrap()
+                .forwarder
+                .set_target_layer(target);
+            for w in copy.wanted_at.iter_mut().take(target as usize + 1) {
+                *w = Some(now);
+            }
+            // Its wants travel upstream; the home relays those layers only.
+            let mask = copy.wanted_layers(now, grace);
+            home.relay_wants(to, mask, now);
+            for layer in 0..3u8 {
+                // Each layer: its own numbering; a keyframe every 10th frame, offset per layer.
+                let info = PacketInfo {
+                    layer,
+                    ext_seq: 1000 * (layer as u64 + 1) + step,
+                    ts: (step as u32) * 3000,
+                    keyframe: (step + layer as u64) % 10 == 0,
+                    padding_only: false,
+                    vp8: Some(Vp8Fields {
+                        picture_id: Some(((100 * (layer as u16 + 1) + step as u16), true)),
+                        tl0picidx: None,
+                    }),
+                };
+                let mut relayed = false;
+                home.fan_out(&info, now, |e| {
+                    relayed |= matches!(e, Emit::Relay(r) if r == to)
+                });
+                if !relayed {
+                    continue;
+                }
+                crossed[layer as usize] += 1;
+                // Relayed unchanged: the copy sees the same packet.
+                copy.fan_out(&info, now, |e| {
+                    if let Emit::Down(_, fw) = e {
+                        let pid = fw
+                            .vp8
+                            .and_then(|v| v.picture_id)
+                            .map(|(p, _)| p)
+                            .or(info.vp8.and_then(|v| v.picture_id).map(|(p, _)| p))
+                            .unwrap();
+                        got.push((fw.seq, pid));
+                    }
+                });
+            }
+        }
+        assert!(
+            crossed[0] > 0 && crossed[1] > 0 && crossed[2] > 0,
+            "{crossed:?}"
+        );
+        assert!(
+            crossed[2] < 120 && crossed[1] < 120,
+            "only wanted layers cross: {crossed:?}"
+        );
+        // The subscriber switched twice (0 -> 2 -> 1) and its numbering never jumped.
+        assert_eq!(
+            copy.down_of(sub).unwrap().forwarder.current_layer(),
+            Some(1)
+        );
+        assert!(got.len() > 100, "{}", got.len());
+        for w in got.windows(2) {
+            assert_eq!(w[1].0, w[0].0.wrapping_add(1), "seq continuous: {w:?}");
+            assert_eq!(w[1].1, w[0].1 + 1, "picture id continuous: {w:?}");
+        }
+    }
+
+    #[test]
+    fn relays_join_dynacast_and_expire() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(2);
+        let mut t = track(Codec::Vp8);
+        t.set_negotiated_rids(&strings(&["q", "h", "f"]));
+        assert!(t.dynacast_rids(t0, grace, false).is_empty());
+        // A copy wants the top layer only: the publisher keeps it (and the lowest).
+        assert!(t.relay_wants(RelayKey(1), 0b100, t0), "created");
+        assert!(!t.relay_wants(RelayKey(1), 0b100, t0), "known");
+        assert_eq!(t.dynacast_rids(t0, grace, false), ["q", "f"]);
+        let key = |layer| PacketInfo {
+            layer,
+            ext_seq: 1,
+            ts: 0,
+            keyframe: true,
+            padding_only: false,
+            vp8: None,
+        };
+        let count = |t: &mut PublishedTrack, layer, now| {
+            let mut n = 0;
+            t.fan_out(&key(layer), now, |e| {
+                n += matches!(e, Emit::Relay(_)) as u32
+            });
+            n
+        };
+        assert_eq!(count(&mut t, 2, t0), 1);
+        assert_eq!(count(&mut t, 0, t0), 0);
+        // Not repeated: expired, and nothing crosses.
+        let later = t0 + super::super::relay::WANTS_GRACE;
+        assert_eq!(count(&mut t, 2, later), 0);
+        assert!(t.dynacast_rids(later, grace, false).is_empty());
+        assert!(t.remove_relay(RelayKey(1)).is_some());
+        assert!(t.relays.is_empty());
     }
 }

@@ -5,7 +5,9 @@ use super::{Command, RoomSummary, Session, Worker, unix_ms};
 use crate::error::{JoinError, PeerError};
 use crate::keys::{ParticipantKey, PeerKey, RoomKey};
 use crate::peer::{ChatSend, Opened, PeerEvent, Role};
-use crate::room::{Feedback, JoinInfo, JoinRefusal, OfferResult, Output, Removal, Room, TrackOpen};
+use crate::room::{
+    Dest, Feedback, JoinInfo, JoinRefusal, OfferResult, Output, Removal, Room, TrackOpen,
+};
 use crate::stats::SfuStats;
 use confab_proto::{ErrorCode, RoomId, ServerMessage};
 use std::time::Instant;
@@ -414,6 +416,11 @@ impl Worker {
                     self.mark_touched(pub_peer);
                 }
             }
+            Output::Relay { to, msg } => {
+                // Only a relayed copy of a track says something upstream, and this worker
+                // has no relay links yet (issue 15).
+                tracing::debug!(relay = to.0, ?msg, "no relay link");
+            }
             Output::Event(ev) => self.emit(ev),
             Output::Removed {
                 participant,
@@ -547,7 +554,12 @@ impl Worker {
                 let peers = &mut self.peers;
                 let send = &mut self.send;
                 let scratch = &mut self.scratch;
-                let written = room.forward(now, track, pkt, |sub_peer, slot, out, patch| {
+                let written = room.forward(now, track, pkt, |dest, out, patch| {
+                    let Dest::Down { sub_peer, slot } = dest else {
+                        // No relay links on this worker yet (issue 15): the room makes
+                        // relays only when a copy asks for one.
+                        return false;
+                    };
                     let Some(sub) = peers.get_mut(&sub_peer) else {
                         return false;
                     };
