@@ -628,7 +628,7 @@ mod tests {
                     layer,
                     ext_seq: 1000 * (layer as u64 + 1) + step,
                     ts: (step as u32) * 3000,
-                    keyframe: (step + layer as u64) % 10 == 0,
+                    keyframe: (step + layer as u64).is_multiple_of(10),
                     padding_only: false,
                     vp8: Some(Vp8Fields {
                         picture_id: Some(((100 * (layer as u16 + 1) + step as u16), true)),
