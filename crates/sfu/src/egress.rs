@@ -110,8 +110,61 @@ pub struct DownStream {
     /// The last packet's RTP timestamp and when it was sent: a report's RTP time.
     last: Option<(u32, Instant)>,
     next_report: Option<Instant>,
-    history: Vec<Option<(rtp::Packet, Option<Vp8Patch>)>>,
+    /// Allocated at the first packet written (a down-track that never sends costs
+    /// nothing); empty for audio.
+    history: Vec<Option<Sent>>,
     retransmitted: u64,
+}
+
+/// What a history keeps of a packet sent: the header fields a copy of this stream does
+/// not share with every other (SSRC and payload type are the stream's; extensions are
+/// stripped before forwarding) and the shared payload. About half of a whole
+/// `rtp::Packet`, of which each video down-track keeps [`HISTORY`].
+#[derive(Clone)]
+struct Sent {
+    seq: u16,
+    timestamp: u32,
+    marker: bool,
+    padding: bool,
+    csrc: Option<Box<[u32]>>,
+    payload: Bytes,
+    patch: Option<Vp8Patch>,
+}
+
+impl Sent {
+    fn of(pkt: rtp::Packet, patch: Option<Vp8Patch>) -> Self {
+        let h = pkt.header;
+        Self {
+            seq: h.sequence_number,
+            timestamp: h.timestamp,
+            marker: h.marker,
+            padding: h.padding,
+            csrc: (!h.csrc.is_empty()).then(|| h.csrc.into_boxed_slice()),
+            payload: pkt.payload,
+            patch,
+        }
+    }
+
+    fn packet(&self, params: &StreamParams) -> rtp::Packet {
+        rtp::Packet {
+            header: rtp::Header {
+                version: 2,
+                padding: self.padding,
+                marker: self.marker,
+                payload_type: params.payload_type,
+                sequence_number: self.seq,
+                timestamp: self.timestamp,
+                ssrc: params.ssrc,
+                csrc: self
+                    .csrc
+                    .as_deref()
+                    .map(<[u32]>::to_vec)
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
+            payload: self.payload.clone(),
+        }
+    }
 }
 
 impl DownStream {
@@ -124,11 +177,7 @@ impl DownStream {
             octets: 0,
             last: None,
             next_report: None,
-            history: if params.retransmit {
-                vec![None; HISTORY]
-            } else {
-                Vec::new()
-            },
+            history: Vec::new(),
             retransmitted: 0,
         })
     }
@@ -154,9 +203,12 @@ impl DownStream {
         self.octets = self.octets.wrapping_add(pkt.payload.len() as u32);
         self.last = Some((pkt.header.timestamp, now));
         self.next_report.get_or_insert(now + FIRST_REPORT);
-        if !self.history.is_empty() {
+        if self.params.retransmit {
+            if self.history.is_empty() {
+                self.history = vec![None; HISTORY];
+            }
             let i = usize::from(pkt.header.sequence_number) % HISTORY;
-            self.history[i] = Some((pkt, patch));
+            self.history[i] = Some(Sent::of(pkt, patch));
         }
         Some(datagram)
     }
@@ -182,12 +234,12 @@ impl DownStream {
 
     /// The packet `seq` again, if it is still in the history.
     pub fn retransmit(&mut self, seq: u16, scratch: &mut Vec<u8>) -> Option<Bytes> {
-        let (pkt, patch) = self
+        let sent = self
             .history
-            .get(usize::from(seq) % HISTORY.max(1))?
+            .get(usize::from(seq) % HISTORY)?
             .as_ref()
-            .filter(|(p, _)| p.header.sequence_number == seq)?
-            .clone();
+            .filter(|s| s.seq == seq)?;
+        let (pkt, patch) = (sent.packet(&self.params), sent.patch);
         let datagram = self.protect(&pkt, patch, scratch)?;
         self.retransmitted += 1;
         Some(datagram)
@@ -334,6 +386,14 @@ mod tests {
             .write(packet(5, 0, 100), None, now, &mut scratch)
             .unwrap();
         assert!(audio.retransmit(5, &mut scratch).is_none());
+
+        // Marker, CSRCs and padding survive the history.
+        let mut odd = packet(400, 9, 50);
+        odd.header.marker = true;
+        odd.header.csrc = vec![7, 8];
+        odd.header.padding = true;
+        let sent = tx.write(odd, None, now, &mut scratch).unwrap();
+        assert_eq!(tx.retransmit(400, &mut scratch).unwrap(), sent);
     }
 
     /// Reports start shortly after the first packet, recur every interval, carry the
