@@ -169,3 +169,92 @@ async fn leaving_removes_the_participant_and_its_tracks() {
     .await;
     server.stop().await;
 }
+
+/// A room spread over two workers (issue 15): with two participants per worker, the third
+/// and fourth joiners land on a copy of the room on the other worker. Everyone still sees
+/// everyone, receives exactly the others' tracks intact (relayed between the copies), and
+/// chats; a participant leaving one copy leaves everyone's view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spread_over_two_workers_is_one_meeting() {
+    let mut config = test_config();
+    config.media.workers = 2;
+    config.room.participants_per_worker = 2;
+    let server = start_with(config).await;
+    // alice and bob on the first worker, carol and dave on a copy on the second.
+    let mut alice = join(&server, "spread", "alice", Publish::AUDIO_VIDEO).await;
+    let mut bob = join(&server, "spread", "bob", Publish::NONE).await;
+    let mut carol = join(&server, "spread", "carol", Publish::AUDIO_VIDEO).await;
+    let mut dave = join(&server, "spread", "dave", Publish::NONE).await;
+    assert_eq!(server.sfu.hosted_rooms().len(), 1);
+    // The copy's joiners learn who is on the other worker: in `joined` if the copies
+    // were linked by then, else as `participant_joined` right after.
+    async fn learn(c: &mut confab_load::client::Client, want: &[&str]) {
+        let mut known: HashSet<String> = c.others.iter().map(|p| p.name.to_string()).collect();
+        while !want.iter().all(|w| known.contains(*w)) {
+            let name = wait_server(c, "participant_joined", |m| match m {
+                ServerMessage::ParticipantJoined { participant } => {
+                    Some(participant.name.to_string())
+                }
+                _ => None,
+            })
+            .await;
+            known.insert(name);
+        }
+    }
+    learn(&mut carol, &["alice", "bob"]).await;
+    learn(&mut dave, &["alice", "bob", "carol"]).await;
+    learn(&mut bob, &["alice", "carol", "dave"]).await;
+    let _pa = alice.start_media(MediaPlan::default());
+    let _pc = carol.start_media(MediaPlan::default());
+    // Bob (first worker) gets carol's tracks over the relay, dave (second) alice's.
+    let publishers: HashSet<ParticipantId> = [alice.id.clone(), carol.id.clone()].into();
+    let (a_id, c_id) = (alice.id.clone(), carol.id.clone());
+    for (who, c, expect) in [
+        ("bob", &mut bob, publishers.clone()),
+        ("dave", &mut dave, publishers),
+        ("alice", &mut alice, HashSet::from([c_id])),
+        ("carol", &mut carol, HashSet::from([a_id])),
+    ] {
+        let tracks = wait_tracks(c, expect.len() * 2).await;
+        let from: HashSet<_> = tracks.iter().map(|(_, p, _)| p.clone()).collect();
+        assert_eq!(from, expect, "{who} receives from the publishers");
+        let sampled = sample_rtp(c, 200).await;
+        assert!(sampled.iter().all(|(_, p)| expect.contains(p)));
+    }
+    assert!(server.sfu.stats().relayed_packets > 0);
+    assert_eq!(server.sfu.stats().relay_dropped, 0);
+    // Chat crosses the copies both ways.
+    for x in [&mut bob, &mut dave] {
+        x.wait_for(WAIT, "chat open", |e| {
+            matches!(e, Event::ChatOpen).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    let said = |x: &'static str| {
+        move |e: &Event| match e {
+            Event::Chat(ChatOut::Chat { text, .. }) if text == x => Some(()),
+            _ => None,
+        }
+    };
+    dave.chat("from the second worker").await.unwrap();
+    bob.wait_for(WAIT, "dave's chat", said("from the second worker"))
+        .await
+        .unwrap();
+    bob.chat("from the first worker").await.unwrap();
+    dave.wait_for(WAIT, "bob's chat", said("from the first worker"))
+        .await
+        .unwrap();
+    // Carol leaves the second worker: bob on the first sees her go.
+    let carol_id = carol.id.clone();
+    carol.leave().await;
+    let left = wait_server(&mut bob, "participant_left", |m| match m {
+        ServerMessage::ParticipantLeft { participant_id } if *participant_id == carol_id => {
+            Some(participant_id.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, carol_id);
+    server.stop().await;
+}

@@ -96,6 +96,9 @@ pub struct RoomConfig {
     pub chat_per_second: u32,
     /// Video from at most this many participants per subscriber (0 = all).
     pub last_n: usize,
+    /// Participants per worker before a room gets a copy on another worker (0 = a room
+    /// stays on one worker).
+    pub participants_per_worker: usize,
     /// Audio from only the K loudest participants (0 = all).
     pub audio_top_k: usize,
     pub chat_history: usize,
@@ -146,6 +149,7 @@ impl Default for Config {
                 max_tracks_per_participant: sfu.max_tracks_per_participant,
                 chat_per_second: sfu.chat_per_second,
                 last_n: sfu.last_n,
+                participants_per_worker: sfu.participants_per_worker,
                 audio_top_k: sfu.audio_top_k,
                 chat_history: sfu.chat_history,
                 chat_max_bytes: sfu.chat_max_bytes,
@@ -290,6 +294,7 @@ impl Config {
             socket_buffer_bytes: self.media.socket_buffer_bytes,
             gso: self.media.gso,
             last_n: self.room.last_n,
+            participants_per_worker: self.room.participants_per_worker,
             audio_top_k: self.room.audio_top_k,
             negotiation_timeout_ms: self.room.negotiation_timeout_ms,
             signaling_budget_ms_per_s: self.room.signaling_budget_ms_per_s,

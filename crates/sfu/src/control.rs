@@ -55,7 +55,18 @@ impl Sfu {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(room)
-            .map(|p| p.worker)
+            .map(super::Placement::home)
+    }
+
+    /// Every worker with a copy of `room` (its home first).
+    fn workers_of(&self, room: &RoomId) -> Vec<usize> {
+        self.inner
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room)
+            .map(|p| p.copies.iter().map(|(w, _)| *w).collect())
+            .unwrap_or_default()
     }
 
     async fn ask<T>(
@@ -305,18 +316,26 @@ impl Sfu {
         participant: &ParticipantId,
         ban: bool,
     ) -> Result<Option<String>, ControlError> {
-        let w = self
-            .worker_of(room)
-            .ok_or_else(|| ControlError::NoSuchRoom(room.to_string()))?;
-        let identity = self
-            .ask(w, |reply| Command::Kick {
-                room: room.clone(),
-                participant: participant.clone(),
-                reply,
-            })
-            .await
-            .flatten()
-            .ok_or(ControlError::NotFound)?;
+        let workers = self.workers_of(room);
+        if workers.is_empty() {
+            return Err(ControlError::NoSuchRoom(room.to_string()));
+        }
+        // The participant is on one of the room's copies.
+        let mut identity = None;
+        for w in workers {
+            identity = self
+                .ask(w, |reply| Command::Kick {
+                    room: room.clone(),
+                    participant: participant.clone(),
+                    reply,
+                })
+                .await
+                .flatten();
+            if identity.is_some() {
+                break;
+            }
+        }
+        let identity = identity.ok_or(ControlError::NotFound)?;
         let ban_for = std::time::Duration::from_millis(self.inner.config.kick_ban_ms);
         match identity {
             Some(who) if ban && !ban_for.is_zero() => {
@@ -374,33 +393,43 @@ impl Sfu {
         track: &TrackId,
         muted: bool,
     ) -> Result<(), ControlError> {
-        let w = self
-            .worker_of(room)
-            .ok_or_else(|| ControlError::NoSuchRoom(room.to_string()))?;
-        let found = self
-            .ask(w, |reply| Command::MuteTrack {
-                room: room.clone(),
-                track: track.clone(),
-                muted,
-                reply,
-            })
-            .await
-            .unwrap_or(false);
+        let workers = self.workers_of(room);
+        if workers.is_empty() {
+            return Err(ControlError::NoSuchRoom(room.to_string()));
+        }
+        // Every copy holds the track (its home, or a relayed copy): each stops it for its
+        // own subscribers.
+        let mut found = false;
+        for w in workers {
+            found |= self
+                .ask(w, |reply| Command::MuteTrack {
+                    room: room.clone(),
+                    track: track.clone(),
+                    muted,
+                    reply,
+                })
+                .await
+                .unwrap_or(false);
+        }
         found.then_some(()).ok_or(ControlError::NotFound)
     }
 
     /// Removes everyone from a room (they are told why); the room closes.
     pub async fn close_room(&self, room: &RoomId) -> Result<(), ControlError> {
-        let w = self
-            .worker_of(room)
-            .ok_or_else(|| ControlError::NoSuchRoom(room.to_string()))?;
-        let found = self
-            .ask(w, |reply| Command::CloseRoom {
-                room: room.clone(),
-                reply,
-            })
-            .await
-            .unwrap_or(false);
+        let workers = self.workers_of(room);
+        if workers.is_empty() {
+            return Err(ControlError::NoSuchRoom(room.to_string()));
+        }
+        let mut found = false;
+        for w in workers {
+            found |= self
+                .ask(w, |reply| Command::CloseRoom {
+                    room: room.clone(),
+                    reply,
+                })
+                .await
+                .unwrap_or(false);
+        }
         found.then_some(()).ok_or(ControlError::NotFound)
     }
 }

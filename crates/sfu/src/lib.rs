@@ -93,9 +93,20 @@ pub enum FaultPoint {
     Worker,
 }
 
+/// Where a room is: the workers with a copy of it and each one's participants (joins
+/// under way included). The first is its home (recordings and administration go there).
 struct Placement {
-    worker: usize,
-    participants: usize,
+    copies: Vec<(usize, usize)>,
+}
+
+impl Placement {
+    fn home(&self) -> usize {
+        self.copies[0].0
+    }
+
+    fn participants(&self) -> usize {
+        self.copies.iter().map(|(_, n)| n).sum()
+    }
 }
 
 struct Inner {
@@ -148,6 +159,11 @@ impl Sfu {
         let provider =
             rtc::crypto::default_provider().map_err(|e| StartError::Certificate(e.to_string()))?;
         let mut workers = Vec::new();
+        // Every worker's link channel first: each worker gets a sender to all of them.
+        let (links_out, mut links_in): (Vec<_>, Vec<_>) = (0..config.worker_count())
+            .map(|_| mpsc::channel(worker::relay::LINK_CAPACITY))
+            .unzip();
+        let mut links_in: Vec<Option<_>> = links_in.drain(..).map(Some).collect();
         for i in 0..config.worker_count() {
             let port = if config.port == 0 {
                 0
@@ -194,10 +210,12 @@ impl Sfu {
                 timing: timing[i].clone(),
                 events: events.clone(),
                 alive: alive.clone(),
+                links_out: links_out.clone(),
             };
+            let links = links_in[i].take().expect("one link receiver per worker");
             let thread = std::thread::Builder::new()
                 .name(format!("confab-media-{i}"))
-                .spawn(move || supervisor.run(rx))
+                .spawn(move || supervisor.run(rx, links))
                 .map_err(StartError::Thread)?;
             workers.push(WorkerHandle {
                 commands: tx,
@@ -268,7 +286,7 @@ impl Sfu {
         }
         let key = keys::ParticipantKey(self.inner.next_key.fetch_add(1, Ordering::Relaxed));
         let id = ParticipantId::from_suffix(format!("{:x}{:04x}", key.0, rand::random::<u16>()));
-        let worker = self.place(&room)?;
+        let (worker, copies) = self.place(&room)?;
         let (events_tx, events_rx) = mpsc::channel(self.inner.config.event_queue);
         let (reply_tx, reply_rx) = oneshot::channel();
         let commands = self.inner.workers[worker].commands.clone();
@@ -280,6 +298,7 @@ impl Sfu {
                 name,
                 opts,
                 events: events_tx,
+                copies,
                 reply: reply_tx,
             })
             .await;
@@ -309,6 +328,7 @@ impl Sfu {
                     key,
                     id,
                     room,
+                    worker,
                     commands,
                     sfu: self.clone(),
                     left: false,
@@ -316,24 +336,58 @@ impl Sfu {
                 events_rx,
             )),
             Err(e) => {
-                self.unplace(&room);
+                self.unplace(&room, worker);
                 Err(e)
             }
         }
     }
 
-    /// The worker hosting `room`, placing it on the least loaded one if new (within the
-    /// configured number of rooms).
-    fn place(&self, room: &RoomId) -> Result<usize, JoinError> {
+    /// The worker a new participant of `room` joins, and the room's other copies: a new
+    /// room goes to the least loaded worker (within the configured number of rooms); an
+    /// open one to its copy with the fewest participants, and to a new copy on the least
+    /// loaded other worker when every copy has `participants_per_worker` (0: a room
+    /// stays on one worker).
+    fn place(&self, room: &RoomId) -> Result<(usize, Vec<usize>), JoinError> {
         if self.is_draining() {
             return Err(JoinError::ShuttingDown);
         }
+        let alive = |w: usize| self.inner.workers[w].alive.load(Ordering::Relaxed);
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = rooms.get_mut(room)
-            && self.inner.workers[p.worker].alive.load(Ordering::Relaxed)
-        {
-            p.participants += 1;
-            return Ok(p.worker);
+        let mut load = vec![0usize; self.inner.workers.len()];
+        for p in rooms.values() {
+            for (w, n) in &p.copies {
+                load[*w] += n + 1;
+            }
+        }
+        if let Some(p) = rooms.get_mut(room) {
+            // Copies on a worker that is gone for good are forgotten (their participants
+            // were told).
+            p.copies.retain(|(w, _)| alive(*w));
+        }
+        if let Some(p) = rooms.get_mut(room).filter(|p| !p.copies.is_empty()) {
+            let per = self.inner.config.participants_per_worker;
+            let least = (0..p.copies.len())
+                .min_by_key(|i| p.copies[*i].1)
+                .unwrap_or(0);
+            let i = if per > 0 && p.copies[least].1 >= per {
+                let new = (0..load.len())
+                    .filter(|w| alive(*w) && !p.copies.iter().any(|(c, _)| c == w))
+                    .min_by_key(|w| load[*w]);
+                match new {
+                    Some(w) => {
+                        tracing::info!(%room, worker = w, "room copied to another worker");
+                        p.copies.push((w, 0));
+                        p.copies.len() - 1
+                    }
+                    None => least,
+                }
+            } else {
+                least
+            };
+            p.copies[i].1 += 1;
+            let worker = p.copies[i].0;
+            let others = p.copies.iter().map(|(w, _)| *w).filter(|w| *w != worker);
+            return Ok((worker, others.collect()));
         }
         // A room on a worker that is gone for good starts afresh on another one (its
         // participants were told; their handles unplace a room that no longer counts).
@@ -342,22 +396,17 @@ impl Sfu {
         if max > 0 && rooms.len() >= max {
             return Err(JoinError::TooManyRooms { max });
         }
-        let mut load = vec![0usize; self.inner.workers.len()];
-        for p in rooms.values() {
-            load[p.worker] += p.participants + 1;
-        }
         let worker = (0..load.len())
-            .filter(|i| self.inner.workers[*i].alive.load(Ordering::Relaxed))
+            .filter(|i| alive(*i))
             .min_by_key(|i| load[*i])
             .ok_or(JoinError::ShuttingDown)?;
         rooms.insert(
             room.clone(),
             Placement {
-                worker,
-                participants: 1,
+                copies: vec![(worker, 1)],
             },
         );
-        Ok(worker)
+        Ok((worker, Vec::new()))
     }
 
     /// Whether `room` is open here (it has participants, or a join into it is under way).
@@ -371,15 +420,18 @@ impl Sfu {
         let rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
         rooms
             .iter()
-            .map(|(r, p)| (r.clone(), p.participants))
+            .map(|(r, p)| (r.clone(), p.participants()))
             .collect()
     }
 
-    fn unplace(&self, room: &RoomId) {
+    fn unplace(&self, room: &RoomId, worker: usize) {
         let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = rooms.get_mut(room) {
-            p.participants -= 1;
-            if p.participants == 0 {
+            if let Some(c) = p.copies.iter_mut().find(|(w, _)| *w == worker) {
+                c.1 = c.1.saturating_sub(1);
+            }
+            p.copies.retain(|(_, n)| *n > 0);
+            if p.copies.is_empty() {
                 rooms.remove(room);
             }
         }
@@ -395,7 +447,7 @@ impl Sfu {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(room)
-            .map(|p| p.worker)
+            .map(Placement::home)
         else {
             return false;
         };
@@ -492,6 +544,8 @@ pub struct Participant {
     key: keys::ParticipantKey,
     id: ParticipantId,
     room: RoomId,
+    /// The worker its copy of the room is on.
+    worker: usize,
     commands: mpsc::Sender<Command>,
     sfu: Sfu,
     left: bool,
@@ -536,7 +590,7 @@ impl Participant {
     pub async fn leave(mut self) {
         self.left = true;
         self.send_command(Command::Leave { key: self.key }).await;
-        self.sfu.unplace(&self.room);
+        self.sfu.unplace(&self.room, self.worker);
     }
 }
 
@@ -554,7 +608,7 @@ impl Drop for Participant {
                 });
             }
         }
-        self.sfu.unplace(&self.room);
+        self.sfu.unplace(&self.room, self.worker);
     }
 }
 
@@ -571,6 +625,7 @@ struct Supervisor {
     timing: Arc<stats::LoopStats>,
     events: Option<mpsc::Sender<events::RoomEvent>>,
     alive: Arc<std::sync::atomic::AtomicBool>,
+    links_out: Vec<mpsc::Sender<worker::relay::Link>>,
 }
 
 /// Marks a worker gone when its thread ends other than by a shutdown (whatever ended it).
@@ -585,10 +640,10 @@ impl Drop for Gone {
 }
 
 impl Supervisor {
-    fn run(self, commands: mpsc::Receiver<Command>) {
+    fn run(self, commands: mpsc::Receiver<Command>, links: mpsc::Receiver<worker::relay::Link>) {
         let mut gone = Gone(self.alive.clone(), false);
         let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(commands)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(commands, links)));
         match outcome {
             Ok(true) => gone.1 = true,
             Ok(false) => {}
@@ -597,7 +652,11 @@ impl Supervisor {
     }
 
     /// Runs workers until a shutdown (`true`) or until one cannot be started (`false`).
-    fn serve(&self, mut commands: mpsc::Receiver<Command>) -> bool {
+    fn serve(
+        &self,
+        mut commands: mpsc::Receiver<Command>,
+        mut links: mpsc::Receiver<worker::relay::Link>,
+    ) -> bool {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -621,6 +680,7 @@ impl Supervisor {
                     self.stats.clone(),
                     self.timing.clone(),
                     self.events.clone(),
+                    self.links_out.clone(),
                 )
             });
             let worker = match worker {
@@ -631,7 +691,7 @@ impl Supervisor {
                 }
             };
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                rt.block_on(worker.run(&mut commands))
+                rt.block_on(worker.run(&mut commands, &mut links))
             }));
             match run {
                 Ok(()) => return true,

@@ -29,6 +29,7 @@
 
 mod admin;
 mod alloc;
+pub mod copy;
 pub mod harness;
 mod media;
 pub mod member;
@@ -36,6 +37,7 @@ mod negotiate;
 pub mod relay;
 pub mod track;
 
+pub use copy::{Fact, RelayedTrack, Remote};
 pub use media::{Feedback, TrackOpen, rewrite_vp8};
 pub use member::{JoinInfo, Pref};
 pub use negotiate::Applied;
@@ -58,11 +60,11 @@ use std::time::Instant;
 
 /// Where [`Room::forward`] sends one copy of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dest {
+pub enum Dest<'a> {
     /// A subscriber connection's down-track at `slot`.
     Down { sub_peer: PeerKey, slot: usize },
-    /// A copy of this room elsewhere ([`relay`]).
-    Relay(RelayKey),
+    /// A copy of this room elsewhere ([`relay`]), where the track is known by its id.
+    Relay { to: RelayKey, track: &'a TrackId },
 }
 
 /// What the room asks of the IO around it.
@@ -127,6 +129,8 @@ pub enum Output {
         rtc_id: String,
         ssrc: u32,
     },
+    /// A fact for every other copy of this room ([`copy`]).
+    Fact(Fact),
     /// A message to the home of a track this room relays ([`relay::Upstream`]).
     Relay {
         to: RelayKey,
@@ -255,6 +259,13 @@ pub struct Room {
     /// Makes track ids unique on the worker: `<worker><counter>`.
     track_prefix: usize,
     next_track: u64,
+    /// Participants of the room's other copies ([`copy`]), by their key here.
+    remotes: FxHashMap<ParticipantKey, Remote>,
+    remote_order: Vec<ParticipantKey>,
+    remote_ids: HashMap<confab_proto::ParticipantId, ParticipantKey>,
+    next_remote: u64,
+    /// The room has copies elsewhere: local changes are told as facts.
+    copied: bool,
 }
 
 impl Room {
@@ -279,6 +290,11 @@ impl Room {
             outputs: VecDeque::new(),
             track_prefix,
             next_track: 1,
+            remotes: FxHashMap::default(),
+            remote_order: Vec::new(),
+            remote_ids: HashMap::new(),
+            next_remote: 0,
+            copied: false,
         }
     }
 
@@ -375,6 +391,13 @@ impl Room {
     }
 
     fn announce_update(&mut self, key: ParticipantKey) {
+        if self.copied
+            && let Some(m) = self.members.get(&key)
+        {
+            for t in m.tracks.clone() {
+                self.tell_track(t);
+            }
+        }
         if self.visible(key)
             && let Some(info) = self.participant_info(key)
         {
@@ -391,7 +414,7 @@ impl Room {
             .speakers
             .speakers()
             .iter()
-            .filter_map(|k| self.members.get(k).map(|m| m.id.clone()))
+            .filter_map(|k| self.id_of(*k))
             .collect();
         (!speakers.is_empty()).then_some(ServerMessage::ActiveSpeakers { speakers })
     }
@@ -404,6 +427,11 @@ impl Room {
             .iter()
             .filter(|k| **k != key && self.visible(**k))
             .filter_map(|k| self.participant_info(*k))
+            .chain(
+                self.remote_order
+                    .iter()
+                    .filter_map(|k| self.remote_info(*k)),
+            )
             .collect();
         Some(ServerMessage::Joined {
             protocol: PROTOCOL_VERSION,
@@ -470,6 +498,7 @@ impl Room {
             self.signal(key, msg);
         }
         if !hidden && let Some(me) = self.participant_info(key) {
+            self.tell(copy::Fact::Joined(me.clone()));
             self.broadcast(
                 Some(key),
                 ServerMessage::ParticipantJoined { participant: me },
@@ -516,6 +545,9 @@ impl Room {
             participant_id: m.id.clone(),
             reason: why.as_str().to_string(),
         });
+        if !m.grants.hidden {
+            self.tell(copy::Fact::Left(m.id.clone()));
+        }
         if !self.order.is_empty() && !m.grants.hidden {
             self.broadcast(
                 None,
@@ -561,7 +593,7 @@ impl Room {
         let Some(t) = self.tracks.get(track.0) else {
             return;
         };
-        let Some(owner) = self.members.get(&t.owner).map(|m| m.id.clone()) else {
+        let Some(owner) = self.id_of(t.owner) else {
             return;
         };
         let Some(m) = self.members.get_mut(&subscriber) else {

@@ -84,6 +84,10 @@ counters!(
         signaling_over_budget: AtomicU64,
         /// Participants removed for not completing their first negotiation in time.
         negotiation_timeouts: AtomicU64,
+        /// RTP packets sent to another worker's copy of a room (relays).
+        relayed_packets: AtomicU64,
+        /// Relay messages dropped because the other worker's link was full.
+        relay_dropped: AtomicU64,
     }
 );
 

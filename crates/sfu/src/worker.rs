@@ -16,6 +16,7 @@
 
 mod drive;
 mod isolate;
+pub mod relay;
 
 use crate::config::SfuConfig;
 use crate::error::JoinError;
@@ -39,6 +40,8 @@ use tokio::sync::{mpsc, oneshot};
 const RECV_BATCHES: usize = 2;
 /// Commands applied per pass, so that signaling cannot starve media (and vice versa).
 const COMMAND_BATCH: usize = 32;
+/// Relay links handled per pass at most (media of relayed tracks, mostly).
+const LINK_BATCH: usize = 256;
 /// Queued datagrams that are sent at once rather than at the end of the datagram batch
 /// (bounds the wait of a large room's first copies, and the queue).
 const FLUSH_AT: usize = 512;
@@ -54,6 +57,8 @@ pub enum Command {
         name: DisplayName,
         opts: crate::JoinOptions,
         events: mpsc::Sender<ServerMessage>,
+        /// Workers with a copy of the room (the room may be placed on several: issue 15).
+        copies: Vec<usize>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     /// A validated client message other than `join` and `leave`.
@@ -186,6 +191,10 @@ pub struct Worker {
     timing: Arc<LoopStats>,
     /// Room events for webhooks.
     events: Option<mpsc::Sender<crate::events::RoomEvent>>,
+    /// Senders to every worker's link channel (by worker index), and the copies of this
+    /// worker's rooms on other workers ([`relay`]).
+    links_out: Vec<mpsc::Sender<relay::Link>>,
+    copies: FxHashMap<RoomKey, (Arc<RoomId>, Vec<usize>)>,
     /// Test hook: panic in this room at this point.
     #[cfg(feature = "fault-injection")]
     fault: Option<(RoomKey, crate::FaultPoint)>,
@@ -202,6 +211,7 @@ impl Worker {
         stats: Arc<SfuStats>,
         timing: Arc<LoopStats>,
         events: Option<mpsc::Sender<crate::events::RoomEvent>>,
+        links_out: Vec<mpsc::Sender<relay::Link>>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         let gso = config.gso && udp::gso_supported(&socket);
@@ -233,6 +243,8 @@ impl Worker {
             scratch: Vec::with_capacity(udp::MAX_DATAGRAM),
             timing,
             events,
+            links_out,
+            copies: FxHashMap::default(),
             #[cfg(feature = "fault-injection")]
             fault: None,
         })
@@ -241,7 +253,11 @@ impl Worker {
     /// Runs until told to shut down (or every command sender is gone) and everyone left.
     /// Returns `true` on a shutdown; a panic that escapes every room's isolation unwinds
     /// out of here (the thread restarts the worker, see [`crate::Sfu`]).
-    pub async fn run(mut self, commands: &mut mpsc::Receiver<Command>) {
+    pub async fn run(
+        mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        links: &mut mpsc::Receiver<relay::Link>,
+    ) {
         let span = tracing::info_span!("worker", index = self.index);
         let _g = span.enter();
         tracing::info!(addr = %self.announce, "media worker started");
@@ -272,6 +288,17 @@ impl Worker {
                         None => {
                             open = false;
                             self.stop();
+                        }
+                    }
+                }
+                l = links.recv() => {
+                    if let Some(l) = l {
+                        self.isolated_link(l);
+                        for _ in 1..LINK_BATCH {
+                            match links.try_recv() {
+                                Ok(l) => self.isolated_link(l),
+                                Err(_) => break,
+                            }
                         }
                     }
                 }

@@ -327,6 +327,101 @@ fn a_track_is_relayed_unchanged_while_a_copy_wants_it() {
 }
 
 #[test]
+fn two_copies_of_a_room_are_one_meeting() {
+    use confab_sfu::room::{Fact, RelayKey, Upstream};
+    // Two copies of one room (as two workers hold them): alice publishes on copy A, bob
+    // watches on copy B. Each says hello to the other and applies what it is told.
+    let (to_a, to_b) = (RelayKey(0), RelayKey(1));
+    let mut a = harness();
+    let mut b = harness();
+    let alice = a.join(1);
+    let t = a.publish(alice, &[(MediaKind::Video, TrackSource::Camera)])[0];
+    let bob = b.join(2);
+    let now = a.now;
+    for f in a.room.fact(now, to_b, Fact::Hello) {
+        b.room.fact(now, to_a, f);
+    }
+    for f in b.room.fact(now, to_a, Fact::Hello) {
+        a.room.fact(now, to_b, f);
+    }
+    a.run();
+    b.run();
+    let alice_id = a.id(alice);
+    assert!(
+        told(&b, bob).iter().any(|m| matches!(m,
+            ServerMessage::ParticipantJoined { participant } if participant.id == alice_id)),
+        "bob is told of alice"
+    );
+    assert!(
+        told(&a, alice).iter().any(|m| matches!(m,
+            ServerMessage::ParticipantJoined { participant } if participant.id == b.id(bob))),
+        "alice is told of bob"
+    );
+    // Bob gets a down-track of alice's relayed track; his allocation wants it upstream.
+    let id = a.room.track(t).unwrap().id.clone();
+    let copy = b.room.track_key(&id).expect("the relayed copy");
+    assert!(b.clients[&bob].slots.values().any(|s| *s == id));
+    b.advance(Duration::from_millis(600));
+    let wants = b.upstream.iter().find_map(|(to, m)| match m {
+        Upstream::Wants { track, layers } if *to == to_a && *track == id => Some(*layers),
+        _ => None,
+    });
+    assert_eq!(wants, Some(0b1));
+    a.room.relay_wants(a.now, &id, to_b, 0b1);
+    // The first packets across tell B the track's rate; its allocation then turns bob's
+    // down-track on, and the keyframe he waits for is asked of the home, which asks alice.
+    let ssrc = ssrc_of(&a, t);
+    assert!(
+        a.rtp(t, vp8(ssrc, 7, false)).is_empty(),
+        "nobody watches on A"
+    );
+    let (_, relayed) = a.relayed.pop().expect("relayed");
+    assert!(b.rtp(copy, relayed).is_empty(), "not allocated yet");
+    b.advance(Duration::from_millis(600));
+    let asked = b.upstream.iter().find_map(|(to, m)| match m {
+        Upstream::Keyframe { track, layer } if *to == to_a && *track == id => Some(*layer),
+        _ => None,
+    });
+    assert_eq!(asked, Some(0));
+    let before = a.keyframe_requests.len();
+    a.room.relay_keyframe(a.now, &id, 0);
+    a.run();
+    assert_eq!(a.keyframe_requests.len(), before + 1);
+    // The keyframe crosses once and reaches bob.
+    a.rtp(t, vp8(ssrc, 8, true));
+    let (_, relayed) = a.relayed.pop().expect("relayed");
+    assert_eq!(relayed.header.sequence_number, 8, "relayed as received");
+    let copies = b.rtp(copy, relayed);
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].0, b.clients[&bob].sub_peer.unwrap());
+    // Chat crosses: bob's message is a fact for A, which delivers it to alice.
+    let chat = Fact::Chat {
+        from: b.id(bob),
+        name: confab_proto::DisplayName::parse("P2").unwrap(),
+        text: "hello".into(),
+        unix_ms: 1,
+    };
+    a.room.fact(a.now, to_b, chat);
+    a.run();
+    assert!(a.clients[&alice].chats.iter().any(|c| c.contains("hello")));
+    // Alice leaves: B forgets her and her track, and bob's down-track goes.
+    a.leave(alice);
+    let left: Vec<Fact> = std::mem::take(&mut a.facts);
+    assert!(
+        left.iter()
+            .any(|f| matches!(f, Fact::Left(p) if *p == alice_id))
+    );
+    for f in left {
+        b.room.fact(b.now, to_a, f);
+    }
+    b.run();
+    assert!(b.room.track_key(&id).is_none());
+    assert!(told(&b, bob).iter().any(|m| matches!(m,
+        ServerMessage::ParticipantLeft { participant_id } if *participant_id == alice_id)));
+    b.check();
+}
+
+#[test]
 fn grants_are_enforced_and_refusals_are_explained() {
     let mut h = harness();
     let viewer = h.join_with(

@@ -132,6 +132,18 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_relayed_packets",
+            "RTP packets relayed to another worker's copy of a room",
+            c(s.relayed_packets),
+        )?;
+        counter(
+            &mut e,
+            "confab_relay_dropped",
+            "Relay messages dropped (the other worker's link was full)",
+            c(s.relay_dropped),
+        )?;
+        counter(
+            &mut e,
             "confab_rtp_dropped",
             "RTP packets a down-track did not forward",
             c(s.rtp_dropped),

@@ -46,7 +46,16 @@ impl Room {
                 return;
             }
         };
+        let fact = self.copied.then(|| super::copy::Fact::Chat {
+            from: m.id.clone(),
+            name: m.name.clone(),
+            text: text.clone(),
+            unix_ms,
+        });
         let msg = self.chat.push(m.id.clone(), m.name.clone(), text, unix_ms);
+        if let Some(fact) = fact {
+            self.out(Output::Fact(fact));
+        }
         SfuStats::inc(&self.stats.chat_messages);
         let Ok(json) = serde_json::to_string(&msg) else {
             return;

@@ -57,8 +57,13 @@ impl Room {
             .filter(|(_, t)| t.source == TrackSource::Screen)
             .map(|(_, t)| t.owner)
             .collect();
-        let mut video: Vec<(usize, ParticipantKey)> =
-            self.order.iter().copied().enumerate().collect();
+        let mut video: Vec<(usize, ParticipantKey)> = self
+            .order
+            .iter()
+            .chain(&self.remote_order)
+            .copied()
+            .enumerate()
+            .collect();
         video.sort_by_key(|(i, m)| {
             (
                 !sharing.contains(m),
@@ -251,10 +256,7 @@ impl Room {
             self.request_keyframe(t, l, now);
         }
         if let Some(speakers) = self.speakers.poll(now) {
-            let ids = speakers
-                .iter()
-                .filter_map(|k| self.members.get(k).map(|m| m.id.clone()))
-                .collect();
+            let ids = speakers.iter().filter_map(|k| self.id_of(*k)).collect();
             self.broadcast(None, ServerMessage::ActiveSpeakers { speakers: ids });
             // Speaking recency drives last-N and priorities: re-allocate the room.
             self.allocate_all(now);

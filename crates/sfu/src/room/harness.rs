@@ -48,6 +48,8 @@ pub struct Harness {
     pub relayed: Vec<(super::RelayKey, rtc::rtp::Packet)>,
     /// What the room sent to the homes of tracks it relays.
     pub upstream: Vec<(super::RelayKey, super::Upstream)>,
+    /// Facts the room told its other copies.
+    pub facts: Vec<super::Fact>,
     pub events: Vec<crate::events::RoomEvent>,
     /// The most offers ever in flight at once for one participant.
     pub max_offers_in_flight: u32,
@@ -124,6 +126,7 @@ impl Harness {
             keyframe_requests: Vec::new(),
             relayed: Vec::new(),
             upstream: Vec::new(),
+            facts: Vec::new(),
             events: Vec::new(),
             max_offers_in_flight: 0,
             answer_new: true,
@@ -300,7 +303,7 @@ impl Harness {
                 }
                 match dest {
                     super::Dest::Down { sub_peer, slot } => out.push((sub_peer, slot, p)),
-                    super::Dest::Relay(to) => relayed.push((to, p)),
+                    super::Dest::Relay { to, .. } => relayed.push((to, p)),
                 }
                 true
             });
@@ -434,6 +437,7 @@ impl Harness {
                 self.keyframe_requests.push((pub_peer, ssrc));
             }
             Output::Relay { to, msg } => self.upstream.push((to, msg)),
+            Output::Fact(f) => self.facts.push(f),
             Output::Event(ev) => self.events.push(ev),
             Output::Removed { participant, .. } => {
                 let c = self

@@ -108,6 +108,7 @@ impl Room {
         if let Some(t) = self.tracks.get_mut(track.0) {
             let layer = t.add_layer(rid, ssrc);
             tracing::debug!(track = %t.id, layer, ssrc, "simulcast layer opened");
+            self.tell_track(track);
         }
     }
 
@@ -120,6 +121,10 @@ impl Room {
             return;
         };
         m.tracks.remove(i);
+        if let Some(t) = self.tracks.get(track.0) {
+            let id = t.id.clone();
+            self.tell(super::copy::Fact::TrackGone(id));
+        }
         self.remove_track(track);
         self.announce_update(owner);
     }
@@ -166,7 +171,7 @@ impl Room {
         now: Instant,
         track: TrackKey,
         pkt: rtc::rtp::Packet,
-        mut write: impl FnMut(Dest, rtc::rtp::Packet, Option<Vp8Patch>) -> bool,
+        mut write: impl FnMut(Dest<'_>, rtc::rtp::Packet, Option<Vp8Patch>) -> bool,
     ) -> u64 {
         let Some(t) = self.tracks.get_mut(track.0) else {
             return 0;
@@ -255,6 +260,8 @@ impl Room {
         pkt.header.extensions.clear();
         pkt.header.extensions_padding = 0;
         let mut written = 0u64;
+        // Made only when there are relays, like the packet's clone.
+        let track_id = relayed.as_ref().map(|_| t.id.clone());
         let fan = t.fan_out(&info, now, |e| match e {
             Emit::Down(d, fw) => {
                 let mut out = pkt.clone();
@@ -273,8 +280,8 @@ impl Room {
                 }
             }
             Emit::Relay(to) => {
-                if let Some(p) = &relayed
-                    && write(Dest::Relay(to), p.clone(), None)
+                if let (Some(p), Some(track)) = (&relayed, &track_id)
+                    && write(Dest::Relay { to, track }, p.clone(), None)
                 {
                     written += 1;
                 }

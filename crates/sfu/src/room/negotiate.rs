@@ -95,7 +95,7 @@ impl Room {
                 Some(SubscribedTrack {
                     mid: mid.clone(),
                     track_id: t.id.clone(),
-                    participant_id: self.members.get(&t.owner)?.id.clone(),
+                    participant_id: self.id_of(t.owner)?,
                     kind: t.kind,
                     source: t.source,
                 })

@@ -46,9 +46,10 @@ impl Worker {
                 name,
                 opts,
                 events,
+                copies,
                 reply,
             } => {
-                let r = self.join(key, id, room, name, opts, events, now);
+                let r = self.join(key, id, room, name, opts, events, copies, now);
                 let _ = reply.send(r);
             }
             Command::Client { key, request, msg } => {
@@ -167,6 +168,7 @@ impl Worker {
         name: confab_proto::DisplayName,
         opts: crate::JoinOptions,
         events: tokio::sync::mpsc::Sender<ServerMessage>,
+        copies: Vec<usize>,
         now: Instant,
     ) -> Result<(), JoinError> {
         if self.stopping {
@@ -196,6 +198,9 @@ impl Worker {
                 );
                 let rk = RoomKey(self.rooms.insert(room));
                 self.room_keys.insert(room_id.clone(), rk);
+                // Copies of the room on other workers: link to them before anyone joins
+                // here, so that the join is told after the hello.
+                self.open_copy(rk, &room_id, copies);
                 (rk, true)
             }
         };
@@ -287,6 +292,7 @@ impl Worker {
         if !self.rooms.contains(rk.0) {
             return;
         }
+        self.close_copy(rk);
         let mut room = self.rooms.remove(rk.0);
         self.room_keys.remove(&room.id);
         // Dropping the taps ends their sessions.
@@ -417,10 +423,9 @@ impl Worker {
                 }
             }
             Output::Relay { to, msg } => {
-                // Only a relayed copy of a track says something upstream, and this worker
-                // has no relay links yet (issue 15).
-                tracing::debug!(relay = to.0, ?msg, "no relay link");
+                self.link_send(rk, to.0 as usize, super::relay::Frame::Upstream(msg));
             }
+            Output::Fact(fact) => self.tell_copies(rk, fact),
             Output::Event(ev) => self.emit(ev),
             Output::Removed {
                 participant,
@@ -520,6 +525,52 @@ impl Worker {
         room.offer_answered(key, request, publ, result, started.elapsed());
     }
 
+    /// Forwards one RTP packet of a room's track (a publisher's, or one relayed here from
+    /// another copy): copies to subscribers go to their egress streams, copies to other
+    /// copies of the room to their links.
+    pub(super) fn forward(
+        &mut self,
+        rk: RoomKey,
+        track: crate::keys::TrackKey,
+        pkt: rtc::rtp::Packet,
+        now: Instant,
+    ) {
+        let Some(room) = self.rooms.get_mut(rk.0) else {
+            return;
+        };
+        let peers = &mut self.peers;
+        let send = &mut self.send;
+        let scratch = &mut self.scratch;
+        let links = &self.links_out;
+        let index = self.index;
+        let stats = &self.stats;
+        let copy_of = self.copies.get(&rk).map(|(r, _)| r.clone());
+        let at = self.rx_at.unwrap_or(now);
+        let written = room.forward(now, track, pkt, |dest, out, patch| match dest {
+            Dest::Down { sub_peer, slot } => {
+                let Some(sub) = peers.get_mut(&sub_peer) else {
+                    return false;
+                };
+                match sub.write_rtp(slot, out, patch, now, scratch) {
+                    Some((datagram, to, ssrc)) => {
+                        send.push_stream(datagram, to, ssrc);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Dest::Relay { to, track } => copy_of.as_ref().is_some_and(|room| {
+                super::relay::send_media(links, index, stats, room, to, track, out, at)
+            }),
+        });
+        if written > 0 {
+            self.forwarded += 1;
+            if self.send.len() >= super::FLUSH_AT {
+                self.send_now();
+            }
+        }
+    }
+
     /// Drains one peer's events into its room.
     pub(super) fn drain_peer(&mut self, key: PeerKey) {
         let now = Instant::now();
@@ -548,35 +599,7 @@ impl Worker {
         match ev {
             PeerEvent::Rtp(track, pkt) => {
                 SfuStats::inc(&self.stats.rtp_in);
-                let Some(room) = self.rooms.get_mut(rk.0) else {
-                    return;
-                };
-                let peers = &mut self.peers;
-                let send = &mut self.send;
-                let scratch = &mut self.scratch;
-                let written = room.forward(now, track, pkt, |dest, out, patch| {
-                    let Dest::Down { sub_peer, slot } = dest else {
-                        // No relay links on this worker yet (issue 15): the room makes
-                        // relays only when a copy asks for one.
-                        return false;
-                    };
-                    let Some(sub) = peers.get_mut(&sub_peer) else {
-                        return false;
-                    };
-                    match sub.write_rtp(slot, out, patch, now, scratch) {
-                        Some((datagram, to, ssrc)) => {
-                            send.push_stream(datagram, to, ssrc);
-                            true
-                        }
-                        None => false,
-                    }
-                });
-                if written > 0 {
-                    self.forwarded += 1;
-                    if self.send.len() >= super::FLUSH_AT {
-                        self.send_now();
-                    }
-                }
+                self.forward(rk, track, pkt, now);
             }
             PeerEvent::IceConnected => self.mark_touched(key),
             PeerEvent::Connected => {

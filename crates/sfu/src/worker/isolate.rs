@@ -74,6 +74,15 @@ impl Worker {
         }
     }
 
+    /// Handles one message from another worker's copy of a room; if it panics, this
+    /// worker's copy of that room is closed.
+    pub(super) fn isolated_link(&mut self, l: super::relay::Link) {
+        let room = self.room_key(&l.room);
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.on_link(l))) {
+            self.fail_room(room, "a relay link", panic_message(p.as_ref()));
+        }
+    }
+
     /// The room a command concerns, if any.
     fn room_of_command(&self, c: &Command) -> Option<RoomKey> {
         match c {

@@ -1,0 +1,193 @@
+//! Links between the copies of a room on this node's workers (issue 15): each worker has
+//! one bounded inbound channel of [`Link`]s, and a sender to every other worker's. Over
+//! it go the room's facts (who joined, left, published; chat), the media of relayed
+//! tracks (each packet once per copy that wants its layer, as received: no SRTP, no
+//! system call) and what flows back upstream (layer wants, keyframe requests).
+//!
+//! Media is sent with `try_send`: a full channel drops the packet and counts it
+//! (`relay_dropped`), as a congested network would; facts wait for room in the channel
+//! only up to its capacity and are otherwise dropped, counted and logged (a copy that
+//! misses a fact is out of step until the participant's next change).
+
+use super::Worker;
+use crate::keys::RoomKey;
+use crate::room::{Fact, RelayKey, Upstream};
+use crate::stats::SfuStats;
+use confab_proto::{RoomId, TrackId};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Links one worker may have queued toward another.
+pub const LINK_CAPACITY: usize = 8192;
+
+/// One message from a copy of `room` on worker `from`.
+#[derive(Debug)]
+pub struct Link {
+    pub room: Arc<RoomId>,
+    pub from: usize,
+    pub frame: Frame,
+}
+
+#[derive(Debug)]
+pub enum Frame {
+    Fact(Fact),
+    Media {
+        track: TrackId,
+        packet: rtc::rtp::Packet,
+        /// When the packet reached the home worker's socket (server-added latency is
+        /// measured from there to the last copy sent, relay hop included).
+        at: Instant,
+    },
+    Upstream(Upstream),
+    /// The copy on `from` closed (the room emptied there).
+    Gone,
+}
+
+/// Sends one relayed packet (from inside the fan-out, which holds the room).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn send_media(
+    links: &[mpsc::Sender<Link>],
+    index: usize,
+    stats: &SfuStats,
+    room: &Arc<RoomId>,
+    to: RelayKey,
+    track: &TrackId,
+    packet: rtc::rtp::Packet,
+    at: Instant,
+) -> bool {
+    let Some(tx) = links.get(to.0 as usize) else {
+        return false;
+    };
+    let link = Link {
+        room: room.clone(),
+        from: index,
+        frame: Frame::Media {
+            track: track.clone(),
+            packet,
+            at,
+        },
+    };
+    match tx.try_send(link) {
+        Ok(()) => {
+            SfuStats::inc(&stats.relayed_packets);
+            true
+        }
+        Err(_) => {
+            SfuStats::inc(&stats.relay_dropped);
+            false
+        }
+    }
+}
+
+impl Worker {
+    /// Sends `frame` about room `rk` to the copy on worker `to`.
+    pub(super) fn link_send(&mut self, rk: RoomKey, to: usize, frame: Frame) {
+        let Some((room, _)) = self.copies.get(&rk) else {
+            return;
+        };
+        let Some(tx) = self.links_out.get(to) else {
+            return;
+        };
+        let link = Link {
+            room: room.clone(),
+            from: self.index,
+            frame,
+        };
+        if tx.try_send(link).is_err() {
+            SfuStats::inc(&self.stats.relay_dropped);
+            tracing::warn!(to, "relay link full: a room fact was dropped");
+        }
+    }
+
+    /// Tells every other copy of room `rk` a fact.
+    pub(super) fn tell_copies(&mut self, rk: RoomKey, fact: Fact) {
+        let Some((_, copies)) = self.copies.get(&rk) else {
+            return;
+        };
+        let copies = copies.clone();
+        for to in copies {
+            self.link_send(rk, to, Frame::Fact(fact.clone()));
+        }
+    }
+
+    /// Room `rk` was just created here while it has copies on `others`: say hello (they
+    /// answer with what they know).
+    pub(super) fn open_copy(&mut self, rk: RoomKey, room: &RoomId, others: Vec<usize>) {
+        let now = Instant::now();
+        let others: Vec<usize> = others.into_iter().filter(|w| *w != self.index).collect();
+        if others.is_empty() {
+            return;
+        }
+        self.copies
+            .insert(rk, (Arc::new(room.clone()), others.clone()));
+        if let Some(r) = self.rooms.get_mut(rk.0) {
+            r.set_copied();
+        }
+        for to in others {
+            self.link_send(rk, to, Frame::Fact(Fact::Hello));
+        }
+        let _ = now;
+    }
+
+    /// A room closed here: its other copies forget this one.
+    pub(super) fn close_copy(&mut self, rk: RoomKey) {
+        if let Some((_, copies)) = self.copies.get(&rk) {
+            for to in copies.clone() {
+                self.link_send(rk, to, Frame::Gone);
+            }
+        }
+        self.copies.remove(&rk);
+    }
+
+    /// One message from another worker's copy of a room.
+    pub(super) fn on_link(&mut self, link: Link) {
+        let now = Instant::now();
+        let Some(rk) = self.room_key(&link.room) else {
+            // No copy here (it emptied): nothing to do.
+            return;
+        };
+        let from = link.from;
+        // A copy we did not know of (it said hello, or something else first).
+        let entry = self
+            .copies
+            .entry(rk)
+            .or_insert_with(|| (link.room.clone(), Vec::new()));
+        if !matches!(link.frame, Frame::Gone) && !entry.1.contains(&from) {
+            entry.1.push(from);
+        }
+        match link.frame {
+            Frame::Media { track, packet, at } => {
+                // Counted in `rtp_in` where it was received, in `relayed_packets` where
+                // it was sent here.
+                let Some(key) = self.rooms.get(rk.0).and_then(|r| r.track_key(&track)) else {
+                    return;
+                };
+                self.rx_at = Some(self.rx_at.map_or(at, |rx| rx.min(at)));
+                self.forward(rk, key, packet, now);
+            }
+            Frame::Fact(fact) => {
+                let replies = self
+                    .with_room(rk, |r| r.fact(now, RelayKey(from as u32), fact))
+                    .unwrap_or_default();
+                for f in replies {
+                    self.link_send(rk, from, Frame::Fact(f));
+                }
+            }
+            Frame::Upstream(Upstream::Wants { track, layers }) => {
+                self.with_room(rk, |r| {
+                    r.relay_wants(now, &track, RelayKey(from as u32), layers)
+                });
+            }
+            Frame::Upstream(Upstream::Keyframe { track, layer }) => {
+                self.with_room(rk, |r| r.relay_keyframe(now, &track, layer));
+            }
+            Frame::Gone => {
+                if let Some((_, copies)) = self.copies.get_mut(&rk) {
+                    copies.retain(|w| *w != from);
+                }
+                self.with_room(rk, |r| r.copy_gone(RelayKey(from as u32)));
+            }
+        }
+    }
+}
