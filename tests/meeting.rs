@@ -258,3 +258,52 @@ async fn a_room_spread_over_two_workers_is_one_meeting() {
     assert_eq!(left, carol_id);
     server.stop().await;
 }
+
+/// A 1 → 5 webinar spread over two workers (three participants each): every viewer gets
+/// the publisher's audio and video, intact and without a gap in its numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webinar_spread_over_two_workers_reaches_every_viewer() {
+    let mut config = test_config();
+    config.media.workers = 2;
+    config.room.participants_per_worker = 3;
+    let server = start_with(config).await;
+    let host = join(&server, "webinar", "host", Publish::AUDIO_VIDEO).await;
+    let mut viewers = Vec::new();
+    for i in 0..5 {
+        viewers.push(join(&server, "webinar", &format!("viewer{i}"), Publish::NONE).await);
+    }
+    let _pump = host.start_media(MediaPlan::default());
+    for v in &mut viewers {
+        let tracks = wait_tracks(v, 2).await;
+        assert!(tracks.iter().all(|(_, p, _)| *p == host.id));
+        // 150 consecutive video packets: each one more than the last.
+        let mut last: Option<u16> = None;
+        for _ in 0..150 {
+            let seq = v
+                .wait_for(WAIT, "video", |e| match e {
+                    Event::Rtp {
+                        kind: confab_proto::MediaKind::Video,
+                        packet,
+                        ..
+                    } => {
+                        assert_intact(confab_proto::MediaKind::Video, packet);
+                        Some(packet.header.sequence_number)
+                    }
+                    _ => None,
+                })
+                .await
+                .unwrap();
+            if let Some(l) = last {
+                assert_eq!(seq, l.wrapping_add(1), "no gap, no reordering");
+            }
+            last = Some(seq);
+        }
+    }
+    let s = server.sfu.stats();
+    assert!(
+        s.relayed_packets > 0,
+        "three viewers are on the other worker"
+    );
+    assert_eq!(s.relay_dropped, 0);
+    server.stop().await;
+}

@@ -146,8 +146,17 @@ async fn cluster(State(s): State<AppState>, h: HeaderMap) -> ApiResult {
 async fn get_room(State(s): State<AppState>, h: HeaderMap, Path(room): Path<String>) -> ApiResult {
     let room = room_id(&room)?;
     authorize(&s, &h, Some(&room))?;
-    match s.sfu.rooms().await.into_iter().find(|r| r.room == room) {
-        Some(r) => Ok(Json(r).into_response()),
+    // A room spread over workers has a copy on each: one room, everyone in it (the
+    // first copy's worker; `GET /api/rooms` lists the copies).
+    let mut copies = s.sfu.rooms().await.into_iter().filter(|r| r.room == room);
+    match copies.next() {
+        Some(mut r) => {
+            for c in copies {
+                r.participants.extend(c.participants);
+                r.recording |= c.recording;
+            }
+            Ok(Json(r).into_response())
+        }
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no room {room}"))),
     }
 }

@@ -376,9 +376,10 @@ impl PublishedTrack {
             .filter_map(|d| d.forwarder.needs_keyframe())
     }
 
-    /// Runs one incoming packet through every down-track's forwarder and every relay;
-    /// `emit` is called for each down-track that forwards it, with the rewritten
-    /// numbering, and for each relay whose copy wants its layer.
+    /// Runs one incoming packet through every relay and every down-track's forwarder;
+    /// `emit` is called for each relay whose copy wants its layer (first: the copy fans
+    /// out in parallel), and for each down-track that forwards it, with the rewritten
+    /// numbering.
     pub fn fan_out(
         &mut self,
         info: &PacketInfo,
@@ -386,6 +387,14 @@ impl PublishedTrack {
         mut emit: impl FnMut(Emit<'_>),
     ) -> Fanout {
         let mut f = Fanout::default();
+        // Relays first: the copy elsewhere fans out in parallel with this one.
+        for r in &mut self.relays {
+            if r.wants(info.layer, now) {
+                r.packets += 1;
+                f.forwarded += 1;
+                emit(Emit::Relay(r.to));
+            }
+        }
         for d in &mut self.down {
             match d.forwarder.on_packet(info, now) {
                 Decision::Forward(rw) => {
@@ -394,13 +403,6 @@ impl PublishedTrack {
                 }
                 Decision::Drop(DropReason::Paused) => {}
                 Decision::Drop(_) => f.dropped += 1,
-            }
-        }
-        for r in &mut self.relays {
-            if r.wants(info.layer, now) {
-                r.packets += 1;
-                f.forwarded += 1;
-                emit(Emit::Relay(r.to));
             }
         }
         f
