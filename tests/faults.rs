@@ -408,3 +408,52 @@ async fn a_failed_worker_is_restarted() {
     drop(pump);
     server.stop().await;
 }
+
+/// A room spread over two workers whose first copy fails: that copy's participants are
+/// told to rejoin; on the other worker the room goes on and its participants see them
+/// leave (issue 15: a failure stays inside its copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_of_a_room_takes_only_its_own_participants() {
+    let mut config = test_config();
+    config.media.workers = 2;
+    config.room.participants_per_worker = 2;
+    let server = start_with(config).await;
+    let mut a1 = join(&server, "spread", "a1", Publish::NONE).await;
+    let mut a2 = join(&server, "spread", "a2", Publish::NONE).await;
+    let b1 = join(&server, "spread", "b1", Publish::AUDIO_VIDEO).await;
+    let mut b2 = join(&server, "spread", "b2", Publish::NONE).await;
+    let pump = b1.start_media(MediaPlan::default());
+    // Everyone knows everyone (a1 and a2 see b1's media through the relay).
+    wait_tracks(&mut a1, 2).await;
+    wait_tracks(&mut b2, 2).await;
+    let room = confab_proto::RoomId::parse("spread").unwrap();
+    // The first copy (a1's and a2's) fails.
+    assert!(
+        server
+            .sfu
+            .inject_panic(&room, confab_sfu::FaultPoint::Command)
+            .await
+    );
+    for c in [&mut a1, &mut a2] {
+        wait_internal(c, "copy failed").await;
+    }
+    // On the other worker, b2 sees both leave, and still gets b1's media.
+    let (a1_id, a2_id) = (a1.id.clone(), a2.id.clone());
+    let mut gone = Vec::new();
+    while gone.len() < 2 {
+        let id = wait_server(&mut b2, "participant_left", |m| match m {
+            ServerMessage::ParticipantLeft { participant_id } => Some(participant_id.clone()),
+            _ => None,
+        })
+        .await;
+        gone.push(id);
+    }
+    gone.sort();
+    let mut want = vec![a1_id, a2_id];
+    want.sort();
+    assert_eq!(gone, want);
+    b2.clear_backlog();
+    sample_rtp(&mut b2, 50).await;
+    drop(pump);
+    server.stop().await;
+}

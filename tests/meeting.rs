@@ -179,6 +179,7 @@ async fn a_room_spread_over_two_workers_is_one_meeting() {
     let mut config = test_config();
     config.media.workers = 2;
     config.room.participants_per_worker = 2;
+    config.room.max_participants = 4;
     let server = start_with(config).await;
     // alice and bob on the first worker, carol and dave on a copy on the second.
     let mut alice = join(&server, "spread", "alice", Publish::AUDIO_VIDEO).await;
@@ -186,6 +187,15 @@ async fn a_room_spread_over_two_workers_is_one_meeting() {
     let mut carol = join(&server, "spread", "carol", Publish::AUDIO_VIDEO).await;
     let mut dave = join(&server, "spread", "dave", Publish::NONE).await;
     assert_eq!(server.sfu.hosted_rooms().len(), 1);
+    // The room's limit holds across its copies.
+    let err = confab_load::client::Client::connect(
+        confab_load::client::ClientOptions::new(server.ws_url(), "spread", "eve")
+            .publish(Publish::NONE),
+    )
+    .await
+    .err()
+    .expect("a fifth join is refused");
+    assert!(format!("{err:#}").contains("RoomFull"), "{err:#}");
     // The copy's joiners learn who is on the other worker: in `joined` if the copies
     // were linked by then, else as `participant_joined` right after.
     async fn learn(c: &mut confab_load::client::Client, want: &[&str]) {

@@ -366,6 +366,14 @@ impl Sfu {
         }
         if let Some(p) = rooms.get_mut(room).filter(|p| !p.copies.is_empty()) {
             let per = self.inner.config.participants_per_worker;
+            // The room-wide limit (each copy also checks its own participants).
+            let max = self.inner.config.max_participants_per_room;
+            if per > 0 && p.participants() >= max {
+                return Err(JoinError::RoomFull {
+                    room: room.to_string(),
+                    max,
+                });
+            }
             let least = (0..p.copies.len())
                 .min_by_key(|i| p.copies[*i].1)
                 .unwrap_or(0);

@@ -659,6 +659,18 @@ impl Drop for Worker {
             g(&self.stats.down_tracks, downs);
             g(&self.stats.recordings, taps);
         }
+        // The other copies of its rooms forget this one's participants.
+        for (room, copies) in self.copies.values() {
+            for to in copies {
+                if let Some(tx) = self.links_out.get(*to) {
+                    let _ = tx.try_send(relay::Link {
+                        room: room.clone(),
+                        from: self.index,
+                        frame: relay::Frame::Gone,
+                    });
+                }
+            }
+        }
     }
 }
 

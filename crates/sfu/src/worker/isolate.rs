@@ -140,6 +140,8 @@ impl Worker {
             }
         }
         if self.rooms.contains(rk.0) {
+            // Its other copies forget this one (and the participants it had).
+            self.close_copy(rk);
             let mut r = self.rooms.remove(rk.0);
             self.room_keys.remove(&r.id);
             let (tracks, downs, _) = r.counts();

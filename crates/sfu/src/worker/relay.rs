@@ -148,13 +148,28 @@ impl Worker {
             return;
         };
         let from = link.from;
-        // A copy we did not know of (it said hello, or something else first).
+        // A copy we did not know of: it was opened while this one was (its hello may have
+        // found no room here yet). Both sides exchange what they know.
         let entry = self
             .copies
             .entry(rk)
             .or_insert_with(|| (link.room.clone(), Vec::new()));
         if !matches!(link.frame, Frame::Gone) && !entry.1.contains(&from) {
             entry.1.push(from);
+            if let Some(r) = self.rooms.get_mut(rk.0) {
+                r.set_copied();
+            }
+            if !matches!(link.frame, Frame::Fact(Fact::Hello)) {
+                self.link_send(rk, from, Frame::Fact(Fact::Hello));
+                let snapshot = self
+                    .rooms
+                    .get(rk.0)
+                    .map(|r| r.snapshot())
+                    .unwrap_or_default();
+                for f in snapshot {
+                    self.link_send(rk, from, Frame::Fact(f));
+                }
+            }
         }
         match link.frame {
             Frame::Media { track, packet, at } => {
