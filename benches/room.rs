@@ -6,7 +6,11 @@
 //! - `subscription`: one subscriber turns one remote video off and on (re-allocation);
 //! - `reallocate_all`: a tick where every member is due (what a speaker change costs:
 //!   the room's ranking once, then every member's layers);
-//! - `fan_out`: one video packet forwarded to every other member.
+//! - `fan_out`: one video packet forwarded to every other member;
+//! - `relay/local` and `relay/across`: one video packet to one subscriber in the same
+//!   copy of the room, and to one subscriber of another copy (the home relays it as
+//!   received, the copy re-publishes and forwards it): the difference is what a relay
+//!   costs per packet, channel aside.
 //!
 //!     cargo bench --bench room
 //!
@@ -94,5 +98,61 @@ fn room_events(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, room_events);
+fn relay(c: &mut Criterion) {
+    use confab_sfu::room::{Fact, RelayKey};
+    let mut g = c.benchmark_group("relay");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let video = &[(MediaKind::Video, TrackSource::Camera)];
+    // Baseline: publisher and subscriber in one copy.
+    let mut h = meeting(0);
+    let alice = h.join(1);
+    let t = h.publish(alice, video)[0];
+    h.join(2);
+    let ssrc = h.room.track(t).unwrap().layers[0].as_ref().unwrap().ssrc;
+    h.rtp(t, vp8(ssrc, 1));
+    h.advance(Duration::from_millis(600));
+    assert_eq!(h.rtp(t, vp8(ssrc, 2)).len(), 1, "the subscriber gets it");
+    let mut seq = 2u16;
+    g.bench_function("local", |b| {
+        b.iter(|| {
+            seq = seq.wrapping_add(1);
+            black_box(h.rtp(t, vp8(ssrc, seq)).len())
+        })
+    });
+    // Across: the subscriber is on another copy.
+    let (to_a, to_b) = (RelayKey(0), RelayKey(1));
+    let mut a = meeting(0);
+    let mut b = meeting(0);
+    let alice = a.join(1);
+    let t = a.publish(alice, video)[0];
+    b.join(2);
+    let now = a.now;
+    for f in a.room.fact(now, to_b, Fact::Hello) {
+        b.room.fact(now, to_a, f);
+    }
+    b.run();
+    let id = a.room.track(t).unwrap().id.clone();
+    let copy = b.room.track_key(&id).unwrap();
+    a.room.relay_wants(now, &id, to_b, 0b1);
+    let mut hop = |a: &mut Harness, b: &mut Harness, seq: u16| {
+        a.rtp(t, vp8(ssrc, seq));
+        let (_, p) = a.relayed.pop().expect("relayed");
+        b.rtp(copy, p).len()
+    };
+    hop(&mut a, &mut b, 1);
+    b.advance(Duration::from_millis(600));
+    assert_eq!(hop(&mut a, &mut b, 2), 1, "the copy forwards it");
+    let mut seq = 2u16;
+    g.bench_function("across", |bn| {
+        bn.iter(|| {
+            seq = seq.wrapping_add(1);
+            black_box(hop(&mut a, &mut b, seq))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, room_events, relay);
 criterion_main!(benches);
