@@ -136,7 +136,7 @@ fn relay(c: &mut Criterion) {
     let id = a.room.track(t).unwrap().id.clone();
     let copy = b.room.track_key(&id).unwrap();
     a.room.relay_wants(now, &id, to_b, 0b1);
-    let mut hop = |a: &mut Harness, b: &mut Harness, seq: u16| {
+    let hop = |a: &mut Harness, b: &mut Harness, seq: u16| {
         a.rtp(t, vp8(ssrc, seq));
         let (_, p) = a.relayed.pop().expect("relayed");
         b.rtp(copy, p).len()
