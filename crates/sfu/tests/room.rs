@@ -394,6 +394,25 @@ fn two_copies_of_a_room_are_one_meeting() {
     let copies = b.rtp(copy, relayed);
     assert_eq!(copies.len(), 1);
     assert_eq!(copies[0].0, b.clients[&bob].sub_peer.unwrap());
+    // A recording of copy B takes alice's relayed track.
+    let (tap, rx) = confab_sfu::sink::Tap::new(1, 64);
+    b.room.add_tap(tap, b.now);
+    b.run();
+    let started: Vec<_> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            confab_sfu::sink::TapEvent::TrackStarted(m) => Some((m.track, m.participant)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, [(id.clone(), alice_id.clone())]);
+    a.rtp(t, vp8(ssrc, 9, false));
+    let (_, relayed) = a.relayed.pop().expect("relayed");
+    b.rtp(copy, relayed);
+    assert!(
+        rx.try_iter()
+            .any(|e| matches!(e, confab_sfu::sink::TapEvent::Rtp { track, .. } if track == id))
+    );
     // Chat crosses: bob's message is a fact for A, which delivers it to alice.
     let chat = Fact::Chat {
         from: b.id(bob),

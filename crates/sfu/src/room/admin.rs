@@ -89,9 +89,9 @@ impl Room {
     /// already published start now, video on a keyframe.
     pub fn add_tap(&mut self, tap: crate::sink::Tap, now: Instant) {
         for (_, t) in self.tracks.iter() {
-            if let Some(m) = self.members.get(&t.owner) {
+            if let Some((id, name)) = self.who(t.owner) {
                 tap.send(crate::sink::TapEvent::TrackStarted(
-                    t.meta(&self.id, &m.id, &m.name),
+                    t.meta(&self.id, &id, &name),
                 ));
             }
         }

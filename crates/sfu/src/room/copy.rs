@@ -90,6 +90,18 @@ impl Room {
             .or_else(|| self.remotes.get(&key).map(|r| r.info.id.clone()))
     }
 
+    /// The id and name of a member or a remote member.
+    pub(super) fn who(&self, key: ParticipantKey) -> Option<(ParticipantId, DisplayName)> {
+        self.members
+            .get(&key)
+            .map(|m| (m.id.clone(), m.name.clone()))
+            .or_else(|| {
+                self.remotes
+                    .get(&key)
+                    .map(|r| (r.info.id.clone(), r.info.name.clone()))
+            })
+    }
+
     pub(super) fn remote_info(&self, key: ParticipantKey) -> Option<ParticipantInfo> {
         let r = self.remotes.get(&key)?;
         Some(ParticipantInfo {
@@ -327,6 +339,12 @@ impl Room {
         t.muted = rt.info.muted;
         t.relayed_from = Some((from, WantsAnnouncer::default()));
         let id = t.id.clone();
+        if let Some((who, name)) = self.who(owner) {
+            // A recording here takes the relayed tracks too.
+            let meta = t.meta(&self.id, &who, &name);
+            self.taps
+                .retain(|tap| tap.send(crate::sink::TapEvent::TrackStarted(meta.clone())));
+        }
         let key = TrackKey(self.tracks.insert(t));
         self.track_ids.insert(id, key);
         SfuStats::gauge(&self.stats.published_tracks, 1);

@@ -395,8 +395,19 @@ impl Room {
     /// tracks it relays here (on change, and repeated so the relay does not expire).
     pub(super) fn relay_upstream(&mut self, now: Instant, grace: Duration) {
         let mut msgs = Vec::new();
+        let recorded = !self.taps.is_empty();
         for (_, t) in self.tracks.iter_mut() {
-            let mask = t.wanted_layers(now, grace);
+            let mut mask = t.wanted_layers(now, grace);
+            if recorded {
+                // A recording takes the best layer, watched here or not.
+                let top = t
+                    .rids
+                    .iter()
+                    .rposition(Option::is_some)
+                    .or_else(|| t.layers.iter().rposition(Option::is_some))
+                    .unwrap_or(0);
+                mask |= 1 << top;
+            }
             if let Some((from, announcer)) = t.relayed_from.as_mut()
                 && let Some(layers) = announcer.poll(mask, now)
             {
