@@ -713,14 +713,16 @@ impl Room {
                 self.allocate(key, now);
             }
             ClientMessage::Pin { participant_ids } => {
+                // Members of this copy or of another one (a remote member is pinned
+                // like a local one).
                 let pins = self
                     .order
                     .iter()
+                    .chain(&self.remote_order)
                     .copied()
                     .filter(|k| {
-                        self.members
-                            .get(k)
-                            .is_some_and(|m| participant_ids.contains(&m.id))
+                        self.id_of(*k)
+                            .is_some_and(|id| participant_ids.contains(&id))
                     })
                     .collect();
                 if let Some(m) = self.members.get_mut(&key) {

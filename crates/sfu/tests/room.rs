@@ -413,6 +413,16 @@ fn two_copies_of_a_room_are_one_meeting() {
         rx.try_iter()
             .any(|e| matches!(e, confab_sfu::sink::TapEvent::Rtp { track, .. } if track == id))
     );
+    // The publisher's sender reports reach the copy's recording too.
+    let pub_peer = a.clients[&alice].pub_peer.unwrap();
+    a.room.sender_report(pub_peer, ssrc, 42 << 32, 9000);
+    a.run();
+    let reports: Vec<Fact> = std::mem::take(&mut a.facts);
+    for f in reports {
+        b.room.fact(b.now, to_a, f);
+    }
+    assert!(rx.try_iter().any(|e| matches!(e,
+        confab_sfu::sink::TapEvent::SenderReport { track, rtp_ts: 9000, .. } if track == id)));
     // Chat crosses: bob's message is a fact for A, which delivers it to alice.
     let chat = Fact::Chat {
         from: b.id(bob),

@@ -30,6 +30,14 @@ pub enum Fact {
     /// A track of one of the sender's participants, as it is now.
     Track(RelayedTrack),
     TrackGone(TrackId),
+    /// A publisher's sender report for one of the sender's tracks (recordings of the
+    /// relayed copies date their files by it).
+    SenderReport {
+        track: TrackId,
+        ssrc: u32,
+        ntp: u64,
+        rtp_ts: u32,
+    },
     /// A chat message one of the sender's participants sent.
     Chat {
         from: ParticipantId,
@@ -229,6 +237,16 @@ impl Room {
                 r.tracks.retain(|t| *t != key);
                 self.remove_track(key);
                 self.announce_remote(owner);
+            }
+            Fact::SenderReport {
+                track,
+                ssrc,
+                ntp,
+                rtp_ts,
+            } => {
+                if !self.taps.is_empty() && self.track_key(&track).is_some() {
+                    self.report_to_taps(track, ssrc, ntp, rtp_ts);
+                }
             }
             Fact::Chat {
                 from: who,

@@ -336,7 +336,7 @@ impl Room {
     /// A publisher's sender report maps an encoding's RTP clock to wall-clock time:
     /// recordings use it to date their files.
     pub fn sender_report(&mut self, pub_peer: PeerKey, ssrc: u32, ntp: u64, rtp_ts: u32) {
-        if self.taps.is_empty() {
+        if self.taps.is_empty() && !self.copied {
             return;
         }
         let Some(track) = self
@@ -347,6 +347,17 @@ impl Room {
         else {
             return;
         };
+        // The other copies' recordings date the relayed track's files by it too.
+        self.tell(super::copy::Fact::SenderReport {
+            track: track.clone(),
+            ssrc,
+            ntp,
+            rtp_ts,
+        });
+        self.report_to_taps(track, ssrc, ntp, rtp_ts);
+    }
+
+    pub(super) fn report_to_taps(&mut self, track: TrackId, ssrc: u32, ntp: u64, rtp_ts: u32) {
         let ev = crate::sink::TapEvent::SenderReport {
             track,
             ssrc,
@@ -358,8 +369,6 @@ impl Room {
         }
     }
 
-    /// Asks the publisher of a video track for a keyframe of `layer` (or of the lowest
-    /// received layer if that one is not there yet), within the keyframe throttle.
     /// A room copy at `to` wants the layers of `mask` (bit i = layer i) of `track`, which
     /// this room publishes: the track is relayed there from now on (0: no longer).
     pub fn relay_wants(&mut self, now: Instant, track: &TrackId, to: RelayKey, mask: u8) {
@@ -423,6 +432,9 @@ impl Room {
         self.outputs.extend(msgs);
     }
 
+    /// Asks the publisher of a video track for a keyframe of `layer` (or of the lowest
+    /// received layer if that one is not there yet), within the keyframe throttle.
+    /// A relayed copy asks its home instead.
     pub(super) fn request_keyframe(&mut self, track: TrackKey, layer: u8, now: Instant) {
         let Some(t) = self.tracks.get_mut(track.0) else {
             return;
