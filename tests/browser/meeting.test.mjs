@@ -243,3 +243,40 @@ test('the page reconnects after a server restart and says when the server is unr
     for (const p of Object.values(pages)) await p.context().close();
   }
 });
+
+test('two pages on two media workers of one room see and hear each other and chat', async (t) => {
+  // One participant per worker: the second page joins a copy of the room on the other
+  // worker, and every track crosses between the copies (issue 15: relays).
+  const server = await startServer({
+    label: 'spread',
+    env: { CONFAB_MEDIA__WORKERS: '2', CONFAB_ROOM__PARTICIPANTS_PER_WORKER: '1' },
+  });
+  const pages = {};
+  t.after(async () => {
+    await server.stop();
+  });
+  try {
+    for (const n of ['Ada', 'Grace']) pages[n] = await newParticipantPage(browser);
+    const ids = {};
+    for (const n of ['Ada', 'Grace']) ids[n] = await joinRoom(pages[n], server.url, 'spread', n);
+    await waitRemoteTiles(pages.Ada, [ids.Grace]);
+    await waitRemoteTiles(pages.Grace, [ids.Ada]);
+    await waitMediaFlowing(pages.Ada, [ids.Grace]);
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    const tiles = await remoteTiles(pages.Grace);
+    assert.deepEqual(tiles.map((x) => x.name), ['Ada'], 'named across the copies');
+    await typeChat(pages.Grace, 'from the other worker');
+    await waitChat(pages.Ada, 'from the other worker');
+    // The media really crossed between workers.
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const relayed = Number(/^confab_relayed_packets_total (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(relayed > 0, `relayed packets: ${relayed}`);
+    await screenshot(pages.Grace, 'spread-Grace');
+  } catch (err) {
+    await dumpPages(pages, 'spread');
+    console.error(`server log: ${server.logPath}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});

@@ -49,7 +49,7 @@ pub struct SfuConfig {
     pub last_n: usize,
     /// A room whose copies all have this many participants gets a copy on another worker
     /// for its next ones (its tracks are relayed between copies); 0 keeps every room on
-    /// one worker.
+    /// one worker. Default 200.
     pub participants_per_worker: usize,
     /// Each subscriber gets audio from only the K loudest participants (0 = everyone).
     pub audio_top_k: usize,
@@ -138,7 +138,7 @@ impl Default for SfuConfig {
             socket_buffer_bytes: 4 * 1024 * 1024,
             gso: false,
             last_n: 0,
-            participants_per_worker: 0,
+            participants_per_worker: 200,
             audio_top_k: 0,
             negotiation_timeout_ms: 20_000,
             signaling_budget_ms_per_s: 25,
