@@ -189,7 +189,7 @@ impl Room {
 
     /// A fact from the copy at `from`. Returns a reply to send back to it, if any (the
     /// snapshot, for [`Fact::Hello`]).
-    pub fn fact(&mut self, now: Instant, from: RelayKey, fact: Fact) -> Vec<Fact> {
+    pub fn fact(&mut self, _now: Instant, from: RelayKey, fact: Fact) -> Vec<Fact> {
         self.copied = true;
         match fact {
             Fact::Hello => return self.snapshot(),
@@ -223,7 +223,7 @@ impl Room {
                 );
             }
             Fact::Left(id) => self.remote_left(&id),
-            Fact::Track(rt) => self.relayed_track(now, from, rt),
+            Fact::Track(rt) => self.relayed_track(from, rt),
             Fact::TrackGone(track) => {
                 let Some(key) = self.track_key(&track) else {
                     return Vec::new();
@@ -316,7 +316,7 @@ impl Room {
 
     /// A track of a remote member, new or changed: re-published here as a relayed copy
     /// (its layers and mute state follow the home's).
-    fn relayed_track(&mut self, now: Instant, from: RelayKey, rt: RelayedTrack) {
+    fn relayed_track(&mut self, from: RelayKey, rt: RelayedTrack) {
         let Some(owner) = self.remote_ids.get(&rt.owner).copied() else {
             return;
         };
@@ -373,7 +373,6 @@ impl Room {
             let k = self.order[i];
             self.subscribe(k, key);
         }
-        let _ = now;
         self.announce_remote(owner);
     }
 }

@@ -114,7 +114,6 @@ impl Worker {
     /// Room `rk` was just created here while it has copies on `others`: say hello (they
     /// answer with what they know).
     pub(super) fn open_copy(&mut self, rk: RoomKey, room: &RoomId, others: Vec<usize>) {
-        let now = Instant::now();
         let others: Vec<usize> = others.into_iter().filter(|w| *w != self.index).collect();
         if others.is_empty() {
             return;
@@ -127,7 +126,6 @@ impl Worker {
         for to in others {
             self.link_send(rk, to, Frame::Fact(Fact::Hello));
         }
-        let _ = now;
     }
 
     /// A room closed here: its other copies forget this one.
