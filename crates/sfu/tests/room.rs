@@ -423,6 +423,8 @@ fn two_copies_of_a_room_are_one_meeting() {
     }
     assert!(rx.try_iter().any(|e| matches!(e,
         confab_sfu::sink::TapEvent::SenderReport { track, rtp_ts: 9000, .. } if track == id)));
+    b.check();
+    a.check();
     // Chat crosses: bob's message is a fact for A, which delivers it to alice.
     let chat = Fact::Chat {
         from: b.id(bob),

@@ -456,8 +456,16 @@ impl Harness {
         let room = &self.room;
         let members: Vec<ParticipantKey> = room.members().to_vec();
         for (tk, t) in room.tracks() {
+            // A relayed copy's owner is a remote member, and only such a track has one.
+            let remote = room.remotes().find(|(k, _)| **k == t.owner);
+            assert_eq!(
+                remote.is_some(),
+                t.relayed_from.is_some(),
+                "track {}: relayed exactly when its owner is remote",
+                t.id
+            );
             assert!(
-                members.contains(&t.owner),
+                members.contains(&t.owner) || remote.is_some_and(|(_, r)| r.tracks.contains(&tk)),
                 "track {} outlives its owner",
                 t.id
             );
