@@ -325,6 +325,9 @@ pub struct LoopStats {
     pub timer_lag: LatencyHistogram,
     /// Round-trip time to subscribers, from their RTCP receiver reports.
     pub rtt: LatencyHistogram,
+    /// A relayed packet's arrival at its home worker's socket to its handling by the copy
+    /// of the room on this worker (the relay hop).
+    pub relay_hop: LatencyHistogram,
 }
 
 /// A copy of [`LoopStats`].
@@ -334,6 +337,8 @@ pub struct LoopSnapshot {
     pub pass_time: LatencySnapshot,
     pub timer_lag: LatencySnapshot,
     pub rtt: LatencySnapshot,
+    #[serde(default)]
+    pub relay_hop: LatencySnapshot,
 }
 
 impl LoopSnapshot {
@@ -343,6 +348,7 @@ impl LoopSnapshot {
         self.pass_time.merge(&other.pass_time);
         self.timer_lag.merge(&other.timer_lag);
         self.rtt.merge(&other.rtt);
+        self.relay_hop.merge(&other.relay_hop);
     }
 }
 
@@ -353,6 +359,7 @@ impl LoopStats {
             pass_time: self.pass_time.snapshot(),
             timer_lag: self.timer_lag.snapshot(),
             rtt: self.rtt.snapshot(),
+            relay_hop: self.relay_hop.snapshot(),
         }
     }
 }

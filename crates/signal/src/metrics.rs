@@ -252,6 +252,12 @@ impl Collector for ConfabCollector {
         )?;
         gauge(
             &mut e,
+            "confab_relay_hop_p99_microseconds",
+            "A relayed packet's arrival at its home worker to its handling by the room's copy on another worker, p99 since start",
+            l.relay_hop.p99_us as i64,
+        )?;
+        gauge(
+            &mut e,
             "confab_forward_latency_p99_microseconds",
             "Server-added latency p99 since start",
             l.forward_latency.p99_us as i64,

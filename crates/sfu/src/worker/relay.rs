@@ -176,6 +176,9 @@ impl Worker {
                 let Some(key) = self.rooms.get(rk.0).and_then(|r| r.track_key(&track)) else {
                     return;
                 };
+                self.timing
+                    .relay_hop
+                    .record(now.saturating_duration_since(at).as_micros() as u64);
                 self.rx_at = Some(self.rx_at.map_or(at, |rx| rx.min(at)));
                 self.forward(rk, key, packet, now);
             }
