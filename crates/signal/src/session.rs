@@ -55,6 +55,9 @@ type Joined = (Participant, mpsc::Receiver<ServerMessage>, String);
 
 /// Messages refused for their rate before the connection is closed as abusive.
 const MAX_RATE_REFUSALS: u32 = 500;
+/// How long a connection closed for an oversized frame is held open for its peer to read
+/// the close frame.
+const LINGER: Duration = Duration::from_secs(1);
 /// `publish` messages refused (rate or offer checks) before the connection is closed as
 /// abusive.
 const MAX_PUBLISH_REFUSALS: u32 = 20;
@@ -340,6 +343,23 @@ pub async fn run<S, R, E>(
         })))
         .await;
     let _ = sink.close().await;
+    if close_code == 1009 {
+        // Lingering close: the rest of the refused frame may still be arriving, and a
+        // socket closed with unread data resets the connection, which can destroy the
+        // close frame before the peer reads it. Hold the socket until the peer closes
+        // (or the stream fails), for at most LINGER.
+        let _ = tokio::time::timeout(LINGER, async {
+            loop {
+                match stream.next().await {
+                    None => break,
+                    Some(Ok(_)) => {}
+                    // A failed stream cannot say when the peer closes: hold it.
+                    Some(Err(_)) => std::future::pending::<()>().await,
+                }
+            }
+        })
+        .await;
+    }
 }
 
 /// Sends `msg` (a fatal error) on a connection that is not served, and closes it.
