@@ -233,6 +233,19 @@ async fn a_room_spread_over_two_workers_is_one_meeting() {
     }
     assert!(server.sfu.stats().relayed_packets > 0);
     assert_eq!(server.sfu.stats().relay_dropped, 0);
+    // The admin view: one entry per copy, each with its own participants, and each
+    // relaying its publisher's two tracks to the other worker.
+    let copies = server.sfu.rooms().await;
+    assert_eq!(copies.len(), 2);
+    for c in &copies {
+        assert_eq!(c.participants.len(), 2, "{c:?}");
+        assert_eq!(c.relays.len(), 2, "{c:?}");
+        assert!(
+            c.relays
+                .iter()
+                .all(|r| r.to as usize != c.worker && r.packets > 0)
+        );
+    }
     // Chat crosses the copies both ways.
     for x in [&mut bob, &mut dave] {
         x.wait_for(WAIT, "chat open", |e| {

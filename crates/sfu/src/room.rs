@@ -41,7 +41,7 @@ pub use copy::{Fact, RelayedTrack, Remote};
 pub use media::{Feedback, TrackOpen, rewrite_vp8};
 pub use member::{JoinInfo, Pref};
 pub use negotiate::Applied;
-pub use relay::{RelayKey, Upstream};
+pub use relay::{RelayKey, RelaySummary, Upstream};
 pub use track::{DownTrack, Emit, Fanout, LayerIn, PublishedTrack, layer_of_rid, rid_layers};
 
 use crate::config::SfuConfig;

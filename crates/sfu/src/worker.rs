@@ -143,6 +143,8 @@ pub struct RoomSummary {
     pub participants: Vec<confab_proto::ParticipantInfo>,
     pub recording: bool,
     pub worker: usize,
+    /// Tracks this copy relays to the room's copies on other workers.
+    pub relays: Vec<crate::room::RelaySummary>,
 }
 
 /// A participant's signaling session as the worker knows it: where its messages go and

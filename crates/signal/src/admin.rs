@@ -153,6 +153,7 @@ async fn get_room(State(s): State<AppState>, h: HeaderMap, Path(room): Path<Stri
         Some(mut r) => {
             for c in copies {
                 r.participants.extend(c.participants);
+                r.relays.extend(c.relays);
                 r.recording |= c.recording;
             }
             Ok(Json(r).into_response())

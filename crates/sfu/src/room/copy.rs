@@ -127,6 +127,25 @@ impl Room {
         self.copied = true;
     }
 
+    /// The relays of this copy's tracks, for the admin API.
+    pub fn relays(&self, now: Instant) -> Vec<super::relay::RelaySummary> {
+        let mut out = Vec::new();
+        for (_, t) in self.tracks.iter() {
+            for r in &t.relays {
+                let layers = (0..MAX_LAYERS as u8)
+                    .filter(|l| r.wants(*l, now))
+                    .fold(0u8, |m, l| m | (1 << l));
+                out.push(super::relay::RelaySummary {
+                    track: t.id.clone(),
+                    to: r.to.0,
+                    layers,
+                    packets: r.packets,
+                });
+            }
+        }
+        out
+    }
+
     /// Remote members, in the order they became known.
     pub fn remotes(&self) -> impl Iterator<Item = (&ParticipantKey, &Remote)> {
         self.remote_order

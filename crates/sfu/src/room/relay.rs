@@ -67,6 +67,17 @@ impl RelayOut {
     }
 }
 
+/// A relay as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RelaySummary {
+    pub track: TrackId,
+    /// The worker (or node) of the copy it goes to.
+    pub to: u32,
+    /// The layers the copy wants now (bit i = layer i).
+    pub layers: u8,
+    pub packets: u64,
+}
+
 /// What a room copy sends to the home of a track it relays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {

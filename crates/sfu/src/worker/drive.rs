@@ -114,6 +114,7 @@ impl Worker {
                         participants: r.summary(),
                         recording: r.recording(),
                         worker: self.index,
+                        relays: r.relays(Instant::now()),
                     })
                     .collect();
                 let _ = reply.send(rooms);
