@@ -266,6 +266,11 @@ pub struct Room {
     next_remote: u64,
     /// The room has copies elsewhere: local changes are told as facts.
     copied: bool,
+    /// A new copy waiting for the others' snapshots (how many, and until when at most):
+    /// the participants who join meanwhile get their `joined` (and their first offer)
+    /// once it knows the whole room.
+    syncing: Option<(usize, Instant)>,
+    held: Vec<(ParticipantKey, Option<RequestId>)>,
 }
 
 impl Room {
@@ -295,6 +300,8 @@ impl Room {
             remote_ids: HashMap::new(),
             next_remote: 0,
             copied: false,
+            syncing: None,
+            held: Vec::new(),
         }
     }
 
@@ -361,7 +368,8 @@ impl Room {
     fn broadcast(&mut self, except: Option<ParticipantKey>, msg: ServerMessage) {
         for i in 0..self.order.len() {
             let k = self.order[i];
-            if Some(k) != except {
+            // One whose `joined` is held learns it all from that.
+            if Some(k) != except && !self.held.iter().any(|(h, _)| *h == k) {
                 self.signal(k, msg.clone());
             }
         }
@@ -489,13 +497,10 @@ impl Room {
         for t in keys {
             self.subscribe(key, t);
         }
-        if let Some(joined) = self.joined_message(key) {
-            self.signal(key, joined.reply_to(request));
-        }
-        // Who speaks now: the list is only sent when it changes, and it may not change
-        // for a long while after someone joins.
-        if let Some(msg) = self.speakers_message() {
-            self.signal(key, msg);
+        if self.syncing.is_some() {
+            self.held.push((key, request));
+        } else {
+            self.send_joined(key, request);
         }
         if !hidden && let Some(me) = self.participant_info(key) {
             self.tell(copy::Fact::Joined(me.clone()));
@@ -506,6 +511,17 @@ impl Room {
         }
         self.event(event);
         Ok(())
+    }
+
+    /// `joined`, then who speaks now (the list is only sent when it changes, and it may not
+    /// change for a long while after someone joins).
+    fn send_joined(&mut self, key: ParticipantKey, request: Option<RequestId>) {
+        if let Some(joined) = self.joined_message(key) {
+            self.signal(key, joined.reply_to(request));
+        }
+        if let Some(msg) = self.speakers_message() {
+            self.signal(key, msg);
+        }
     }
 
     /// Removes a participant: its tracks (with every down-track they fed) and its
@@ -527,6 +543,7 @@ impl Room {
         SfuStats::gauge(&self.stats.participants, -1);
         self.order.retain(|k| *k != key);
         self.dirty.retain(|k| *k != key);
+        self.held.retain(|(k, _)| *k != key);
         self.speakers.remove(&key);
         // Its subscriptions to everyone else's tracks (its connection closes with them).
         for (_, t) in self.tracks.iter_mut() {

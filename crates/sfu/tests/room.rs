@@ -453,6 +453,48 @@ fn two_copies_of_a_room_are_one_meeting() {
 }
 
 #[test]
+fn a_new_copy_holds_joined_until_the_others_snapshot() {
+    use confab_sfu::room::{Fact, RelayKey};
+    let joined = |h: &Harness, k| {
+        told(h, k).iter().find_map(|m| match m {
+            ServerMessage::Joined { participants, .. } => Some(participants.len()),
+            _ => None,
+        })
+    };
+    let mut a = harness();
+    let alice = a.join(1);
+    let mut b = harness();
+    b.room.set_syncing(1, b.now + Duration::from_secs(2));
+    let bob = b.join(2);
+    assert_eq!(joined(&b, bob), None, "held");
+    assert!(
+        b.room.poll_output().is_none(),
+        "no offer before joined either"
+    );
+    // The other copy's snapshot arrives: bob's joined lists alice, and his offer follows.
+    for f in a.room.fact(a.now, RelayKey(1), Fact::Hello) {
+        b.room.fact(b.now, RelayKey(0), f);
+    }
+    b.run();
+    assert_eq!(joined(&b, bob), Some(1));
+    assert!(
+        told(&b, bob)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Offer { .. }))
+    );
+    let _ = alice;
+    // A copy that never answers holds the next one only until the deadline.
+    let mut c = harness();
+    c.room.set_syncing(1, c.now + Duration::from_secs(2));
+    let carol = c.join(3);
+    c.advance(Duration::from_secs(1));
+    assert_eq!(joined(&c, carol), None);
+    c.advance(Duration::from_secs(1));
+    assert_eq!(joined(&c, carol), Some(0));
+    c.check();
+}
+
+#[test]
 fn grants_are_enforced_and_refusals_are_explained() {
     let mut h = harness();
     let viewer = h.join_with(

@@ -241,6 +241,7 @@ impl Room {
     /// Periodic work: deadlines, keyframe re-requests until every waiting down-track has
     /// one, re-allocation, active speakers, and which layers publishers should send.
     pub fn tick(&mut self, now: Instant) {
+        self.sync_deadline(now);
         self.enforce_deadlines(now);
         let waiting: Vec<(TrackKey, u8)> = self
             .tracks

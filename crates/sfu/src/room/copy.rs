@@ -38,6 +38,8 @@ pub enum Fact {
         ntp: u64,
         rtp_ts: u32,
     },
+    /// The end of the sender's snapshot (its answer to [`Fact::Hello`]).
+    SnapshotEnd,
     /// A chat message one of the sender's participants sent.
     Chat {
         from: ParticipantId,
@@ -127,6 +129,30 @@ impl Room {
         self.copied = true;
     }
 
+    /// A new copy that said hello to `copies` others: whoever joins before their
+    /// snapshots arrive (or `until`) gets `joined` then, with everyone in it.
+    pub fn set_syncing(&mut self, copies: usize, until: Instant) {
+        self.copied = true;
+        if copies > 0 {
+            self.syncing = Some((copies, until));
+        }
+    }
+
+    /// Ends the wait for snapshots (all arrived, or the time is up).
+    pub(super) fn synced(&mut self) {
+        self.syncing = None;
+        for (key, request) in std::mem::take(&mut self.held) {
+            self.send_joined(key, request);
+        }
+    }
+
+    /// Periodic: a copy that did not answer does not hold the joins any longer.
+    pub(super) fn sync_deadline(&mut self, now: Instant) {
+        if self.syncing.is_some_and(|(_, until)| now >= until) {
+            self.synced();
+        }
+    }
+
     /// The relays of this copy's tracks, for the admin API.
     pub fn relays(&self, now: Instant) -> Vec<super::relay::RelaySummary> {
         let mut out = Vec::new();
@@ -211,7 +237,16 @@ impl Room {
     pub fn fact(&mut self, _now: Instant, from: RelayKey, fact: Fact) -> Vec<Fact> {
         self.copied = true;
         match fact {
-            Fact::Hello => return self.snapshot(),
+            Fact::Hello => {
+                let mut facts = self.snapshot();
+                facts.push(Fact::SnapshotEnd);
+                return facts;
+            }
+            Fact::SnapshotEnd => match self.syncing {
+                Some((n, until)) if n > 1 => self.syncing = Some((n - 1, until)),
+                Some(_) => self.synced(),
+                None => {}
+            },
             Fact::Joined(info) => {
                 if self.remote_ids.contains_key(&info.id) {
                     return Vec::new();

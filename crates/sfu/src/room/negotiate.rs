@@ -39,6 +39,7 @@ impl Room {
             self.members
                 .get(k)
                 .is_some_and(|m| m.sub_state == SubState::Stable)
+                && !self.held.iter().any(|(h, _)| h == k)
         })?;
         let key = self.dirty.swap_remove(i);
         let m = self.members.get_mut(&key)?;

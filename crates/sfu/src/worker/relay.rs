@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
+/// How long a new copy holds its first participants' `joined` for the other copies'
+/// snapshots at most (a copy that emptied meanwhile never answers).
+const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Links one worker may have queued toward another.
 pub const LINK_CAPACITY: usize = 8192;
 
@@ -121,7 +125,7 @@ impl Worker {
         self.copies
             .insert(rk, (Arc::new(room.clone()), others.clone()));
         if let Some(r) = self.rooms.get_mut(rk.0) {
-            r.set_copied();
+            r.set_syncing(others.len(), Instant::now() + SYNC_WAIT);
         }
         for to in others {
             self.link_send(rk, to, Frame::Fact(Fact::Hello));
