@@ -414,10 +414,7 @@ async fn a_failed_worker_is_restarted() {
 /// leave (issue 15: a failure stays inside its copy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_copy_of_a_room_takes_only_its_own_participants() {
-    let mut config = test_config();
-    config.media.workers = 2;
-    config.room.participants_per_worker = 2;
-    let server = start_with(config).await;
+    let server = start_with(spread_config(2)).await;
     let mut a1 = join(&server, "spread", "a1", Publish::NONE).await;
     let mut a2 = join(&server, "spread", "a2", Publish::NONE).await;
     let b1 = join(&server, "spread", "b1", Publish::AUDIO_VIDEO).await;

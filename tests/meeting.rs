@@ -176,9 +176,7 @@ async fn leaving_removes_the_participant_and_its_tracks() {
 /// chats; a participant leaving one copy leaves everyone's view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spread_over_two_workers_is_one_meeting() {
-    let mut config = test_config();
-    config.media.workers = 2;
-    config.room.participants_per_worker = 2;
+    let mut config = spread_config(2);
     config.room.max_participants = 4;
     let server = start_with(config).await;
     // alice and bob on the first worker, carol and dave on a copy on the second.
@@ -292,10 +290,7 @@ async fn a_room_spread_over_two_workers_is_one_meeting() {
 /// the publisher's audio and video, intact and without a gap in its numbering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webinar_spread_over_two_workers_reaches_every_viewer() {
-    let mut config = test_config();
-    config.media.workers = 2;
-    config.room.participants_per_worker = 3;
-    let server = start_with(config).await;
+    let server = start_with(spread_config(3)).await;
     let host = join(&server, "webinar", "host", Publish::AUDIO_VIDEO).await;
     let mut viewers = Vec::new();
     for i in 0..5 {

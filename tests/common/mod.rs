@@ -33,6 +33,15 @@ pub fn test_config() -> Config {
     c
 }
 
+/// [`test_config`] with two media workers and rooms that grow a copy on the second worker
+/// past `per_worker` participants (issue 15).
+pub fn spread_config(per_worker: usize) -> Config {
+    let mut c = test_config();
+    c.media.workers = 2;
+    c.room.participants_per_worker = per_worker;
+    c
+}
+
 pub async fn start() -> Server {
     start_with(test_config()).await
 }

@@ -393,42 +393,40 @@ impl Sfu {
         track: &TrackId,
         muted: bool,
     ) -> Result<(), ControlError> {
-        let workers = self.workers_of(room);
-        if workers.is_empty() {
-            return Err(ControlError::NoSuchRoom(room.to_string()));
-        }
         // Every copy holds the track (its home, or a relayed copy): each stops it for its
         // own subscribers.
-        let mut found = false;
-        for w in workers {
-            found |= self
-                .ask(w, |reply| Command::MuteTrack {
-                    room: room.clone(),
-                    track: track.clone(),
-                    muted,
-                    reply,
-                })
-                .await
-                .unwrap_or(false);
-        }
-        found.then_some(()).ok_or(ControlError::NotFound)
+        self.ask_every_copy(room, |reply| Command::MuteTrack {
+            room: room.clone(),
+            track: track.clone(),
+            muted,
+            reply,
+        })
+        .await
     }
 
     /// Removes everyone from a room (they are told why); the room closes.
     pub async fn close_room(&self, room: &RoomId) -> Result<(), ControlError> {
+        self.ask_every_copy(room, |reply| Command::CloseRoom {
+            room: room.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Asks every copy of `room` (see [`Sfu::workers_of`]); `NotFound` unless one of them
+    /// says it did something.
+    async fn ask_every_copy(
+        &self,
+        room: &RoomId,
+        make: impl Fn(oneshot::Sender<bool>) -> Command,
+    ) -> Result<(), ControlError> {
         let workers = self.workers_of(room);
         if workers.is_empty() {
             return Err(ControlError::NoSuchRoom(room.to_string()));
         }
         let mut found = false;
         for w in workers {
-            found |= self
-                .ask(w, |reply| Command::CloseRoom {
-                    room: room.clone(),
-                    reply,
-                })
-                .await
-                .unwrap_or(false);
+            found |= self.ask(w, &make).await.unwrap_or(false);
         }
         found.then_some(()).ok_or(ControlError::NotFound)
     }

@@ -399,12 +399,10 @@ impl Room {
             None,
             Duration::from_millis(self.config.keyframe_interval_ms),
         );
+        // The home's negotiated rids place each layer where the home has it, so that a
+        // layer index (in wants and keyframe requests) means the same on both sides.
         t.rids = rt.rids;
-        // The home's layer places, so that a layer index means the same on both sides.
-        for (i, rid, ssrc) in rt.layers {
-            if t.layers.len() <= i {
-                t.layers.resize_with(i + 1, || None);
-            }
+        for (_, rid, ssrc) in rt.layers {
             t.add_layer(rid, ssrc);
         }
         t.audio_level_ext = rt.audio_level_ext;
