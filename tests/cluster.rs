@@ -2,7 +2,8 @@
 //! port, two or three in-process servers pointed at it, and webrtc-rs clients. A join
 //! through any node ends on the room's owner; simultaneous first joins end in one room; a
 //! stopped node's rooms are placed again after the TTL; a Redis outage keeps the rooms that
-//! exist and refuses new placements until Redis is back.
+//! exist and refuses new placements until Redis is back. These are of the redirect mode;
+//! the cascade mode (a room across nodes, issue 15) has `a_room_across_three_nodes_*`.
 //!
 //! `redis-server` must be installed (scripts/test.sh does it); without it these tests fail.
 
@@ -12,7 +13,8 @@ use common::*;
 use confab::{Config, Server};
 use confab_load::client::{Client, ClientOptions, Event, JoinRefused, MediaPlan, Publish};
 use confab_proto::chat::ChatOut;
-use confab_proto::{ErrorCode, RoomId};
+use confab_proto::{ErrorCode, MediaKind, ParticipantId, RoomId, ServerMessage};
+use std::collections::HashSet;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -87,6 +89,8 @@ fn node_config(redis: &Redis, id: &str) -> Config {
     let mut c = test_config();
     c.cluster.redis_url = Some(redis.url());
     c.cluster.node_id = Some(id.into());
+    // These tests are of the redirect mode; cascade has tests/cascade.rs.
+    c.cluster.mode = confab_cluster::ClusterMode::Redirect;
     c.cluster.heartbeat_ms = 100;
     c.cluster.ttl_ms = 1_000;
     c.admin.api_key = KEY.into();
@@ -443,4 +447,149 @@ async fn a_redis_outage_keeps_rooms_and_refuses_new_placements() {
         n.stop().await;
     }
     drop(redis);
+}
+
+/// Cascade mode (issue 15): participants join the node they reach and one room on three
+/// nodes is one meeting.
+async fn start_cascade(redis: &Redis, ids: &[&str]) -> Vec<Server> {
+    start_nodes_with(redis, ids, |c| {
+        c.cluster.mode = confab_cluster::ClusterMode::Cascade;
+        c.cluster.secret = Some("cascade-test-secret-0123456789".into());
+    })
+    .await
+}
+
+/// Waits until `c` knows (from its `joined` or later `participant_joined`) everyone in
+/// `want`.
+async fn learn(c: &mut Client, want: &HashSet<ParticipantId>) {
+    let mut known: HashSet<ParticipantId> = c.others.iter().map(|p| p.id.clone()).collect();
+    while !want.is_subset(&known) {
+        let id = wait_server(c, "participant_joined", |m| match m {
+            ServerMessage::ParticipantJoined { participant } => Some(participant.id.clone()),
+            _ => None,
+        })
+        .await;
+        known.insert(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_room_across_three_nodes_is_one_meeting() {
+    init_tracing();
+    let redis = Redis::start();
+    let mut nodes = start_cascade(&redis, &["n1", "n2", "n3"]).await;
+    // The first participant, alone on node 1, says something before anyone else is
+    // there: the others get it in their history, on whichever node they join.
+    let mut first = connect(&nodes[0], "cascade", "a0", Publish::AUDIO_VIDEO).await;
+    chat_open(&mut first).await;
+    first.chat("before the others").await.unwrap();
+    // Node 1 has it once a second participant there gets it in its history.
+    let mut second = connect(&nodes[0], "cascade", "a1", Publish::AUDIO_VIDEO).await;
+    chat_open(&mut second).await;
+    wait_chat(&mut second, "before the others").await;
+    let mut clients = vec![first, second];
+    for (node, name) in [(1, "b0"), (1, "b1"), (2, "c0"), (2, "c1")] {
+        let c = connect(&nodes[node], "cascade", name, Publish::AUDIO_VIDEO).await;
+        assert_eq!(c.url(), nodes[node].ws_url(), "joined where it connected");
+        clients.push(c);
+    }
+    let ids: Vec<ParticipantId> = clients.iter().map(|c| c.id.clone()).collect();
+    let everyone: HashSet<ParticipantId> = ids.iter().cloned().collect();
+    assert_eq!(everyone.len(), 6, "ids are unique across nodes");
+    for c in clients.iter_mut() {
+        let mut others = everyone.clone();
+        others.remove(&c.id);
+        learn(c, &others).await;
+    }
+    let _media: Vec<_> = clients
+        .iter_mut()
+        .map(|c| c.start_media(MediaPlan::default()))
+        .collect();
+    // Everyone receives the other five's audio and video, payloads intact.
+    for c in clients.iter_mut() {
+        let mut others = everyone.clone();
+        others.remove(&c.id);
+        let tracks = wait_tracks(c, 10).await;
+        let from: HashSet<ParticipantId> = tracks.iter().map(|(_, p, _)| p.clone()).collect();
+        assert_eq!(from, others, "{} receives from the other five", c.id);
+        let kinds = tracks
+            .iter()
+            .filter(|(_, _, k)| *k == MediaKind::Audio)
+            .count();
+        assert_eq!(kinds, 5, "five audio tracks, five video");
+        sample_rtp(c, 200).await;
+    }
+    // Chat: the last joiner (node 3) got the history; what it says reaches everyone.
+    let last = clients.last_mut().unwrap();
+    chat_open(last).await;
+    last.wait_for(WAIT, "the history", |e| match e {
+        Event::Chat(ChatOut::Chat { text, history, .. }) if text == "before the others" => {
+            Some(*history)
+        }
+        _ => None,
+    })
+    .await
+    .map(|h| assert!(h, "replayed as history"))
+    .unwrap();
+    last.chat("from node three").await.unwrap();
+    for c in clients.iter_mut().take(5) {
+        chat_open(c).await;
+        wait_chat(c, "from node three").await;
+    }
+    // Each node's relay links carry media to and from the other two.
+    for n in &nodes {
+        let (status, body) = http_get(format!("{}/api/stats", n.url())).await;
+        assert_eq!(status, 200);
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let links = stats["relay_links"].as_array().expect("relay_links");
+        let live: Vec<_> = links
+            .iter()
+            .filter(|l| l["alive"] == true && l["packets_sent"].as_u64() > Some(0))
+            .collect();
+        assert_eq!(live.len(), 2, "{body}");
+        assert!(live.iter().all(|l| l["rtt_us"].is_u64()), "{body}");
+    }
+    assert!(metric(&nodes[0], "confab_cascade_refused_total").await == 0);
+
+    // Node 3 stops without a word: its two participants vanish from the other four's
+    // views within 10 s, and the four keep talking.
+    let crashed = Instant::now();
+    let gone: HashSet<ParticipantId> = ids[4..].iter().cloned().collect();
+    nodes.remove(2).crash().await;
+    let mut survivors: Vec<Client> = clients.drain(..4).collect();
+    for c in survivors.iter_mut() {
+        let mut left = HashSet::new();
+        while left != gone {
+            let remaining = Duration::from_secs(10).saturating_sub(crashed.elapsed());
+            let id = c
+                .wait_for(remaining, "node 3's participants to leave", |e| match e {
+                    Event::Server(ServerMessage::ParticipantLeft { participant_id }) => {
+                        Some(participant_id.clone())
+                    }
+                    _ => None,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            left.insert(id);
+        }
+    }
+    let took = crashed.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    for c in survivors.iter_mut() {
+        // What arrived before the crash is not the question.
+        c.clear_backlog();
+        let from: HashSet<ParticipantId> = sample_rtp(c, 300)
+            .await
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert!(from.is_disjoint(&gone), "nothing from the gone node");
+        assert_eq!(from.len(), 3, "still hears the other three");
+    }
+    for c in survivors {
+        c.leave().await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
 }

@@ -15,6 +15,7 @@
 //! | `confab:node:<id>:rooms` | set of the rooms claimed for the node | `ttl_ms` |
 //! | `confab:room:<room>` | the owning node's id | `ttl_ms`, refreshed by the owner while the room exists |
 
+pub mod cascade;
 pub mod choose;
 pub mod error;
 pub mod load;
@@ -38,6 +39,19 @@ pub enum PlacementStrategy {
     TwoRandomLeast,
 }
 
+/// How the nodes share rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// Participants join the node they connect to; a room on several nodes is one
+    /// meeting: its state shared through Redis, its media relayed between the nodes
+    /// ([`cascade`]).
+    #[default]
+    Cascade,
+    /// A room lives on one node; a client that connects elsewhere is redirected there.
+    Redirect,
+}
+
 /// The `[cluster]` section. Without `redis_url` the server is a single node and none of
 /// this is used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +71,13 @@ pub struct ClusterConfig {
     /// gone and its rooms may be placed elsewhere.
     pub ttl_ms: u64,
     pub placement: PlacementStrategy,
+    pub mode: ClusterMode,
+    /// The secret every node of the cluster shares: it authenticates each relay packet
+    /// (HMAC-SHA256). Needed in cascade mode; at least 16 characters.
+    pub secret: Option<String>,
+    /// UDP port of this node's relay link (media between nodes). 0: any free port (it
+    /// is published in the node's record).
+    pub relay_port: u16,
 }
 
 impl Default for ClusterConfig {
@@ -68,6 +89,9 @@ impl Default for ClusterConfig {
             heartbeat_ms: 1_000,
             ttl_ms: 5_000,
             placement: PlacementStrategy::LeastLoaded,
+            mode: ClusterMode::Cascade,
+            secret: None,
+            relay_port: 0,
         }
     }
 }
@@ -88,6 +112,15 @@ impl ClusterConfig {
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str())
                 .map_err(|e| ClusterError::Config(format!("cluster.redis_url: {e}")))?;
+        }
+        if self.enabled()
+            && self.mode == ClusterMode::Cascade
+            && self.secret.as_ref().is_none_or(|s| s.len() < 16)
+        {
+            return bad(
+                "cluster.secret (at least 16 characters, the same on every node) is needed in \
+                 cascade mode, or set cluster.mode = \"redirect\"",
+            );
         }
         if let Some(url) = &self.public_url
             && !(url.starts_with("ws://") || url.starts_with("wss://"))

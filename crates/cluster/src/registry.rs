@@ -177,6 +177,9 @@ impl std::fmt::Debug for Cluster {
 
 struct Inner {
     me: Identity,
+    mode: crate::ClusterMode,
+    /// The cascade transport (cascade mode), set once started.
+    cascade: std::sync::OnceLock<crate::cascade::Cascade>,
     started_at: u64,
     ttl_ms: u64,
     heartbeat: Duration,
@@ -245,6 +248,8 @@ impl Cluster {
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 me,
+                mode: config.mode,
+                cascade: std::sync::OnceLock::new(),
                 started_at: unix_ms(),
                 ttl_ms: config.ttl_ms,
                 heartbeat: Duration::from_millis(config.heartbeat_ms),
@@ -294,6 +299,19 @@ impl Cluster {
         });
         *cluster.inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         Ok(cluster)
+    }
+
+    pub fn mode(&self) -> crate::ClusterMode {
+        self.inner.mode
+    }
+
+    /// Attaches the cascade transport (for its stats, and to stop it with the node).
+    pub fn set_cascade(&self, c: crate::cascade::Cascade) {
+        let _ = self.inner.cascade.set(c);
+    }
+
+    pub fn cascade(&self) -> Option<&crate::cascade::Cascade> {
+        self.inner.cascade.get()
     }
 
     pub fn node_id(&self) -> &str {

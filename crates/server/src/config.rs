@@ -257,6 +257,7 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::ensure!(
             !self.cluster.enabled()
+                || self.cluster.mode != confab_cluster::ClusterMode::Redirect
                 || self.cluster.public_url.is_some()
                 || !self.http.bind.ip().is_unspecified(),
             "configuration: cluster.public_url is needed when http.bind is a wildcard address \
@@ -348,11 +349,29 @@ mod tests {
     fn cluster_needs_a_reachable_public_url() {
         let mut c = Config::default();
         c.cluster.redis_url = Some("redis://127.0.0.1:6379".into());
+        c.cluster.mode = confab_cluster::ClusterMode::Redirect;
         assert!(c.validate().is_ok());
         c.http.bind = "0.0.0.0:8080".parse().unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("public_url"));
         c.cluster.public_url = Some("ws://10.0.0.1:8080/ws".into());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn cascade_needs_the_cluster_secret() {
+        let mut c = Config::default();
+        c.cluster.redis_url = Some("redis://127.0.0.1:6379".into());
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cluster.secret")
+        );
+        c.cluster.secret = Some("short".into());
+        assert!(c.validate().is_err(), "at least 16 characters");
+        c.cluster.secret = Some("sixteen chars ok".into());
+        c.http.bind = "0.0.0.0:8080".parse().unwrap();
+        assert!(c.validate().is_ok(), "no public_url: nobody is redirected");
     }
 
     #[test]

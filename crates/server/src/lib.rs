@@ -57,8 +57,18 @@ impl Server {
         let webhook_stats = std::sync::Arc::new(confab_signal::webhooks::WebhookStats::default());
         let events = (!webhooks.urls.is_empty())
             .then(|| confab_signal::webhooks::start(webhooks, webhook_stats.clone()));
-        let sfu =
-            Sfu::start_with_events(config.sfu(), events).context("starting the media plane")?;
+        // Cascade: what the rooms' copies tell copies on other nodes goes to the transport
+        // (started once the cluster is).
+        let cascading =
+            node_id.is_some() && config.cluster.mode == confab_cluster::ClusterMode::Cascade;
+        let (remote_tx, remote_rx) = if cascading {
+            let (tx, rx) = tokio::sync::mpsc::channel(confab_sfu::worker::relay::LINK_CAPACITY);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let sfu = Sfu::start_cascaded(config.sfu(), events, remote_tx)
+            .context("starting the media plane")?;
         let fd_limit = http::raise_fd_limit();
         let max_connections = match config.http.max_connections {
             0 => (fd_limit.saturating_sub(config.http.fd_reserve) as usize).max(64),
@@ -94,6 +104,25 @@ impl Server {
             Some(id) => Some(start_cluster(&config, id, http_addr, &sfu).await?),
             None => None,
         };
+        if let (Some(cl), Some(rx)) = (&cluster, remote_rx) {
+            let c = &config.cluster;
+            let cascade = confab_cluster::cascade::start(
+                confab_cluster::cascade::CascadeConfig {
+                    node: cl.node_id().to_string(),
+                    secret: c.secret.clone().unwrap_or_default(),
+                    redis_url: c.redis_url.clone().unwrap_or_default(),
+                    bind: SocketAddr::new(config.media.bind_ip, c.relay_port),
+                    announce_ip: config.media.announce_ip.unwrap_or(config.media.bind_ip),
+                    heartbeat: std::time::Duration::from_millis(c.heartbeat_ms),
+                    ttl: std::time::Duration::from_millis(c.ttl_ms),
+                },
+                sfu.clone(),
+                rx,
+            )
+            .await
+            .context("starting the relay link between nodes (the [cluster] section)")?;
+            cl.set_cascade(cascade);
+        }
         let mut state = AppState::new(sfu.clone(), config.signal(), verifier);
         state.webhooks = webhook_stats;
         state.cluster = cluster.clone();
@@ -211,6 +240,19 @@ impl Server {
         self.stop().await;
     }
 
+    /// Stops as a crash would, as far as the other nodes can tell: the relay link and the
+    /// heartbeats stop first, without a word, then the node stops (tests of node
+    /// failure).
+    pub async fn crash(self) {
+        if let Some(c) = &self.cluster {
+            if let Some(cc) = c.cascade() {
+                cc.stop();
+            }
+            c.stop().await;
+        }
+        self.stop().await;
+    }
+
     /// Tells every participant the server is shutting down, stops the media workers,
     /// lets the sessions deliver that notice and close (for up to `drain`), then stops
     /// the HTTP listener.
@@ -224,6 +266,10 @@ impl Server {
             c.stop().await;
         }
         self.sfu.shutdown().await;
+        // The other nodes were told who left here; nothing more to relay.
+        if let Some(c) = self.cluster.as_ref().and_then(|c| c.cascade()) {
+            c.stop();
+        }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
         while self.sessions.load(std::sync::atomic::Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
@@ -262,10 +308,17 @@ async fn start_cluster(
         media: sfu.media_addrs().iter().map(|a| a.to_string()).collect(),
     };
     let s = sfu.clone();
+    let mode = config.cluster.mode;
     let local: confab_cluster::LocalView = std::sync::Arc::new(move || {
         let stats = s.stats();
         confab_cluster::LocalState {
-            rooms: s.hosted_rooms().into_iter().map(|(r, _)| r).collect(),
+            // Cascade: rooms are not claimed (every node serves them).
+            rooms: match mode {
+                confab_cluster::ClusterMode::Cascade => Vec::new(),
+                confab_cluster::ClusterMode::Redirect => {
+                    s.hosted_rooms().into_iter().map(|(r, _)| r).collect()
+                }
+            },
             participants: stats.participants.max(0) as usize,
             datagrams_out: stats.datagrams_out.max(0) as u64,
         }

@@ -94,6 +94,29 @@ impl ChatLog {
         msg
     }
 
+    /// Takes another copy's history into this one (a new copy of the room, before anyone
+    /// saw its own): the union by sender, time and text, oldest first, numbered afresh.
+    pub fn merge(&mut self, other: Vec<ChatOut>) {
+        let key = |m: &ChatOut| match m {
+            ChatOut::Chat { from, ts, text, .. } => (*ts, from.clone(), text.clone()),
+        };
+        let mut all: Vec<ChatOut> = self.history.drain(..).chain(other).collect();
+        all.sort_by_key(key);
+        all.dedup_by_key(|m| key(m));
+        let skip = all.len().saturating_sub(self.capacity);
+        self.next_id = 1;
+        for m in all.into_iter().skip(skip) {
+            let ChatOut::Chat {
+                from,
+                name,
+                text,
+                ts,
+                ..
+            } = m;
+            self.push(from, name, text, ts);
+        }
+    }
+
     /// The history, oldest first, marked as replayed.
     pub fn replay(&self) -> impl Iterator<Item = ChatOut> + '_ {
         self.history.iter().cloned().map(|m| match m {
@@ -119,6 +142,35 @@ impl ChatLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_histories_are_one_history() {
+        let id = |s: &str| ParticipantId::from_wire(s);
+        let name = |s: &str| DisplayName::parse(s).unwrap();
+        let mut a = ChatLog::new(3);
+        a.push(id("p1"), name("A"), "one".into(), 10);
+        a.push(id("p2"), name("B"), "three".into(), 30);
+        let mut b = ChatLog::new(3);
+        b.push(id("p1"), name("A"), "one".into(), 10);
+        b.push(id("p3"), name("C"), "two".into(), 20);
+        b.push(id("p4"), name("D"), "zero".into(), 5);
+        let mut c = ChatLog::new(3);
+        c.merge(a.replay().collect());
+        c.merge(b.replay().collect());
+        let got: Vec<(u64, String)> = c
+            .replay()
+            .map(|m| match m {
+                ChatOut::Chat { id, text, .. } => (id, text),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, "one".into()), (2, "two".into()), (3, "three".into())],
+            "deduplicated, in time order, the oldest beyond capacity dropped, renumbered"
+        );
+        let next = c.push(id("p1"), name("A"), "four".into(), 40);
+        assert!(matches!(next, ChatOut::Chat { id: 4, .. }));
+    }
 
     #[test]
     fn validation() {

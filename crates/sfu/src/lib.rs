@@ -112,6 +112,8 @@ impl Placement {
 struct Inner {
     config: Arc<SfuConfig>,
     workers: Vec<WorkerHandle>,
+    /// Each worker's link channel (what the cascade transport delivers goes there).
+    links: Vec<mpsc::Sender<worker::relay::Link>>,
     /// Which worker hosts each room, with its participant count (for least-loaded placement).
     rooms: Mutex<HashMap<RoomId, Placement>>,
     /// Each worker's counters and loop timing, written by that worker only (no cache line
@@ -152,6 +154,17 @@ impl Sfu {
         config: SfuConfig,
         events: Option<mpsc::Sender<events::RoomEvent>>,
     ) -> Result<Sfu, StartError> {
+        Self::start_cascaded(config, events, None)
+    }
+
+    /// As [`Sfu::start_with_events`], with rooms shared with other nodes: what the rooms'
+    /// copies send to copies on other nodes goes to `remote` (the cascade transport,
+    /// which hands back what comes from them to [`Sfu::deliver`]).
+    pub fn start_cascaded(
+        config: SfuConfig,
+        events: Option<mpsc::Sender<events::RoomEvent>>,
+        remote: Option<mpsc::Sender<worker::relay::Link>>,
+    ) -> Result<Sfu, StartError> {
         config.validate().map_err(StartError::Config)?;
         let config = Arc::new(config);
         let mut stats = Vec::new();
@@ -159,11 +172,16 @@ impl Sfu {
         let provider =
             rtc::crypto::default_provider().map_err(|e| StartError::Certificate(e.to_string()))?;
         let mut workers = Vec::new();
+        let mut link_in = Vec::new();
         // Every worker's link channel first: each worker gets a sender to all of them.
         let (links_out, mut links_in): (Vec<_>, Vec<_>) = (0..config.worker_count())
             .map(|_| mpsc::channel(worker::relay::LINK_CAPACITY))
             .unzip();
         let mut links_in: Vec<Option<_>> = links_in.drain(..).map(Some).collect();
+        let links_out = worker::relay::Links {
+            local: links_out,
+            remote,
+        };
         for i in 0..config.worker_count() {
             let port = if config.port == 0 {
                 0
@@ -217,6 +235,7 @@ impl Sfu {
                 .name(format!("confab-media-{i}"))
                 .spawn(move || supervisor.run(rx, links))
                 .map_err(StartError::Thread)?;
+            link_in.push(links_out.local[i].clone());
             workers.push(WorkerHandle {
                 commands: tx,
                 addr: announce,
@@ -228,6 +247,7 @@ impl Sfu {
             inner: Arc::new(Inner {
                 config,
                 workers,
+                links: link_in,
                 rooms: Mutex::new(HashMap::new()),
                 stats,
                 timing,
@@ -285,7 +305,9 @@ impl Sfu {
             });
         }
         let key = keys::ParticipantKey(self.inner.next_key.fetch_add(1, Ordering::Relaxed));
-        let id = ParticipantId::from_suffix(format!("{:x}{:04x}", key.0, rand::random::<u16>()));
+        // Keys count from 1 on every node: 32 random bits keep ids apart across the nodes
+        // of a cascade.
+        let id = ParticipantId::from_suffix(format!("{:x}{:08x}", key.0, rand::random::<u32>()));
         let (worker, copies) = self.place(&room)?;
         let (events_tx, events_rx) = mpsc::channel(self.inner.config.event_queue);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -415,6 +437,42 @@ impl Sfu {
             },
         );
         Ok((worker, Vec::new()))
+    }
+
+    /// Hands a message from a copy on another node to this node's copies of its room: to
+    /// worker `link.to`, or to every copy when it is [`worker::relay::ALL_REMOTE`].
+    /// Returns how many copies it was queued for (a full channel drops it, as a
+    /// congested link would).
+    pub fn deliver(&self, link: worker::relay::Link) -> usize {
+        let targets: Vec<usize> = if link.to == worker::relay::ALL_REMOTE {
+            let rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            match rooms.get(link.room.as_ref()) {
+                Some(p) => p.copies.iter().map(|(w, _)| *w).collect(),
+                None => return 0,
+            }
+        } else {
+            vec![link.to]
+        };
+        let mut n = 0;
+        let last = targets.len().saturating_sub(1);
+        let mut link = Some(link);
+        for (i, w) in targets.into_iter().enumerate() {
+            let Some(tx) = self.inner.links.get(w) else {
+                continue;
+            };
+            let l = if i == last {
+                link.take()
+            } else {
+                link.as_ref().and_then(|l| l.try_clone_to(w))
+            };
+            if let Some(mut l) = l {
+                l.to = w;
+                if tx.try_send(l).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Whether `room` is open here (it has participants, or a join into it is under way).
@@ -633,7 +691,7 @@ struct Supervisor {
     timing: Arc<stats::LoopStats>,
     events: Option<mpsc::Sender<events::RoomEvent>>,
     alive: Arc<std::sync::atomic::AtomicBool>,
-    links_out: Vec<mpsc::Sender<worker::relay::Link>>,
+    links_out: worker::relay::Links,
 }
 
 /// Marks a worker gone when its thread ends other than by a shutdown (whatever ended it).

@@ -257,7 +257,9 @@ pub struct Room {
     dirty: Vec<ParticipantKey>,
     outputs: VecDeque<Output>,
     /// Makes track ids unique on the worker: `<worker><counter>`.
-    track_prefix: usize,
+    /// Track ids are `TR_<worker><random>-<n>`: unique across the room's copies on other
+    /// workers and nodes.
+    track_prefix: String,
     next_track: u64,
     /// Participants of the room's other copies ([`copy`]), by their key here.
     remotes: FxHashMap<ParticipantKey, Remote>,
@@ -293,7 +295,7 @@ impl Room {
             taps: Vec::new(),
             dirty: Vec::new(),
             outputs: VecDeque::new(),
-            track_prefix,
+            track_prefix: format!("{track_prefix}{:06x}-", rand::random::<u32>() & 0xff_ffff),
             next_track: 1,
             remotes: FxHashMap::default(),
             remote_order: Vec::new(),

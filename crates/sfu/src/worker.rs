@@ -195,7 +195,7 @@ pub struct Worker {
     events: Option<mpsc::Sender<crate::events::RoomEvent>>,
     /// Senders to every worker's link channel (by worker index), and the copies of this
     /// worker's rooms on other workers ([`relay`]).
-    links_out: Vec<mpsc::Sender<relay::Link>>,
+    links_out: relay::Links,
     copies: FxHashMap<RoomKey, (Arc<RoomId>, Vec<usize>)>,
     /// Test hook: panic in this room at this point.
     #[cfg(feature = "fault-injection")]
@@ -213,7 +213,7 @@ impl Worker {
         stats: Arc<SfuStats>,
         timing: Arc<LoopStats>,
         events: Option<mpsc::Sender<crate::events::RoomEvent>>,
-        links_out: Vec<mpsc::Sender<relay::Link>>,
+        links_out: relay::Links,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
         let gso = config.gso && udp::gso_supported(&socket);
@@ -663,11 +663,18 @@ impl Drop for Worker {
         }
         // The other copies of its rooms forget this one's participants.
         for (room, copies) in self.copies.values() {
-            for to in copies {
-                if let Some(tx) = self.links_out.get(*to) {
+            let remote = self.links_out.remote.is_some().then_some(relay::ALL_REMOTE);
+            for to in copies
+                .iter()
+                .copied()
+                .filter(|to| *to < relay::REMOTE)
+                .chain(remote)
+            {
+                if let Some(tx) = self.links_out.get(to) {
                     let _ = tx.try_send(relay::Link {
                         room: room.clone(),
                         from: self.index,
+                        to,
                         frame: relay::Frame::Gone,
                     });
                 }

@@ -326,6 +326,68 @@ impl Collector for ConfabCollector {
                 "Joins refused because no placement could be made (cluster_unavailable)",
                 cl.refusals(),
             )?;
+            if let Some(cc) = cl.cascade() {
+                let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let k = cc.counters();
+                counter(
+                    &mut e,
+                    "confab_cascade_facts_written",
+                    "Room facts written to the rooms' Redis streams",
+                    n(&k.facts_written),
+                )?;
+                counter(
+                    &mut e,
+                    "confab_cascade_facts_read",
+                    "Room facts read from other nodes",
+                    n(&k.facts_read),
+                )?;
+                counter(
+                    &mut e,
+                    "confab_cascade_facts_dropped",
+                    "Room facts dropped: the queue for an unreachable Redis was full",
+                    n(&k.facts_dropped),
+                )?;
+                counter(
+                    &mut e,
+                    "confab_cascade_refused",
+                    "Relay datagrams refused (not authentic, malformed)",
+                    n(&k.refused),
+                )?;
+                counter(
+                    &mut e,
+                    "confab_cascade_nodes_lost",
+                    "Nodes declared gone because their relay link fell silent",
+                    n(&k.nodes_lost),
+                )?;
+                let links = cc.links();
+                let sum = |f: fn(&confab_cluster::cascade::LinkStats) -> u64| {
+                    links.iter().map(f).sum::<u64>()
+                };
+                counter(
+                    &mut e,
+                    "confab_cascade_relay_packets_sent",
+                    "Media datagrams sent to other nodes",
+                    sum(|l| l.packets_sent),
+                )?;
+                counter(
+                    &mut e,
+                    "confab_cascade_relay_missing",
+                    "Media datagrams from other nodes found missing (then asked again)",
+                    sum(|l| l.missing),
+                )?;
+                counter(
+                    &mut e,
+                    "confab_cascade_relay_retransmitted",
+                    "Media datagrams sent again to other nodes on their NACKs",
+                    sum(|l| l.retransmitted),
+                )?;
+                gauge(
+                    &mut e,
+                    "confab_cascade_links_alive",
+                    "Relay links to other nodes that answer",
+                    links.iter().filter(|l| l.alive && l.rooms > 0).count() as i64,
+                )?;
+            }
         }
         Ok(())
     }

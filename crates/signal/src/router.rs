@@ -209,10 +209,18 @@ struct StatsBody {
     #[serde(rename = "loop")]
     loop_stats: confab_sfu::LoopSnapshot,
     tokio_tasks: usize,
+    /// With several nodes in cascade mode: the relay link to each other node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_links: Option<Vec<confab_cluster::cascade::LinkStats>>,
 }
 
 async fn stats(State(state): State<AppState>) -> Json<StatsBody> {
     Json(StatsBody {
+        relay_links: state
+            .cluster
+            .as_ref()
+            .and_then(|c| c.cascade())
+            .map(|c| c.links()),
         sessions: state.sessions.load(Ordering::Relaxed),
         media: state.sfu.stats(),
         loop_stats: state.sfu.loop_stats(),

@@ -453,6 +453,10 @@ async fn route<S: Sink<Message> + Unpin>(
 ) -> Option<Flow> {
     use confab_cluster::{ClusterError, Placement};
     let cluster = env.cluster.as_ref()?;
+    // Cascade: every node serves every room (the copies on the nodes are one meeting).
+    if cluster.mode() == confab_cluster::ClusterMode::Cascade {
+        return None;
+    }
     // A room open here is served without Redis, so an outage never stops a meeting.
     if env.sfu.hosts(room) {
         return None;

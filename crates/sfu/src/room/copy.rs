@@ -18,8 +18,10 @@ use confab_proto::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What one copy of a room tells the others.
-#[derive(Debug, Clone)]
+/// What one copy of a room tells the others. Serialisable: between nodes facts travel
+/// as JSON through Redis.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fact {
     /// A new copy: the others answer with their snapshots.
     Hello,
@@ -38,6 +40,9 @@ pub enum Fact {
         ntp: u64,
         rtp_ts: u32,
     },
+    /// The sender's chat history (in its snapshot): a new copy merges them, so that its
+    /// first participants get the room's history.
+    History(Vec<confab_proto::ChatOut>),
     /// The end of the sender's snapshot (its answer to [`Fact::Hello`]).
     SnapshotEnd,
     /// A chat message one of the sender's participants sent.
@@ -50,7 +55,7 @@ pub enum Fact {
 }
 
 /// What a copy needs to re-publish a track relayed from its home.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RelayedTrack {
     pub owner: ParticipantId,
     pub info: TrackInfo,
@@ -135,6 +140,17 @@ impl Room {
         self.copied = true;
         if copies > 0 {
             self.syncing = Some((copies, until));
+        }
+    }
+
+    /// The cascade transport counted the copies on other nodes that will answer this
+    /// one's hello (they were counted as one until now).
+    pub fn expect_copies(&mut self, n: usize) {
+        if let Some((c, until)) = self.syncing {
+            match (c - 1) + n {
+                0 => self.synced(),
+                c => self.syncing = Some((c, until)),
+            }
         }
     }
 
@@ -229,6 +245,10 @@ impl Room {
                 }
             }
         }
+        let history: Vec<_> = self.chat.replay().collect();
+        if !history.is_empty() {
+            facts.push(Fact::History(history));
+        }
         facts
     }
 
@@ -277,6 +297,13 @@ impl Room {
                 );
             }
             Fact::Left(id) => self.remote_left(&id),
+            // Only a copy still waiting for its first joiners' `joined` takes a history
+            // (later, the messages come one by one as [`Fact::Chat`]).
+            Fact::History(messages) => {
+                if self.syncing.is_some() {
+                    self.chat.merge(messages);
+                }
+            }
             Fact::Track(rt) => self.relayed_track(from, rt),
             Fact::TrackGone(track) => {
                 let Some(key) = self.track_key(&track) else {

@@ -79,7 +79,8 @@ pub struct RelaySummary {
 }
 
 /// What a room copy sends to the home of a track it relays.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Upstream {
     /// The layers the copy's subscribers want (bit i = layer i); 0 = none any more.
     Wants { track: TrackId, layers: u8 },

@@ -4,6 +4,11 @@
 //! tracks (each packet once per copy that wants its layer, as received: no SRTP, no
 //! system call) and what flows back upstream (layer wants, keyframe requests).
 //!
+//! With several nodes (cascade mode), a room's copies on other nodes are reached the same
+//! way: their keys are [`REMOTE`] and above, and what goes to them is handed to the
+//! node's cascade transport ([`Links::remote`], which carries it over Redis and UDP) and
+//! comes back through [`crate::Sfu::deliver`].
+//!
 //! Media is sent with `try_send`: a full channel drops the packet and counts it
 //! (`relay_dropped`), as a congested network would; facts wait for room in the channel
 //! only up to its capacity and are otherwise dropped, counted and logged (a copy that
@@ -25,12 +30,61 @@ const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Links one worker may have queued toward another.
 pub const LINK_CAPACITY: usize = 8192;
 
-/// One message from a copy of `room` on worker `from`.
+/// Copies on other nodes have keys from here on (the cascade transport numbers them).
+pub const REMOTE: usize = 1 << 31;
+/// Every copy of the room on other nodes (facts broadcast through the transport).
+pub const ALL_REMOTE: usize = u32::MAX as usize;
+
+/// One message from a copy of `room` on worker `from` (or a remote copy, from
+/// [`REMOTE`] up) to the copy at `to`.
 #[derive(Debug)]
 pub struct Link {
     pub room: Arc<RoomId>,
     pub from: usize,
+    pub to: usize,
     pub frame: Frame,
+}
+
+impl Link {
+    /// A copy of this link for worker `to`, when its frame can be copied (everything but
+    /// media, which goes to one copy).
+    pub fn try_clone_to(&self, to: usize) -> Option<Link> {
+        let frame = match &self.frame {
+            Frame::Fact(f) => Frame::Fact(f.clone()),
+            Frame::Upstream(u) => Frame::Upstream(u.clone()),
+            Frame::Gone => Frame::Gone,
+            Frame::Expect(n) => Frame::Expect(*n),
+            Frame::Resync => Frame::Resync,
+            Frame::Media { track, packet, at } => Frame::Media {
+                track: track.clone(),
+                packet: packet.clone(),
+                at: *at,
+            },
+        };
+        Some(Link {
+            room: self.room.clone(),
+            from: self.from,
+            to,
+            frame,
+        })
+    }
+}
+
+/// Where a worker's links go: the other workers' channels, and the cascade transport's.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    pub local: Vec<mpsc::Sender<Link>>,
+    pub remote: Option<mpsc::Sender<Link>>,
+}
+
+impl Links {
+    pub fn get(&self, to: usize) -> Option<&mpsc::Sender<Link>> {
+        if to >= REMOTE {
+            self.remote.as_ref()
+        } else {
+            self.local.get(to)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -46,12 +100,29 @@ pub enum Frame {
     Upstream(Upstream),
     /// The copy on `from` closed (the room emptied there).
     Gone,
+    /// From the cascade transport to a new copy: how many copies on other nodes will
+    /// answer its hello.
+    Expect(usize),
+    /// From the cascade transport: the link to a node came back after it was declared
+    /// gone; say hello again (both sides exchange snapshots).
+    Resync,
+}
+
+/// A relayed packet as bytes (for a relay link between nodes).
+pub fn encode_rtp(packet: &rtc::rtp::Packet) -> Option<Vec<u8>> {
+    use rtc::shared::marshal::Marshal;
+    packet.marshal().ok().map(|b| b.to_vec())
+}
+
+/// A relayed packet from bytes; `None` if they are not RTP.
+pub fn decode_rtp(mut data: &[u8]) -> Option<rtc::rtp::Packet> {
+    <rtc::rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut data).ok()
 }
 
 /// Sends one relayed packet (from inside the fan-out, which holds the room).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn send_media(
-    links: &[mpsc::Sender<Link>],
+    links: &Links,
     index: usize,
     stats: &SfuStats,
     room: &Arc<RoomId>,
@@ -66,6 +137,7 @@ pub(super) fn send_media(
     let link = Link {
         room: room.clone(),
         from: index,
+        to: to.0 as usize,
         frame: Frame::Media {
             track: track.clone(),
             packet,
@@ -96,11 +168,17 @@ impl Worker {
         let link = Link {
             room: room.clone(),
             from: self.index,
+            to,
             frame,
         };
-        if tx.try_send(link).is_err() {
-            SfuStats::inc(&self.stats.relay_dropped);
-            tracing::warn!(to, "relay link full: a room fact was dropped");
+        match tx.try_send(link) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                SfuStats::inc(&self.stats.relay_dropped);
+                tracing::warn!(to, "relay link full: a room fact was dropped");
+            }
+            // The other end stopped (a node shutting down): nobody to tell.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -110,8 +188,13 @@ impl Worker {
             return;
         };
         let copies = copies.clone();
-        for to in copies {
+        for to in copies.into_iter().filter(|to| *to < REMOTE) {
             self.link_send(rk, to, Frame::Fact(fact.clone()));
+        }
+        // With other nodes, every fact goes to the room's stream: a copy there that is
+        // still being made reads it after its hello, whether this one knows of it yet.
+        if self.links_out.remote.is_some() {
+            self.link_send(rk, ALL_REMOTE, Frame::Fact(fact));
         }
     }
 
@@ -119,24 +202,35 @@ impl Worker {
     /// answer with what they know).
     pub(super) fn open_copy(&mut self, rk: RoomKey, room: &RoomId, others: Vec<usize>) {
         let others: Vec<usize> = others.into_iter().filter(|w| *w != self.index).collect();
-        if others.is_empty() {
+        let cascade = self.links_out.remote.is_some();
+        if others.is_empty() && !cascade {
             return;
         }
         self.copies
             .insert(rk, (Arc::new(room.clone()), others.clone()));
         if let Some(r) = self.rooms.get_mut(rk.0) {
-            r.set_syncing(others.len(), Instant::now() + SYNC_WAIT);
+            // The other nodes' copies count as one until the transport says how many
+            // there are ([`Frame::Expect`]).
+            let n = others.len() + usize::from(cascade);
+            r.set_syncing(n, Instant::now() + SYNC_WAIT);
         }
         for to in others {
             self.link_send(rk, to, Frame::Fact(Fact::Hello));
+        }
+        if cascade {
+            self.link_send(rk, ALL_REMOTE, Frame::Fact(Fact::Hello));
         }
     }
 
     /// A room closed here: its other copies forget this one.
     pub(super) fn close_copy(&mut self, rk: RoomKey) {
         if let Some((_, copies)) = self.copies.get(&rk) {
-            for to in copies.clone() {
+            for to in copies.clone().into_iter().filter(|to| *to < REMOTE) {
                 self.link_send(rk, to, Frame::Gone);
+            }
+            // The transport forgets the room here even when no other node had it.
+            if self.links_out.remote.is_some() {
+                self.link_send(rk, ALL_REMOTE, Frame::Gone);
             }
         }
         self.copies.remove(&rk);
@@ -156,7 +250,8 @@ impl Worker {
             .copies
             .entry(rk)
             .or_insert_with(|| (link.room.clone(), Vec::new()));
-        if !matches!(link.frame, Frame::Gone) && !entry.1.contains(&from) {
+        let control = matches!(link.frame, Frame::Gone | Frame::Expect(_) | Frame::Resync);
+        if !control && !entry.1.contains(&from) {
             entry.1.push(from);
             if let Some(r) = self.rooms.get_mut(rk.0) {
                 r.set_copied();
@@ -201,6 +296,12 @@ impl Worker {
             }
             Frame::Upstream(Upstream::Keyframe { track, layer }) => {
                 self.with_room(rk, |r| r.relay_keyframe(now, &track, layer));
+            }
+            Frame::Expect(n) => {
+                self.with_room(rk, |r| r.expect_copies(n));
+            }
+            Frame::Resync => {
+                self.link_send(rk, ALL_REMOTE, Frame::Fact(Fact::Hello));
             }
             Frame::Gone => {
                 if let Some((_, copies)) = self.copies.get_mut(&rk) {
