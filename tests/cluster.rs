@@ -593,3 +593,52 @@ async fn a_room_across_three_nodes_is_one_meeting() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cascade_room_outlives_a_redis_outage_and_catches_up() {
+    init_tracing();
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let nodes = start_cascade(&redis, &["r1", "r2"]).await;
+    let mut ann = connect(&nodes[0], "outage", "ann", Publish::AUDIO_VIDEO).await;
+    let mut ben = connect(&nodes[1], "outage", "ben", Publish::AUDIO_VIDEO).await;
+    learn(&mut ann, &HashSet::from([ben.id.clone()])).await;
+    let _pa = ann.start_media(MediaPlan::default());
+    let _pb = ben.start_media(MediaPlan::default());
+    wait_tracks(&mut ann, 2).await;
+    wait_tracks(&mut ben, 2).await;
+
+    // Redis goes away: the relay link does not need it, media keeps flowing both ways.
+    redis.kill();
+    let (ann_id, ben_id) = (ann.id.clone(), ben.id.clone());
+    for (c, other) in [(&mut ann, ben_id), (&mut ben, ann_id)] {
+        c.clear_backlog();
+        let from: HashSet<ParticipantId> = sample_rtp(c, 200)
+            .await
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(from, HashSet::from([other]));
+    }
+    // A join on node 2 meanwhile is served (cascade never asks Redis to place a room);
+    // node 1 cannot hear of it yet.
+    let cat = connect(&nodes[1], "outage", "cat", Publish::NONE).await;
+    assert!(
+        cat.others.iter().any(|p| p.id == ann.id),
+        "node 2 knew ann already"
+    );
+
+    // Redis comes back (empty): the fact that waited is written, node 1 reads it.
+    let _redis = Redis::start_on(port);
+    wait_server(&mut ann, "cat joins, once Redis is back", |m| match m {
+        ServerMessage::ParticipantJoined { participant } if participant.id == cat.id => Some(()),
+        _ => None,
+    })
+    .await;
+    cat.leave().await;
+    ann.leave().await;
+    ben.leave().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -6,6 +6,9 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, startJoin, waitMediaFlowing,
   remoteTiles, waitRemoteTiles, waitChat, typeChat, screenshot, dumpPages, WAIT_MS,
@@ -275,6 +278,91 @@ test('two pages on two media workers of one room see and hear each other and cha
   } catch (err) {
     await dumpPages(pages, 'spread');
     console.error(`server log: ${server.logPath}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});
+
+/** A redis-server on a free loopback port, for the cascade test; killed by `stop`. */
+async function startRedis() {
+  const port = await new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port: p } = srv.address();
+      srv.close(() => resolve(p));
+    });
+  });
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const up = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.end();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline) throw new Error('redis-server did not listen (scripts/test.sh installs it)');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: async () => {
+      if (proc.exitCode === null) {
+        proc.kill('SIGKILL');
+        await once(proc, 'exit');
+      }
+    },
+  };
+}
+
+test('two pages on two nodes of one room (cascade) see and hear each other and chat', async (t) => {
+  // Each page joins a different node; the room is one meeting across them (issue 15):
+  // facts through Redis, media over the nodes' relay link.
+  const redis = await startRedis();
+  const node = (id) =>
+    startServer({
+      label: `cascade-${id}`,
+      env: {
+        CONFAB_CLUSTER__REDIS_URL: redis.url,
+        CONFAB_CLUSTER__NODE_ID: id,
+        CONFAB_CLUSTER__SECRET: 'browser-cascade-secret-0123456789',
+      },
+    });
+  const servers = [await node('node-a'), await node('node-b')];
+  const pages = {};
+  t.after(async () => {
+    for (const s of servers) await s.stop();
+    await redis.stop();
+  });
+  try {
+    for (const n of ['Ada', 'Grace']) pages[n] = await newParticipantPage(browser);
+    const ids = {};
+    ids.Ada = await joinRoom(pages.Ada, servers[0].url, 'cascade', 'Ada');
+    ids.Grace = await joinRoom(pages.Grace, servers[1].url, 'cascade', 'Grace');
+    await waitRemoteTiles(pages.Ada, [ids.Grace]);
+    await waitRemoteTiles(pages.Grace, [ids.Ada]);
+    await waitMediaFlowing(pages.Ada, [ids.Grace]);
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    const tiles = await remoteTiles(pages.Grace);
+    assert.deepEqual(tiles.map((x) => x.name), ['Ada'], 'named across the nodes');
+    await typeChat(pages.Grace, 'from the other node');
+    await waitChat(pages.Ada, 'from the other node');
+    // The media really crossed between the nodes, each way.
+    for (const s of servers) {
+      const metrics = await (await fetch(`${s.url}/metrics`)).text();
+      const sent = Number(/^confab_cascade_relay_packets_sent_total (\d+)/m.exec(metrics)?.[1] ?? 0);
+      assert.ok(sent > 0, `${s.url}: relay packets sent: ${sent}`);
+    }
+    await screenshot(pages.Grace, 'cascade-Grace');
+  } catch (err) {
+    await dumpPages(pages, 'cascade');
+    for (const s of servers) console.error(`server log: ${s.logPath}`);
     throw err;
   } finally {
     for (const p of Object.values(pages)) await p.context().close();

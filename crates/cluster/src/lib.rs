@@ -155,9 +155,16 @@ mod tests {
             redis_url: Some("redis://127.0.0.1:6379".into()),
             node_id: Some("node-1".into()),
             public_url: Some("wss://a.example.com/ws".into()),
+            secret: Some("0123456789abcdef".into()),
             ..ClusterConfig::default()
         };
         assert!(ok.validate().is_ok());
+        let redirect = ClusterConfig {
+            secret: None,
+            mode: ClusterMode::Redirect,
+            ..ok.clone()
+        };
+        assert!(redirect.validate().is_ok(), "no secret needed to redirect");
         assert!(ClusterConfig::default().validate().is_ok());
         let cases: Vec<(ClusterConfig, &str)> = vec![
             (
@@ -166,6 +173,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "ttl_ms",
+            ),
+            (
+                ClusterConfig {
+                    secret: Some("too short".into()),
+                    ..ok.clone()
+                },
+                "cluster.secret",
             ),
             (
                 ClusterConfig {

@@ -380,7 +380,9 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CONFAB_CLUSTER__REDIS_URL", "redis://10.0.0.9:6379");
             jail.set_env("CONFAB_CLUSTER__PLACEMENT", "two_random_least");
+            jail.set_env("CONFAB_CLUSTER__SECRET", "from-the-environment");
             let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.cluster.mode, confab_cluster::ClusterMode::Cascade);
             assert_eq!(
                 c.cluster.redis_url.as_deref(),
                 Some("redis://10.0.0.9:6379")
