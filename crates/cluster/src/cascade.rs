@@ -63,6 +63,21 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Microseconds since a datagram was sent at `sent_us` by another node's clock; 0 when
+/// the clocks disagree by more than a second (nothing is counted rather than nonsense).
+fn hop_us(sent_us: u64) -> u64 {
+    match unix_us().checked_sub(sent_us) {
+        Some(d) if d <= 1_000_000 => d,
+        _ => 0,
+    }
+}
+
 /// A remote copy's key in this node's media plane: [`REMOTE`] | node slot << 8 | worker.
 fn remote_key(slot: u32, worker: u8) -> usize {
     REMOTE | ((slot as usize) << 8) | worker as usize
@@ -91,6 +106,8 @@ pub struct CascadeConfig {
     pub announce_ip: std::net::IpAddr,
     pub heartbeat: Duration,
     pub ttl: Duration,
+    /// Seal relay datagrams (AES-128-GCM) rather than only authenticate them.
+    pub encrypt: bool,
 }
 
 /// One relay link as the admin API shows it.
@@ -227,8 +244,12 @@ pub async fn start(
     };
     let dead_after = config.ttl.max(Duration::from_secs(3));
     let link = LinkLoop {
-        node: config.node,
-        key: Key::new(config.secret.as_bytes()),
+        node: config.node.clone(),
+        key: if config.encrypt {
+            Key::encrypting(config.secret.as_bytes(), &config.node)
+        } else {
+            Key::new(config.secret.as_bytes())
+        },
         socket,
         sfu,
         write: write_tx,
@@ -919,6 +940,7 @@ impl LinkLoop {
                         from: worker,
                         to,
                         track: track.as_str().to_string(),
+                        sent_us: unix_us(),
                         rtp,
                     },
                 );
@@ -951,15 +973,15 @@ impl LinkLoop {
         }
         peer.tx_seq = peer.tx_seq.wrapping_add(1).max(1);
         let seq = peer.tx_seq;
+        let Some(addr) = peer.addr else {
+            return;
+        };
         let d = Datagram {
             node: self.node.clone(),
             seq,
             kind,
         };
-        let bytes = wire::encode(&self.key, &d);
-        let Some(addr) = peer.addr else {
-            return;
-        };
+        let bytes = wire::encode(&mut self.key, &d);
         if self.socket.try_send_to(&bytes, addr).is_err() {
             self.shared
                 .counters
@@ -980,7 +1002,7 @@ impl LinkLoop {
             seq,
             kind,
         };
-        let bytes = wire::encode(&self.key, &d);
+        let bytes = wire::encode(&mut self.key, &d);
         if self.socket.try_send_to(&bytes, addr).is_err() {
             self.shared
                 .counters
@@ -1030,7 +1052,7 @@ impl LinkLoop {
     }
 
     fn datagram(&mut self, data: &[u8], from: SocketAddr) {
-        let d = match wire::decode(&self.key, data) {
+        let d = match wire::decode(&mut self.key, data) {
             Ok(d) => d,
             Err(wire::WireError::Foreign) => return self.refused("not a relay datagram", from),
             Err(wire::WireError::Unauthentic) => return self.refused("not authentic", from),
@@ -1079,6 +1101,7 @@ impl LinkLoop {
                 from,
                 to,
                 track,
+                sent_us,
                 rtp,
             } => {
                 let (new, gaps) = self.peers[slot as usize].received(d.seq, now);
@@ -1102,7 +1125,11 @@ impl LinkLoop {
                     frame: Frame::Media {
                         track: TrackId::from_wire(track),
                         packet,
-                        at: now,
+                        // The hop's latency counts from the send on the other node (clocks
+                        // that disagree by more than a second count nothing).
+                        at: now
+                            .checked_sub(Duration::from_micros(hop_us(sent_us)))
+                            .unwrap_or(now),
                     },
                 });
             }

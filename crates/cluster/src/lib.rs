@@ -76,8 +76,11 @@ pub struct ClusterConfig {
     /// (HMAC-SHA256). Needed in cascade mode; at least 16 characters.
     pub secret: Option<String>,
     /// UDP port of this node's relay link (media between nodes). 0: any free port (it
-    /// is published in the node's record).
+    /// is carried in every fact the node writes).
     pub relay_port: u16,
+    /// Encrypt relay datagrams (AES-128-GCM, a key per node from the secret), not only
+    /// authenticate them. A node that encrypts refuses cleartext relay datagrams.
+    pub relay_encrypt: bool,
 }
 
 impl Default for ClusterConfig {
@@ -92,6 +95,7 @@ impl Default for ClusterConfig {
             mode: ClusterMode::Cascade,
             secret: None,
             relay_port: 0,
+            relay_encrypt: true,
         }
     }
 }

@@ -115,6 +115,7 @@ impl Server {
                     announce_ip: config.media.announce_ip.unwrap_or(config.media.bind_ip),
                     heartbeat: std::time::Duration::from_millis(c.heartbeat_ms),
                     ttl: std::time::Duration::from_millis(c.ttl_ms),
+                    encrypt: c.relay_encrypt,
                 },
                 sfu.clone(),
                 rx,

@@ -7,7 +7,20 @@
 //!
 //! The tag is HMAC-SHA256 of everything before it under the cluster secret, truncated to
 //! 16 bytes: a datagram from anyone without the secret, or altered on the way, is refused
-//! before anything in it is read. `seq` numbers a sender's media datagrams toward one
+//! before anything in it is read.
+//!
+//! Encrypted (`cluster.relay_encrypt`, the kind's top bit set): everything after the node
+//! id is sealed with AES-128-GCM instead, the header up to the node id being the
+//! associated data (authenticated, not hidden), after a 12-byte nonce:
+//!
+//! ```text
+//! "CR" | 1 | kind | 0x80 | seq | node id | nonce | AES-128-GCM(rest) | GCM tag
+//! ```
+//!
+//! Each sender has its own key, derived from the cluster secret and its node id with HKDF:
+//! nonces (4 random bytes drawn at start, then a counter) never repeat under one key
+//! across nodes, and a receiver derives (and caches) the key of each sender it hears. A
+//! node that encrypts refuses unencrypted datagrams (no downgrade); any node reads both. `seq` numbers a sender's media datagrams toward one
 //! node (1, 2, 3...; 0 on the others): the receiver asks for the gaps again ([`Kind::Nack`]).
 
 use hmac::{KeyInit, Mac};
@@ -22,12 +35,14 @@ pub const MAX_NACKS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// An RTP packet of `track`, from the copy of `room` on worker `from` to the copy on
-    /// worker `to`.
+    /// worker `to`, sent at `sent_us` (the sender's clock, microseconds since the Unix
+    /// epoch: the hop's latency, where the clocks agree).
     Media {
         room: String,
         from: u8,
         to: u8,
         track: String,
+        sent_us: u64,
         rtp: Vec<u8>,
     },
     /// What a copy sends back to a track's home (layer wants, keyframe requests), JSON.
@@ -76,9 +91,23 @@ pub enum WireError {
     Malformed,
 }
 
-/// The HMAC key of a cluster secret.
-#[derive(Clone)]
-pub struct Key(hmac::Hmac<sha2::Sha256>);
+const SEALED: u8 = 0x80;
+const NONCE_LEN: usize = ring::aead::NONCE_LEN;
+
+/// A node's keys from the cluster secret: HMAC, and with encryption its own sealing key
+/// and the others' opening keys.
+pub struct Key {
+    mac: hmac::Hmac<sha2::Sha256>,
+    secret: Vec<u8>,
+    seal: Option<Sealer>,
+    open: std::collections::HashMap<String, ring::aead::LessSafeKey>,
+}
+
+struct Sealer {
+    key: ring::aead::LessSafeKey,
+    prefix: [u8; 4],
+    counter: u64,
+}
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,13 +115,41 @@ impl std::fmt::Debug for Key {
     }
 }
 
+/// The AES-128-GCM key of the node `node` under `secret`.
+fn node_key(secret: &[u8], node: &str) -> ring::aead::LessSafeKey {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"confab relay v1");
+    let info = [node.as_bytes()];
+    let prk = salt.extract(secret);
+    let okm = prk
+        .expand(&info, &ring::aead::AES_128_GCM)
+        .expect("an AES-128 key is a valid HKDF length");
+    ring::aead::LessSafeKey::new(ring::aead::UnboundKey::from(okm))
+}
+
 impl Key {
+    /// Authentication only.
     pub fn new(secret: &[u8]) -> Key {
-        Key(hmac::Hmac::new_from_slice(secret).expect("HMAC takes any key length"))
+        Key {
+            mac: hmac::Hmac::new_from_slice(secret).expect("HMAC takes any key length"),
+            secret: secret.to_vec(),
+            seal: None,
+            open: Default::default(),
+        }
+    }
+
+    /// Authentication and encryption, for the node `node` (the id it sends as).
+    pub fn encrypting(secret: &[u8], node: &str) -> Key {
+        let mut k = Key::new(secret);
+        k.seal = Some(Sealer {
+            key: node_key(secret, node),
+            prefix: rand::random(),
+            counter: 0,
+        });
+        k
     }
 
     fn tag(&self, data: &[u8]) -> [u8; TAG_LEN] {
-        let mut mac = self.0.clone();
+        let mut mac = self.mac.clone();
         mac.update(data);
         let full = mac.finalize().into_bytes();
         let mut tag = [0u8; TAG_LEN];
@@ -108,26 +165,30 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&b[..n]);
 }
 
-/// Encodes and authenticates a datagram.
-pub fn encode(key: &Key, d: &Datagram) -> Vec<u8> {
+/// Encodes and authenticates (or seals) a datagram.
+pub fn encode(key: &mut Key, d: &Datagram) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + TAG_LEN);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.push(d.kind.code());
+    let sealed = if key.seal.is_some() { SEALED } else { 0 };
+    out.push(d.kind.code() | sealed);
     out.extend_from_slice(&d.seq.to_be_bytes());
     put_str(&mut out, &d.node);
+    let header = out.len();
     match &d.kind {
         Kind::Media {
             room,
             from,
             to,
             track,
+            sent_us,
             rtp,
         } => {
             put_str(&mut out, room);
             out.push(*from);
             out.push(*to);
             put_str(&mut out, track);
+            out.extend_from_slice(&sent_us.to_be_bytes());
             out.extend_from_slice(rtp);
         }
         Kind::Upstream {
@@ -147,6 +208,26 @@ pub fn encode(key: &Key, d: &Datagram) -> Vec<u8> {
                 out.extend_from_slice(&s.to_be_bytes());
             }
         }
+    }
+    if let Some(sealer) = key.seal.as_mut() {
+        sealer.counter += 1;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..4].copy_from_slice(&sealer.prefix);
+        nonce[4..].copy_from_slice(&sealer.counter.to_be_bytes());
+        let mut body = out.split_off(header);
+        let aad = ring::aead::Aad::from(&out[..]);
+        let n = ring::aead::Nonce::assume_unique_for_key(nonce);
+        if sealer
+            .key
+            .seal_in_place_append_tag(n, aad, &mut body)
+            .is_err()
+        {
+            // Only for bodies beyond GCM's limit (64 GB): never a datagram.
+            return Vec::new();
+        }
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&body);
+        return out;
     }
     let tag = key.tag(&out);
     out.extend_from_slice(&tag);
@@ -188,19 +269,30 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Authenticates and decodes a datagram.
-pub fn decode(key: &Key, data: &[u8]) -> Result<Datagram, WireError> {
+/// Authenticates (or opens) and decodes a datagram.
+pub fn decode(key: &mut Key, data: &[u8]) -> Result<Datagram, WireError> {
     if data.len() < 8 + TAG_LEN || &data[..2] != MAGIC || data[2] != VERSION {
         return Err(WireError::Foreign);
     }
-    let (body, tag) = data.split_at(data.len() - TAG_LEN);
-    // Constant time: the comparison does not tell how much of a forged tag was right.
-    let mut mac = key.0.clone();
-    mac.update(body);
-    mac.verify_truncated_left(tag)
-        .map_err(|_| WireError::Unauthentic)?;
+    let opened;
+    let body = if data[3] & SEALED != 0 {
+        opened = open(key, data)?;
+        &opened[..]
+    } else {
+        if key.seal.is_some() {
+            // This node encrypts: a cleartext datagram is a downgrade.
+            return Err(WireError::Unauthentic);
+        }
+        let (body, tag) = data.split_at(data.len() - TAG_LEN);
+        // Constant time: the comparison does not tell how much of a forged tag was right.
+        let mut mac = key.mac.clone();
+        mac.update(body);
+        mac.verify_truncated_left(tag)
+            .map_err(|_| WireError::Unauthentic)?;
+        body
+    };
     let mut r = Reader(&body[3..]);
-    let code = r.u8()?;
+    let code = r.u8()? & !SEALED;
     let seq = r.u32()?;
     let node = r.string()?;
     let kind = match code {
@@ -209,11 +301,13 @@ pub fn decode(key: &Key, data: &[u8]) -> Result<Datagram, WireError> {
             let from = r.u8()?;
             let to = r.u8()?;
             let track = r.string()?;
+            let sent_us = r.u64()?;
             Kind::Media {
                 room,
                 from,
                 to,
                 track,
+                sent_us,
                 rtp: r.0.to_vec(),
             }
         }
@@ -245,6 +339,44 @@ pub fn decode(key: &Key, data: &[u8]) -> Result<Datagram, WireError> {
     Ok(Datagram { node, seq, kind })
 }
 
+/// Opens a sealed datagram: the header as it came, then the opened rest.
+fn open(key: &mut Key, data: &[u8]) -> Result<Vec<u8>, WireError> {
+    // The header: magic, version, kind, seq, node id (read before it is authenticated,
+    // to find the sender's key; a lie there fails the tag).
+    let node_len = *data.get(8).ok_or(WireError::Unauthentic)? as usize;
+    let header = 9 + node_len;
+    if data.len() < header + NONCE_LEN + TAG_LEN {
+        return Err(WireError::Unauthentic);
+    }
+    let node = std::str::from_utf8(&data[9..header]).map_err(|_| WireError::Unauthentic)?;
+    if !key.open.contains_key(node) {
+        // One key per sender heard; an attacker cannot fill this without the secret...
+        // but it can name senders: keep the cache small.
+        if key.open.len() >= 1_024 {
+            key.open.clear();
+        }
+        let k = node_key(&key.secret, node);
+        key.open.insert(node.to_string(), k);
+    }
+    let k = &key.open[node];
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&data[header..header + NONCE_LEN]);
+    let mut body = data[header + NONCE_LEN..].to_vec();
+    let aad = ring::aead::Aad::from(&data[..header]);
+    let plain = k
+        .open_in_place(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            aad,
+            &mut body,
+        )
+        .map_err(|_| WireError::Unauthentic)?
+        .len();
+    body.truncate(plain);
+    let mut out = data[..header].to_vec();
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +395,7 @@ mod tests {
                     from: 1,
                     to: 0,
                     track: "TR_abc".into(),
+                    sent_us: 1_764_000_000_000_000,
                     rtp: vec![0x80, 96, 0, 1, 2, 3, 4, 5],
                 },
             ),
@@ -283,46 +416,79 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let key = Key::new(b"a cluster secret of some length");
+        let mut key = Key::new(b"a cluster secret of some length");
         for d in samples() {
-            let bytes = encode(&key, &d);
-            assert_eq!(decode(&key, &bytes), Ok(d));
+            let bytes = encode(&mut key, &d);
+            assert_eq!(decode(&mut key, &bytes), Ok(d));
         }
     }
 
     #[test]
-    fn a_wrong_secret_or_any_altered_byte_is_refused() {
-        let key = Key::new(b"a cluster secret of some length");
-        let other = Key::new(b"another secret, just as long...");
+    fn sealed_datagrams_round_trip_and_hide_their_payload() {
+        let secret = b"a cluster secret of some length";
+        let mut sender = Key::encrypting(secret, "node-1");
+        let mut receiver = Key::encrypting(secret, "node-2");
+        let mut plain_receiver = Key::new(secret);
+        let mut wrong = Key::encrypting(b"another secret, just as long...", "node-2");
         for d in samples() {
-            let bytes = encode(&key, &d);
-            assert_eq!(decode(&other, &bytes), Err(WireError::Unauthentic));
+            let bytes = encode(&mut sender, &d);
+            assert_eq!(decode(&mut receiver, &bytes), Ok(d.clone()));
+            assert_eq!(decode(&mut plain_receiver, &bytes), Ok(d.clone()));
+            assert_eq!(decode(&mut wrong, &bytes), Err(WireError::Unauthentic));
             for i in 3..bytes.len() {
                 let mut b = bytes.clone();
                 b[i] ^= 0x01;
-                assert!(decode(&key, &b).is_err(), "byte {i} altered");
+                assert!(decode(&mut receiver, &b).is_err(), "byte {i} altered");
+            }
+            // A second copy gets another nonce: no two datagrams share one.
+            assert_ne!(encode(&mut sender, &d), bytes);
+        }
+        let media = &samples()[0];
+        let bytes = encode(&mut sender, media);
+        let rtp = [0x80u8, 96, 0, 1, 2, 3, 4, 5];
+        assert!(
+            !bytes.windows(rtp.len()).any(|w| w == rtp),
+            "payload hidden"
+        );
+        assert!(!bytes.windows(7).any(|w| w == b"standup"), "room hidden");
+        // A node that encrypts refuses cleartext (no downgrade).
+        let clear = encode(&mut plain_receiver, media);
+        assert_eq!(decode(&mut receiver, &clear), Err(WireError::Unauthentic));
+    }
+
+    #[test]
+    fn a_wrong_secret_or_any_altered_byte_is_refused() {
+        let mut key = Key::new(b"a cluster secret of some length");
+        let mut other = Key::new(b"another secret, just as long...");
+        for d in samples() {
+            let bytes = encode(&mut key, &d);
+            assert_eq!(decode(&mut other, &bytes), Err(WireError::Unauthentic));
+            for i in 3..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x01;
+                assert!(decode(&mut key, &b).is_err(), "byte {i} altered");
             }
             for n in 0..bytes.len() {
-                assert!(decode(&key, &bytes[..n]).is_err(), "cut at {n}");
+                assert!(decode(&mut key, &bytes[..n]).is_err(), "cut at {n}");
             }
         }
         assert_eq!(
-            decode(&key, b"garbage garbage garbage"),
+            decode(&mut key, b"garbage garbage garbage"),
             Err(WireError::Foreign)
         );
     }
 
     #[test]
     fn authentic_but_malformed_is_refused_without_panic() {
-        let key = Key::new(b"a cluster secret of some length");
+        let mut key = Key::new(b"a cluster secret of some length");
         // A body that claims a longer string than there is, correctly tagged.
         let mut body = vec![b'C', b'R', VERSION, 1, 0, 0, 0, 1, 200, b'x'];
         let tag = key.tag(&body);
         body.extend_from_slice(&tag);
-        assert_eq!(decode(&key, &body), Err(WireError::Malformed));
+        assert_eq!(decode(&mut key, &body), Err(WireError::Malformed));
         let mut body = vec![b'C', b'R', VERSION, 9, 0, 0, 0, 1, 1, b'x'];
         let tag = key.tag(&body);
         body.extend_from_slice(&tag);
-        assert_eq!(decode(&key, &body), Err(WireError::Malformed));
+        assert_eq!(decode(&mut key, &body), Err(WireError::Malformed));
     }
 }
