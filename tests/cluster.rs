@@ -550,6 +550,36 @@ async fn a_room_across_three_nodes_is_one_meeting() {
         assert!(live.iter().all(|l| l["rtt_us"].is_u64()), "{body}");
     }
     assert!(metric(&nodes[0], "confab_cascade_refused_total").await == 0);
+    // Node 1's admin view says where everyone is.
+    let (status, body) = http_get(format!("{}/api/rooms/cascade", nodes[0].url())).await;
+    assert_eq!(status, 200, "{body}");
+    let room: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        room["participants"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    let mut elsewhere: Vec<(String, String)> = room["elsewhere"]
+        .as_array()
+        .expect("elsewhere")
+        .iter()
+        .map(|e| {
+            (
+                e["participant"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["node"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    elsewhere.sort();
+    let expect = [("b0", "n2"), ("b1", "n2"), ("c0", "n3"), ("c1", "n3")];
+    assert_eq!(
+        elsewhere,
+        expect.map(|(a, b)| (a.to_string(), b.to_string())),
+        "{body}"
+    );
 
     // Node 3 stops without a word: its two participants vanish from the other four's
     // views within 10 s, and the four keep talking.
@@ -636,6 +666,64 @@ async fn a_cascade_room_outlives_a_redis_outage_and_catches_up() {
     })
     .await;
     cat.leave().await;
+    ann.leave().await;
+    ben.leave().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_node_leaves_and_comes_back_with_its_media() {
+    init_tracing();
+    let redis = Redis::start();
+    let nodes = start_cascade(&redis, &["p1", "p2"]).await;
+    let mut ann = connect(&nodes[0], "split", "ann", Publish::AUDIO_VIDEO).await;
+    let mut ben = connect(&nodes[1], "split", "ben", Publish::AUDIO_VIDEO).await;
+    learn(&mut ann, &HashSet::from([ben.id.clone()])).await;
+    let _pa = ann.start_media(MediaPlan::default());
+    let _pb = ben.start_media(MediaPlan::default());
+    wait_tracks(&mut ann, 2).await;
+    wait_tracks(&mut ben, 2).await;
+
+    // The link between the nodes breaks: each side sees the other's participant leave.
+    let link = cluster_of(&nodes[1]).cascade().expect("cascade mode");
+    link.set_partitioned(true);
+    let (ann_id, ben_id) = (ann.id.clone(), ben.id.clone());
+    for (c, other) in [(&mut ann, ben_id.clone()), (&mut ben, ann_id.clone())] {
+        wait_server(c, "the other side leaves", |m| match m {
+            ServerMessage::ParticipantLeft { participant_id } if *participant_id == other => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    assert_eq!(
+        metric(&nodes[0], "confab_cascade_nodes_lost_total").await,
+        1
+    );
+
+    // It heals: both sides say hello again and each sees the other join again. The
+    // relays come back: a participant joining node 1 now receives ben's audio and video
+    // from node 2 (a down-track's video starts on a keyframe). (Ann's and ben's subscriber
+    // connections get the other's tracks again too, with the same track ids on reused
+    // transceivers, which the webrtc-rs client does not report as new tracks: a browser
+    // does.)
+    link.set_partitioned(false);
+    for (c, other) in [(&mut ann, ben_id.clone()), (&mut ben, ann_id)] {
+        wait_server(c, "the other side is back", |m| match m {
+            ServerMessage::ParticipantJoined { participant } if participant.id == other => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    let mut dan = connect(&nodes[0], "split", "dan", Publish::NONE).await;
+    let tracks = wait_tracks(&mut dan, 4).await;
+    let from: HashSet<ParticipantId> = tracks.iter().map(|(_, p, _)| p.clone()).collect();
+    assert!(from.contains(&ben_id), "{tracks:?}");
+    sample_rtp(&mut dan, 100).await;
+    dan.leave().await;
     ann.leave().await;
     ben.leave().await;
     for n in nodes {

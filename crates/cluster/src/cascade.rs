@@ -46,6 +46,8 @@ pub const HISTORY: usize = 2_048;
 const WRITE_QUEUE: usize = 20_000;
 /// How often a link is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a lost node is still pinged (to notice a partition healing).
+const KEEP_TRYING: Duration = Duration::from_secs(300);
 /// A missed datagram is asked again once; after this it is counted lost.
 const MISSING_FOR: Duration = Duration::from_secs(1);
 
@@ -146,6 +148,10 @@ pub struct CascadeCounters {
 }
 
 struct Shared {
+    /// Node ids by slot (remote copies' keys name the slot).
+    nodes: Mutex<Vec<String>>,
+    /// Drills and tests: the relay link drops everything, both ways (a partition).
+    partitioned: std::sync::atomic::AtomicBool,
     links: Mutex<Vec<LinkStats>>,
     counters: CascadeCounters,
     relay: SocketAddr,
@@ -179,6 +185,23 @@ impl Cascade {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The node and worker of a remote copy's key (`Elsewhere::copy`).
+    pub fn locate(&self, key: usize) -> Option<(String, u32)> {
+        if key < REMOTE || key == ALL_REMOTE {
+            return None;
+        }
+        let (slot, worker) = split_key(key);
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        Some((nodes.get(slot as usize)?.clone(), worker as u32))
+    }
+
+    /// Cuts (or restores) this node's relay link to every other node, as a network
+    /// partition would: everything sent or received on it is dropped, facts through Redis
+    /// still flow. For failure drills and tests.
+    pub fn set_partitioned(&self, on: bool) {
+        self.shared.partitioned.store(on, Ordering::Relaxed);
     }
 
     pub fn counters(&self) -> &CascadeCounters {
@@ -218,6 +241,8 @@ pub async fn start(
     let client = redis::Client::open(config.redis_url.as_str())
         .map_err(|e| bad(format!("cluster.redis_url: {e}")))?;
     let shared = Arc::new(Shared {
+        nodes: Mutex::new(Vec::new()),
+        partitioned: std::sync::atomic::AtomicBool::new(false),
         links: Mutex::new(Vec::new()),
         counters: CascadeCounters::default(),
         relay,
@@ -853,6 +878,11 @@ impl LinkLoop {
         }
         let s = self.peers.len() as u32;
         self.peers.push(Peer::new(node.to_string(), Instant::now()));
+        self.shared
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(node.to_string());
         self.slots.insert(node.to_string(), s);
         s
     }
@@ -982,12 +1012,7 @@ impl LinkLoop {
             kind,
         };
         let bytes = wire::encode(&mut self.key, &d);
-        if self.socket.try_send_to(&bytes, addr).is_err() {
-            self.shared
-                .counters
-                .send_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        self.transmit(&bytes, addr);
         let peer = &mut self.peers[slot as usize];
         peer.stats.packets_sent += 1;
         peer.remember(seq, bytes);
@@ -1003,12 +1028,22 @@ impl LinkLoop {
             kind,
         };
         let bytes = wire::encode(&mut self.key, &d);
-        if self.socket.try_send_to(&bytes, addr).is_err() {
+        self.transmit(&bytes, addr);
+    }
+
+    /// One datagram out; one the socket cannot take is dropped and counted.
+    fn transmit(&self, bytes: &[u8], addr: SocketAddr) -> bool {
+        if self.shared.partitioned.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.socket.try_send_to(bytes, addr).is_err() {
             self.shared
                 .counters
                 .send_dropped
                 .fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
     /// A fact from another node's copy, read from the room's stream.
@@ -1016,6 +1051,12 @@ impl LinkLoop {
         let slot = self.slot(&e.node);
         if let Some(addr) = e.relay {
             self.peers[slot as usize].addr = Some(addr);
+        }
+        // A node lost on the link stays lost until the link hears it again (then both
+        // sides resynchronise): its facts through Redis must not bring its participants
+        // back without their media.
+        if self.peers[slot as usize].dead {
+            return;
         }
         let Some(room) = self.room_arc(&e.room) else {
             return;
@@ -1052,6 +1093,9 @@ impl LinkLoop {
     }
 
     fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        if self.shared.partitioned.load(Ordering::Relaxed) {
+            return;
+        }
         let d = match wire::decode(&mut self.key, data) {
             Ok(d) => d,
             Err(wire::WireError::Foreign) => return self.refused("not a relay datagram", from),
@@ -1091,7 +1135,7 @@ impl LinkLoop {
                     let Some(addr) = self.peers[slot as usize].addr else {
                         return;
                     };
-                    if self.socket.try_send_to(&bytes, addr).is_ok() {
+                    if self.transmit(&bytes, addr) {
                         self.peers[slot as usize].stats.retransmitted += 1;
                     }
                 }
@@ -1199,7 +1243,10 @@ impl LinkLoop {
             p.stats.addr = p.addr.map(|a| a.to_string());
             p.missing
                 .retain(|(_, at)| now.saturating_duration_since(*at) < MISSING_FOR);
-            if rooms == 0 || p.dead {
+            // A lost node is still pinged for a while: a partition that heals is noticed
+            // (by the first answer), a crashed node is given up on.
+            let lost_recently = p.dead && now.saturating_duration_since(p.last_heard) < KEEP_TRYING;
+            if rooms == 0 && !lost_recently {
                 continue;
             }
             if p.last_ping
@@ -1209,7 +1256,7 @@ impl LinkLoop {
                 self.send(slot, 0, Kind::Ping(stamp));
             }
             let p = &mut self.peers[slot as usize];
-            if now.saturating_duration_since(p.last_heard) >= self.dead_after {
+            if !p.dead && now.saturating_duration_since(p.last_heard) >= self.dead_after {
                 p.dead = true;
                 p.stats.alive = false;
                 self.shared

@@ -59,7 +59,7 @@ pub use control::ControlError;
 pub use error::{JoinError, PeerError, StartError};
 pub use events::RoomEvent;
 pub use stats::{LatencySnapshot, LoopSnapshot, SfuStats, StatsSnapshot};
-pub use worker::RoomSummary;
+pub use worker::{Elsewhere, RoomSummary};
 
 use confab_proto::{
     ClientMessage, DisplayName, ErrorCode, ParticipantId, RequestId, RoomId, ServerMessage,

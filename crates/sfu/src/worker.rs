@@ -145,6 +145,21 @@ pub struct RoomSummary {
     pub worker: usize,
     /// Tracks this copy relays to the room's copies on other workers.
     pub relays: Vec<crate::room::RelaySummary>,
+    /// Participants of the room's copies on other nodes: where each one is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub elsewhere: Vec<Elsewhere>,
+}
+
+/// A participant of a copy of the room on another node, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Elsewhere {
+    pub participant: confab_proto::ParticipantInfo,
+    /// The node (filled in by the cascade transport's owner) and its worker.
+    pub node: Option<String>,
+    pub worker: Option<u32>,
+    /// The copy's key in this media plane.
+    #[serde(skip)]
+    pub copy: usize,
 }
 
 /// A participant's signaling session as the worker knows it: where its messages go and

@@ -699,3 +699,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_copy_gone_and_back_is_subscribed_again() {
+    use confab_sfu::room::{Fact, RelayKey};
+    // A partition between two nodes: each copy loses the other, then they say hello
+    // again. Bob gets alice's (same) track again, on a fresh down-track.
+    let (to_a, to_b) = (RelayKey(0), RelayKey(1));
+    let mut a = harness();
+    let mut b = harness();
+    let alice = a.join(1);
+    let t = a.publish(alice, &[(MediaKind::Video, TrackSource::Camera)])[0];
+    let bob = b.join(2);
+    let now = a.now;
+    let hello = |a: &mut Harness, b: &mut Harness| {
+        for f in a.room.fact(now, to_b, Fact::Hello) {
+            b.room.fact(now, to_a, f);
+        }
+        for f in b.room.fact(now, to_a, Fact::Hello) {
+            a.room.fact(now, to_b, f);
+        }
+        a.run();
+        b.run();
+    };
+    hello(&mut a, &mut b);
+    let id = a.room.track(t).unwrap().id.clone();
+    assert!(b.clients[&bob].slots.values().any(|s| *s == id));
+    b.room.copy_gone(to_a);
+    b.run();
+    assert!(b.room.track_key(&id).is_none());
+    assert!(!b.clients[&bob].slots.values().any(|s| *s == id), "closed");
+    hello(&mut a, &mut b);
+    assert!(b.room.track_key(&id).is_some(), "relayed again");
+    assert!(
+        b.clients[&bob].slots.values().any(|s| *s == id),
+        "bob subscribed again: {:?}",
+        b.clients[&bob].slots
+    );
+}

@@ -126,7 +126,23 @@ fn room_id(s: &str) -> Result<RoomId, ApiError> {
 
 async fn list_rooms(State(s): State<AppState>, h: HeaderMap) -> ApiResult {
     authorize(&s, &h, None)?;
-    Ok(Json(s.sfu.rooms().await).into_response())
+    let mut rooms = s.sfu.rooms().await;
+    for r in &mut rooms {
+        locate(&s, &mut r.elsewhere);
+    }
+    Ok(Json(rooms).into_response())
+}
+
+/// Names the node and worker of each participant on another node.
+fn locate(s: &AppState, elsewhere: &mut [confab_sfu::Elsewhere]) {
+    if let Some(cascade) = s.cluster.as_ref().and_then(|c| c.cascade()) {
+        for e in elsewhere {
+            if let Some((node, worker)) = cascade.locate(e.copy) {
+                e.node = Some(node);
+                e.worker = Some(worker);
+            }
+        }
+    }
 }
 
 async fn cluster(State(s): State<AppState>, h: HeaderMap) -> ApiResult {
@@ -154,8 +170,15 @@ async fn get_room(State(s): State<AppState>, h: HeaderMap, Path(room): Path<Stri
             for c in copies {
                 r.participants.extend(c.participants);
                 r.relays.extend(c.relays);
+                r.elsewhere.extend(c.elsewhere);
                 r.recording |= c.recording;
             }
+            // Each copy here knows the participants on other nodes: once each, named by
+            // node.
+            let mut seen = std::collections::HashSet::new();
+            r.elsewhere
+                .retain(|e| seen.insert(e.participant.id.clone()));
+            locate(&s, &mut r.elsewhere);
             Ok(Json(r).into_response())
         }
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no room {room}"))),

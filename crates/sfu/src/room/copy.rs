@@ -117,7 +117,7 @@ impl Room {
             })
     }
 
-    pub(super) fn remote_info(&self, key: ParticipantKey) -> Option<ParticipantInfo> {
+    pub fn remote_info(&self, key: ParticipantKey) -> Option<ParticipantInfo> {
         let r = self.remotes.get(&key)?;
         Some(ParticipantInfo {
             tracks: r

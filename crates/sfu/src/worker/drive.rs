@@ -115,6 +115,18 @@ impl Worker {
                         recording: r.recording(),
                         worker: self.index,
                         relays: r.relays(Instant::now()),
+                        elsewhere: r
+                            .remotes()
+                            .filter(|(_, m)| m.home.0 as usize >= super::relay::REMOTE)
+                            .filter_map(|(k, m)| {
+                                Some(super::Elsewhere {
+                                    participant: r.remote_info(*k)?,
+                                    node: None,
+                                    worker: None,
+                                    copy: m.home.0 as usize,
+                                })
+                            })
+                            .collect(),
                     })
                     .collect();
                 let _ = reply.send(rooms);
