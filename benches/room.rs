@@ -10,7 +10,11 @@
 //! - `relay/local` and `relay/across`: one video packet to one subscriber in the same
 //!   copy of the room, and to one subscriber of another copy (the home relays it as
 //!   received, the copy re-publishes and forwards it): the difference is what a relay
-//!   costs per packet, channel aside.
+//!   costs per packet, channel aside;
+//! - `relay/node_sealed` and `relay/node_authenticated`: what the cascade transport does
+//!   to one 1,100-byte RTP packet between two nodes, both ends, syscalls aside: marshal,
+//!   encode and seal (AES-128-GCM) or tag (HMAC-SHA256), then open or verify, decode,
+//!   unmarshal.
 //!
 //!     cargo bench --bench room
 //!
@@ -151,6 +155,43 @@ fn relay(c: &mut Criterion) {
             black_box(hop(&mut a, &mut b, seq))
         })
     });
+    // Between nodes: the transport's work per packet, both ends.
+    use confab_cluster::cascade::wire::{self, Datagram, Key, Kind};
+    use confab_sfu::worker::relay::{decode_rtp, encode_rtp};
+    let secret = b"a cluster secret, for the bench.";
+    for (name, mut tx, mut rx) in [
+        (
+            "node_sealed",
+            Key::encrypting(secret, "node-1"),
+            Key::encrypting(secret, "node-2"),
+        ),
+        ("node_authenticated", Key::new(secret), Key::new(secret)),
+    ] {
+        let mut n = 0u32;
+        g.bench_function(name, |bn| {
+            bn.iter(|| {
+                n = n.wrapping_add(1);
+                let packet = vp8(ssrc, n as u16);
+                let d = Datagram {
+                    node: "node-1".into(),
+                    seq: n,
+                    kind: Kind::Media {
+                        room: "webinar".into(),
+                        from: 0,
+                        to: 0,
+                        track: "TR_0a1b2c3-1".into(),
+                        sent_us: 0,
+                        rtp: encode_rtp(&packet).unwrap(),
+                    },
+                };
+                let bytes = wire::encode(&mut tx, &d);
+                let Kind::Media { rtp, .. } = wire::decode(&mut rx, &bytes).unwrap().kind else {
+                    unreachable!()
+                };
+                black_box(decode_rtp(&rtp).unwrap().header.sequence_number)
+            })
+        });
+    }
     g.finish();
 }
 

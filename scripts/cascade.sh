@@ -8,7 +8,9 @@
 #   scripts/cascade.sh                          # 1 publisher -> 3 x 40 viewers, 15 s
 #   VIEWERS=100 BITRATE=800 scripts/cascade.sh
 #
-# Settings (environment): VIEWERS (per node), BITRATE (kbit/s), DURATION (s), REDIS_PORT
+# SPREAD=0 puts every viewer on node 1 (the same webinar without a relay, to compare).
+# Settings (environment): VIEWERS (per node), BITRATE (kbit/s), DURATION (s), ENCRYPT
+# (true: relay datagrams sealed, false: authenticated only), REDIS_PORT
 # (6391), HTTP_PORT (8281: nodes on 8281..8283), MEDIA_PORT (52000: node i uses 52000 +
 # 10 i). Logs and reports stay in the directory printed at the end. Installs redis-server
 # and jq when missing; builds in release mode.
@@ -16,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VIEWERS=${VIEWERS:-40}
+SPREAD=${SPREAD:-1}
 BITRATE=${BITRATE:-800}
 DURATION=${DURATION:-15}
 REDIS_PORT=${REDIS_PORT:-6391}
@@ -28,6 +31,7 @@ cargo build --release --quiet -p confab -p confab-load
 
 out=$(mktemp -d -t confab-cascade.XXXXXX)
 pids=()
+nodes=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -55,8 +59,10 @@ for i in 1 2 3; do
   CONFAB_HTTP__BIND="127.0.0.1:$((HTTP_PORT + i - 1))" \
   CONFAB_MEDIA__PORT="$((MEDIA_PORT + 10 * i))" \
   CONFAB_MEDIA__WORKERS=1 \
+  CONFAB_CLUSTER__RELAY_ENCRYPT="${ENCRYPT:-true}" \
     target/release/confab >"$out/node-$i.log" 2>&1 &
   pids+=($!)
+  nodes+=($!)
 done
 for i in 1 2 3; do wait_port "$((HTTP_PORT + i - 1))"; done
 
@@ -65,9 +71,12 @@ loads=()
 for i in 1 2 3; do
   publishers=0
   if [ "$i" = 1 ]; then publishers=1; fi
-  target/release/confab-load --url "ws://127.0.0.1:$((HTTP_PORT + i - 1))/ws" \
+  node=$i
+  if [ "$SPREAD" = 0 ]; then node=1; fi
+  target/release/confab-load --url "ws://127.0.0.1:$((HTTP_PORT + node - 1))/ws" \
     --rooms 1 --room-prefix cascade --publishers "$publishers" --subscribers "$VIEWERS" \
     --video-bitrate "$BITRATE" --duration "$DURATION" --quiet --json "$out/load-$i.json" \
+    --server-pid "${nodes[$((node - 1))]}" \
     >"$out/load-$i.txt" 2>&1 &
   loads+=($!)
   # The publisher first: the others' ramps start once it is in.
@@ -82,9 +91,9 @@ for i in 1 2 3; do
   wait "${loads[$((i - 1))]}" || { echo "confab-load $i failed:"; cat "$out/load-$i.txt"; exit 1; }
 done
 
-echo "== viewers per node (confab-load, one process per node)"
+echo "== viewers per load process (one per node; SPREAD=$SPREAD)"
 for i in 1 2 3; do
-  jq -r --arg n "node-$i" '"\($n): joined \(.joined), failed \(.failed), packets \(.received.packets), loss \(.received.loss_pct)% (\(.received.lost) of \(.received.expected)), corrupt \(.received.corrupt), first frame p50 \(.received.ttff_ms.p50) ms"' \
+  jq -r --arg n "node-$i" '"\($n): joined \(.joined), failed \(.failed), packets \(.received.packets), loss \(.received.loss_pct)% (\(.received.lost) of \(.received.expected)), corrupt \(.received.corrupt), first frame p50 \(.received.ttff_ms.p50) ms, node CPU \(.server.cpu_s) s (\(.server.cpu_pct)%)"' \
     "$out/load-$i.json"
 done
 echo "== relay links (GET /api/stats relay_links)"

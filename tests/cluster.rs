@@ -730,3 +730,28 @@ async fn a_partitioned_node_leaves_and_comes_back_with_its_media() {
         n.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layer_switch_across_nodes_keeps_the_stream_continuous() {
+    // Alice publishes three simulcast layers on node 1; bob watches on node 2 and asks
+    // for each layer in turn. Only the wanted layer crosses the relay link; each switch
+    // needs a keyframe asked of alice across it (her encoder sends none on its own here).
+    let redis = Redis::start();
+    let nodes = start_cascade(&redis, &["s1", "s2"]).await;
+    let alice = connect(&nodes[0], "layers", "alice", Publish::SIMULCAST).await;
+    let _pump = alice.start_media(MediaPlan {
+        keyframe_every: Duration::from_secs(3600),
+        ..MediaPlan::default()
+    });
+    let mut bob = connect(&nodes[1], "layers", "bob", Publish::NONE).await;
+    let (track, from) = video_track(&mut bob).await;
+    assert_eq!(from, alice.id);
+    wait_layer(&mut bob, &track, 2).await;
+    let seen = record_layer_switches(&mut bob, &track).await;
+    assert_continuous(&seen);
+    bob.leave().await;
+    alice.leave().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -8,51 +8,9 @@ use common::relay::{Relay, Rule};
 use common::*;
 use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish, layer_of_index};
 use confab_load::media::{SynthCodec, read_stamp};
-use confab_proto::{ClientMessage, MediaKind, ParticipantId, Quality, ServerMessage, TrackId};
+use confab_proto::{ClientMessage, MediaKind, Quality, ServerMessage, TrackId};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-
-/// The first video track `c` receives, and the participant it comes from.
-async fn video_track(c: &mut Client) -> (TrackId, ParticipantId) {
-    c.wait_for(WAIT, "video", |e| match e {
-        Event::Rtp {
-            track,
-            participant,
-            kind: MediaKind::Video,
-            ..
-        } => Some((track.clone(), participant.clone())),
-        _ => None,
-    })
-    .await
-    .unwrap()
-}
-
-/// Waits until `c` receives video on `track` from layer `want`.
-async fn wait_layer(c: &mut Client, track: &TrackId, want: u8) {
-    c.wait_for(WAIT, &format!("layer {want}"), |e| match e {
-        Event::Rtp {
-            track: t,
-            kind: MediaKind::Video,
-            packet,
-            ..
-        } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
-            .filter(|s| layer_of_index(s.index) == want)
-            .map(|_| ()),
-        _ => None,
-    })
-    .await
-    .unwrap();
-}
-
-fn subscribe(c: &Client, track: &TrackId, quality: Quality, height: Option<u32>) {
-    c.send(&ClientMessage::Subscription {
-        track_id: track.clone(),
-        subscribed: quality != Quality::Off,
-        quality,
-        width: None,
-        height,
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_get_the_layer_they_ask_for() {
@@ -105,62 +63,8 @@ async fn layer_switches_keep_the_stream_continuous() {
     let mut b = join(&server, "cont", "bob", Publish::NONE).await;
     let (track, _) = video_track(&mut b).await;
     wait_layer(&mut b, &track, 2).await;
-    // Record every video packet across high -> low -> medium -> high.
-    let mut seen: Vec<(u16, u32, u16, u8)> = Vec::new(); // (seq, ts, picture id, layer)
-    for (quality, layer) in [
-        (Quality::Low, 0u8),
-        (Quality::Medium, 1),
-        (Quality::High, 2),
-    ] {
-        subscribe(&b, &track, quality, None);
-        loop {
-            let (seq, ts, payload) = b
-                .wait_for(WAIT, "video", |e| match e {
-                    Event::Rtp {
-                        track: t,
-                        kind: MediaKind::Video,
-                        packet,
-                        ..
-                    } if *t == track => Some((
-                        packet.header.sequence_number,
-                        packet.header.timestamp,
-                        packet.payload.clone(),
-                    )),
-                    _ => None,
-                })
-                .await
-                .unwrap();
-            let d = confab_sfu::rtp::codec::Vp8Descriptor::parse(&payload).unwrap();
-            let l = layer_of_index(read_stamp(SynthCodec::Vp8, &payload).unwrap().index);
-            seen.push((seq, ts, d.picture_id.unwrap().0, l));
-            // A few frames into the new layer.
-            if seen.iter().rev().take_while(|p| p.3 == layer).count() >= 20 {
-                break;
-            }
-        }
-    }
-    let layers: Vec<u8> = seen.iter().map(|p| p.3).collect();
-    assert!(
-        layers.contains(&0) && layers.contains(&1) && layers.contains(&2),
-        "{layers:?}"
-    );
-    for w in seen.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        // Sequence numbers continue (loopback loses nothing).
-        assert_eq!(
-            b.0,
-            a.0.wrapping_add(1),
-            "sequence gap between {a:?} and {b:?}"
-        );
-        // Timestamps never go back.
-        assert!(
-            b.1.wrapping_sub(a.1) < u32::MAX / 2,
-            "timestamp went back: {a:?} {b:?}"
-        );
-        // Picture ids: same frame, or the next one, whatever the layer.
-        let step = b.2.wrapping_sub(a.2) & 0x7fff;
-        assert!(step <= 1, "picture id jumped by {step}: {a:?} {b:?}");
-    }
+    let seen = record_layer_switches(&mut b, &track).await;
+    assert_continuous(&seen);
     server.stop().await;
 }
 

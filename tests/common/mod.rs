@@ -5,8 +5,9 @@
 pub mod relay;
 
 use confab::{Config, Server};
-use confab_load::client::{Client, ClientOptions, Event, Publish};
-use confab_proto::{MediaKind, ParticipantId, TrackId};
+use confab_load::client::{Client, ClientOptions, Event, Publish, layer_of_index};
+use confab_load::media::{SynthCodec, read_stamp};
+use confab_proto::{ClientMessage, MediaKind, ParticipantId, Quality, TrackId};
 use std::collections::HashSet;
 use std::sync::Once;
 use std::time::Duration;
@@ -156,5 +157,112 @@ pub async fn wait_until(mut cond: impl FnMut() -> bool) {
             "condition not reached within {WAIT:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The first video track `c` receives, and the participant it comes from.
+pub async fn video_track(c: &mut Client) -> (TrackId, ParticipantId) {
+    c.wait_for(WAIT, "video", |e| match e {
+        Event::Rtp {
+            track,
+            participant,
+            kind: MediaKind::Video,
+            ..
+        } => Some((track.clone(), participant.clone())),
+        _ => None,
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `c` receives video on `track` from layer `want`.
+pub async fn wait_layer(c: &mut Client, track: &TrackId, want: u8) {
+    c.wait_for(WAIT, &format!("layer {want}"), |e| match e {
+        Event::Rtp {
+            track: t,
+            kind: MediaKind::Video,
+            packet,
+            ..
+        } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
+            .filter(|s| layer_of_index(s.index) == want)
+            .map(|_| ()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+}
+
+pub fn subscribe(c: &Client, track: &TrackId, quality: Quality, height: Option<u32>) {
+    c.send(&ClientMessage::Subscription {
+        track_id: track.clone(),
+        subscribed: quality != Quality::Off,
+        quality,
+        width: None,
+        height,
+    });
+}
+
+/// Records every video packet of `track` that `c` receives while it asks for the low,
+/// then the medium, then the high layer (20 packets into each): (sequence number,
+/// timestamp, VP8 picture id, layer sent).
+pub async fn record_layer_switches(c: &mut Client, track: &TrackId) -> Vec<(u16, u32, u16, u8)> {
+    let mut seen: Vec<(u16, u32, u16, u8)> = Vec::new();
+    for (quality, layer) in [
+        (Quality::Low, 0u8),
+        (Quality::Medium, 1),
+        (Quality::High, 2),
+    ] {
+        subscribe(c, track, quality, None);
+        loop {
+            let (seq, ts, payload) = c
+                .wait_for(WAIT, "video", |e| match e {
+                    Event::Rtp {
+                        track: t,
+                        kind: MediaKind::Video,
+                        packet,
+                        ..
+                    } if t == track => Some((
+                        packet.header.sequence_number,
+                        packet.header.timestamp,
+                        packet.payload.clone(),
+                    )),
+                    _ => None,
+                })
+                .await
+                .unwrap();
+            let d = confab_sfu::rtp::codec::Vp8Descriptor::parse(&payload).unwrap();
+            let l = layer_of_index(read_stamp(SynthCodec::Vp8, &payload).unwrap().index);
+            seen.push((seq, ts, d.picture_id.unwrap().0, l));
+            // A few frames into the new layer.
+            if seen.iter().rev().take_while(|p| p.3 == layer).count() >= 20 {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// What [`record_layer_switches`] saw went through every layer as one stream: sequence
+/// numbers without a gap (loopback loses nothing), timestamps never back, picture ids
+/// the same frame or the next.
+pub fn assert_continuous(seen: &[(u16, u32, u16, u8)]) {
+    let layers: Vec<u8> = seen.iter().map(|p| p.3).collect();
+    assert!(
+        layers.contains(&0) && layers.contains(&1) && layers.contains(&2),
+        "{layers:?}"
+    );
+    for w in seen.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        assert_eq!(
+            b.0,
+            a.0.wrapping_add(1),
+            "sequence gap between {a:?} and {b:?}"
+        );
+        assert!(
+            b.1.wrapping_sub(a.1) < u32::MAX / 2,
+            "timestamp went back: {a:?} {b:?}"
+        );
+        let step = b.2.wrapping_sub(a.2) & 0x7fff;
+        assert!(step <= 1, "picture id jumped by {step}: {a:?} {b:?}");
     }
 }
