@@ -25,32 +25,9 @@ REDIS_PORT=${REDIS_PORT:-6391}
 HTTP_PORT=${HTTP_PORT:-8281}
 MEDIA_PORT=${MEDIA_PORT:-52000}
 
-scripts/need.sh redis-server redis-server
-scripts/need.sh jq jq
-cargo build --release --quiet -p confab -p confab-load
-
-out=$(mktemp -d -t confab-cascade.XXXXXX)
-pids=()
+# shellcheck source=scripts/nodes.sh
+source scripts/nodes.sh cascade
 nodes=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "cascade.sh: nothing listens on port $1 (see $out)" >&2
-  exit 1
-}
-
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  >"$out/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$REDIS_PORT"
 
 for i in 1 2 3; do
   CONFAB_CLUSTER__REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
