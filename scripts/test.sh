@@ -2,8 +2,8 @@
 # The whole Confab test suite, as CI runs it (.ci/run calls exactly this):
 #   formatting and lints, Rust unit and integration tests (real WebRTC over loopback),
 #   and the browser end-to-end tests in headless Chromium.
-# It installs what it needs when missing (Debian's chromium, ffmpeg, redis-server and
-# node, the node packages).
+# It installs what it needs when missing (Debian's chromium, ffmpeg, redis-server, coturn
+# and node, the node packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,7 @@ cargo fmt --all -- --check
 step "tools"
 scripts/need.sh ffprobe ffmpeg # the recording tests check real files with ffprobe
 scripts/need.sh redis-server redis-server # the cluster tests start their own Redis
+scripts/need.sh turnserver coturn # the TURN browser test starts its own coturn
 
 step "build and lints"
 # Clippy lints our own crates while they are built for the tests: clippy-driver wraps rustc

@@ -110,7 +110,12 @@ async function join() {
   meeting.localStream = media.stream;
   meeting.speakerId = prejoin.speakerId;
 
-  meeting.client = new ConfabClient();
+  // `?relay` in the page's URL: media only through the TURN server (diagnostics, and
+  // networks where only the TURN server is reachable).
+  const relayOnly = new URLSearchParams(window.location.search).has('relay');
+  meeting.client = new ConfabClient(relayOnly ? {
+    rtcConfig: { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceTransportPolicy: 'relay' },
+  } : undefined);
   window.confab = meeting.client;
   departed.clear();
   wireClient(meeting.client);

@@ -179,12 +179,28 @@ export class SessionMethods {
     });
   }
 
+  /**
+   * The server's ICE servers (TURN, with credentials minted for this participant), after
+   * any the page configured itself, for the peer connections made from now on.
+   */
+  _useIceServers(servers) {
+    if (!servers?.length) return;
+    const own = (this.rtcConfig.iceServers ?? []).filter((s) => !s.fromServer);
+    const given = servers.map((s) => ({
+      urls: s.urls,
+      ...(s.username ? { username: s.username, credential: s.credential } : {}),
+      fromServer: true,
+    }));
+    this.rtcConfig = { ...this.rtcConfig, iceServers: [...own, ...given] };
+  }
+
   _onJoined(msg, rejoined) {
     this.participant = msg.participant;
     this._resumeToken = msg.resume_token || null;
     this.config = msg.config;
     this.grants = { ...ALL_GRANTS, ...(msg.grants ?? {}) };
     this.participants = new Map(msg.participants.map((p) => [p.id, p]));
+    this._useIceServers(msg.ice_servers);
     this._createSubscriber();
     this._setState('connected');
     this._emit('joined', {
@@ -272,6 +288,7 @@ export class SessionMethods {
 
   /** The session goes on: bring the room up to date from the fresh `joined`. */
   _onResumed(msg) {
+    this._useIceServers(msg.ice_servers);
     this.participant = msg.participant;
     this.config = msg.config;
     this.grants = { ...ALL_GRANTS, ...(msg.grants ?? {}) };

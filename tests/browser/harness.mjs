@@ -151,8 +151,8 @@ export async function newParticipantPage(browser, { noDevices = false, noCamera 
 }
 
 /** Opens `/room/<room>`, types the name, clicks Join. Does not wait for the outcome. */
-export async function startJoin(page, baseUrl, room, name) {
-  await page.goto(`${baseUrl}/room/${encodeURIComponent(room)}`);
+export async function startJoin(page, baseUrl, room, name, query = '') {
+  await page.goto(`${baseUrl}/room/${encodeURIComponent(room)}${query}`);
   await page.getByTestId('name-input').fill(name);
   const roomInput = page.getByTestId('room-input');
   if ((await roomInput.inputValue()) !== room) await roomInput.fill(room);
@@ -160,8 +160,8 @@ export async function startJoin(page, baseUrl, room, name) {
 }
 
 /** Joins through the lobby and waits for "connected". Returns the participant id. */
-export async function joinRoom(page, baseUrl, room, name) {
-  await startJoin(page, baseUrl, room, name);
+export async function joinRoom(page, baseUrl, room, name, query = '') {
+  await startJoin(page, baseUrl, room, name, query);
   await page.waitForFunction(
     () => document.querySelector('[data-testid="status"]')?.dataset.state === 'connected'
       && !document.querySelector('[data-testid="meeting"]').hidden,

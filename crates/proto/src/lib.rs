@@ -14,8 +14,8 @@ pub mod signal;
 pub use chat::{ChatIn, ChatOut};
 pub use ids::{DisplayName, IdError, ParticipantId, RequestId, RoomId, TrackId};
 pub use signal::{
-    ClientConfig, ClientMessage, DecodeError, ErrorCode, IceCandidate, MediaKind, ParticipantInfo,
-    PcTarget, Quality, ServerMessage, SubscribedTrack, TrackInfo, TrackSource,
+    ClientConfig, ClientMessage, DecodeError, ErrorCode, IceCandidate, IceServer, MediaKind,
+    ParticipantInfo, PcTarget, Quality, ServerMessage, SubscribedTrack, TrackInfo, TrackSource,
 };
 
 /// The signaling protocol version this build speaks. A client names it in `join`.

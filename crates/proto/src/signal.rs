@@ -292,6 +292,17 @@ pub struct ClientConfig {
     pub max_message_bytes: usize,
 }
 
+/// An ICE server for the client's peer connections (as in `RTCIceServer`): a TURN
+/// server with the short-lived credentials minted for this participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// Server → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -310,6 +321,10 @@ pub enum ServerMessage {
         /// after a disconnection (valid while the server keeps the session).
         #[serde(default)]
         resume_token: String,
+        /// ICE servers (TURN, with credentials for this participant) for both peer
+        /// connections; absent when the server has none configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
         /// The `request_id` of the `join` this answers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request_id: Option<RequestId>,

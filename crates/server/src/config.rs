@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
+    /// TURN servers given to clients, and the secret that mints their credentials.
+    pub turn: confab_signal::turn::TurnConfig,
     pub log: LogConfig,
 }
 
@@ -168,6 +170,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),
             cluster: ClusterConfig::default(),
+            turn: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -255,6 +258,9 @@ impl Config {
         self.cluster
             .validate()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.turn
+            .validate()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         anyhow::ensure!(
             !self.cluster.enabled()
                 || self.cluster.mode != confab_cluster::ClusterMode::Redirect
@@ -270,6 +276,7 @@ impl Config {
     pub fn signal(&self) -> SignalConfig {
         let mut s = self.signal.clone();
         s.admin_api_key = Some(self.admin.api_key.clone()).filter(|k| !k.is_empty());
+        s.turn = self.turn.clone();
         s
     }
 
@@ -391,6 +398,25 @@ mod tests {
                 c.cluster.placement,
                 confab_cluster::PlacementStrategy::TwoRandomLeast
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns figment::Error
+    fn turn_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "CONFAB_TURN__URLS",
+                r#"["turn:10.0.0.3:3478?transport=udp", "turns:turn.example.com:5349"]"#,
+            );
+            jail.set_env("CONFAB_TURN__SECRET", "coturn-secret");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.turn.urls.len(), 2);
+            assert_eq!(c.signal().turn.secret.as_deref(), Some("coturn-secret"));
+            jail.set_env("CONFAB_TURN__URLS", r#"["http://nope"]"#);
+            let err = Config::load(None).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("turn.urls"), "{err}");
             Ok(())
         });
     }

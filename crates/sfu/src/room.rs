@@ -455,6 +455,8 @@ impl Room {
             },
             grants: m.grants,
             resume_token: m.resume_token.clone(),
+            // The signaling layer mints these (it holds the TURN secret).
+            ice_servers: Vec::new(),
             request_id: None,
         })
     }

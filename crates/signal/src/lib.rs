@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod resume;
 pub mod router;
 pub mod session;
+pub mod turn;
 pub mod webhooks;
 
 pub use router::{AppState, SignalConfig, router};

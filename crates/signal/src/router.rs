@@ -53,6 +53,10 @@ pub struct SignalConfig {
     /// The admin API key (from the `[admin]` section); none disables the admin API.
     #[serde(skip)]
     pub admin_api_key: Option<String>,
+    /// TURN servers and the secret that mints participants' credentials (from the
+    /// `[turn]` section).
+    #[serde(skip)]
+    pub turn: crate::turn::TurnConfig,
 }
 
 impl Default for SignalConfig {
@@ -71,6 +75,7 @@ impl Default for SignalConfig {
             max_offer_sections: 16,
             publishes_per_second: 2,
             admin_api_key: None,
+            turn: Default::default(),
         }
     }
 }
@@ -294,6 +299,7 @@ async fn ws(
         resumes: state.resumes.clone(),
         cluster: state.cluster.clone(),
         guards: state.guards.clone(),
+        turn: Arc::new(state.config.turn.clone()),
     };
     upgrade
         .max_message_size(state.config.hard_max_message_bytes)

@@ -48,6 +48,25 @@ pub struct SessionEnv {
     pub cluster: Option<confab_cluster::Cluster>,
     /// Budgets and deadlines that bite, counted.
     pub guards: Arc<crate::guard::Guards>,
+    /// ICE servers for `joined`, with credentials minted per participant.
+    pub turn: Arc<crate::turn::TurnConfig>,
+}
+
+/// A `joined` gets the ICE servers, with credentials for its participant (fresh on every
+/// `joined`, a resumed session's included).
+fn with_ice_servers(env: &SessionEnv, mut msg: ServerMessage) -> ServerMessage {
+    if let ServerMessage::Joined {
+        participant,
+        ice_servers,
+        ..
+    } = &mut msg
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        *ice_servers = env.turn.ice_servers(participant.id.as_str(), now);
+    }
+    msg
 }
 
 /// A joined session: the participant, its events, and the token that resumes it.
@@ -276,6 +295,7 @@ pub async fn run<S, R, E>(
             }
             ev = event => match ev {
                 Some(msg) => {
+                    let msg = with_ice_servers(&env, msg);
                     let fatal = matches!(msg, ServerMessage::Error { fatal: true, .. });
                     match send(&mut sink, &msg).await {
                         Flow::Continue if fatal => Flow::Close,
@@ -435,7 +455,7 @@ async fn resume<S: Sink<Message> + Unpin>(
         return None;
     };
     tracing::info!(participant = %participant.id(), missed = missed.len(), "session resumed");
-    send(sink, &joined.reply_to(request_id)).await;
+    send(sink, &with_ice_servers(env, joined).reply_to(request_id)).await;
     for m in &missed {
         send(sink, m).await;
     }

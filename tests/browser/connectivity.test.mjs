@@ -1,0 +1,136 @@
+// Connectivity (issue 16) in real Chromium against the real server binary: media through
+// an external TURN server (Debian's coturn, started here with `use-auth-secret`) with the
+// credentials Confab mints for each participant.
+//
+// Run: tests/browser/run.sh, or `node --test tests/browser/` with CONFAB_BIN set.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import dgram from 'node:dgram';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import {
+  startServer, launchBrowser, newParticipantPage, joinRoom, waitMediaFlowing,
+  waitRemoteTiles, waitChat, typeChat, dumpPages, WAIT_MS,
+} from './harness.mjs';
+
+/** @type {import('playwright-core').Browser} */
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+/** A free UDP port on loopback (and its TCP twin free too: coturn listens on both). */
+async function freePort() {
+  for (;;) {
+    const sock = dgram.createSocket('udp4');
+    await new Promise((resolve) => sock.bind(0, '127.0.0.1', resolve));
+    const { port } = sock.address();
+    sock.close();
+    const tcpFree = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (tcpFree) return port;
+  }
+}
+
+/** coturn on loopback with the TURN REST API secret; `stop` kills it. */
+async function startCoturn(secret) {
+  const port = await freePort();
+  const relayBase = 40000 + Math.floor(Math.random() * 20000);
+  const proc = spawn('turnserver', [
+    '-n', '--listening-ip=127.0.0.1', `--listening-port=${port}`, '--relay-ip=127.0.0.1',
+    `--min-port=${relayBase}`, `--max-port=${relayBase + 200}`,
+    '--use-auth-secret', `--static-auth-secret=${secret}`, '--realm=confab.test',
+    '--allow-loopback-peers', '--no-tls', '--no-dtls', '--no-cli', '--fingerprint',
+    '--log-file=stdout', '--simple-log',
+  ], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  proc.stdout.on('data', (c) => { log += c.toString(); });
+  proc.stderr.on('data', (c) => { log += c.toString(); });
+  // Listening once it accepts TCP on its port (it opens UDP and TCP together).
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const up = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.end(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (up) break;
+    if (proc.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`turnserver did not start (scripts/test.sh installs coturn):\n${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `turn:127.0.0.1:${port}?transport=udp`,
+    log: () => log,
+    stop: async () => {
+      if (proc.exitCode === null) {
+        proc.kill('SIGKILL');
+        await once(proc, 'exit');
+      }
+    },
+  };
+}
+
+/** The candidate types of the subscriber connection's selected pair. */
+async function selectedPath(page) {
+  return page.evaluate(async () => {
+    const stats = await window.confab.subscriber.getStats();
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s; });
+    if (!pair) return null;
+    return {
+      local: stats.get(pair.localCandidateId)?.candidateType,
+      remote: stats.get(pair.remoteCandidateId)?.candidateType,
+    };
+  });
+}
+
+test('media through an external TURN server (coturn, use-auth-secret) with credentials minted by Confab', async (t) => {
+  const secret = 'coturn-test-secret-0123456789';
+  const turn = await startCoturn(secret);
+  const server = await startServer({
+    label: 'turn',
+    env: {
+      CONFAB_TURN__URLS: `["${turn.url}"]`,
+      CONFAB_TURN__SECRET: secret,
+    },
+  });
+  const pages = {};
+  t.after(async () => {
+    await server.stop();
+    await turn.stop();
+  });
+  try {
+    for (const n of ['Ada', 'Grace']) pages[n] = await newParticipantPage(browser);
+    const ids = {};
+    // `?relay`: the pages may use only the TURN server's relayed candidates.
+    for (const n of ['Ada', 'Grace']) ids[n] = await joinRoom(pages[n], server.url, 'relayed', n, '?relay');
+    const servers = await pages.Ada.evaluate(() => window.confab.rtcConfig.iceServers);
+    assert.equal(servers.length, 1);
+    assert.deepEqual(servers[0].urls, [turn.url]);
+    assert.match(servers[0].username, new RegExp(`^\\d+:${ids.Ada}$`), 'expiry:participant');
+    await waitRemoteTiles(pages.Ada, [ids.Grace]);
+    await waitRemoteTiles(pages.Grace, [ids.Ada]);
+    await waitMediaFlowing(pages.Ada, [ids.Grace]);
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    for (const n of ['Ada', 'Grace']) {
+      const path = await selectedPath(pages[n]);
+      assert.equal(path?.local, 'relay', `${n} receives through the TURN server: ${JSON.stringify(path)}`);
+    }
+    await typeChat(pages.Grace, 'through the relay');
+    await waitChat(pages.Ada, 'through the relay');
+  } catch (err) {
+    await dumpPages(pages, 'turn');
+    console.error(`server log: ${server.logPath}\ncoturn log:\n${turn.log().slice(-4000)}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});
