@@ -12,6 +12,9 @@
 //         screen: {width, height, fps} while sharing
 // grade:  good | fair | poor | unknown (nothing measured yet)
 //
+// path:   {subscriber, publisher}: how each connection reaches the server, from its
+//         selected candidate pair: UDP | TCP | TURN/UDP | TURN/TCP | TURN/TLS (null: not yet)
+//
 // Loss and jitter are deltas between two samples, so a loss burst long ago does not colour
 // the badge forever.
 
@@ -20,6 +23,26 @@ const GRADES = [
   ['good', 2, 30],
   ['fair', 8, 80],
 ];
+
+/**
+ * How a connection reaches the server, from a getStats() report: its selected candidate
+ * pair's local candidate (a relayed one is TURN, over the protocol to the TURN server).
+ */
+export function pathOf(stats) {
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+  });
+  if (!pair) {
+    stats.forEach((s) => {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    });
+  }
+  const local = pair ? stats.get(pair.localCandidateId) : null;
+  if (!local) return null;
+  if (local.candidateType === 'relay') return `TURN/${(local.relayProtocol ?? 'udp').toUpperCase()}`;
+  return (local.protocol ?? 'udp').toUpperCase();
+}
 
 /** Grade of a remote participant's reception, from loss and jitter. */
 export function gradeOf(lossPct, jitterMs) {
@@ -40,6 +63,7 @@ export class QualityMonitor extends EventTarget {
     this._prevOut = null; // {bytes, ts, pc}
     this.remote = new Map();
     this.local = { state: 'none' };
+    this.path = { subscriber: null, publisher: null };
   }
 
   start() {
@@ -60,7 +84,8 @@ export class QualityMonitor extends EventTarget {
     const [remote, local] = await Promise.all([this._inbound(), this._outbound()]);
     this.remote = remote;
     this.local = local;
-    this.dispatchEvent(new CustomEvent('update', { detail: { remote, local } }));
+    const path = this.path;
+    this.dispatchEvent(new CustomEvent('update', { detail: { remote, local, path } }));
   }
 
   async _inbound() {
@@ -69,6 +94,7 @@ export class QualityMonitor extends EventTarget {
     if (!pc) return out;
     const byMid = new Map([...this.client.remoteTracks.values()].map((t) => [t.mid, t]));
     const stats = await pc.getStats();
+    this.path.subscriber = pathOf(stats);
     const seen = new Set();
     stats.forEach((s) => {
       if (s.type !== 'inbound-rtp' || s.mid == null) return;
@@ -110,6 +136,7 @@ export class QualityMonitor extends EventTarget {
       return { state: this.client.localTracks.length ? 'connecting' : 'none' };
     }
     const stats = await pc.getStats();
+    this.path.publisher = pathOf(stats);
     // outbound-rtp -> media-source -> track: tells the camera from the screen.
     const sourceOfTrack = new Map(this.client.localTracks.map((t) => [t.track.id, t.source]));
     let bytes = 0;
@@ -150,7 +177,7 @@ const GRADE_TEXT = { good: 'Good', fair: 'Fair', poor: 'Poor', unknown: 'Measuri
  * The badges: one per remote tile (`tiles`: participant id -> {el, info}) and our upload's
  * (`uploadBadge`), from a QualityMonitor `update`.
  */
-export function renderBadges({ remote, local }, tiles, uploadBadge) {
+export function renderBadges({ remote, local, path = {} }, tiles, uploadBadge) {
   for (const [id, t] of tiles) {
     const q = remote.get(id);
     const badge = t.el.querySelector('[data-testid="quality-badge"]');
@@ -174,9 +201,10 @@ export function renderBadges({ remote, local }, tiles, uploadBadge) {
     badge.dataset.grade = grade;
     badge.dataset.width = q?.width ?? '';
     badge.dataset.fps = q?.fps != null ? String(Math.round(q.fps)) : '';
+    const via = path.subscriber ? ` Received over ${path.subscriber}.` : '';
     badge.title = q?.lossPct != null
-      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms`
-      : 'Network quality: measuring';
+      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms.${via}`
+      : `Network quality: measuring.${via}`;
   }
   const b = uploadBadge;
   b.dataset.state = local.state;
@@ -189,8 +217,14 @@ export function renderBadges({ remote, local }, tiles, uploadBadge) {
     if (local.fps != null) parts.push(`${Math.round(local.fps)} fps`);
     if (local.screen) parts.push(`screen ${local.screen.width}×${local.screen.height}`);
     if (local.kbps != null) parts.push(`${local.kbps} kb/s`);
+    if (path.publisher) parts.push(`via ${path.publisher}`);
     b.textContent = parts.join(' · ');
   }
-  b.title = local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload';
+  const paths = [['Sending', path.publisher], ['receiving', path.subscriber]]
+    .filter(([, p]) => p).map(([what, p]) => `${what} over ${p}`).join(', ');
+  b.title = [local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload', paths]
+    .filter(Boolean).join('. ');
   b.dataset.kbps = local.kbps ?? '';
+  b.dataset.path = path.publisher ?? '';
+  b.dataset.receivePath = path.subscriber ?? '';
 }

@@ -124,6 +124,11 @@ test('media through an external TURN server (coturn, use-auth-secret) with crede
       const path = await selectedPath(pages[n]);
       assert.equal(path?.local, 'relay', `${n} receives through the TURN server: ${JSON.stringify(path)}`);
     }
+    // The quality panel says so, for both connections.
+    await pages.Ada.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.path === 'TURN/UDP' && b.dataset.receivePath === 'TURN/UDP';
+    }, null, { timeout: WAIT_MS });
     await typeChat(pages.Grace, 'through the relay');
     await waitChat(pages.Ada, 'through the relay');
   } catch (err) {

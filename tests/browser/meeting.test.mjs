@@ -351,6 +351,11 @@ test('two pages on two nodes of one room (cascade) see and hear each other and c
     await waitMediaFlowing(pages.Grace, [ids.Ada]);
     const tiles = await remoteTiles(pages.Grace);
     assert.deepEqual(tiles.map((x) => x.name), ['Ada'], 'named across the nodes');
+    // The quality panel names the path: straight to the node, over UDP.
+    await pages.Grace.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.path === 'UDP' && b.dataset.receivePath === 'UDP';
+    }, null, { timeout: WAIT_MS });
     await typeChat(pages.Grace, 'from the other node');
     await waitChat(pages.Ada, 'from the other node');
     // The media really crossed between the nodes, each way.
