@@ -1,4 +1,5 @@
 //! Garbage datagrams sprayed at the media port are dropped and counted; nobody notices.
+//! Likewise garbage and silence on the ICE-TCP port (issue 16).
 
 mod common;
 
@@ -104,5 +105,48 @@ async fn garbage_udp_is_dropped_and_media_flows_on() {
     })
     .await
     .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_silence_on_ice_tcp_are_refused_and_media_flows_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start().await;
+    let a = join(&server, "tcp-spray", "alice", Publish::AUDIO_VIDEO).await;
+    let mut b = join(&server, "tcp-spray", "bob", Publish::NONE).await;
+    let _pump = a.start_media(MediaPlan::default());
+    wait_tracks(&mut b, 2).await;
+    // The worker listens on TCP on its UDP port's number.
+    let media = server.sfu.media_addrs()[0];
+    let before = server.sfu.stats();
+    // Framed garbage (RFC 4571: a length, then bytes): every frame is unroutable.
+    let mut framed = tokio::net::TcpStream::connect(media).await.unwrap();
+    let mut rng = rand::rng();
+    for _ in 0..100 {
+        let len: u16 = rng.random_range(1..1200);
+        let mut frame = len.to_be_bytes().to_vec();
+        frame.extend((0..len).map(|_| rng.random::<u8>()));
+        framed.write_all(&frame).await.unwrap();
+    }
+    wait_until(|| server.sfu.stats().datagrams_unroutable - before.datagrams_unroutable >= 100)
+        .await;
+    // A connection that never sends a frame (half-open) is closed after 5 s and counted.
+    let mut silent = tokio::net::TcpStream::connect(media).await.unwrap();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        silent.read(&mut [0u8; 16]),
+    )
+    .await
+    .expect("the silent connection is closed within 10 s");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    wait_until(|| server.sfu.stats().tcp_refused > before.tcp_refused).await;
+    // A length prefix that promises more than ever comes: just an unfinished frame.
+    framed.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+    assert_eq!(server.sfu.stats().participants, 2);
+    b.clear_backlog();
+    let got = sample_rtp(&mut b, 100).await;
+    assert!(got.iter().all(|(_, p)| *p == a.id));
+    drop(framed);
+    wait_until(|| server.sfu.stats().tcp_connections == 0).await;
     server.stop().await;
 }

@@ -107,6 +107,7 @@ fn factory() -> &'static PeerFactory {
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(25),
             max_nacks_per_packet: 3,
+            tcp_port: None,
         }
     })
 }

@@ -1,6 +1,7 @@
-// Connectivity (issue 16) in real Chromium against the real server binary: media through
-// an external TURN server (Debian's coturn, started here with `use-auth-secret`) with the
-// credentials Confab mints for each participant.
+// Connectivity (issue 16) in real Chromium against the real server binary: media over
+// ICE-TCP from a browser that may not use UDP at all, and through an external TURN server
+// (Debian's coturn, started here with `use-auth-secret`) with the credentials Confab mints
+// for each participant.
 //
 // Run: tests/browser/run.sh, or `node --test tests/browser/` with CONFAB_BIN set.
 
@@ -134,6 +135,52 @@ test('media through an external TURN server (coturn, use-auth-secret) with crede
   } catch (err) {
     await dumpPages(pages, 'turn');
     console.error(`server log: ${server.logPath}\ncoturn log:\n${turn.log().slice(-4000)}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});
+
+test('a browser that may not use UDP joins over ICE-TCP; both sides see and hear each other', async (t) => {
+  // `disable_non_proxied_udp`: Chromium gathers no UDP candidate and sends no UDP datagram
+  // (checked on this Chromium); the server's passive TCP candidate is its only way in.
+  const noUdp = await launchBrowser(['--webrtc-ip-handling-policy=disable_non_proxied_udp']);
+  const server = await startServer({ label: 'ice-tcp' });
+  const pages = {};
+  t.after(async () => {
+    await noUdp.close();
+    await server.stop();
+  });
+  try {
+    pages.Ada = await newParticipantPage(noUdp);
+    pages.Grace = await newParticipantPage(browser);
+    const ids = {};
+    for (const n of ['Ada', 'Grace']) ids[n] = await joinRoom(pages[n], server.url, 'tcp', n);
+    await waitRemoteTiles(pages.Ada, [ids.Grace]);
+    await waitRemoteTiles(pages.Grace, [ids.Ada]);
+    await waitMediaFlowing(pages.Ada, [ids.Grace]);
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    // Direct (not relayed: there is no TURN server here); Chromium reports its side of
+    // an active TCP connection as peer-reflexive.
+    const path = await selectedPath(pages.Ada);
+    assert.ok(path && path.local !== 'relay' && path.remote === 'host', JSON.stringify(path));
+    // Ada's connections go over TCP, Grace's over UDP, and the quality panel says so.
+    await pages.Ada.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.path === 'TCP' && b.dataset.receivePath === 'TCP';
+    }, null, { timeout: WAIT_MS });
+    await pages.Grace.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.path === 'UDP' && b.dataset.receivePath === 'UDP';
+    }, null, { timeout: WAIT_MS });
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const open = Number(/^confab_tcp_connections (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(open >= 2, `TCP connections open: ${open}`);
+    await typeChat(pages.Ada, 'over tcp');
+    await waitChat(pages.Grace, 'over tcp');
+  } catch (err) {
+    await dumpPages(pages, 'ice-tcp');
+    console.error(`server log: ${server.logPath}`);
     throw err;
   } finally {
     for (const p of Object.values(pages)) await p.context().close();

@@ -113,8 +113,9 @@ export async function startServer({ label, env = {}, httpBind = '127.0.0.1:0' } 
   return { url, port, proc, stop, logPath };
 }
 
-export async function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+/** Headless Chromium; `extraArgs` are added to its command line. */
+export async function launchBrowser(extraArgs = []) {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...CHROMIUM_ARGS, ...extraArgs] });
 }
 
 /**

@@ -84,6 +84,9 @@ pub struct MediaConfig {
     pub socket_buffer_bytes: usize,
     /// UDP segmentation offload for media sends, where the kernel has it.
     pub gso: bool,
+    /// ICE-TCP: a TCP listener on each worker's port number, offered as a passive TCP
+    /// candidate next to UDP, for networks that block UDP.
+    pub tcp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +147,7 @@ impl Default for Config {
                 max_nacks_per_packet: sfu.max_nacks_per_packet,
                 socket_buffer_bytes: sfu.socket_buffer_bytes,
                 gso: sfu.gso,
+                tcp: sfu.tcp,
             },
             room: RoomConfig {
                 max_participants: sfu.max_participants_per_room,
@@ -301,6 +305,7 @@ impl Config {
             max_nacks_per_packet: self.media.max_nacks_per_packet,
             socket_buffer_bytes: self.media.socket_buffer_bytes,
             gso: self.media.gso,
+            tcp: self.media.tcp,
             last_n: self.room.last_n,
             participants_per_worker: self.room.participants_per_worker,
             audio_top_k: self.room.audio_top_k,

@@ -44,6 +44,10 @@ pub struct SfuConfig {
     /// socket accepts it, and turned off at the first send the kernel refuses. Off by
     /// default: on loopback it overflowed a busy receiver's socket buffer (docs/benchmarks.md).
     pub gso: bool,
+    /// ICE-TCP: each worker also listens on TCP, on its UDP port's number, and offers a
+    /// passive TCP host candidate next to the UDP one (UDP preferred), for clients whose
+    /// network blocks UDP (RFC 6544, RFC 4571 framing).
+    pub tcp: bool,
     /// Last-N: each subscriber gets video from at most this many participants, chosen by
     /// pins, screen sharing and speaking recency (0 = everyone).
     pub last_n: usize,
@@ -137,6 +141,7 @@ impl Default for SfuConfig {
             max_nacks_per_packet: 3,
             socket_buffer_bytes: 4 * 1024 * 1024,
             gso: false,
+            tcp: true,
             last_n: 0,
             participants_per_worker: 200,
             audio_top_k: 0,

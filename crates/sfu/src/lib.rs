@@ -198,6 +198,19 @@ impl Sfu {
             tracing::debug!(%local, rcv, snd, "media socket buffers");
             let announce =
                 SocketAddr::new(config.announce_ip.unwrap_or(config.bind_ip), local.port());
+            // ICE-TCP on the same port number (TCP and UDP ports are apart); a port taken
+            // on TCP leaves this worker on UDP only.
+            let tcp = if config.tcp {
+                match std::net::TcpListener::bind(local) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(%local, error = %e, "ICE-TCP: cannot listen; this worker offers UDP only");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
             let certificate = rtc::peer_connection::certificate::RTCCertificate::generate(
                 provider.crypto(),
                 rtc::crypto::SignatureScheme::EcdsaP256Sha256,
@@ -213,6 +226,10 @@ impl Sfu {
                 ),
                 ice_failed_timeout: std::time::Duration::from_millis(config.ice_failed_timeout_ms),
                 max_nacks_per_packet: config.max_nacks_per_packet,
+                tcp_port: tcp
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok())
+                    .map(|a| a.port()),
             };
             let (tx, rx) = mpsc::channel(4096);
             let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -229,6 +246,7 @@ impl Sfu {
                 events: events.clone(),
                 alive: alive.clone(),
                 links_out: links_out.clone(),
+                tcp,
             };
             let links = links_in[i].take().expect("one link receiver per worker");
             let thread = std::thread::Builder::new()
@@ -692,6 +710,7 @@ struct Supervisor {
     events: Option<mpsc::Sender<events::RoomEvent>>,
     alive: Arc<std::sync::atomic::AtomicBool>,
     links_out: worker::relay::Links,
+    tcp: Option<std::net::TcpListener>,
 }
 
 /// Marks a worker gone when its thread ends other than by a shutdown (whatever ended it).
@@ -747,6 +766,7 @@ impl Supervisor {
                     self.timing.clone(),
                     self.events.clone(),
                     self.links_out.clone(),
+                    self.tcp.as_ref().and_then(|l| l.try_clone().ok()),
                 )
             });
             let worker = match worker {

@@ -24,6 +24,7 @@ use crate::keys::{ParticipantKey, RoomKey, TrackKey};
 use crate::rtp::Codec;
 use confab_proto::{IceCandidate, MediaKind, TrackId};
 use rand::Rng;
+use rtc::ice::tcp_type::TcpType;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
@@ -140,6 +141,8 @@ pub struct Peer {
     pub participant: ParticipantKey,
     pub room: RoomKey,
     pub ufrag: String,
+    /// The worker's ICE-TCP port, offered as a passive candidate.
+    pub tcp_port: Option<u16>,
     /// Remote addresses that passed an ICE check: where datagrams come from and go to.
     pub addrs: Vec<SocketAddr>,
     /// Which of them the agent is shown, and which one media goes to.
@@ -229,25 +232,32 @@ impl From<CodecWire> for TrackCodec {
 }
 
 impl Peer {
-    /// Adds the worker's host candidate (and the end-of-candidates marker) so that it is
-    /// in the next local description.
+    /// Adds the worker's host candidates (UDP, and a passive TCP one when the worker
+    /// listens on TCP) and the end-of-candidates marker, so that they are in the next local
+    /// description. The TCP candidate has the lower priority (RFC 6544 type preference):
+    /// clients use it only when UDP fails.
     fn add_host_candidate(&mut self, announce: SocketAddr) -> Result<(), PeerError> {
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: announce.ip().to_string(),
-                port: announce.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(PeerError::rtc)?;
-        let init = RTCIceCandidate::from(&candidate)
-            .to_json()
+        let tcp = self.tcp_port.map(|port| ("tcp", port, TcpType::Passive));
+        for (network, port, tcp_type) in
+            std::iter::once(("udp", announce.port(), TcpType::Unspecified)).chain(tcp)
+        {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: network.to_owned(),
+                    address: announce.ip().to_string(),
+                    port,
+                    component: 1,
+                    ..Default::default()
+                },
+                tcp_type,
+            }
+            .new_candidate_host()
             .map_err(PeerError::rtc)?;
-        self.pc.add_local_candidate(init).map_err(PeerError::rtc)?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(PeerError::rtc)?;
+            self.pc.add_local_candidate(init).map_err(PeerError::rtc)?;
+        }
         self.pc
             .add_local_candidate(RTCIceCandidateInit::default())
             .map_err(PeerError::rtc)?;
@@ -655,11 +665,13 @@ impl Peer {
     }
 
     /// A datagram from `from`, shown to the agent as coming from `shown`.
+    /// One datagram (or ICE-TCP frame, `tcp`) from `shown`, received at `local`.
     pub fn handle_datagram(
         &mut self,
         data: &[u8],
         local: SocketAddr,
         shown: SocketAddr,
+        tcp: bool,
         now: Instant,
     ) {
         let msg = TaggedBytesMut {
@@ -668,7 +680,11 @@ impl Peer {
                 local_addr: local,
                 peer_addr: shown,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: if tcp {
+                    TransportProtocol::TCP
+                } else {
+                    TransportProtocol::UDP
+                },
             },
             message: bytes::BytesMut::from(data),
         };

@@ -47,6 +47,10 @@ counters!(
         bytes_out: AtomicU64,
         /// Datagrams from an address no peer connection knows.
         datagrams_unroutable: AtomicU64,
+        /// ICE-TCP connections open now.
+        tcp_connections: AtomicI64,
+        /// ICE-TCP connections refused or closed early: over the cap, or silent.
+        tcp_refused: AtomicU64,
         /// GSO sends (each several datagrams to one destination in one buffer).
         segmented_sends: AtomicU64,
         /// Datagrams the kernel refused to queue (socket buffer full).

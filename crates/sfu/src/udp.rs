@@ -184,6 +184,12 @@ impl SendBatch {
         self.queue.is_empty()
     }
 
+    /// Takes out the queued datagrams `take` accepts (it gets each one's bytes and
+    /// destination; those to a client on ICE-TCP go down its TCP connection instead).
+    pub fn divert(&mut self, mut take: impl FnMut(&Bytes, SocketAddr) -> bool) {
+        self.queue.retain(|(data, to, _)| !take(data, *to));
+    }
+
     pub fn len(&self) -> usize {
         self.queue.len()
     }

@@ -17,6 +17,7 @@
 mod drive;
 mod isolate;
 pub mod relay;
+pub mod tcp;
 
 use crate::config::SfuConfig;
 use crate::error::JoinError;
@@ -212,6 +213,13 @@ pub struct Worker {
     /// worker's rooms on other workers ([`relay`]).
     links_out: relay::Links,
     copies: FxHashMap<RoomKey, (Arc<RoomId>, Vec<usize>)>,
+    /// ICE-TCP: the listener, its port, the open connections by the client's address
+    /// (where frames to that address go), and the channel their frames come in on.
+    tcp: Option<tokio::net::TcpListener>,
+    tcp_local: Option<SocketAddr>,
+    tcp_conns: FxHashMap<SocketAddr, mpsc::Sender<bytes::Bytes>>,
+    tcp_tx: mpsc::Sender<tcp::TcpIn>,
+    tcp_rx: Option<mpsc::Receiver<tcp::TcpIn>>,
     /// Test hook: panic in this room at this point.
     #[cfg(feature = "fault-injection")]
     fault: Option<(RoomKey, crate::FaultPoint)>,
@@ -229,8 +237,21 @@ impl Worker {
         timing: Arc<LoopStats>,
         events: Option<mpsc::Sender<crate::events::RoomEvent>>,
         links_out: relay::Links,
+        tcp: Option<std::net::TcpListener>,
     ) -> std::io::Result<Self> {
         socket.set_nonblocking(true)?;
+        let tcp = match tcp {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                Some(tokio::net::TcpListener::from_std(l)?)
+            }
+            None => None,
+        };
+        let tcp_local = tcp
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| SocketAddr::new(announce.ip(), a.port()));
+        let (tcp_tx, tcp_rx) = mpsc::channel(4_096);
         let gso = config.gso && udp::gso_supported(&socket);
         tracing::debug!(gso, "UDP segmentation offload");
         Ok(Self {
@@ -262,6 +283,11 @@ impl Worker {
             events,
             links_out,
             copies: FxHashMap::default(),
+            tcp,
+            tcp_local,
+            tcp_conns: FxHashMap::default(),
+            tcp_tx,
+            tcp_rx: Some(tcp_rx),
             #[cfg(feature = "fault-injection")]
             fault: None,
         })
@@ -280,6 +306,7 @@ impl Worker {
         tracing::info!(addr = %self.announce, "media worker started");
         let mut next_tick = Instant::now() + TICK;
         let mut open = true;
+        let mut tcp_rx = self.tcp_rx.take();
         while !self.stopping || !self.sessions.is_empty() {
             let deadline = self
                 .timers
@@ -305,6 +332,32 @@ impl Worker {
                         None => {
                             open = false;
                             self.stop();
+                        }
+                    }
+                }
+                a = async {
+                    match &self.tcp {
+                        Some(l) => l.accept().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok((stream, from)) = a {
+                        self.tcp_accepted(stream, from);
+                    }
+                }
+                t = async {
+                    match tcp_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(t) = t {
+                        self.tcp_frame(t, Instant::now());
+                        for _ in 1..LINK_BATCH {
+                            match tcp_rx.as_mut().map(|rx| rx.try_recv()) {
+                                Some(Ok(t)) => self.tcp_frame(t, Instant::now()),
+                                _ => break,
+                            }
                         }
                     }
                 }
@@ -395,6 +448,11 @@ impl Worker {
     }
 
     fn datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        self.datagram_on(data, from, false, now);
+    }
+
+    /// A datagram, or an ICE-TCP frame (`tcp`), from `from`.
+    fn datagram_on(&mut self, data: &[u8], from: SocketAddr, tcp: bool, now: Instant) {
         let key = if is_stun(data) {
             crate::peer::stun_target_ufrag(data)
                 .and_then(|u| self.by_ufrag.get(&u).copied())
@@ -411,7 +469,11 @@ impl Worker {
         };
         let authenticated = peer.addrs.contains(&from);
         let shown = peer.paths.inbound(data, from, authenticated);
-        peer.handle_datagram(data, self.announce, shown, now);
+        let local = match (tcp, self.tcp_local) {
+            (true, Some(l)) => l,
+            _ => self.announce,
+        };
+        peer.handle_datagram(data, local, shown, tcp, now);
         let publisher = peer.role == crate::peer::Role::Publisher;
         self.mark_input(key);
         if publisher {
@@ -546,12 +608,57 @@ impl Worker {
         if self.send.is_empty() {
             return;
         }
+        if !self.tcp_conns.is_empty() {
+            let conns = &self.tcp_conns;
+            let stats = &self.stats;
+            self.send.divert(|data, to| match conns.get(&to) {
+                Some(tx) => {
+                    if tx.try_send(data.clone()).is_err() {
+                        SfuStats::inc(&stats.send_drops);
+                    } else {
+                        SfuStats::inc(&stats.datagrams_out);
+                        SfuStats::add(&stats.bytes_out, data.len() as u64);
+                    }
+                    true
+                }
+                None => false,
+            });
+        }
         let sent = self.send.flush(&self.socket);
         self.forwarded_sent();
         SfuStats::add(&self.stats.datagrams_out, sent.datagrams);
         SfuStats::add(&self.stats.segmented_sends, sent.segmented);
         SfuStats::add(&self.stats.bytes_out, sent.bytes);
         SfuStats::add(&self.stats.send_drops, sent.dropped);
+    }
+
+    /// An ICE-TCP connection was accepted: its frames come in as datagrams from `from`.
+    fn tcp_accepted(&mut self, stream: tokio::net::TcpStream, from: SocketAddr) {
+        if self.tcp_conns.len() >= tcp::MAX_CONNECTIONS {
+            SfuStats::inc(&self.stats.tcp_refused);
+            return;
+        }
+        let stats = self.stats.clone();
+        let tx = tcp::spawn(stream, from, self.tcp_tx.clone(), move |_| {
+            SfuStats::inc(&stats.tcp_refused);
+        });
+        self.tcp_conns.insert(from, tx);
+        SfuStats::gauge(&self.stats.tcp_connections, 1);
+    }
+
+    fn tcp_frame(&mut self, t: tcp::TcpIn, now: Instant) {
+        match t.frame {
+            Some(frame) => {
+                SfuStats::inc(&self.stats.datagrams_in);
+                SfuStats::add(&self.stats.bytes_in, frame.len() as u64);
+                self.datagram_on(&frame, t.from, true, now);
+            }
+            None => {
+                if self.tcp_conns.remove(&t.from).is_some() {
+                    SfuStats::gauge(&self.stats.tcp_connections, -1);
+                }
+            }
+        }
     }
 
     /// The agent accepted a check from `to` (it answered with a binding success, which it
@@ -597,7 +704,14 @@ impl Worker {
         peer.close();
         while let Some(out) = peer.poll_write() {
             let (Outgoing::Agent(data, to) | Outgoing::Media(data, to)) = out;
-            let _ = self.socket.try_send_to(&data, to);
+            match self.tcp_conns.get(&to) {
+                Some(tx) => {
+                    let _ = tx.try_send(data);
+                }
+                None => {
+                    let _ = self.socket.try_send_to(&data, to);
+                }
+            }
         }
         self.by_ufrag.remove(&peer.ufrag);
         for a in &peer.addrs {
@@ -669,6 +783,7 @@ impl Drop for Worker {
         let g = |c: &std::sync::atomic::AtomicI64, n: usize| SfuStats::gauge(c, -(n as i64));
         g(&self.stats.participants, self.sessions.len());
         g(&self.stats.peer_connections, self.peers.len());
+        g(&self.stats.tcp_connections, self.tcp_conns.len());
         g(&self.stats.rooms, self.rooms.len());
         for (_, r) in self.rooms.iter() {
             let (tracks, downs, taps) = r.counts();

@@ -106,6 +106,18 @@ impl Collector for ConfabCollector {
             "Datagrams from unknown addresses, dropped",
             c(s.datagrams_unroutable),
         )?;
+        gauge(
+            &mut e,
+            "confab_tcp_connections",
+            "ICE-TCP connections open",
+            s.tcp_connections,
+        )?;
+        counter(
+            &mut e,
+            "confab_tcp_refused",
+            "ICE-TCP connections refused or closed early (over the cap, or no frame within 5 s)",
+            c(s.tcp_refused),
+        )?;
         counter(
             &mut e,
             "confab_send_drops",

@@ -40,6 +40,9 @@ pub struct PeerFactory {
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
     pub max_nacks_per_packet: u16,
+    /// ICE-TCP: the port of the worker's TCP listener (a passive TCP candidate is
+    /// offered on the announced IP), if it listens.
+    pub tcp_port: Option<u16>,
 }
 
 impl PeerFactory {
@@ -134,6 +137,7 @@ impl PeerFactory {
             participant,
             room,
             ufrag,
+            tcp_port: self.tcp_port,
             addrs: Vec::new(),
             paths: Paths::default(),
             connected: false,
