@@ -636,11 +636,13 @@ impl Worker {
     fn tcp_accepted(&mut self, stream: tokio::net::TcpStream, from: SocketAddr) {
         if self.tcp_conns.len() >= tcp::MAX_CONNECTIONS {
             SfuStats::inc(&self.stats.tcp_refused);
+            tcp::log_refusal(tcp::Refused::Full);
             return;
         }
         let stats = self.stats.clone();
-        let tx = tcp::spawn(stream, from, self.tcp_tx.clone(), move |_| {
+        let tx = tcp::spawn(stream, from, self.tcp_tx.clone(), move |why| {
             SfuStats::inc(&stats.tcp_refused);
+            tcp::log_refusal(why);
         });
         self.tcp_conns.insert(from, tx);
         SfuStats::gauge(&self.stats.tcp_connections, 1);

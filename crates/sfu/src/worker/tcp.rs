@@ -31,11 +31,33 @@ pub struct TcpIn {
     pub frame: Option<Bytes>,
 }
 
+/// Logs the first refusal of each kind (the counter has the rest).
+pub fn log_refusal(why: Refused) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SILENT: AtomicBool = AtomicBool::new(false);
+    static FULL: AtomicBool = AtomicBool::new(false);
+    let (flag, what) = match why {
+        Refused::Silent => (
+            &SILENT,
+            "an ICE-TCP connection sent nothing within 5 s: closed",
+        ),
+        Refused::Full => (
+            &FULL,
+            "ICE-TCP connections at the worker's cap: a new one was refused",
+        ),
+    };
+    if !flag.swap(true, Ordering::Relaxed) {
+        tracing::warn!("{what} (logged once; counted in confab_tcp_refused)");
+    }
+}
+
 /// Why a connection was closed early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// Nothing within [`FIRST_FRAME`] (half-open, or not ICE).
     Silent,
+    /// The worker holds [`MAX_CONNECTIONS`] already.
+    Full,
 }
 
 /// Starts the two tasks of an accepted connection; returns where its outgoing frames go.
