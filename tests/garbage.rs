@@ -116,8 +116,8 @@ async fn garbage_and_silence_on_ice_tcp_are_refused_and_media_flows_on() {
     let mut b = join(&server, "tcp-spray", "bob", Publish::NONE).await;
     let _pump = a.start_media(MediaPlan::default());
     wait_tracks(&mut b, 2).await;
-    // The worker listens on TCP on its UDP port's number.
-    let media = server.sfu.media_addrs()[0];
+    // The worker listens on TCP (on its UDP port's number when that is free on TCP).
+    let media = server.sfu.media_tcp_addrs()[0];
     let before = server.sfu.stats();
     // Framed garbage (RFC 4571: a length, then bytes): every frame is unroutable.
     let mut framed = tokio::net::TcpStream::connect(media).await.unwrap();

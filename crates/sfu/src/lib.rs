@@ -74,6 +74,8 @@ use worker::Command;
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
     addr: SocketAddr,
+    /// The announced ICE-TCP address, when the worker listens on TCP.
+    tcp_addr: Option<SocketAddr>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// False once the worker is gone for good (it could not be restarted): placement
     /// skips it.
@@ -198,10 +200,19 @@ impl Sfu {
             tracing::debug!(%local, rcv, snd, "media socket buffers");
             let announce =
                 SocketAddr::new(config.announce_ip.unwrap_or(config.bind_ip), local.port());
-            // ICE-TCP on the same port number (TCP and UDP ports are apart); a port taken
-            // on TCP leaves this worker on UDP only.
+            // ICE-TCP on the same port number (TCP and UDP ports are apart). With an
+            // ephemeral UDP port, that number may be taken on TCP: then any free port
+            // (the candidate names it). A fixed port taken on TCP is a configuration
+            // error worth a warning: this worker offers UDP only.
             let tcp = if config.tcp {
-                match std::net::TcpListener::bind(local) {
+                let bound = std::net::TcpListener::bind(local).or_else(|e| {
+                    if config.port == 0 {
+                        std::net::TcpListener::bind(SocketAddr::new(local.ip(), 0))
+                    } else {
+                        Err(e)
+                    }
+                });
+                match bound {
                     Ok(l) => Some(l),
                     Err(e) => {
                         tracing::warn!(%local, error = %e, "ICE-TCP: cannot listen; this worker offers UDP only");
@@ -235,6 +246,10 @@ impl Sfu {
             let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
             stats.push(Arc::new(SfuStats::default()));
             timing.push(Arc::new(stats::LoopStats::default()));
+            let tcp_addr = tcp
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| SocketAddr::new(announce.ip(), a.port()));
             let supervisor = Supervisor {
                 index: i,
                 socket,
@@ -257,6 +272,7 @@ impl Sfu {
             workers.push(WorkerHandle {
                 commands: tx,
                 addr: announce,
+                tcp_addr,
                 thread: Mutex::new(Some(thread)),
                 alive,
             });
@@ -285,6 +301,15 @@ impl Sfu {
     /// The announced media address of each worker.
     pub fn media_addrs(&self) -> Vec<SocketAddr> {
         self.inner.workers.iter().map(|w| w.addr).collect()
+    }
+
+    /// The announced ICE-TCP address of each worker that listens on TCP.
+    pub fn media_tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.inner
+            .workers
+            .iter()
+            .filter_map(|w| w.tcp_addr)
+            .collect()
     }
 
     /// The workers' counters, summed.
