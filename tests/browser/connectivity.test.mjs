@@ -186,3 +186,46 @@ test('a browser that may not use UDP joins over ICE-TCP; both sides see and hear
     for (const p of Object.values(pages)) await p.context().close();
   }
 });
+
+test('without UDP and with ICE-TCP off in the server, a browser goes through TURN/TCP', async (t) => {
+  // The server offers only its UDP candidate (CONFAB_MEDIA__TCP=false); a browser that may
+  // not use UDP can then reach it only through the TURN server, over TCP to it.
+  const secret = 'coturn-tcp-secret-0123456789';
+  const turn = await startCoturn(secret);
+  const tcpUrl = turn.url.replace('transport=udp', 'transport=tcp');
+  const noUdp = await launchBrowser(['--webrtc-ip-handling-policy=disable_non_proxied_udp']);
+  const server = await startServer({
+    label: 'turn-tcp',
+    env: {
+      CONFAB_MEDIA__TCP: 'false',
+      CONFAB_TURN__URLS: `["${tcpUrl}"]`,
+      CONFAB_TURN__SECRET: secret,
+    },
+  });
+  const pages = {};
+  t.after(async () => {
+    await noUdp.close();
+    await server.stop();
+    await turn.stop();
+  });
+  try {
+    pages.Ada = await newParticipantPage(noUdp);
+    pages.Grace = await newParticipantPage(browser);
+    const ids = {};
+    for (const n of ['Ada', 'Grace']) ids[n] = await joinRoom(pages[n], server.url, 'turn-tcp', n);
+    await waitMediaFlowing(pages.Ada, [ids.Grace]);
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    const path = await selectedPath(pages.Ada);
+    assert.equal(path?.local, 'relay', JSON.stringify(path));
+    await pages.Ada.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.path === 'TURN/TCP' && b.dataset.receivePath === 'TURN/TCP';
+    }, null, { timeout: WAIT_MS });
+  } catch (err) {
+    await dumpPages(pages, 'turn-tcp');
+    console.error(`server log: ${server.logPath}\ncoturn log:\n${turn.log().slice(-4000)}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+  }
+});
