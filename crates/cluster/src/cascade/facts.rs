@@ -69,7 +69,7 @@ impl Writer {
                     tracing::warn!("cascade: Redis unreachable; room facts wait for it");
                     Instant::now()
                 });
-                self.hellos_without_redis(&mut queue);
+                self.hellos_without_redis(&mut queue, &mut copies);
                 continue;
             };
             let mut failed = false;
@@ -95,7 +95,7 @@ impl Writer {
                     tracing::warn!("cascade: Redis unreachable; room facts wait for it");
                     Instant::now()
                 });
-                self.hellos_without_redis(&mut queue);
+                self.hellos_without_redis(&mut queue, &mut copies);
             } else if let Some(since) = down_since.take() {
                 tracing::info!(
                     after_ms = since.elapsed().as_millis() as u64,
@@ -128,9 +128,16 @@ impl Writer {
 
     /// While Redis is away, a new copy waits for nobody: its hello is kept for later (the
     /// others answer then) and it reads its room from now on.
-    fn hellos_without_redis(&self, queue: &mut VecDeque<Write>) {
+    /// The copy is listed among the room's copies (`copies`) by the first heartbeat that
+    /// reaches Redis, so that later copies wait for its snapshot too.
+    fn hellos_without_redis(
+        &self,
+        queue: &mut VecDeque<Write>,
+        copies: &mut BTreeSet<(String, u8)>,
+    ) {
         for w in queue.iter_mut() {
             if let Write::Hello { room, worker } = w {
+                copies.insert((room.to_string(), *worker));
                 if self.start_reading(room.as_str(), &format!("{}-0", unix_ms())) {
                     tracing::debug!(room = %room, "cascade: reading a room from now on");
                 }
