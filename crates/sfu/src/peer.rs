@@ -4,7 +4,7 @@
 //!
 //! Every peer connection on a worker shares one UDP socket, so each is built as an
 //! ICE-lite agent with a unique username fragment (how the worker demultiplexes STUN) and
-//! one host candidate: the worker's announced address.
+//! its host candidates: the worker's announced address over UDP and, with ICE-TCP, TCP.
 //!
 //! Publisher connections (the client offers) receive; subscriber connections (the server
 //! offers) send and carry the chat data channel. The two get different interceptors:
@@ -12,20 +12,22 @@
 //! the browser's bandwidth estimate; a sender needs a retransmission buffer and sender
 //! reports.
 
+mod codec;
+mod down;
 mod factory;
 mod paths;
 
+pub use codec::TrackCodec;
+pub use down::SenderSlot;
 pub use factory::PeerFactory;
 pub use paths::{Paths, is_binding_success, is_stun, stun_target_ufrag};
 
-use crate::egress::{DownStream, LocalKeys, StreamParams};
+use crate::egress::LocalKeys;
 use crate::error::PeerError;
 use crate::keys::{ParticipantKey, RoomKey, TrackKey};
 use crate::rtp::Codec;
 use confab_proto::{IceCandidate, MediaKind, TrackId};
-use rand::Rng;
 use rtc::ice::tcp_type::TcpType;
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -36,10 +38,8 @@ use rtc::peer_connection::transport::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection};
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
@@ -50,20 +50,6 @@ use std::time::{Duration, Instant};
 pub enum Role {
     Publisher,
     Subscriber,
-}
-
-/// An outgoing (down) track slot of a subscriber connection.
-pub struct SenderSlot {
-    pub sender: RTCRtpSenderId,
-    pub ssrc: u32,
-    pub mime: String,
-    pub clock_rate: u32,
-    pub kind: MediaKind,
-    /// Resolved once the subscriber's answer fixed the payload types.
-    pub payload_type: Option<u8>,
-    /// Where its packets are protected and accounted for, once the payload type is known
-    /// and the connection's keys are ([`crate::egress`]).
-    stream: Option<DownStream>,
 }
 
 /// A track received on a publisher connection.
@@ -164,71 +150,6 @@ pub struct Peer {
     out: std::collections::VecDeque<bytes::Bytes>,
     /// Events translated but not yet taken.
     pending: std::collections::VecDeque<PeerEvent>,
-}
-
-/// The codec of a published track, as needed to open down-tracks for it. Serialised
-/// (for the relayed copies on other nodes) as mime type, clock, channels, fmtp line,
-/// feedback and payload type.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(into = "CodecWire", from = "CodecWire")]
-pub struct TrackCodec {
-    pub codec: Codec,
-    pub rtp: RTCRtpCodec,
-    /// The payload type the publisher sends it with.
-    pub payload_type: u8,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CodecWire {
-    mime: String,
-    clock_rate: u32,
-    channels: u16,
-    fmtp: String,
-    feedback: Vec<(String, String)>,
-    pt: u8,
-}
-
-impl From<TrackCodec> for CodecWire {
-    fn from(c: TrackCodec) -> Self {
-        CodecWire {
-            mime: c.rtp.mime_type,
-            clock_rate: c.rtp.clock_rate,
-            channels: c.rtp.channels,
-            fmtp: c.rtp.sdp_fmtp_line,
-            feedback: c
-                .rtp
-                .rtcp_feedback
-                .into_iter()
-                .map(|f| (f.typ, f.parameter))
-                .collect(),
-            pt: c.payload_type,
-        }
-    }
-}
-
-impl From<CodecWire> for TrackCodec {
-    fn from(w: CodecWire) -> Self {
-        TrackCodec {
-            codec: Codec::from_mime(&w.mime),
-            rtp: RTCRtpCodec {
-                mime_type: w.mime,
-                clock_rate: w.clock_rate,
-                channels: w.channels,
-                sdp_fmtp_line: w.fmtp,
-                rtcp_feedback: w
-                    .feedback
-                    .into_iter()
-                    .map(
-                        |(typ, parameter)| rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
-                            typ,
-                            parameter,
-                        },
-                    )
-                    .collect(),
-            },
-            payload_type: w.pt,
-        }
-    }
 }
 
 impl Peer {
@@ -391,34 +312,6 @@ impl Peer {
         Ok(())
     }
 
-    /// Subscriber: gives every negotiated down-track without one its egress stream, once
-    /// the connection's keys are known.
-    fn open_streams(&mut self) {
-        let Some(keys) = &self.keys else {
-            return;
-        };
-        for slot in self.senders.iter_mut().flatten() {
-            if slot.stream.is_some() {
-                continue;
-            }
-            let Some(payload_type) = slot.payload_type else {
-                continue;
-            };
-            slot.stream = DownStream::new(
-                keys,
-                StreamParams {
-                    ssrc: slot.ssrc,
-                    payload_type,
-                    clock_rate: slot.clock_rate,
-                    retransmit: slot.kind == MediaKind::Video,
-                },
-            );
-            if slot.stream.is_none() {
-                tracing::warn!(profile = ?keys.profile(), "no SRTP context for this profile");
-            }
-        }
-    }
-
     pub fn add_remote_candidate(&mut self, c: IceCandidate) -> Result<(), PeerError> {
         if c.candidate.is_empty() {
             // End of candidates: nothing to do for an ICE-lite agent.
@@ -441,153 +334,6 @@ impl Peer {
         ids.into_iter()
             .filter_map(|id| self.pc.rtp_transceiver(id).and_then(|t| t.mid().clone()))
             .collect()
-    }
-
-    /// Subscriber: which down-track slots have a negotiated payload type.
-    pub fn negotiated_slots(&self) -> Vec<bool> {
-        self.senders
-            .iter()
-            .map(|s| s.as_ref().is_some_and(|s| s.payload_type.is_some()))
-            .collect()
-    }
-
-    /// The transceiver mid for each down-track slot, once negotiated.
-    pub fn slot_mids(&mut self) -> Vec<(usize, String)> {
-        let mut sender_mid = HashMap::new();
-        let ids: Vec<_> = self.pc.get_transceivers().collect();
-        for id in ids {
-            if let Some(t) = self.pc.rtp_transceiver(id)
-                && let (Some(s), Some(mid)) = (t.sender(), t.mid().clone())
-            {
-                sender_mid.insert(s, mid);
-            }
-        }
-        self.senders
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                Some((i, sender_mid.get(&s.sender)?.clone()))
-            })
-            .collect()
-    }
-
-    /// Subscriber: opens down-track `slot` for `track`, sending as `owner`'s stream.
-    pub fn add_down_track(
-        &mut self,
-        slot: usize,
-        track: &TrackId,
-        owner: &str,
-        kind: MediaKind,
-        codec: &TrackCodec,
-    ) -> Result<(), PeerError> {
-        let ssrc: u32 = rand::rng().random();
-        let rtc_kind = match kind {
-            MediaKind::Audio => RtpCodecKind::Audio,
-            MediaKind::Video => RtpCodecKind::Video,
-        };
-        let media_track = MediaStreamTrack::new(
-            owner.to_owned(),
-            track.as_str().to_owned(),
-            track.as_str().to_owned(),
-            rtc_kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec.rtp.clone(),
-                ..Default::default()
-            }],
-        );
-        // add_track reuses a transceiver freed by remove_track (the SDP does not grow with
-        // churn); the server only ever sends on it.
-        let sender = self.pc.add_track(media_track).map_err(PeerError::rtc)?;
-        if let Some(mut t) = self.pc.rtp_transceiver(sender.into()) {
-            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
-        }
-        let s = SenderSlot {
-            sender,
-            ssrc,
-            mime: codec.rtp.mime_type.clone(),
-            clock_rate: codec.rtp.clock_rate,
-            kind,
-            payload_type: None,
-            stream: None,
-        };
-        if self.senders.len() <= slot {
-            self.senders.resize_with(slot + 1, || None);
-        }
-        self.senders[slot] = Some(s);
-        Ok(())
-    }
-
-    pub fn remove_down_track(&mut self, slot: usize) {
-        if let Some(s) = self.senders.get_mut(slot).and_then(Option::take)
-            && let Err(e) = self.pc.remove_track(s.sender)
-        {
-            tracing::debug!(error = %e, "remove_track failed");
-        }
-    }
-
-    /// Protects a rewritten packet for down-track `slot` (its header extensions already
-    /// stripped: ids are per leg) and returns the datagram, where it goes and its SSRC. `None` when
-    /// the slot is gone, not negotiated yet, or the connection has no media path or keys.
-    pub fn write_rtp(
-        &mut self,
-        slot: usize,
-        pkt: rtc::rtp::Packet,
-        patch: Option<crate::rtp::codec::Vp8Patch>,
-        now: Instant,
-        scratch: &mut Vec<u8>,
-    ) -> Option<(bytes::Bytes, SocketAddr, u32)> {
-        let to = self.paths.media()?;
-        let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
-        let size = pkt.payload.len() + 12;
-        let datagram = stream.write(pkt, patch, now, scratch)?;
-        let ssrc = stream.ssrc();
-        self.egress.add(size, now);
-        Some((datagram, to, ssrc))
-    }
-
-    /// Subscriber: queues the sender reports that are due (flushed with `poll_write`).
-    /// Returns whether any was.
-    pub fn sender_reports(&mut self, now: Instant, wall: std::time::SystemTime) -> bool {
-        let before = self.out.len();
-        for slot in self.senders.iter_mut().flatten() {
-            if let Some(d) = slot.stream.as_mut().and_then(|s| s.report(now, wall)) {
-                self.out.push_back(d);
-            }
-        }
-        self.out.len() > before
-    }
-
-    /// Subscriber: queues the retransmissions a NACK for `media_ssrc` asks for; returns
-    /// how many were still in the history.
-    fn retransmit(
-        &mut self,
-        media_ssrc: u32,
-        nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
-    ) -> u32 {
-        let Some(stream) = self
-            .senders
-            .iter_mut()
-            .flatten()
-            .find_map(|s| s.stream.as_mut().filter(|st| st.ssrc() == media_ssrc))
-        else {
-            return 0;
-        };
-        let mut scratch = Vec::new();
-        let mut n = 0;
-        for pair in &nack.nacks {
-            for seq in crate::egress::nacked(pair.packet_id, pair.lost_packets) {
-                if let Some(d) = stream.retransmit(seq, &mut scratch) {
-                    self.out.push_back(d);
-                    n += 1;
-                }
-            }
-        }
-        n
     }
 
     /// Publisher: asks for a keyframe of a received track's encoding `media_ssrc`.

@@ -1,0 +1,70 @@
+//! A published track's codec, as needed to open down-tracks for it, and its serialised
+//! form (relayed copies on other nodes re-publish tracks from it).
+
+use crate::rtp::Codec;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+
+/// The codec of a published track, as needed to open down-tracks for it. Serialised
+/// (for the relayed copies on other nodes) as mime type, clock, channels, fmtp line,
+/// feedback and payload type.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(into = "CodecWire", from = "CodecWire")]
+pub struct TrackCodec {
+    pub codec: Codec,
+    pub rtp: RTCRtpCodec,
+    /// The payload type the publisher sends it with.
+    pub payload_type: u8,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CodecWire {
+    mime: String,
+    clock_rate: u32,
+    channels: u16,
+    fmtp: String,
+    feedback: Vec<(String, String)>,
+    pt: u8,
+}
+
+impl From<TrackCodec> for CodecWire {
+    fn from(c: TrackCodec) -> Self {
+        CodecWire {
+            mime: c.rtp.mime_type,
+            clock_rate: c.rtp.clock_rate,
+            channels: c.rtp.channels,
+            fmtp: c.rtp.sdp_fmtp_line,
+            feedback: c
+                .rtp
+                .rtcp_feedback
+                .into_iter()
+                .map(|f| (f.typ, f.parameter))
+                .collect(),
+            pt: c.payload_type,
+        }
+    }
+}
+
+impl From<CodecWire> for TrackCodec {
+    fn from(w: CodecWire) -> Self {
+        TrackCodec {
+            codec: Codec::from_mime(&w.mime),
+            rtp: RTCRtpCodec {
+                mime_type: w.mime,
+                clock_rate: w.clock_rate,
+                channels: w.channels,
+                sdp_fmtp_line: w.fmtp,
+                rtcp_feedback: w
+                    .feedback
+                    .into_iter()
+                    .map(
+                        |(typ, parameter)| rtc::rtp_transceiver::rtp_sender::RTCPFeedback {
+                            typ,
+                            parameter,
+                        },
+                    )
+                    .collect(),
+            },
+            payload_type: w.pt,
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A subscriber connection's down-track slots: opening and closing them, their egress
+//! streams (SRTP, sender reports, retransmissions), and the mids they were negotiated at.
+
+use super::{Peer, TrackCodec};
+use crate::egress::{DownStream, StreamParams};
+use crate::error::PeerError;
+use confab_proto::{MediaKind, TrackId};
+use rand::Rng;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// An outgoing (down) track slot of a subscriber connection.
+pub struct SenderSlot {
+    pub sender: RTCRtpSenderId,
+    pub ssrc: u32,
+    pub mime: String,
+    pub clock_rate: u32,
+    pub kind: MediaKind,
+    /// Resolved once the subscriber's answer fixed the payload types.
+    pub payload_type: Option<u8>,
+    /// Where its packets are protected and accounted for, once the payload type is known
+    /// and the connection's keys are ([`crate::egress`]).
+    stream: Option<DownStream>,
+}
+
+impl Peer {
+    /// Subscriber: gives every negotiated down-track without one its egress stream, once
+    /// the connection's keys are known.
+    pub(super) fn open_streams(&mut self) {
+        let Some(keys) = &self.keys else {
+            return;
+        };
+        for slot in self.senders.iter_mut().flatten() {
+            if slot.stream.is_some() {
+                continue;
+            }
+            let Some(payload_type) = slot.payload_type else {
+                continue;
+            };
+            slot.stream = DownStream::new(
+                keys,
+                StreamParams {
+                    ssrc: slot.ssrc,
+                    payload_type,
+                    clock_rate: slot.clock_rate,
+                    retransmit: slot.kind == MediaKind::Video,
+                },
+            );
+            if slot.stream.is_none() {
+                tracing::warn!(profile = ?keys.profile(), "no SRTP context for this profile");
+            }
+        }
+    }
+
+    /// Subscriber: which down-track slots have a negotiated payload type.
+    pub fn negotiated_slots(&self) -> Vec<bool> {
+        self.senders
+            .iter()
+            .map(|s| s.as_ref().is_some_and(|s| s.payload_type.is_some()))
+            .collect()
+    }
+
+    /// The transceiver mid for each down-track slot, once negotiated.
+    pub fn slot_mids(&mut self) -> Vec<(usize, String)> {
+        let mut sender_mid = HashMap::new();
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        for id in ids {
+            if let Some(t) = self.pc.rtp_transceiver(id)
+                && let (Some(s), Some(mid)) = (t.sender(), t.mid().clone())
+            {
+                sender_mid.insert(s, mid);
+            }
+        }
+        self.senders
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                Some((i, sender_mid.get(&s.sender)?.clone()))
+            })
+            .collect()
+    }
+
+    /// Subscriber: opens down-track `slot` for `track`, sending as `owner`'s stream.
+    pub fn add_down_track(
+        &mut self,
+        slot: usize,
+        track: &TrackId,
+        owner: &str,
+        kind: MediaKind,
+        codec: &TrackCodec,
+    ) -> Result<(), PeerError> {
+        let ssrc: u32 = rand::rng().random();
+        let rtc_kind = match kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let media_track = MediaStreamTrack::new(
+            owner.to_owned(),
+            track.as_str().to_owned(),
+            track.as_str().to_owned(),
+            rtc_kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp.clone(),
+                ..Default::default()
+            }],
+        );
+        // add_track reuses a transceiver freed by remove_track (the SDP does not grow with
+        // churn); the server only ever sends on it.
+        let sender = self.pc.add_track(media_track).map_err(PeerError::rtc)?;
+        if let Some(mut t) = self.pc.rtp_transceiver(sender.into()) {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly);
+        }
+        let s = SenderSlot {
+            sender,
+            ssrc,
+            mime: codec.rtp.mime_type.clone(),
+            clock_rate: codec.rtp.clock_rate,
+            kind,
+            payload_type: None,
+            stream: None,
+        };
+        if self.senders.len() <= slot {
+            self.senders.resize_with(slot + 1, || None);
+        }
+        self.senders[slot] = Some(s);
+        Ok(())
+    }
+
+    pub fn remove_down_track(&mut self, slot: usize) {
+        if let Some(s) = self.senders.get_mut(slot).and_then(Option::take)
+            && let Err(e) = self.pc.remove_track(s.sender)
+        {
+            tracing::debug!(error = %e, "remove_track failed");
+        }
+    }
+
+    /// Protects a rewritten packet for down-track `slot` (its header extensions already
+    /// stripped: ids are per leg) and returns the datagram, where it goes and its SSRC. `None` when
+    /// the slot is gone, not negotiated yet, or the connection has no media path or keys.
+    pub fn write_rtp(
+        &mut self,
+        slot: usize,
+        pkt: rtc::rtp::Packet,
+        patch: Option<crate::rtp::codec::Vp8Patch>,
+        now: Instant,
+        scratch: &mut Vec<u8>,
+    ) -> Option<(bytes::Bytes, SocketAddr, u32)> {
+        let to = self.paths.media()?;
+        let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
+        let size = pkt.payload.len() + 12;
+        let datagram = stream.write(pkt, patch, now, scratch)?;
+        let ssrc = stream.ssrc();
+        self.egress.add(size, now);
+        Some((datagram, to, ssrc))
+    }
+
+    /// Subscriber: queues the sender reports that are due (flushed with `poll_write`).
+    /// Returns whether any was.
+    pub fn sender_reports(&mut self, now: Instant, wall: std::time::SystemTime) -> bool {
+        let before = self.out.len();
+        for slot in self.senders.iter_mut().flatten() {
+            if let Some(d) = slot.stream.as_mut().and_then(|s| s.report(now, wall)) {
+                self.out.push_back(d);
+            }
+        }
+        self.out.len() > before
+    }
+
+    /// Subscriber: queues the retransmissions a NACK for `media_ssrc` asks for; returns
+    /// how many were still in the history.
+    pub(super) fn retransmit(
+        &mut self,
+        media_ssrc: u32,
+        nack: &rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+    ) -> u32 {
+        let Some(stream) = self
+            .senders
+            .iter_mut()
+            .flatten()
+            .find_map(|s| s.stream.as_mut().filter(|st| st.ssrc() == media_ssrc))
+        else {
+            return 0;
+        };
+        let mut scratch = Vec::new();
+        let mut n = 0;
+        for pair in &nack.nacks {
+            for seq in crate::egress::nacked(pair.packet_id, pair.lost_packets) {
+                if let Some(d) = stream.retransmit(seq, &mut scratch) {
+                    self.out.push_back(d);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
