@@ -486,36 +486,37 @@ impl Sfu {
     /// worker `link.to`, or to every copy when it is [`worker::relay::ALL_REMOTE`].
     /// Returns how many copies it was queued for (a full channel drops it, as a
     /// congested link would).
-    pub fn deliver(&self, link: worker::relay::Link) -> usize {
-        let targets: Vec<usize> = if link.to == worker::relay::ALL_REMOTE {
+    pub fn deliver(&self, mut link: worker::relay::Link) -> usize {
+        let send = |w: usize, link: worker::relay::Link| {
+            self.inner
+                .links
+                .get(w)
+                .is_some_and(|tx| tx.try_send(link).is_ok())
+        };
+        // Media and answers go to one copy: no lock, no copy.
+        if link.to != worker::relay::ALL_REMOTE {
+            return usize::from(send(link.to, link));
+        }
+        let targets: Vec<usize> = {
             let rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
             match rooms.get(link.room.as_ref()) {
                 Some(p) => p.copies.iter().map(|(w, _)| *w).collect(),
                 None => return 0,
             }
-        } else {
-            vec![link.to]
+        };
+        let Some((&last, rest)) = targets.split_last() else {
+            return 0;
         };
         let mut n = 0;
-        let last = targets.len().saturating_sub(1);
-        let mut link = Some(link);
-        for (i, w) in targets.into_iter().enumerate() {
-            let Some(tx) = self.inner.links.get(w) else {
-                continue;
+        for &w in rest {
+            let copy = worker::relay::Link {
+                to: w,
+                ..link.clone()
             };
-            let l = if i == last {
-                link.take()
-            } else {
-                link.as_ref().and_then(|l| l.try_clone_to(w))
-            };
-            if let Some(mut l) = l {
-                l.to = w;
-                if tx.try_send(l).is_ok() {
-                    n += 1;
-                }
-            }
+            n += usize::from(send(w, copy));
         }
-        n
+        link.to = last;
+        n + usize::from(send(last, link))
     }
 
     /// Whether `room` is open here (it has participants, or a join into it is under way).

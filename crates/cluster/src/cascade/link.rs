@@ -111,6 +111,10 @@ pub(super) struct LinkLoop {
     dead_after: Duration,
     shared: Arc<Shared>,
     refused_logged: HashSet<&'static str>,
+    /// A relayed packet, marshalled (reused from packet to packet).
+    rtp: Vec<u8>,
+    /// Ping stamps count from here.
+    epoch: Instant,
 }
 
 impl LinkLoop {
@@ -135,6 +139,8 @@ impl LinkLoop {
             dead_after,
             shared,
             refused_logged: HashSet::new(),
+            rtp: Vec::with_capacity(1_500),
+            epoch: Instant::now(),
         }
     }
 
@@ -144,14 +150,16 @@ impl LinkLoop {
         mut entries: mpsc::Receiver<ReadEntry>,
     ) {
         let mut buf = vec![0u8; 2_048];
+        // Where a sealed datagram is opened (what it decodes to points into it).
+        let mut opened = Vec::with_capacity(2_048);
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 l = from_sfu.recv() => match l {
                     Some(l) => {
-                        self.outbound(l).await;
+                        self.outbound(l);
                         while let Ok(l) = from_sfu.try_recv() {
-                            self.outbound(l).await;
+                            self.outbound(l);
                         }
                     }
                     None => return,
@@ -163,11 +171,9 @@ impl LinkLoop {
                 }
                 r = self.socket.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
-                        let data = buf[..n].to_vec();
-                        self.datagram(&data, from);
+                        self.datagram(&buf[..n], from, &mut opened);
                         while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
-                            let data = buf[..n].to_vec();
-                            self.datagram(&data, from);
+                            self.datagram(&buf[..n], from, &mut opened);
                         }
                     }
                 }
@@ -202,7 +208,7 @@ impl LinkLoop {
     /// Hands a fact to the writer, in order. Never waits: the writer queues what Redis
     /// cannot take yet, and a writer so far behind that its channel is full loses the
     /// fact (counted) rather than stall the media on this loop.
-    async fn write(&self, w: Write) {
+    fn write(&self, w: Write) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.write.try_send(w) {
             self.shared
                 .counters
@@ -212,10 +218,10 @@ impl LinkLoop {
     }
 
     /// What a copy here sends to other nodes.
-    async fn outbound(&mut self, l: Link) {
+    fn outbound(&mut self, l: Link) {
         let worker = l.from as u8;
-        let room = l.room.to_string();
         if l.to == ALL_REMOTE {
+            let room = l.room.to_string();
             match l.frame {
                 Frame::Fact(Fact::Hello) => {
                     let copies = self.rooms.entry(room).or_default();
@@ -224,8 +230,7 @@ impl LinkLoop {
                     self.write(Write::Hello {
                         room: l.room,
                         worker,
-                    })
-                    .await;
+                    });
                 }
                 Frame::Fact(f) => {
                     let json = serde_json::to_string(&Entry::Fact(Box::new(f))).unwrap_or_default();
@@ -234,8 +239,7 @@ impl LinkLoop {
                         worker,
                         to: None,
                         json,
-                    })
-                    .await;
+                    });
                 }
                 Frame::Gone => {
                     let last = match self.rooms.get_mut(&room) {
@@ -248,7 +252,7 @@ impl LinkLoop {
                     if last {
                         self.rooms.remove(&room);
                     }
-                    self.write(Write::Closed { room, worker, last }).await;
+                    self.write(Write::Closed { room, worker, last });
                 }
                 _ => {}
             }
@@ -258,33 +262,34 @@ impl LinkLoop {
         let Some(peer) = self.peers.get(slot as usize) else {
             return;
         };
-        let node = peer.id.clone();
         match l.frame {
             Frame::Fact(f) => {
+                let (room, node) = (l.room.to_string(), peer.id.clone());
                 let json = serde_json::to_string(&Entry::Fact(Box::new(f))).unwrap_or_default();
                 self.write(Write::Entry {
                     room,
                     worker,
                     to: Some((node, to)),
                     json,
-                })
-                .await;
+                });
             }
             Frame::Media { track, packet, .. } => {
-                let Some(rtp) = encode_rtp(&packet) else {
-                    return;
-                };
-                self.send_media(
-                    slot,
-                    Kind::Media {
-                        room,
-                        from: worker,
-                        to,
-                        track: track.as_str().to_string(),
-                        sent_us: unix_us(),
-                        rtp,
-                    },
-                );
+                // The marshalled packet in a buffer reused packet after packet.
+                let mut rtp = std::mem::take(&mut self.rtp);
+                if encode_rtp(&packet, &mut rtp) {
+                    self.send_media(
+                        slot,
+                        Kind::Media {
+                            room: l.room.as_str(),
+                            from: worker,
+                            to,
+                            track: track.as_str(),
+                            sent_us: unix_us(),
+                            rtp: &rtp,
+                        },
+                    );
+                }
+                self.rtp = rtp;
             }
             Frame::Upstream(u) => {
                 let Ok(json) = serde_json::to_vec(&u) else {
@@ -294,10 +299,10 @@ impl LinkLoop {
                     slot,
                     0,
                     Kind::Upstream {
-                        room,
+                        room: l.room.as_str(),
                         from: worker,
                         to,
-                        json,
+                        json: &json,
                     },
                 );
             }
@@ -305,7 +310,7 @@ impl LinkLoop {
         }
     }
 
-    fn send_media(&mut self, slot: u32, kind: Kind) {
+    fn send_media(&mut self, slot: u32, kind: Kind<'_>) {
         let Some(peer) = self.peers.get_mut(slot as usize) else {
             return;
         };
@@ -318,7 +323,7 @@ impl LinkLoop {
             return;
         };
         let d = Datagram {
-            node: self.node.clone(),
+            node: &self.node,
             seq,
             kind,
         };
@@ -329,12 +334,12 @@ impl LinkLoop {
         peer.remember(seq, bytes);
     }
 
-    fn send(&mut self, slot: u32, seq: u32, kind: Kind) {
+    fn send(&mut self, slot: u32, seq: u32, kind: Kind<'_>) {
         let Some(addr) = self.peers.get(slot as usize).and_then(|p| p.addr) else {
             return;
         };
         let d = Datagram {
-            node: self.node.clone(),
+            node: &self.node,
             seq,
             kind,
         };
@@ -403,11 +408,11 @@ impl LinkLoop {
         }
     }
 
-    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, opened: &mut Vec<u8>) {
         if self.shared.partitioned.load(Ordering::Relaxed) {
             return;
         }
-        let d = match wire::decode(&mut self.key, data) {
+        let d = match wire::decode(&mut self.key, data, opened) {
             Ok(d) => d,
             Err(wire::WireError::Foreign) => return self.refused("not a relay datagram", from),
             Err(wire::WireError::Unauthentic) => return self.refused("not authentic", from),
@@ -417,7 +422,7 @@ impl LinkLoop {
             return;
         }
         let now = Instant::now();
-        let slot = self.slot(&d.node);
+        let slot = self.slot(d.node);
         let back_from_dead = {
             let p = &mut self.peers[slot as usize];
             p.last_heard = now;
@@ -432,7 +437,7 @@ impl LinkLoop {
             Kind::Pong(t) => {
                 let sent = Duration::from_micros(t);
                 let rtt = self
-                    .started()
+                    .epoch
                     .elapsed()
                     .checked_sub(sent)
                     .map(|d| d.as_micros() as u64);
@@ -466,11 +471,11 @@ impl LinkLoop {
                 if !new {
                     return;
                 }
-                let Some(packet) = decode_rtp(&rtp) else {
+                let Some(packet) = decode_rtp(rtp) else {
                     let addr = from_addr(&self.peers[slot as usize]);
                     return self.refused("not RTP", addr);
                 };
-                let Some(room) = self.rooms.get(&room).and_then(|c| c.room.clone()) else {
+                let Some(room) = self.rooms.get(room).and_then(|c| c.room.clone()) else {
                     return;
                 };
                 self.sfu.deliver(Link {
@@ -494,10 +499,10 @@ impl LinkLoop {
                 to,
                 json,
             } => {
-                let Ok(u) = serde_json::from_slice::<Upstream>(&json) else {
+                let Ok(u) = serde_json::from_slice::<Upstream>(json) else {
                     return;
                 };
-                let Some(room) = self.rooms.get(&room).and_then(|c| c.room.clone()) else {
+                let Some(room) = self.rooms.get(room).and_then(|c| c.room.clone()) else {
                     return;
                 };
                 self.sfu.deliver(Link {
@@ -508,12 +513,6 @@ impl LinkLoop {
                 });
             }
         }
-    }
-
-    /// A fixed origin for ping stamps (microseconds since the loop's first ping).
-    fn started(&self) -> Instant {
-        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        *START.get_or_init(Instant::now)
     }
 
     /// A node was gone and is heard again: this node's copies of every room say hello
@@ -545,7 +544,7 @@ impl LinkLoop {
                 *sharing.entry(s).or_default() += 1;
             }
         }
-        let stamp = self.started().elapsed().as_micros() as u64;
+        let stamp = self.epoch.elapsed().as_micros() as u64;
         for slot in 0..self.peers.len() as u32 {
             let rooms = sharing.get(&slot).copied().unwrap_or(0);
             let p = &mut self.peers[slot as usize];

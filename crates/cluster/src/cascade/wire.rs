@@ -31,26 +31,28 @@ pub const TAG_LEN: usize = 16;
 /// Sequence numbers asked again in one NACK at most.
 pub const MAX_NACKS: usize = 64;
 
-/// What a datagram carries.
+/// What a datagram carries. It borrows: encoding reads from the sender's own buffers,
+/// decoding points into the datagram (or the opened plaintext), so a relayed packet is
+/// not copied into strings and vectors on its way through.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub enum Kind<'a> {
     /// An RTP packet of `track`, from the copy of `room` on worker `from` to the copy on
     /// worker `to`, sent at `sent_us` (the sender's clock, microseconds since the Unix
     /// epoch: the hop's latency, where the clocks agree).
     Media {
-        room: String,
+        room: &'a str,
         from: u8,
         to: u8,
-        track: String,
+        track: &'a str,
         sent_us: u64,
-        rtp: Vec<u8>,
+        rtp: &'a [u8],
     },
     /// What a copy sends back to a track's home (layer wants, keyframe requests), JSON.
     Upstream {
-        room: String,
+        room: &'a str,
         from: u8,
         to: u8,
-        json: Vec<u8>,
+        json: &'a [u8],
     },
     /// Liveness and round-trip time: answered with a `Pong` carrying the same stamp.
     Ping(u64),
@@ -59,7 +61,7 @@ pub enum Kind {
     Nack(Vec<u32>),
 }
 
-impl Kind {
+impl Kind<'_> {
     fn code(&self) -> u8 {
         match self {
             Kind::Media { .. } => 1,
@@ -73,11 +75,11 @@ impl Kind {
 
 /// One datagram, as decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Datagram {
+pub struct Datagram<'a> {
     /// The sending node's id.
-    pub node: String,
+    pub node: &'a str,
     pub seq: u32,
-    pub kind: Kind,
+    pub kind: Kind<'a>,
 }
 
 /// Why a datagram was refused.
@@ -166,14 +168,14 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Encodes and authenticates (or seals) a datagram.
-pub fn encode(key: &mut Key, d: &Datagram) -> Vec<u8> {
+pub fn encode(key: &mut Key, d: &Datagram<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + TAG_LEN);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     let sealed = if key.seal.is_some() { SEALED } else { 0 };
     out.push(d.kind.code() | sealed);
     out.extend_from_slice(&d.seq.to_be_bytes());
-    put_str(&mut out, &d.node);
+    put_str(&mut out, d.node);
     let header = out.len();
     match &d.kind {
         Kind::Media {
@@ -262,22 +264,27 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(a))
     }
 
-    fn string(&mut self) -> Result<String, WireError> {
+    fn string(&mut self) -> Result<&'a str, WireError> {
         let n = self.u8()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| WireError::Malformed)
+        std::str::from_utf8(b).map_err(|_| WireError::Malformed)
     }
 }
 
-/// Authenticates (or opens) and decodes a datagram.
-pub fn decode(key: &mut Key, data: &[u8]) -> Result<Datagram, WireError> {
+/// Authenticates (or opens) and decodes a datagram. A sealed one is opened into
+/// `scratch` (reused by the caller), and what is decoded points into it.
+pub fn decode<'a>(
+    key: &mut Key,
+    data: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<Datagram<'a>, WireError> {
     if data.len() < 8 + TAG_LEN || &data[..2] != MAGIC || data[2] != VERSION {
         return Err(WireError::Foreign);
     }
-    let opened;
-    let body = if data[3] & SEALED != 0 {
-        opened = open(key, data)?;
-        &opened[..]
+    let body: &'a [u8] = if data[3] & SEALED != 0 {
+        open(key, data, scratch)?;
+        let opened: &'a Vec<u8> = scratch;
+        opened
     } else {
         if key.seal.is_some() {
             // This node encrypts: a cleartext datagram is a downgrade.
@@ -308,7 +315,7 @@ pub fn decode(key: &mut Key, data: &[u8]) -> Result<Datagram, WireError> {
                 to,
                 track,
                 sent_us,
-                rtp: r.0.to_vec(),
+                rtp: r.0,
             }
         }
         2 => {
@@ -319,7 +326,7 @@ pub fn decode(key: &mut Key, data: &[u8]) -> Result<Datagram, WireError> {
                 room,
                 from,
                 to,
-                json: r.0.to_vec(),
+                json: r.0,
             }
         }
         3 => Kind::Ping(r.u64()?),
@@ -339,8 +346,8 @@ pub fn decode(key: &mut Key, data: &[u8]) -> Result<Datagram, WireError> {
     Ok(Datagram { node, seq, kind })
 }
 
-/// Opens a sealed datagram: the header as it came, then the opened rest.
-fn open(key: &mut Key, data: &[u8]) -> Result<Vec<u8>, WireError> {
+/// Opens a sealed datagram into `out`: the header as it came, then the opened rest.
+fn open(key: &mut Key, data: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
     // The header: magic, version, kind, seq, node id (read before it is authenticated,
     // to find the sender's key; a lie there fails the tag).
     let node_len = *data.get(8).ok_or(WireError::Unauthentic)? as usize;
@@ -361,29 +368,30 @@ fn open(key: &mut Key, data: &[u8]) -> Result<Vec<u8>, WireError> {
     let k = &key.open[node];
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&data[header..header + NONCE_LEN]);
-    let mut body = data[header + NONCE_LEN..].to_vec();
+    // One copy: header and ciphertext side by side in `out`, opened in place there.
+    out.clear();
+    out.extend_from_slice(&data[..header]);
+    out.extend_from_slice(&data[header + NONCE_LEN..]);
     let aad = ring::aead::Aad::from(&data[..header]);
     let plain = k
         .open_in_place(
             ring::aead::Nonce::assume_unique_for_key(nonce),
             aad,
-            &mut body,
+            &mut out[header..],
         )
         .map_err(|_| WireError::Unauthentic)?
         .len();
-    body.truncate(plain);
-    let mut out = data[..header].to_vec();
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.truncate(header + plain);
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn samples() -> Vec<Datagram> {
+    fn samples() -> Vec<Datagram<'static>> {
         let d = |seq, kind| Datagram {
-            node: "node-1".into(),
+            node: "node-1",
             seq,
             kind,
         };
@@ -391,21 +399,21 @@ mod tests {
             d(
                 7,
                 Kind::Media {
-                    room: "standup".into(),
+                    room: "standup",
                     from: 1,
                     to: 0,
-                    track: "TR_abc".into(),
+                    track: "TR_abc",
                     sent_us: 1_764_000_000_000_000,
-                    rtp: vec![0x80, 96, 0, 1, 2, 3, 4, 5],
+                    rtp: &[0x80, 96, 0, 1, 2, 3, 4, 5],
                 },
             ),
             d(
                 0,
                 Kind::Upstream {
-                    room: "standup".into(),
+                    room: "standup",
                     from: 0,
                     to: 1,
-                    json: br#"{"wants":{}}"#.to_vec(),
+                    json: br#"{"wants":{}}"#,
                 },
             ),
             d(0, Kind::Ping(123_456_789)),
@@ -419,7 +427,7 @@ mod tests {
         let mut key = Key::new(b"a cluster secret of some length");
         for d in samples() {
             let bytes = encode(&mut key, &d);
-            assert_eq!(decode(&mut key, &bytes), Ok(d));
+            assert_eq!(decode(&mut key, &bytes, &mut Vec::new()), Ok(d));
         }
     }
 
@@ -432,13 +440,25 @@ mod tests {
         let mut wrong = Key::encrypting(b"another secret, just as long...", "node-2");
         for d in samples() {
             let bytes = encode(&mut sender, &d);
-            assert_eq!(decode(&mut receiver, &bytes), Ok(d.clone()));
-            assert_eq!(decode(&mut plain_receiver, &bytes), Ok(d.clone()));
-            assert_eq!(decode(&mut wrong, &bytes), Err(WireError::Unauthentic));
+            assert_eq!(
+                decode(&mut receiver, &bytes, &mut Vec::new()),
+                Ok(d.clone())
+            );
+            assert_eq!(
+                decode(&mut plain_receiver, &bytes, &mut Vec::new()),
+                Ok(d.clone())
+            );
+            assert_eq!(
+                decode(&mut wrong, &bytes, &mut Vec::new()),
+                Err(WireError::Unauthentic)
+            );
             for i in 3..bytes.len() {
                 let mut b = bytes.clone();
                 b[i] ^= 0x01;
-                assert!(decode(&mut receiver, &b).is_err(), "byte {i} altered");
+                assert!(
+                    decode(&mut receiver, &b, &mut Vec::new()).is_err(),
+                    "byte {i} altered"
+                );
             }
             // A second copy gets another nonce: no two datagrams share one.
             assert_ne!(encode(&mut sender, &d), bytes);
@@ -453,7 +473,10 @@ mod tests {
         assert!(!bytes.windows(7).any(|w| w == b"standup"), "room hidden");
         // A node that encrypts refuses cleartext (no downgrade).
         let clear = encode(&mut plain_receiver, media);
-        assert_eq!(decode(&mut receiver, &clear), Err(WireError::Unauthentic));
+        assert_eq!(
+            decode(&mut receiver, &clear, &mut Vec::new()),
+            Err(WireError::Unauthentic)
+        );
     }
 
     #[test]
@@ -462,18 +485,27 @@ mod tests {
         let mut other = Key::new(b"another secret, just as long...");
         for d in samples() {
             let bytes = encode(&mut key, &d);
-            assert_eq!(decode(&mut other, &bytes), Err(WireError::Unauthentic));
+            assert_eq!(
+                decode(&mut other, &bytes, &mut Vec::new()),
+                Err(WireError::Unauthentic)
+            );
             for i in 3..bytes.len() {
                 let mut b = bytes.clone();
                 b[i] ^= 0x01;
-                assert!(decode(&mut key, &b).is_err(), "byte {i} altered");
+                assert!(
+                    decode(&mut key, &b, &mut Vec::new()).is_err(),
+                    "byte {i} altered"
+                );
             }
             for n in 0..bytes.len() {
-                assert!(decode(&mut key, &bytes[..n]).is_err(), "cut at {n}");
+                assert!(
+                    decode(&mut key, &bytes[..n], &mut Vec::new()).is_err(),
+                    "cut at {n}"
+                );
             }
         }
         assert_eq!(
-            decode(&mut key, b"garbage garbage garbage"),
+            decode(&mut key, b"garbage garbage garbage", &mut Vec::new()),
             Err(WireError::Foreign)
         );
     }
@@ -485,10 +517,16 @@ mod tests {
         let mut body = vec![b'C', b'R', VERSION, 1, 0, 0, 0, 1, 200, b'x'];
         let tag = key.tag(&body);
         body.extend_from_slice(&tag);
-        assert_eq!(decode(&mut key, &body), Err(WireError::Malformed));
+        assert_eq!(
+            decode(&mut key, &body, &mut Vec::new()),
+            Err(WireError::Malformed)
+        );
         let mut body = vec![b'C', b'R', VERSION, 9, 0, 0, 0, 1, 1, b'x'];
         let tag = key.tag(&body);
         body.extend_from_slice(&tag);
-        assert_eq!(decode(&mut key, &body), Err(WireError::Malformed));
+        assert_eq!(
+            decode(&mut key, &body, &mut Vec::new()),
+            Err(WireError::Malformed)
+        );
     }
 }

@@ -37,37 +37,12 @@ pub const ALL_REMOTE: usize = u32::MAX as usize;
 
 /// One message from a copy of `room` on worker `from` (or a remote copy, from
 /// [`REMOTE`] up) to the copy at `to`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Link {
     pub room: Arc<RoomId>,
     pub from: usize,
     pub to: usize,
     pub frame: Frame,
-}
-
-impl Link {
-    /// A copy of this link for worker `to`, when its frame can be copied (everything but
-    /// media, which goes to one copy).
-    pub fn try_clone_to(&self, to: usize) -> Option<Link> {
-        let frame = match &self.frame {
-            Frame::Fact(f) => Frame::Fact(f.clone()),
-            Frame::Upstream(u) => Frame::Upstream(u.clone()),
-            Frame::Gone => Frame::Gone,
-            Frame::Expect(n) => Frame::Expect(*n),
-            Frame::Resync => Frame::Resync,
-            Frame::Media { track, packet, at } => Frame::Media {
-                track: track.clone(),
-                packet: packet.clone(),
-                at: *at,
-            },
-        };
-        Some(Link {
-            room: self.room.clone(),
-            from: self.from,
-            to,
-            frame,
-        })
-    }
 }
 
 /// Where a worker's links go: the other workers' channels, and the cascade transport's.
@@ -87,7 +62,7 @@ impl Links {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Frame {
     Fact(Fact),
     Media {
@@ -108,10 +83,19 @@ pub enum Frame {
     Resync,
 }
 
-/// A relayed packet as bytes (for a relay link between nodes).
-pub fn encode_rtp(packet: &rtc::rtp::Packet) -> Option<Vec<u8>> {
-    use rtc::shared::marshal::Marshal;
-    packet.marshal().ok().map(|b| b.to_vec())
+/// A relayed packet as bytes (for a relay link between nodes), into `out` (cleared
+/// first, reused by the caller). Returns whether it could be marshalled.
+pub fn encode_rtp(packet: &rtc::rtp::Packet, out: &mut Vec<u8>) -> bool {
+    use rtc::shared::marshal::{Marshal, MarshalSize};
+    out.clear();
+    out.resize(packet.marshal_size(), 0);
+    match packet.marshal_to(out) {
+        Ok(n) => {
+            out.truncate(n);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// A relayed packet from bytes; `None` if they are not RTP.
