@@ -537,17 +537,31 @@ async fn a_room_across_three_nodes_is_one_meeting() {
         wait_chat(c, "from node three").await;
     }
     // Each node's relay links carry media to and from the other two.
+    // (The links' stats are a snapshot taken every 250 ms: polled until it shows them.)
     for n in &nodes {
-        let (status, body) = http_get(format!("{}/api/stats", n.url())).await;
-        assert_eq!(status, 200);
-        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let links = stats["relay_links"].as_array().expect("relay_links");
-        let live: Vec<_> = links
-            .iter()
-            .filter(|l| l["alive"] == true && l["packets_sent"].as_u64() > Some(0))
-            .collect();
-        assert_eq!(live.len(), 2, "{body}");
-        assert!(live.iter().all(|l| l["rtt_us"].is_u64()), "{body}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = http_get(format!("{}/api/stats", n.url())).await;
+            assert_eq!(status, 200);
+            let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let links = stats["relay_links"].as_array().expect("relay_links");
+            let live = links
+                .iter()
+                .filter(|l| {
+                    l["alive"] == true
+                        && l["packets_sent"].as_u64() > Some(0)
+                        && l["rtt_us"].is_u64()
+                })
+                .count();
+            if live == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "two live links with media and an RTT: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await; // polling interval
+        }
     }
     assert!(metric(&nodes[0], "confab_cascade_refused_total").await == 0);
     // Node 1's admin view says where everyone is.
