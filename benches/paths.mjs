@@ -9,9 +9,7 @@
 // Ada's subscriber connection decodes (getStats polled every 20 ms). Prints each path's
 // runs and median. Needs what tests/browser/run.sh installs, and coturn's turnserver.
 
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import net from 'node:net';
+import { startCoturn } from '../tests/browser/services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, startJoin, inboundByParticipant,
   waitMediaFlowing,
@@ -19,34 +17,6 @@ import {
 
 const RUNS = Number(process.argv[2] ?? 5);
 const SECRET = 'paths-bench-secret-0123456789';
-
-async function freePort() {
-  const srv = net.createServer();
-  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
-  const { port } = srv.address();
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-async function startCoturn() {
-  const port = await freePort();
-  const relayBase = 40000 + Math.floor(Math.random() * 20000);
-  const proc = spawn('turnserver', [
-    '-n', '--listening-ip=127.0.0.1', `--listening-port=${port}`, '--relay-ip=127.0.0.1',
-    `--min-port=${relayBase}`, `--max-port=${relayBase + 500}`, '--use-auth-secret',
-    `--static-auth-secret=${SECRET}`, '--realm=confab.bench', '--allow-loopback-peers',
-    '--no-tls', '--no-dtls', '--no-cli', '--fingerprint', '--log-file=stdout', '--simple-log',
-  ], { stdio: 'ignore' });
-  for (let i = 0; i < 200; i++) {
-    const up = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.end(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (up) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { port, stop: async () => { proc.kill('SIGKILL'); await once(proc, 'exit'); } };
-}
 
 /** ms from Ada's Join click to her first decoded frame of `from`'s video. */
 async function firstFrame(browser, url, room, from, query) {
@@ -67,7 +37,7 @@ async function firstFrame(browser, url, room, from, query) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-const turn = await startCoturn();
+const turn = await startCoturn(SECRET);
 const server = await startServer({
   label: 'bench-paths',
   env: {

@@ -6,8 +6,7 @@ mod common;
 
 use common::relay::{Relay, Rule};
 use common::*;
-use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish, layer_of_index};
-use confab_load::media::{SynthCodec, read_stamp};
+use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish};
 use confab_proto::{ClientMessage, MediaKind, Quality, ServerMessage, TrackId};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -269,29 +268,6 @@ async fn dynacast_pauses_layers_nobody_wants() {
     })
     .await;
     server.stop().await;
-}
-
-/// Waits until `c` received `n` video packets of layer `want` on `track`.
-async fn receive_layer(c: &mut Client, track: &TrackId, want: u8, n: usize, what: &str) {
-    for i in 0..n {
-        c.wait_for(
-            WAIT,
-            &format!("{what} (packet {i} of {n} from layer {want})"),
-            |e| match e {
-                Event::Rtp {
-                    track: t,
-                    kind: MediaKind::Video,
-                    packet,
-                    ..
-                } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
-                    .filter(|s| layer_of_index(s.index) == want)
-                    .map(|_| ()),
-                _ => None,
-            },
-        )
-        .await
-        .unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import dgram from 'node:dgram';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { startCoturn } from './services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, waitMediaFlowing,
   waitRemoteTiles, waitChat, typeChat, dumpPages, WAIT_MS,
@@ -20,61 +17,6 @@ import {
 let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
-
-/** A free UDP port on loopback (and its TCP twin free too: coturn listens on both). */
-async function freePort() {
-  for (;;) {
-    const sock = dgram.createSocket('udp4');
-    await new Promise((resolve) => sock.bind(0, '127.0.0.1', resolve));
-    const { port } = sock.address();
-    sock.close();
-    const tcpFree = await new Promise((resolve) => {
-      const srv = net.createServer();
-      srv.once('error', () => resolve(false));
-      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-    });
-    if (tcpFree) return port;
-  }
-}
-
-/** coturn on loopback with the TURN REST API secret; `stop` kills it. */
-async function startCoturn(secret) {
-  const port = await freePort();
-  const relayBase = 40000 + Math.floor(Math.random() * 20000);
-  const proc = spawn('turnserver', [
-    '-n', '--listening-ip=127.0.0.1', `--listening-port=${port}`, '--relay-ip=127.0.0.1',
-    `--min-port=${relayBase}`, `--max-port=${relayBase + 200}`,
-    '--use-auth-secret', `--static-auth-secret=${secret}`, '--realm=confab.test',
-    '--allow-loopback-peers', '--no-tls', '--no-dtls', '--no-cli', '--fingerprint',
-    '--log-file=stdout', '--simple-log',
-  ], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  proc.stdout.on('data', (c) => { log += c.toString(); });
-  proc.stderr.on('data', (c) => { log += c.toString(); });
-  // Listening once it accepts TCP on its port (it opens UDP and TCP together).
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    const up = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.end(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (up) break;
-    if (proc.exitCode !== null || Date.now() > deadline) {
-      throw new Error(`turnserver did not start (scripts/test.sh installs coturn):\n${log}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    url: `turn:127.0.0.1:${port}?transport=udp`,
-    log: () => log,
-    stop: async () => {
-      if (proc.exitCode === null) {
-        proc.kill('SIGKILL');
-        await once(proc, 'exit');
-      }
-    },
-  };
-}
 
 /** The candidate types of the subscriber connection's selected pair. */
 async function selectedPath(page) {

@@ -6,9 +6,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { startRedis } from './services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, startJoin, waitMediaFlowing,
   remoteTiles, waitRemoteTiles, waitChat, typeChat, screenshot, dumpPages, WAIT_MS,
@@ -283,43 +281,6 @@ test('two pages on two media workers of one room see and hear each other and cha
     for (const p of Object.values(pages)) await p.context().close();
   }
 });
-
-/** A redis-server on a free loopback port, for the cascade test; killed by `stop`. */
-async function startRedis() {
-  const port = await new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port: p } = srv.address();
-      srv.close(() => resolve(p));
-    });
-  });
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const up = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.end();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (up) break;
-    if (Date.now() > deadline) throw new Error('redis-server did not listen (scripts/test.sh installs it)');
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    stop: async () => {
-      if (proc.exitCode === null) {
-        proc.kill('SIGKILL');
-        await once(proc, 'exit');
-      }
-    },
-  };
-}
 
 test('two pages on two nodes of one room (cascade) see and hear each other and chat', async (t) => {
   // Each page joins a different node; the room is one meeting across them (issue 15):

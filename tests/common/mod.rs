@@ -177,19 +177,30 @@ pub async fn video_track(c: &mut Client) -> (TrackId, ParticipantId) {
 
 /// Waits until `c` receives video on `track` from layer `want`.
 pub async fn wait_layer(c: &mut Client, track: &TrackId, want: u8) {
-    c.wait_for(WAIT, &format!("layer {want}"), |e| match e {
-        Event::Rtp {
-            track: t,
-            kind: MediaKind::Video,
-            packet,
-            ..
-        } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
-            .filter(|s| layer_of_index(s.index) == want)
-            .map(|_| ()),
-        _ => None,
-    })
-    .await
-    .unwrap();
+    receive_layer(c, track, want, 1, &format!("layer {want}")).await;
+}
+
+/// Waits until `c` received `n` video packets of layer `want` on `track`.
+pub async fn receive_layer(c: &mut Client, track: &TrackId, want: u8, n: usize, what: &str) {
+    for i in 0..n {
+        c.wait_for(
+            WAIT,
+            &format!("{what} (packet {i} of {n} from layer {want})"),
+            |e| match e {
+                Event::Rtp {
+                    track: t,
+                    kind: MediaKind::Video,
+                    packet,
+                    ..
+                } if t == track => read_stamp(SynthCodec::Vp8, &packet.payload)
+                    .filter(|s| layer_of_index(s.index) == want)
+                    .map(|_| ()),
+                _ => None,
+            },
+        )
+        .await
+        .unwrap();
+    }
 }
 
 pub fn subscribe(c: &Client, track: &TrackId, quality: Quality, height: Option<u32>) {

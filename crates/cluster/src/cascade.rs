@@ -61,11 +61,7 @@ fn copies_key(room: &str) -> String {
     format!("{PREFIX}{room}:copies")
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::registry::unix_ms;
 
 fn unix_us() -> u64 {
     SystemTime::now()

@@ -209,7 +209,8 @@ struct Meters {
     cpu: Cpu,
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch (the registry's records and the cascade's ids).
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -326,6 +326,21 @@ fn a_track_is_relayed_unchanged_while_a_copy_wants_it() {
     assert!(h.room.track(t).unwrap().relays.is_empty());
 }
 
+/// Copies A (key 0) and B (key 1) of a room say hello to each other: each applies the
+/// other's snapshot, then both run.
+fn exchange_hellos(a: &mut Harness, b: &mut Harness) {
+    use confab_sfu::room::{Fact, RelayKey};
+    let (to_a, to_b, now) = (RelayKey(0), RelayKey(1), a.now);
+    for f in a.room.fact(now, to_b, Fact::Hello) {
+        b.room.fact(now, to_a, f);
+    }
+    for f in b.room.fact(now, to_a, Fact::Hello) {
+        a.room.fact(now, to_b, f);
+    }
+    a.run();
+    b.run();
+}
+
 #[test]
 fn two_copies_of_a_room_are_one_meeting() {
     use confab_sfu::room::{Fact, RelayKey, Upstream};
@@ -337,15 +352,7 @@ fn two_copies_of_a_room_are_one_meeting() {
     let alice = a.join(1);
     let t = a.publish(alice, &[(MediaKind::Video, TrackSource::Camera)])[0];
     let bob = b.join(2);
-    let now = a.now;
-    for f in a.room.fact(now, to_b, Fact::Hello) {
-        b.room.fact(now, to_a, f);
-    }
-    for f in b.room.fact(now, to_a, Fact::Hello) {
-        a.room.fact(now, to_b, f);
-    }
-    a.run();
-    b.run();
+    exchange_hellos(&mut a, &mut b);
     let alice_id = a.id(alice);
     assert!(
         told(&b, bob).iter().any(|m| matches!(m,
@@ -702,34 +709,23 @@ proptest! {
 
 #[test]
 fn a_copy_gone_and_back_is_subscribed_again() {
-    use confab_sfu::room::{Fact, RelayKey};
+    use confab_sfu::room::RelayKey;
     // A partition between two nodes: each copy loses the other, then they say hello
     // again. Bob gets alice's (same) track again, on a fresh down-track.
-    let (to_a, to_b) = (RelayKey(0), RelayKey(1));
+    let to_a = RelayKey(0);
     let mut a = harness();
     let mut b = harness();
     let alice = a.join(1);
     let t = a.publish(alice, &[(MediaKind::Video, TrackSource::Camera)])[0];
     let bob = b.join(2);
-    let now = a.now;
-    let hello = |a: &mut Harness, b: &mut Harness| {
-        for f in a.room.fact(now, to_b, Fact::Hello) {
-            b.room.fact(now, to_a, f);
-        }
-        for f in b.room.fact(now, to_a, Fact::Hello) {
-            a.room.fact(now, to_b, f);
-        }
-        a.run();
-        b.run();
-    };
-    hello(&mut a, &mut b);
+    exchange_hellos(&mut a, &mut b);
     let id = a.room.track(t).unwrap().id.clone();
     assert!(b.clients[&bob].slots.values().any(|s| *s == id));
     b.room.copy_gone(to_a);
     b.run();
     assert!(b.room.track_key(&id).is_none());
     assert!(!b.clients[&bob].slots.values().any(|s| *s == id), "closed");
-    hello(&mut a, &mut b);
+    exchange_hellos(&mut a, &mut b);
     assert!(b.room.track_key(&id).is_some(), "relayed again");
     assert!(
         b.clients[&bob].slots.values().any(|s| *s == id),
