@@ -7,7 +7,7 @@ use common::relay::Relay;
 use common::*;
 use confab_load::client::{Client, ClientOptions, Event, JoinRefused, MediaPlan, Publish};
 use confab_proto::chat::ChatOut;
-use confab_proto::{ErrorCode, ParticipantId, ServerMessage};
+use confab_proto::{ErrorCode, ParticipantId, PcTarget, ServerMessage};
 use std::time::{Duration, Instant};
 
 async fn chat_open(c: &mut Client) {
@@ -112,6 +112,134 @@ async fn a_resumed_session_is_never_seen_leaving() {
         .unwrap();
     assert_eq!(text, "welcome back");
     drop(pump);
+    server.stop().await;
+}
+
+/// The port of each candidate `c` gathered for `target` (host candidates only: loopback).
+fn candidate_ports(c: &Client, target: PcTarget) -> Vec<u16> {
+    c.local_candidates()
+        .into_iter()
+        .filter(|(t, _)| *t == target)
+        .filter_map(|(_, cand)| cand.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+/// Waits for `n` RTP packets from `from` that arrive from now on; the other events
+/// received so far are added to `seen`.
+async fn fresh_rtp(
+    c: &mut Client,
+    from: &ParticipantId,
+    n: usize,
+    what: &str,
+    seen: &mut Vec<Event>,
+) {
+    seen.extend(
+        drain(c)
+            .await
+            .into_iter()
+            .filter(|e| !matches!(e, Event::Rtp { .. })),
+    );
+    for _ in 0..n {
+        c.wait_for(WAIT, what, |e| match e {
+            Event::Rtp { participant, .. } if participant == from => Some(()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_follows_a_client_to_its_new_address() {
+    // Issue 16: a client whose address changes (here its sockets are rebound to new ports,
+    // as a move to another network does) restarts ICE on both connections; the server
+    // follows it to the new address with new credentials; nobody sees it leave.
+    let server = start().await;
+    let mut a = join(&server, "restart", "alice", Publish::AUDIO_VIDEO).await;
+    let mut b = join(&server, "restart", "bob", Publish::AUDIO_VIDEO).await;
+    let pump_a = a.start_media(MediaPlan::default());
+    let pump_b = b.start_media(MediaPlan::default());
+    wait_tracks(&mut a, 2).await;
+    wait_tracks(&mut b, 2).await;
+    let (a_id, b_id) = (a.id.clone(), b.id.clone());
+    let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+    fresh_rtp(&mut b, &a_id, 10, "alice's media before", &mut seen_b).await;
+    let sub_ufrag = a.server_ufrag().await.unwrap();
+    let pub_ufrag = a.publisher_server_ufrag().await.unwrap();
+    let sub_ports = candidate_ports(&a, PcTarget::Subscriber);
+    let pub_ports = candidate_ports(&a, PcTarget::Publisher);
+    assert!(!sub_ports.is_empty() && !pub_ports.is_empty());
+
+    let started = Instant::now();
+    a.restart_ice().await.expect("ICE restarts");
+    fresh_rtp(
+        &mut a,
+        &b_id,
+        20,
+        "bob's media after the restart",
+        &mut seen_a,
+    )
+    .await;
+    fresh_rtp(
+        &mut b,
+        &a_id,
+        20,
+        "alice's media after the restart",
+        &mut seen_b,
+    )
+    .await;
+    let resumed = started.elapsed();
+    println!(
+        "media resumed both ways {} ms after the restart began",
+        resumed.as_millis()
+    );
+    assert!(
+        resumed < Duration::from_secs(3),
+        "media resumed after {resumed:?}"
+    );
+
+    // New credentials on both connections, and new local ports: the old paths are gone.
+    assert_ne!(a.server_ufrag().await.unwrap(), sub_ufrag);
+    assert_ne!(a.publisher_server_ufrag().await.unwrap(), pub_ufrag);
+    let new_sub: Vec<u16> = candidate_ports(&a, PcTarget::Subscriber)[sub_ports.len()..].to_vec();
+    let new_pub: Vec<u16> = candidate_ports(&a, PcTarget::Publisher)[pub_ports.len()..].to_vec();
+    assert!(
+        !new_sub.is_empty() && new_sub.iter().all(|p| !sub_ports.contains(p)),
+        "the subscriber connection rebound: {sub_ports:?} -> {new_sub:?}"
+    );
+    assert!(
+        !new_pub.is_empty() && new_pub.iter().all(|p| !pub_ports.contains(p)),
+        "the publisher connection rebound: {pub_ports:?} -> {new_pub:?}"
+    );
+    assert_eq!(server.sfu.stats().ice_restarts, 2);
+
+    // Same participant; bob saw no leave and no join.
+    seen_b.extend(drain(&mut b).await);
+    assert!(!left(&seen_b, &a_id), "bob saw alice leave");
+    assert!(
+        !seen_b
+            .iter()
+            .any(|e| matches!(e, Event::Server(ServerMessage::ParticipantJoined { .. }))),
+        "bob saw someone join"
+    );
+    assert_eq!(server.sfu.stats().participants, 2);
+
+    // Chat still reaches her on the restarted subscriber connection.
+    if !seen_b.iter().any(|e| matches!(e, Event::ChatOpen)) {
+        chat_open(&mut b).await;
+    }
+    b.chat("still there?").await.unwrap();
+    a.wait_for(WAIT, "chat after the restart", |e| match e {
+        Event::Chat(ChatOut::Chat {
+            text,
+            history: false,
+            ..
+        }) if text == "still there?" => Some(()),
+        _ => None,
+    })
+    .await
+    .unwrap();
+    drop((pump_a, pump_b));
     server.stop().await;
 }
 

@@ -178,7 +178,9 @@ export class PublisherMethods {
       else this._pubCandidatesHeld.push(c);
     };
     pc.onconnectionstatechange = () => {
-      if (this.publisher === pc) this._emit('mediastate', { target: 'publisher', state: pc.connectionState });
+      if (this.publisher !== pc) return;
+      this._emit('mediastate', { target: 'publisher', state: pc.connectionState });
+      this._iceStateChanged(pc);
     };
     return pc;
   }

@@ -44,6 +44,7 @@ export class SessionMethods {
     this._leaving = false;
     this._pins = [];
     const epoch = ++this._epoch;
+    this._watchNetwork();
     this._setState('connecting');
     try {
       return await this._join(false);
@@ -61,6 +62,7 @@ export class SessionMethods {
     this._leaving = true;
     this._epoch++;
     this._send({ type: 'leave' });
+    this._unwatchNetwork();
     this._teardown();
     this._setState('disconnected', 'left');
   }

@@ -26,7 +26,9 @@ export class SubscriberMethods {
       if (ev.channel.label === 'chat') this._setupChat(ev.channel);
     };
     pc.onconnectionstatechange = () => {
-      if (this.subscriber === pc) this._emit('mediastate', { target: 'subscriber', state: pc.connectionState });
+      if (this.subscriber !== pc) return;
+      this._emit('mediastate', { target: 'subscriber', state: pc.connectionState });
+      this._iceStateChanged(pc);
     };
   }
 

@@ -32,6 +32,9 @@
 //   activespeakers      {speakers}        the server's `active_speakers` (loudest first), when it sends it
 //   resumed             {participant}     the signaling connection broke and the session was
 //                                          resumed over a new one (peer connections kept)
+//   icerestart          {reason}          ICE restarted on both connections (reason:
+//                                          disconnected | failed | network | asked): the
+//                                          network changed; same session (confab-ice.js)
 //   publisherlayers     {mid, activeRids, sending}  the server's `publisher_layers` (dynacast),
 //                                          once applied; `sending`: the encodings left active
 //
@@ -76,8 +79,8 @@
 // This file holds the client's state (its constructor) and the public entry points; its
 // methods live by responsibility in confab-session.js (signaling, joins, resume and
 // rejoin), confab-publisher.js (local media, the publisher connection, screen share,
-// simulcast), confab-subscriber.js (remote tracks, subscriptions, pins) and confab-chat.js
-// (the chat channel), and are copied onto ConfabClient below: one object, one `this`.
+// simulcast), confab-subscriber.js (remote tracks, subscriptions, pins), confab-chat.js
+// (the chat channel) and confab-ice.js (ICE restart), and are copied onto ConfabClient below: one object, one `this`.
 
 import { Dynacast } from './simulcast.js';
 import { ConfabError, Requests } from './requests.js';
@@ -85,6 +88,7 @@ import { ALL_GRANTS, PROTOCOL_VERSION, SessionMethods } from './confab-session.j
 import { PublisherMethods } from './confab-publisher.js';
 import { SubscriberMethods } from './confab-subscriber.js';
 import { ChatMethods } from './confab-chat.js';
+import { IceMethods } from './confab-ice.js';
 
 export { ConfabError, PROTOCOL_VERSION };
 
@@ -137,6 +141,8 @@ export class ConfabClient extends EventTarget {
     this._leaving = false;
     this._fatalError = null; // the last fatal `error`, read when the socket then closes
     this._pins = []; // participant ids we pin, kept across reconnections
+    this._iceRestartAt = null; // performance.now() of the last ICE restart (confab-ice.js)
+    this._networkListener = null;
     this._requests = new Requests(); // request ids, for the life of this client
     this._resetNegotiation();
   }
@@ -191,7 +197,7 @@ function mixin(target, ...parts) {
   }
 }
 
-mixin(ConfabClient, SessionMethods, PublisherMethods, SubscriberMethods, ChatMethods);
+mixin(ConfabClient, SessionMethods, PublisherMethods, SubscriberMethods, ChatMethods, IceMethods);
 
 /**
  * The grants an access token (JWT) claims, read without checking its signature: a hint for

@@ -200,7 +200,7 @@ pub fn sdp(data: &[u8]) {
             .expect("down-track");
     }
     subscriber
-        .create_offer(f.announce)
+        .create_offer(f.announce, false)
         .expect("subscriber offer");
     if subscriber.apply_answer(text).is_ok() {
         let _ = subscriber.slot_mids();
@@ -239,7 +239,7 @@ pub fn sdp_outcome(data: &[u8]) -> (bool, bool) {
             .expect("down-track");
     }
     subscriber
-        .create_offer(f.announce)
+        .create_offer(f.announce, false)
         .expect("subscriber offer");
     let answer_ok = subscriber.apply_answer(text).is_ok();
     (offer_ok, answer_ok)

@@ -1,6 +1,7 @@
 // A page whose WebSocket breaks (no close frame: a proxy or a network dropping the TCP
 // connection) resumes its session on a new one. The others never see it leave, its camera
-// keeps reaching them, and its chat works again.
+// keeps reaching them, and its chat works again. Then it restarts ICE (as it does by itself
+// when its network changes): new credentials on both connections, the same session.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -57,7 +58,7 @@ async function tcpProxy(port) {
   };
 }
 
-test('a broken WebSocket is resumed; the others never see a leave', async () => {
+test('a broken WebSocket is resumed, then ICE restarts; the others never see a leave', async () => {
   const server = await startServer({ label: 'resume' });
   const proxy = await tcpProxy(server.port);
   const pages = {
@@ -95,6 +96,25 @@ test('a broken WebSocket is resumed; the others never see a leave', async () => 
     await typeChat(pages.ada, 'back again');
     await waitChat(pages.bob, 'back again');
     assert.deepEqual(await pages.bob.evaluate(() => window.__left), []);
+
+    // ICE restart: both of Ada's connections get new server credentials and come back up.
+    const ufrags = () => pages.ada.evaluate(() => [window.confab.subscriber, window.confab.publisher]
+      .map((pc) => /a=ice-ufrag:(\S+)/.exec(pc.remoteDescription.sdp)[1]));
+    const before = await ufrags();
+    assert.equal(await pages.ada.evaluate(() => window.confab.restartIce()), true);
+    await pages.ada.waitForFunction((old) => {
+      const pcs = [window.confab.subscriber, window.confab.publisher];
+      return pcs.every((pc, i) => pc.connectionState === 'connected'
+        && pc.signalingState === 'stable'
+        && /a=ice-ufrag:(\S+)/.exec(pc.remoteDescription.sdp)[1] !== old[i]);
+    }, before, { timeout: WAIT_MS });
+    const bobId = await pages.bob.evaluate(() => window.confab.participantId);
+    await waitMediaFlowing(pages.bob, [adaId]);
+    await waitMediaFlowing(pages.ada, [bobId]);
+    await typeChat(pages.bob, 'after the restart');
+    await waitChat(pages.ada, 'after the restart');
+    assert.deepEqual(await pages.bob.evaluate(() => window.__left), []);
+    assert.equal(await pages.ada.evaluate(() => window.confab.participantId), adaId);
   } catch (err) {
     await dumpPages(pages, 'resume');
     throw err;

@@ -216,6 +216,8 @@ struct Shared {
     first_video: std::sync::atomic::AtomicBool,
     received: Arc<Received>,
     keyframe_requested: Arc<std::sync::atomic::AtomicBool>,
+    /// The candidates each connection gathered (and trickled), in order.
+    local_candidates: std::sync::Mutex<Vec<(PcTarget, String)>>,
 }
 
 impl Shared {
@@ -299,6 +301,7 @@ impl Client {
             first_video: Default::default(),
             received: Arc::new(Received::default()),
             keyframe_requested: Arc::new(Default::default()),
+            local_candidates: Default::default(),
         });
         let tasks = Vec::new();
         let mut ws_tasks = vec![spawn_writer(ws_tx, out_rx)];
@@ -480,6 +483,50 @@ impl Client {
         Ok(())
     }
 
+    /// Restarts ICE on both connections, as a client does when its network changes or a
+    /// connection goes `disconnected`/`failed`: the publisher connection offers with new
+    /// credentials (`publish`), the subscriber connection asks the server for such an offer
+    /// (`restart_ice`). Both rebind their sockets (new local ports). Returns once both have
+    /// new credentials on both sides; media resumes when the new checks pass.
+    pub async fn restart_ice(&self) -> anyhow::Result<()> {
+        let before = self.server_ufrag().await;
+        self.shared.send(&ClientMessage::RestartIce);
+        if let Some(pc) = &self.publisher {
+            pc.restart_ice().await?;
+            self.renegotiate().await?;
+        }
+        // The server's offer with new credentials is answered by the reader task.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.server_ufrag().await;
+            if now.is_some()
+                && now != before
+                && self.subscriber.pending_remote_description().await.is_none()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the server sent no offer with new ICE credentials");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The candidates our connections gathered so far (what we trickled), oldest first.
+    pub fn local_candidates(&self) -> Vec<(PcTarget, String)> {
+        self.shared
+            .local_candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The server's ICE username fragment on our publisher connection.
+    pub async fn publisher_server_ufrag(&self) -> Option<String> {
+        let sdp = self.publisher.as_ref()?.remote_description().await?.sdp;
+        crate::client::ufrag_of(&sdp)
+    }
+
     /// Sends a raw text frame (for protocol tests).
     /// Loses the signaling connection without a close frame (a network change, a proxy
     /// timeout); the peer connections go on. [`Client::resume`] comes back.
@@ -584,9 +631,7 @@ impl Client {
     /// The server's ICE username fragment on our subscriber connection.
     pub async fn server_ufrag(&self) -> Option<String> {
         let sdp = self.subscriber.remote_description().await?.sdp;
-        sdp.lines()
-            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-            .map(|u| u.trim().to_string())
+        ufrag_of(&sdp)
     }
 
     /// Whether a keyframe was asked for since the last call.
@@ -708,4 +753,10 @@ impl Client {
         }
         self.stop_readers();
     }
+}
+
+fn ufrag_of(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
 }

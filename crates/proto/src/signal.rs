@@ -124,6 +124,11 @@ pub enum ClientMessage {
     },
     /// Participants whose video this client always wants, whatever the last-N selection.
     Pin { participant_ids: Vec<ParticipantId> },
+    /// Restart ICE on the subscriber connection (the client's network changed, or the
+    /// connection went `disconnected`/`failed`): the server's next `offer` carries fresh ICE
+    /// credentials. The publisher connection restarts with a `publish` whose offer has new
+    /// credentials.
+    RestartIce,
     /// Leave the room; the server closes the connection after `participant_left` reaches others.
     Leave,
 }
@@ -139,6 +144,7 @@ impl ClientMessage {
             ClientMessage::Mute { .. } => "mute",
             ClientMessage::Subscription { .. } => "subscription",
             ClientMessage::Pin { .. } => "pin",
+            ClientMessage::RestartIce => "restart_ice",
             ClientMessage::Leave => "leave",
         }
     }

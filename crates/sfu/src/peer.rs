@@ -126,7 +126,11 @@ pub struct Peer {
     pub role: Role,
     pub participant: ParticipantKey,
     pub room: RoomKey,
+    /// The local ICE username fragment, from the last local description (the agent draws
+    /// it, and a new one at each ICE restart): STUN requests are routed to the peer by it.
     pub ufrag: String,
+    /// The ufrag it replaced, until the worker re-routes ([`Peer::take_ufrag_change`]).
+    ufrag_changed: Option<String>,
     /// The worker's ICE-TCP port, offered as a passive candidate.
     pub tcp_port: Option<u16>,
     /// Remote addresses that passed an ICE check: where datagrams come from and go to.
@@ -211,7 +215,7 @@ impl Peer {
         self.pc
             .set_local_description(Instant::now(), answer)
             .map_err(PeerError::rtc)?;
-        Ok((self.local_sdp()?, offered_rids))
+        Ok((self.noted_local_sdp()?, offered_rids))
     }
 
     /// Publisher: the mids of `offer` whose simulcast receiver must survive it as it is.
@@ -268,9 +272,17 @@ impl Peer {
         keep
     }
 
-    /// Subscriber: creates an offer for the current set of down-tracks.
-    pub fn create_offer(&mut self, announce: SocketAddr) -> Result<String, PeerError> {
+    /// Subscriber: creates an offer for the current set of down-tracks; `restart_ice`:
+    /// with fresh ICE credentials (the client asked, its network changed).
+    pub fn create_offer(
+        &mut self,
+        announce: SocketAddr,
+        restart_ice: bool,
+    ) -> Result<String, PeerError> {
         let first = self.pc.local_description().is_none();
+        if restart_ice && !first {
+            self.pc.restart_ice();
+        }
         let offer = self.pc.create_offer(None).map_err(PeerError::rtc)?;
         self.pc
             .set_local_description(Instant::now(), offer)
@@ -278,7 +290,38 @@ impl Peer {
         if first {
             self.add_host_candidate(announce)?;
         }
+        self.noted_local_sdp()
+    }
+
+    /// The local description just set, after learning its ufrag. A new ufrag after the
+    /// first is an ICE restart (ours, or the client's offer restarted and rtc answered with
+    /// new credentials): the agent forgot its candidate pairs and is gathering again (it
+    /// keeps its host candidates), so the paths start over and the end of candidates is
+    /// said again.
+    fn noted_local_sdp(&mut self) -> Result<String, PeerError> {
+        let sdp = self.local_sdp()?;
+        let Some(u) = crate::sdp::ice_ufrag(&sdp) else {
+            return Ok(sdp);
+        };
+        if u == self.ufrag {
+            return Ok(sdp);
+        }
+        let old = std::mem::replace(&mut self.ufrag, u.to_owned());
+        let restarted = !old.is_empty();
+        self.ufrag_changed = Some(old);
+        if !restarted {
+            return Ok(sdp);
+        }
+        self.paths.restart();
+        self.pc
+            .add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(PeerError::rtc)?;
         self.local_sdp()
+    }
+
+    /// The ufrag replaced since the last call (empty: the first one), for re-routing.
+    pub fn take_ufrag_change(&mut self) -> Option<String> {
+        self.ufrag_changed.take()
     }
 
     fn local_sdp(&self) -> Result<String, PeerError> {

@@ -100,6 +100,8 @@ pub enum Output {
     CreateOffer {
         subscriber: ParticipantKey,
         sub_peer: PeerKey,
+        /// With new ICE credentials (the participant asked for an ICE restart).
+        restart_ice: bool,
     },
     /// Apply a publisher's offer on its publisher connection (created if it has none),
     /// then call [`Room::offer_answered`].
@@ -751,6 +753,7 @@ impl Room {
                 }
                 self.allocate(key, now);
             }
+            ClientMessage::RestartIce => self.restart_ice(now, key, request),
             ClientMessage::Leave => {
                 self.leave(key, Removal::Left);
             }

@@ -103,6 +103,15 @@ pub fn section_count(sdp: &str) -> usize {
     sdp.lines().filter(|l| l.starts_with("m=")).count()
 }
 
+/// The ICE username fragment of `sdp` (the first `a=ice-ufrag`: the server bundles every
+/// section on one transport).
+pub fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+}
+
 /// Per mid, the simulcast rids the offer sends (only sections that have some).
 pub fn send_rids(sdp: &str) -> HashMap<String, Vec<String>> {
     media_sections(sdp)
@@ -237,6 +246,14 @@ pub fn without_stream_ids(sdp: &str, mids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ice_ufrag_is_read_from_the_first_section() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:abcd\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ice-ufrag:efgh\r\n";
+        assert_eq!(ice_ufrag(sdp), Some("abcd"));
+        assert_eq!(ice_ufrag("v=0\r\na=ice-ufrag:\r\n"), None);
+        assert_eq!(ice_ufrag("v=0\r\n"), None);
+    }
 
     #[test]
     fn offers_are_checked_before_parsing() {

@@ -51,6 +51,9 @@ counters!(
         tcp_connections: AtomicI64,
         /// ICE-TCP connections refused or closed early: over the cap, or silent.
         tcp_refused: AtomicU64,
+        /// ICE restarts: a connection given new local credentials (the client's offer
+        /// restarted, or it asked for the subscriber connection's with `restart_ice`).
+        ice_restarts: AtomicU64,
         /// GSO sends (each several datagrams to one destination in one buffer).
         segmented_sends: AtomicU64,
         /// Datagrams the kernel refused to queue (socket buffer full).

@@ -666,8 +666,15 @@ impl Worker {
     /// The agent accepted a check from `to` (it answered with a binding success, which it
     /// only does after verifying the message integrity): route `to`'s datagrams to `key`.
     fn learn_addr(&mut self, key: PeerKey, to: SocketAddr) {
-        if let Some(p) = self.peers.get_mut(&key) {
-            p.paths.accepted(to);
+        if let Some(p) = self.peers.get_mut(&key)
+            && p.paths.accepted(to)
+        {
+            // The first path since an ICE restart: the old ones are released.
+            for a in std::mem::take(&mut p.addrs) {
+                if a != to && self.by_addr.get(&a) == Some(&key) {
+                    self.by_addr.remove(&a);
+                }
+            }
         }
         if self.peers.get(&key).is_none_or(|p| p.addrs.contains(&to)) {
             return;
@@ -691,11 +698,29 @@ impl Worker {
     fn add_peer(&mut self, peer: Peer) -> PeerKey {
         let key = PeerKey(self.next_peer);
         self.next_peer += 1;
-        self.by_ufrag.insert(peer.ufrag.clone(), key);
         self.peers.insert(key, peer);
         SfuStats::gauge(&self.stats.peer_connections, 1);
         self.mark_touched(key);
         key
+    }
+
+    /// Routes STUN by the peer's ufrag after a local description set a new one (its
+    /// first, or an ICE restart's).
+    pub(super) fn reroute(&mut self, key: PeerKey) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(old) = p.take_ufrag_change() else {
+            return;
+        };
+        if self.by_ufrag.get(&old) == Some(&key) {
+            self.by_ufrag.remove(&old);
+        }
+        self.by_ufrag.insert(p.ufrag.clone(), key);
+        if !old.is_empty() {
+            SfuStats::inc(&self.stats.ice_restarts);
+            tracing::debug!(role = ?p.role, "ICE restarted");
+        }
     }
 
     /// Closes a peer connection, sends its last datagrams and forgets it.
@@ -715,7 +740,9 @@ impl Worker {
                 }
             }
         }
-        self.by_ufrag.remove(&peer.ufrag);
+        if self.by_ufrag.get(&peer.ufrag) == Some(&key) {
+            self.by_ufrag.remove(&peer.ufrag);
+        }
         for a in &peer.addrs {
             if self.by_addr.get(a) == Some(&key) {
                 self.by_addr.remove(a);

@@ -176,6 +176,70 @@ fn one_offer_in_flight_until_answered() {
     h.check();
 }
 
+/// Answers `k`'s pending offer (the harness does not, for this client).
+fn answer_last_offer(h: &mut Harness, k: ParticipantKey) {
+    let sdp = match told(h, k)
+        .iter()
+        .rev()
+        .find(|m| matches!(m, ServerMessage::Offer { .. }))
+    {
+        Some(ServerMessage::Offer { sdp, .. }) => sdp.clone(),
+        _ => panic!("no offer to answer"),
+    };
+    h.send(k, ClientMessage::Answer { sdp });
+}
+
+#[test]
+fn an_ice_restart_is_the_next_offer_with_new_credentials() {
+    let mut h = harness();
+    h.answer_new = false;
+    let a = h.join(1);
+    let b = h.join(2);
+    // Before the first offer is answered there is nothing to restart.
+    h.send(a, ClientMessage::RestartIce);
+    assert_eq!(h.clients[&a].offers, 1);
+    answer_last_offer(&mut h, a);
+    assert_eq!(h.clients[&a].ice_restart_offers, 0);
+
+    // Asked: one offer with new credentials, at once.
+    h.send(a, ClientMessage::RestartIce);
+    assert_eq!(
+        (h.clients[&a].offers, h.clients[&a].ice_restart_offers),
+        (2, 1)
+    );
+    answer_last_offer(&mut h, a);
+
+    // Asked while an offer is in flight: it waits for the answer, then the next offer
+    // (which also carries b's new track) restarts.
+    answer_last_offer(&mut h, b);
+    h.publish(b, &[(MediaKind::Audio, TrackSource::Microphone)]);
+    assert_eq!(h.clients[&a].offers_in_flight, 1);
+    h.send(a, ClientMessage::RestartIce);
+    assert_eq!(
+        (h.clients[&a].offers, h.clients[&a].ice_restart_offers),
+        (3, 1)
+    );
+    answer_last_offer(&mut h, a);
+    assert_eq!(
+        (h.clients[&a].offers, h.clients[&a].ice_restart_offers),
+        (4, 2)
+    );
+    answer_last_offer(&mut h, a);
+
+    // Later offers keep the credentials; no error was told, and b saw nothing of it.
+    h.publish(b, &[(MediaKind::Video, TrackSource::Camera)]);
+    assert_eq!(
+        (h.clients[&a].offers, h.clients[&a].ice_restart_offers),
+        (5, 2)
+    );
+    assert!(errors(&h, a).is_empty());
+    assert!(!told(&h, b).iter().any(|m| matches!(
+        m,
+        ServerMessage::ParticipantLeft { .. } | ServerMessage::ParticipantJoined { .. }
+    )));
+    h.check();
+}
+
 #[test]
 fn the_first_negotiation_has_a_deadline() {
     let mut h = harness();

@@ -120,6 +120,12 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_ice_restarts",
+            "ICE restarts (a connection given new ICE credentials: the client's network changed)",
+            c(s.ice_restarts),
+        )?;
+        counter(
+            &mut e,
             "confab_send_drops",
             "Datagrams the kernel refused (socket buffer full)",
             c(s.send_drops),

@@ -92,6 +92,9 @@ pub(super) async fn build_pc(
     let settings = webrtc::peer_connection::SettingEngineBuilder::new()
         .with_answering_dtls_role(rtc::peer_connection::transport::RTCDtlsRole::Client)
         .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(50))
+        // An ICE restart rebinds the sockets (new local ports), as a move to another
+        // network would: the server must follow the client to its new address.
+        .with_discard_local_candidates_during_ice_restart(true)
         .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
@@ -114,6 +117,11 @@ pub(super) struct PcHandler {
 impl PeerConnectionEventHandler for PcHandler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
+            self.shared
+                .local_candidates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((self.target, init.candidate.clone()));
             self.shared.send(&ClientMessage::Candidate {
                 target: self.target,
                 candidate: IceCandidate {

@@ -4,8 +4,6 @@
 use super::{Paths, Peer, Role};
 use crate::error::PeerError;
 use crate::keys::{ParticipantKey, RoomKey};
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, Packet as InterceptorPacket,
     ReceiverReportBuilder, Registry, Slot, StreamInfo, TaggedPacket, TwccReceiverBuilder,
@@ -52,8 +50,6 @@ impl PeerFactory {
         participant: ParticipantKey,
         room: RoomKey,
     ) -> Result<Peer, PeerError> {
-        let ufrag = random_string(16);
-        let pwd = random_string(32);
         let mut media = MediaEngine::default();
         register_codecs(&mut media, role)?;
 
@@ -102,7 +98,6 @@ impl PeerFactory {
 
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
-            .with_ice_credentials(ufrag.clone(), pwd)
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .with_ice_timeouts(
@@ -136,7 +131,8 @@ impl PeerFactory {
             role,
             participant,
             room,
-            ufrag,
+            ufrag: String::new(),
+            ufrag_changed: None,
             tcp_port: self.tcp_port,
             addrs: Vec::new(),
             paths: Paths::default(),
@@ -151,14 +147,6 @@ impl PeerFactory {
             pending: Default::default(),
         })
     }
-}
-
-fn random_string(n: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(n)
-        .map(char::from)
-        .collect()
 }
 
 fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError> {

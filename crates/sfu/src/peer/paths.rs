@@ -70,9 +70,11 @@ impl Paths {
         primary
     }
 
-    /// The agent accepted a check from `to`.
-    pub fn accepted(&mut self, to: SocketAddr) {
-        if self.primary.is_none() {
+    /// The agent accepted a check from `to`. True when `to` becomes the first path (of
+    /// the connection, or since an ICE restart): the paths before it are released.
+    pub fn accepted(&mut self, to: SocketAddr) -> bool {
+        let first = self.primary.is_none();
+        if first {
             self.primary = Some(to);
             self.active = Some(to);
         }
@@ -80,6 +82,16 @@ impl Paths {
             self.pending_nomination = None;
             self.active = Some(to);
         }
+        first
+    }
+
+    /// ICE restarted (new credentials): the agent starts over, and so do the paths. Media
+    /// keeps going to the last nominated path until a check passes on the new ones (it may
+    /// still work: a restart is also asked for on a mere suspicion).
+    pub fn restart(&mut self) {
+        self.primary = None;
+        self.pending_nomination = None;
+        self.answers.clear();
     }
 
     /// Where media goes: the path the client nominated last (`None` before any check

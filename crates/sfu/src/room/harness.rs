@@ -31,6 +31,9 @@ pub struct Client {
     pub slots: BTreeMap<usize, TrackId>,
     /// Offers created for it and not answered yet.
     pub offers_in_flight: u32,
+    /// Offers created for it, and those with new ICE credentials.
+    pub offers: u32,
+    pub ice_restart_offers: u32,
     /// Whether the harness answers its offers by itself.
     pub answers: bool,
     /// Its published tracks.
@@ -365,12 +368,18 @@ impl Harness {
                     );
                 }
             }
-            Output::CreateOffer { subscriber, .. } => {
+            Output::CreateOffer {
+                subscriber,
+                restart_ice,
+                ..
+            } => {
                 let c = self
                     .clients
                     .get_mut(&subscriber)
                     .expect("a known subscriber");
                 c.offers_in_flight += 1;
+                c.offers += 1;
+                c.ice_restart_offers += u32::from(restart_ice);
                 self.max_offers_in_flight = self.max_offers_in_flight.max(c.offers_in_flight);
                 let mids: Vec<(usize, String)> =
                     c.slots.keys().map(|s| (*s, format!("s{s}"))).collect();

@@ -83,6 +83,8 @@ pub struct Member {
     pub sub_state: SubState,
     /// In the room's dirty list: its down-tracks changed since its last offer.
     pub needs_offer: bool,
+    /// It asked for an ICE restart (`restart_ice`): its next offer carries new credentials.
+    pub restart_ice: bool,
     /// Whether it ever answered a subscriber offer; until then it must do so by
     /// `negotiate_by`.
     pub negotiated: bool,
@@ -123,6 +125,7 @@ impl Member {
             tracks: Vec::new(),
             sub_state: SubState::Stable,
             needs_offer: false,
+            restart_ice: false,
             negotiated: false,
             negotiate_by: now + Duration::from_millis(config.negotiation_timeout_ms),
             answer_failed: false,

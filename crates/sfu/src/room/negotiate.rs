@@ -49,7 +49,36 @@ impl Room {
         Some(Output::CreateOffer {
             subscriber: key,
             sub_peer: m.sub_peer,
+            restart_ice: std::mem::take(&mut m.restart_ice),
         })
+    }
+
+    /// The participant asked to restart ICE on its subscriber connection: its next offer
+    /// (at once, or after the answer to the one in flight) has new credentials. Charged to
+    /// its signaling budget like any offer.
+    pub(super) fn restart_ice(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        request: Option<RequestId>,
+    ) {
+        if !self.admit_signaling(
+            now,
+            key,
+            &request,
+            "your ICE restarts are using more of the server's time than allowed",
+        ) {
+            return;
+        }
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        if !m.negotiated {
+            // Its first offer is not answered yet: nothing to restart.
+            return;
+        }
+        m.restart_ice = true;
+        self.mark_dirty(key);
     }
 
     /// The subscriber connection's offer: `mids` maps each down-track slot to its

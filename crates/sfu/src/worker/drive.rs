@@ -361,15 +361,17 @@ impl Worker {
             Output::CreateOffer {
                 subscriber,
                 sub_peer,
+                restart_ice,
             } => {
                 let announce = self.announce;
                 let result = match self.peers.get_mut(&sub_peer) {
                     Some(p) => p
-                        .create_offer(announce)
+                        .create_offer(announce, restart_ice)
                         .map(|sdp| (sdp, p.slot_mids()))
                         .map_err(|e| e.to_string()),
                     None => Err("no subscriber connection".into()),
                 };
+                self.reroute(sub_peer);
                 self.mark_touched(sub_peer);
                 if let Some(room) = self.rooms.get_mut(rk.0) {
                     room.offer_created(subscriber, result);
@@ -520,6 +522,7 @@ impl Worker {
         };
         let accepted = rids.is_some();
         if accepted {
+            self.reroute(publ);
             self.mark_input(publ);
         } else if created {
             // A fresh connection that never got a valid offer is worth nothing.
