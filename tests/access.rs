@@ -158,6 +158,64 @@ async fn joins_without_a_valid_token_are_refused() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_check_gets_a_hidden_room_of_its_own() {
+    // The /check page's joins: the token is checked for the meeting's room, but the check
+    // lands in a room of its own, hidden and receive-only; nobody in the meeting sees it.
+    let server = start_secured().await;
+    let all = Grants::default();
+    let mut ada = connect(
+        &server,
+        "meet",
+        "ada",
+        Some(token("meet", "ada", all)),
+        Publish::NONE,
+    )
+    .await
+    .unwrap();
+    let mut check = Client::connect(
+        ClientOptions::new(server.ws_url(), "meet", "check")
+            .token(token("meet", "bob", all))
+            .check(),
+    )
+    .await
+    .expect("a check with a token for the room joins");
+    assert!(check.others.is_empty(), "alone in its own room");
+    check
+        .wait_for(WAIT, "the check's media connection", |e| {
+            matches!(
+                e,
+                Event::SubscriberState(webrtc::peer_connection::RTCPeerConnectionState::Connected)
+            )
+            .then_some(())
+        })
+        .await
+        .unwrap();
+    let stats = server.sfu.stats();
+    assert_eq!((stats.rooms, stats.participants), (2, 2));
+    let mut seen = Vec::new();
+    while let Ok(e) = ada.next_event(std::time::Duration::ZERO).await {
+        seen.push(e);
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Server(ServerMessage::ParticipantJoined { .. }))),
+        "the meeting saw the check: {seen:?}"
+    );
+    // A token for another room is refused as for a join.
+    let other = Client::connect(
+        ClientOptions::new(server.ws_url(), "meet", "check")
+            .token(token("elsewhere", "bob", all))
+            .check(),
+    )
+    .await;
+    assert_eq!(refusal(other).0, ErrorCode::Unauthorized);
+    check.leave().await;
+    ada.leave().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn open_dev_mode_grants_everything_but_room_admin() {
     let server = start().await;

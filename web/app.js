@@ -59,6 +59,24 @@ function roomFromUrl() {
   }
 }
 
+/**
+ * The connection check page, for this room and token (a room token is only good for its
+ * room), coming back here afterwards.
+ */
+function checkLink() {
+  const q = new URLSearchParams();
+  const room = roomFromUrl() || document.getElementById('room-input')?.value.trim();
+  if (room) q.set('room', room);
+  const token = tokenFromUrl();
+  if (token) q.set('token', token);
+  q.set('back', location.pathname + location.search);
+  return `/check?${q}`;
+}
+
+const checkAnchor = document.getElementById('check-link');
+checkAnchor?.addEventListener('click', () => { checkAnchor.href = checkLink(); });
+checkAnchor?.addEventListener('focus', () => { checkAnchor.href = checkLink(); });
+
 /** An access token given in the page's URL (`/room/standup?token=<jwt>`), if any. */
 function tokenFromUrl() {
   return new URLSearchParams(location.search).get('token') || undefined;

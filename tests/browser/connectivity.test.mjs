@@ -1,7 +1,7 @@
 // Connectivity (issue 16) in real Chromium against the real server binary: media over
 // ICE-TCP from a browser that may not use UDP at all, and through an external TURN server
 // (Debian's coturn, started here with `use-auth-secret`) with the credentials Confab mints
-// for each participant.
+// for each participant; the connection check page (/check) says which paths work.
 //
 // Run: tests/browser/run.sh, or `node --test tests/browser/` with CONFAB_BIN set.
 
@@ -10,8 +10,24 @@ import assert from 'node:assert/strict';
 import { startCoturn } from './services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, waitMediaFlowing,
-  waitRemoteTiles, waitChat, typeChat, dumpPages, WAIT_MS,
+  waitRemoteTiles, waitChat, typeChat, dumpPages, axeScan, screenshot, WAIT_MS,
 } from './harness.mjs';
+
+/**
+ * Opens the check page from the pre-join screen's link and waits for its verdict: each
+ * row's status ({ws, udp, tcp, turn, camera, microphone}) and the verdict's text.
+ */
+async function runCheck(page, baseUrl, room) {
+  await page.goto(`${baseUrl}/room/${room}`);
+  await page.getByTestId('check-link').click();
+  await page.waitForURL(/\/check\?/);
+  await page.waitForSelector('body[data-checked="true"]', { timeout: WAIT_MS });
+  const rows = await page.$$eval('.check-row', (els) => Object.fromEntries(els.map((el) => [
+    el.dataset.testid.replace('check-', ''), { status: el.dataset.status, detail: el.querySelector('.check-detail').textContent },
+  ])));
+  const verdict = await page.getByTestId('check-verdict').textContent();
+  return { rows, verdict };
+}
 
 /** @type {import('playwright-core').Browser} */
 let browser;
@@ -74,6 +90,20 @@ test('media through an external TURN server (coturn, use-auth-secret) with crede
     }, null, { timeout: WAIT_MS });
     await typeChat(pages.Grace, 'through the relay');
     await waitChat(pages.Ada, 'through the relay');
+
+    // The check page: every path works on loopback, and nobody in the meeting sees it.
+    pages.check = await newParticipantPage(browser);
+    const check = await runCheck(pages.check, server.url, 'relayed');
+    await screenshot(pages.check, 'check-all-paths');
+    for (const r of ['ws', 'udp', 'tcp', 'turn', 'camera', 'microphone']) {
+      assert.equal(check.rows[r].status, 'ok', `${r}: ${JSON.stringify(check.rows)}`);
+    }
+    assert.match(check.rows.turn.detail, /TURN server over UDP/);
+    assert.match(check.rows.udp.detail, /round trip \d+ ms/);
+    assert.match(check.verdict, /media goes over UDP/);
+    assert.deepEqual(await axeScan(pages.check, 'check-page'), []);
+    const people = await pages.Ada.evaluate(() => window.confab.participants.size);
+    assert.equal(people, 1, 'the check joined no one\'s meeting');
   } catch (err) {
     await dumpPages(pages, 'turn');
     console.error(`server log: ${server.logPath}\ncoturn log:\n${turn.log().slice(-4000)}`);
@@ -120,6 +150,18 @@ test('a browser that may not use UDP joins over ICE-TCP; both sides see and hear
     assert.ok(open >= 2, `TCP connections open: ${open}`);
     await typeChat(pages.Ada, 'over tcp');
     await waitChat(pages.Grace, 'over tcp');
+
+    // The check page in the browser without UDP: UDP blocked, TCP works, and it says so.
+    pages.check = await newParticipantPage(noUdp);
+    const check = await runCheck(pages.check, server.url, 'tcp');
+    await screenshot(pages.check, 'check-no-udp');
+    assert.equal(check.rows.ws.status, 'ok');
+    assert.equal(check.rows.udp.status, 'fail', JSON.stringify(check.rows));
+    assert.equal(check.rows.tcp.status, 'ok', JSON.stringify(check.rows));
+    assert.equal(check.rows.turn.status, 'none', 'no TURN server here');
+    assert.match(check.verdict, /UDP is blocked on your network; Confab will use TCP/);
+    await pages.check.getByTestId('check-back').click();
+    await pages.check.waitForURL(/\/room\/tcp$/);
   } catch (err) {
     await dumpPages(pages, 'ice-tcp');
     console.error(`server log: ${server.logPath}`);

@@ -97,6 +97,8 @@ pub struct ClientOptions {
     pub bind_ip: std::net::IpAddr,
     /// Access token presented in `join`.
     pub token: Option<String>,
+    /// A connection check (`join.check`): a hidden, receive-only room of its own.
+    pub check: bool,
 }
 
 /// The server refused the join with this error.
@@ -138,6 +140,7 @@ impl ClientOptions {
             sink: RtpSink::Events,
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             token: None,
+            check: false,
         }
     }
 
@@ -158,6 +161,13 @@ impl ClientOptions {
 
     pub fn publish(mut self, p: Publish) -> Self {
         self.publish = p;
+        self
+    }
+
+    /// Joins as a connection check (see [`ClientOptions::check`]); publishes nothing.
+    pub fn check(mut self) -> Self {
+        self.check = true;
+        self.publish = Publish::NONE;
         self
     }
 }
@@ -268,6 +278,7 @@ impl Client {
             name: confab_proto::DisplayName::parse(&opts.name)?,
             token: opts.token.clone(),
             resume: None,
+            check: opts.check,
         })?;
         let mut url = opts.url.clone();
         let mut redirected_from = None;
@@ -554,6 +565,7 @@ impl Client {
             name: confab_proto::DisplayName::parse("resume")?,
             token: None,
             resume: Some(self.resume_token.clone()),
+            check: false,
         });
         let (id, others, token) = wait_joined(&mut ws_rx).await?;
         if id != self.id {

@@ -262,6 +262,7 @@ pub async fn run(
             name: confab_proto::DisplayName::parse(&opts.name)?,
             token: None,
             resume: None,
+            check: false,
         }))
         .await?;
         loop {

@@ -21,5 +21,8 @@ pub use signal::{
 /// The signaling protocol version this build speaks. A client names it in `join`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// How long a connection check (`join` with `check`) may stay joined.
+pub const CHECK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The label of the data channel that carries chat.
 pub const CHAT_CHANNEL_LABEL: &str = "chat";

@@ -93,6 +93,11 @@ pub enum ClientMessage {
         /// participant, tracks and subscriptions) after the WebSocket dropped.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
+        /// A connection check (the `/check` page): with the same token checks as a join
+        /// to `room`, the connection gets a room of its own (hidden, receive-only, for
+        /// [`crate::CHECK_LIFETIME`]) to try the media paths without being seen in `room`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        check: bool,
     },
     /// An SDP offer on the publisher connection: first publish or any later change.
     Publish {
@@ -495,6 +500,7 @@ mod tests {
                 name: DisplayName::parse("Ada").unwrap(),
                 token: None,
                 resume: None,
+                check: false,
             }
         );
     }

@@ -159,6 +159,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/room/{name}", get(room_page))
+        .route("/check", get(|| async { assets::serve("check.html") }))
         .route("/ws", get(ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

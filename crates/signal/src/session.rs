@@ -88,6 +88,8 @@ struct Conn {
     pending: Option<crate::guard::PendingSlot>,
     publishes: governor::DefaultDirectRateLimiter,
     publish_refusals: u32,
+    /// A connection check: when it must end (set on joining).
+    check_until: Option<tokio::time::Instant>,
 }
 
 /// Whether a WebSocket receive error is a frame or message over the hard limit (the
@@ -110,6 +112,8 @@ pub enum Step {
         name: DisplayName,
         token: Option<String>,
         resume: Option<String>,
+        /// A connection check: a room of its own (see `ClientMessage::Join`).
+        check: bool,
     },
     Leave,
     /// Anything else a joined participant sends: passed to the media plane as it is.
@@ -154,6 +158,7 @@ fn classify_message(joined: bool, msg: ClientMessage) -> Step {
                 name,
                 token,
                 resume,
+                check,
             },
         ) => {
             if protocol != PROTOCOL_VERSION {
@@ -163,12 +168,18 @@ fn classify_message(joined: bool, msg: ClientMessage) -> Step {
                         "protocol version {protocol} is not supported; this server speaks {PROTOCOL_VERSION}"
                     ),
                 ))
+            } else if check && resume.is_some() {
+                Step::Fatal(ServerMessage::fatal(
+                    ErrorCode::InvalidMessage,
+                    "a connection check cannot resume a session",
+                ))
             } else {
                 Step::Join {
                     room,
                     name,
                     token,
                     resume,
+                    check,
                 }
             }
         }
@@ -221,17 +232,25 @@ pub async fn run<S, R, E>(
                 .allow_burst(publish_rate.saturating_mul(5.try_into().expect("5"))),
         ),
         publish_refusals: 0,
+        check_until: None,
     };
     let mut refused = 0u32;
     let mut last_refusal_notice: Option<Instant> = None;
     let join_deadline = tokio::time::sleep(limits.join_timeout);
     tokio::pin!(join_deadline);
+    let check_deadline = tokio::time::sleep(confab_proto::CHECK_LIFETIME);
+    tokio::pin!(check_deadline);
+    let mut check_armed = false;
     let mut close_code = 1000;
     let mut ping = tokio::time::interval(limits.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let silence_limit = limits.ping_interval * 3;
     loop {
+        if !check_armed && let Some(t) = conn.check_until {
+            check_deadline.as_mut().reset(t);
+            check_armed = true;
+        }
         let joined = &mut conn.joined;
         let waiting_for_join = joined.is_none();
         let event = async {
@@ -319,6 +338,16 @@ pub async fn run<S, R, E>(
                 )).await;
                 Flow::Close
             }
+            _ = &mut check_deadline, if check_armed => {
+                send(&mut sink, &ServerMessage::fatal(
+                    ErrorCode::Timeout,
+                    format!(
+                        "a connection check lasts {} s at most: it is over",
+                        confab_proto::CHECK_LIFETIME.as_secs()
+                    ),
+                )).await;
+                Flow::Close
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > silence_limit {
                     tracing::info!("client silent, closing");
@@ -340,7 +369,8 @@ pub async fn run<S, R, E>(
             }
             Flow::Lost => {
                 if let Some((participant, events, token)) = conn.joined.take() {
-                    if limits.resume_window.is_zero() || env.sfu.is_draining() {
+                    let check = conn.check_until.is_some();
+                    if check || limits.resume_window.is_zero() || env.sfu.is_draining() {
                         participant.leave().await;
                     } else {
                         env.resumes
@@ -552,6 +582,7 @@ async fn on_text<S: Sink<Message> + Unpin>(
                 name,
                 token,
                 resume: None,
+                check,
             },
             _,
         ) => {
@@ -585,9 +616,21 @@ async fn on_text<S: Sink<Message> + Unpin>(
                 }
                 None => (name, JoinOptions::default()),
             };
-            if let Some(flow) = route(sink, env, &room, &request_id).await {
-                return flow;
-            }
+            // A connection check: the token was checked for `room`; the check gets a room
+            // of its own on this node (it tests the paths to this node), where it is
+            // hidden and may only receive, for CHECK_LIFETIME.
+            let (room, name, opts) = if check {
+                let Some(check) = check_join() else {
+                    return Flow::Close;
+                };
+                conn.check_until = Some(tokio::time::Instant::now() + confab_proto::CHECK_LIFETIME);
+                check
+            } else {
+                if let Some(flow) = route(sink, env, &room, &request_id).await {
+                    return flow;
+                }
+                (room, name, opts)
+            };
             let resume_token = crate::resume::Resumes::new_token();
             let opts = JoinOptions {
                 resume_token: resume_token.clone(),
@@ -737,7 +780,22 @@ mod tests {
             let (_, step) = classify(*joined, text, 1024);
             assert_eq!(code(&step), *want, "joined={joined} {text}");
         }
-        assert!(matches!(classify(false, join, 1024).1, Step::Join { .. }));
+        assert!(matches!(
+            classify(false, join, 1024).1,
+            Step::Join { check: false, .. }
+        ));
+        // A connection check joins; a check that resumes is refused.
+        let check = r#"{"type":"join","protocol":1,"room":"r","name":"x","check":true}"#;
+        assert!(matches!(
+            classify(false, check, 1024).1,
+            Step::Join { check: true, .. }
+        ));
+        let both =
+            r#"{"type":"join","protocol":1,"room":"r","name":"x","check":true,"resume":"t"}"#;
+        assert_eq!(
+            code(&classify(false, both, 1024).1),
+            Some(ErrorCode::InvalidMessage)
+        );
         assert_eq!(classify(true, r#"{"type":"leave"}"#, 1024).1, Step::Leave);
         assert!(matches!(
             classify(
@@ -769,4 +827,21 @@ mod tests {
             Some(ErrorCode::MessageTooLarge)
         );
     }
+}
+
+/// The room, name and options of a connection check: a fresh room, hidden and receive-only.
+fn check_join() -> Option<(RoomId, DisplayName, JoinOptions)> {
+    let room = RoomId::parse(&format!("check.{:016x}", rand::random::<u64>())).ok()?;
+    let name = DisplayName::parse("Connection check").ok()?;
+    let opts = JoinOptions {
+        grants: confab_proto::signal::Grants {
+            can_publish: false,
+            can_subscribe: true,
+            can_chat: false,
+            room_admin: false,
+            hidden: true,
+        },
+        ..JoinOptions::default()
+    };
+    Some((room, name, opts))
 }
