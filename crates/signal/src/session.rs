@@ -737,6 +737,23 @@ fn publish_refusal(
     Some(ServerMessage::error(code, e.to_string()))
 }
 
+/// The room, name and options of a connection check: a fresh room, hidden and receive-only.
+fn check_join() -> Option<(RoomId, DisplayName, JoinOptions)> {
+    let room = RoomId::parse(&format!("check.{:016x}", rand::random::<u64>())).ok()?;
+    let name = DisplayName::parse("Connection check").ok()?;
+    let opts = JoinOptions {
+        grants: confab_proto::signal::Grants {
+            can_publish: false,
+            can_subscribe: true,
+            can_chat: false,
+            room_admin: false,
+            hidden: true,
+        },
+        ..JoinOptions::default()
+    };
+    Some((room, name, opts))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,21 +844,4 @@ mod tests {
             Some(ErrorCode::MessageTooLarge)
         );
     }
-}
-
-/// The room, name and options of a connection check: a fresh room, hidden and receive-only.
-fn check_join() -> Option<(RoomId, DisplayName, JoinOptions)> {
-    let room = RoomId::parse(&format!("check.{:016x}", rand::random::<u64>())).ok()?;
-    let name = DisplayName::parse("Connection check").ok()?;
-    let opts = JoinOptions {
-        grants: confab_proto::signal::Grants {
-            can_publish: false,
-            can_subscribe: true,
-            can_chat: false,
-            room_admin: false,
-            hidden: true,
-        },
-        ..JoinOptions::default()
-    };
-    Some((room, name, opts))
 }
