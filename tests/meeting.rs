@@ -331,3 +331,51 @@ async fn a_webinar_spread_over_two_workers_reaches_every_viewer() {
     assert_eq!(s.relay_dropped, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_udp_meets_over_ice_tcp() {
+    // Issue 16: a client on a network that blocks UDP (no UDP socket at all) reaches the
+    // server's passive TCP candidate on both connections; media flows both ways with a
+    // client on UDP, intact, and chat goes over the same TCP connection.
+    let server = start().await;
+    let mut tcp = confab_load::client::Client::connect(
+        confab_load::client::ClientOptions::new(server.ws_url(), "tcp", "tcp")
+            .publish(Publish::AUDIO_VIDEO)
+            .tcp(),
+    )
+    .await
+    .expect("joins over TCP");
+    let mut udp = join(&server, "tcp", "udp", Publish::AUDIO_VIDEO).await;
+    let _pumps = (
+        tcp.start_media(MediaPlan::default()),
+        udp.start_media(MediaPlan::default()),
+    );
+    for c in [&mut tcp, &mut udp] {
+        wait_tracks(c, 2).await;
+        sample_rtp(c, 100).await;
+    }
+    assert!(
+        tcp.local_candidates().iter().all(|(_, c)| c
+            .split(' ')
+            .nth(2)
+            .is_some_and(|t| t.eq_ignore_ascii_case("tcp"))),
+        "the TCP client has no UDP candidate: {:?}",
+        tcp.local_candidates()
+    );
+    assert_eq!(server.sfu.stats().tcp_connections, 2, "one per connection");
+    udp.wait_for(WAIT, "chat open", |e| {
+        matches!(e, Event::ChatOpen).then_some(())
+    })
+    .await
+    .unwrap();
+    udp.chat("over tcp?").await.unwrap();
+    let text = tcp
+        .wait_for(WAIT, "chat over TCP", |e| match e {
+            Event::Chat(ChatOut::Chat { text, .. }) => Some(text.clone()),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(text, "over tcp?");
+    server.stop().await;
+}

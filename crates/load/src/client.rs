@@ -99,6 +99,9 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// A connection check (`join.check`): a hidden, receive-only room of its own.
     pub check: bool,
+    /// Media over TCP only (ICE-TCP to the server's passive candidate), as a client on a
+    /// network that blocks UDP.
+    pub tcp: bool,
 }
 
 /// The server refused the join with this error.
@@ -141,6 +144,7 @@ impl ClientOptions {
             bind_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             token: None,
             check: false,
+            tcp: false,
         }
     }
 
@@ -161,6 +165,12 @@ impl ClientOptions {
 
     pub fn publish(mut self, p: Publish) -> Self {
         self.publish = p;
+        self
+    }
+
+    /// Sends and receives media over TCP only (see [`ClientOptions::tcp`]).
+    pub fn tcp(mut self) -> Self {
+        self.tcp = true;
         self
     }
 
@@ -228,6 +238,8 @@ struct Shared {
     keyframe_requested: Arc<std::sync::atomic::AtomicBool>,
     /// The candidates each connection gathered (and trickled), in order.
     local_candidates: std::sync::Mutex<Vec<(PcTarget, String)>>,
+    /// Media over TCP only: the server's passive TCP candidates are connected to.
+    tcp: bool,
 }
 
 impl Shared {
@@ -246,6 +258,8 @@ pub struct Client {
     pub id: ParticipantId,
     /// Everyone else in the room at join.
     pub others: Vec<ParticipantInfo>,
+    /// The ICE servers `joined` gave (TURN with credentials for this participant).
+    pub ice_servers: Vec<confab_proto::signal::IceServer>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedReceiver<Event>,
     /// Events taken off the channel by `wait_for` but not matched, kept in order.
@@ -282,14 +296,16 @@ impl Client {
         })?;
         let mut url = opts.url.clone();
         let mut redirected_from = None;
-        let (ws_tx, ws_rx, (id, others, resume_token)) = loop {
+        let (ws_tx, ws_rx, (id, others, resume_token, ice_servers)) = loop {
             let (ws, _) = tokio_tungstenite::connect_async(&url)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
             let (mut ws_tx, mut ws_rx) = ws.split();
             ws_tx.send(WsMessage::Text(join.clone().into())).await?;
             match wait_answer(&mut ws_rx).await? {
-                Answer::Joined(id, others, token) => break (ws_tx, ws_rx, (id, others, token)),
+                Answer::Joined(id, others, token, ice) => {
+                    break (ws_tx, ws_rx, (id, others, token, ice));
+                }
                 Answer::Redirect(to) if redirected_from.is_none() => {
                     redirected_from = Some(std::mem::replace(&mut url, to));
                 }
@@ -313,6 +329,7 @@ impl Client {
             received: Arc::new(Received::default()),
             keyframe_requested: Arc::new(Default::default()),
             local_candidates: Default::default(),
+            tcp: opts.tcp,
         });
         let tasks = Vec::new();
         let mut ws_tasks = vec![spawn_writer(ws_tx, out_rx)];
@@ -324,6 +341,7 @@ impl Client {
             }),
             false,
             opts.bind_ip,
+            opts.tcp,
         )
         .await?;
 
@@ -336,6 +354,7 @@ impl Client {
                     }),
                     true,
                     opts.bind_ip,
+                    opts.tcp,
                 )
                 .await?,
             )
@@ -353,6 +372,7 @@ impl Client {
         let mut client = Client {
             id,
             others,
+            ice_servers,
             shared,
             events: ev_rx,
             backlog: VecDeque::new(),

@@ -79,6 +79,9 @@ struct Args {
     /// Generator runtime threads (1 keeps it on one core).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Media over ICE-TCP only (no UDP socket), with `--client async`.
+    #[arg(long)]
+    tcp: bool,
 }
 
 /// CPU time and memory of a process, from /proc.
@@ -218,6 +221,9 @@ struct Sim {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.tcp && args.client != ClientKind::Async {
+        anyhow::bail!("--tcp needs --client async (the sans-IO participant speaks UDP only)");
+    }
     let rt = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -311,6 +317,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 stats: recv.clone(),
                 subscriber: n,
             });
+            let opts = if args.tcp { opts.tcp() } else { opts };
             let joins = joins.clone();
             let bar = bar.clone();
             if args.client == ClientKind::Sim {

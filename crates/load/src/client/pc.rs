@@ -79,6 +79,7 @@ pub(super) async fn build_pc(
     handler: Arc<dyn PeerConnectionEventHandler>,
     tap: bool,
     bind_ip: std::net::IpAddr,
+    tcp: bool,
 ) -> anyhow::Result<Pc> {
     let mut media = media_engine()?;
     let mut registry = Registry::new();
@@ -102,7 +103,16 @@ pub(super) async fn build_pc(
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec![format!("{bind_ip}:0")])
+        .with_udp_addrs(if tcp {
+            vec![]
+        } else {
+            vec![format!("{bind_ip}:0")]
+        })
+        .with_tcp_addrs(if tcp {
+            vec![format!("{bind_ip}:0")]
+        } else {
+            vec![]
+        })
         .build()
         .await?;
     Ok(Arc::new(pc))

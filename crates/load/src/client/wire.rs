@@ -38,8 +38,13 @@ pub(super) fn spawn_writer(
 
 /// The server's answer to a join.
 pub(super) enum Answer {
-    /// (participant id, the others, the resume token).
-    Joined(ParticipantId, Vec<ParticipantInfo>, String),
+    /// (participant id, the others, the resume token, the ICE servers).
+    Joined(
+        ParticipantId,
+        Vec<ParticipantInfo>,
+        String,
+        Vec<confab_proto::signal::IceServer>,
+    ),
     /// The room is on another node: join there.
     Redirect(String),
 }
@@ -50,7 +55,7 @@ pub(super) async fn wait_joined(
     ws_rx: &mut WsStream,
 ) -> anyhow::Result<(ParticipantId, Vec<ParticipantInfo>, String)> {
     match wait_answer(ws_rx).await? {
-        Answer::Joined(id, others, token) => Ok((id, others, token)),
+        Answer::Joined(id, others, token, _) => Ok((id, others, token)),
         Answer::Redirect(url) => bail!("redirected to {url} while resuming: join afresh"),
     }
 }
@@ -75,8 +80,16 @@ pub(super) async fn wait_answer(ws_rx: &mut WsStream) -> anyhow::Result<Answer> 
                 participant,
                 participants,
                 resume_token,
+                ice_servers,
                 ..
-            } => return Ok(Answer::Joined(participant.id, participants, resume_token)),
+            } => {
+                return Ok(Answer::Joined(
+                    participant.id,
+                    participants,
+                    resume_token,
+                    ice_servers,
+                ));
+            }
             ServerMessage::Redirect { url, .. } => return Ok(Answer::Redirect(url)),
             ServerMessage::Error { code, message, .. } => {
                 return Err(JoinRefused { code, message }.into());
@@ -135,9 +148,12 @@ pub(super) async fn handle_server(
                     keep
                 });
             }
+            let first = subscriber.remote_description().await.is_none();
+            let passive = (shared.tcp && first).then(|| passive_tcp_candidates(&sdp));
             subscriber
                 .set_remote_description(RTCSessionDescription::offer(sdp)?)
                 .await?;
+            connect_tcp(subscriber, passive).await?;
             let answer = subscriber.create_answer(None).await?;
             subscriber.set_local_description(answer).await?;
             let sdp = subscriber
@@ -149,8 +165,11 @@ pub(super) async fn handle_server(
         }
         ServerMessage::Answer { sdp, .. } => {
             if let Some(p) = publisher {
+                let first = p.remote_description().await.is_none();
+                let passive = (shared.tcp && first).then(|| passive_tcp_candidates(&sdp));
                 p.set_remote_description(RTCSessionDescription::answer(sdp)?)
                     .await?;
+                connect_tcp(p, passive).await?;
             }
         }
         ServerMessage::Candidate { target, candidate } => {
@@ -219,4 +238,37 @@ impl Interceptor for KeyframeTap {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// The passive TCP candidates of a server description (`a=candidate:` lines of component
+/// 1: RTP and RTCP share the connection).
+fn passive_tcp_candidates(sdp: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|c| {
+            c.starts_with("candidate:")
+                && c.split(' ')
+                    .nth(2)
+                    .is_some_and(|t| t.eq_ignore_ascii_case("tcp"))
+                && c.contains("tcptype passive")
+        })
+        .filter(|c| c.split(' ').nth(1) == Some("1") && seen.insert(c.to_string()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// webrtc-rs connects to a remote passive TCP candidate when it is added as a candidate
+/// (not when it comes in the description): hand it the server's.
+async fn connect_tcp(pc: &Pc, passive: Option<Vec<String>>) -> anyhow::Result<()> {
+    for candidate in passive.into_iter().flatten() {
+        pc.add_ice_candidate(RTCIceCandidateInit {
+            candidate,
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
 }

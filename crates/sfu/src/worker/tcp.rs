@@ -22,6 +22,14 @@ pub const MAX_CONNECTIONS: usize = 4_096;
 /// Frames queued toward one connection; beyond, frames are dropped (as a full socket
 /// buffer drops datagrams).
 const OUT_QUEUE: usize = 2_048;
+/// Bytes of queued frames written at once, at most.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Appends `packet` as an RFC 4571 frame (its length, then itself).
+fn frame_into(out: &mut Vec<u8>, packet: &[u8]) {
+    out.extend_from_slice(&(packet.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    out.extend_from_slice(packet);
+}
 
 /// What a connection tells the worker.
 #[derive(Debug)]
@@ -71,11 +79,18 @@ pub fn spawn(
     let (mut rd, mut wr) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(OUT_QUEUE);
     tokio::spawn(async move {
-        let mut framed = Vec::with_capacity(2 + 1500);
+        // The frames queued when the task wakes go out in one write (a video frame's
+        // packets are queued together): a write per packet cost a syscall each.
+        let mut framed = Vec::with_capacity(WRITE_BATCH + 2 + 1500);
         while let Some(packet) = out_rx.recv().await {
             framed.clear();
-            framed.extend_from_slice(&(packet.len().min(u16::MAX as usize) as u16).to_be_bytes());
-            framed.extend_from_slice(&packet);
+            frame_into(&mut framed, &packet);
+            while framed.len() < WRITE_BATCH {
+                match out_rx.try_recv() {
+                    Ok(p) => frame_into(&mut framed, &p),
+                    Err(_) => break,
+                }
+            }
             if wr.write_all(&framed).await.is_err() {
                 break;
             }
