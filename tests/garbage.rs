@@ -1,5 +1,6 @@
 //! Garbage datagrams sprayed at the media port are dropped and counted; nobody notices.
-//! Likewise garbage and silence on the ICE-TCP port (issue 16).
+//! Likewise garbage and silence on the ICE-TCP port, and what the embedded TURN server
+//! must refuse (issue 16).
 
 mod common;
 
@@ -149,4 +150,152 @@ async fn garbage_and_silence_on_ice_tcp_are_refused_and_media_flows_on() {
     drop(framed);
     wait_until(|| server.sfu.stats().tcp_connections == 0).await;
     server.stop().await;
+}
+
+/// A port free on UDP and TCP on loopback now (for a server setting that cannot be 0).
+fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A TURN client of the `turn` crate on a fresh UDP socket, with these credentials.
+async fn turn_client(server: std::net::SocketAddr, user: &str, pass: &str) -> turn::client::Client {
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let c = turn::client::Client::new(turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: user.into(),
+        password: pass.into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: std::sync::Arc::new(conn),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    c.listen().await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_turn_server_refuses_what_it_must_and_counts_it() {
+    // Issue 16, bad input: wrong and expired credentials, relaying to an address that is
+    // not this node's media, an allocation flood and garbage on its TCP port are refused,
+    // counted, and the meeting on the node goes on.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use webrtc_util::Conn;
+    let mut config = test_config();
+    config.turn.port = free_port();
+    config.turn.max_allocations = 2;
+    let server = start_with(config).await;
+    let turn = server.turn.as_ref().expect("the embedded TURN server runs");
+    let a = join(&server, "turned", "alice", Publish::AUDIO_VIDEO).await;
+    let mut b = join(&server, "turned", "bob", Publish::NONE).await;
+    let _pump = a.start_media(MediaPlan::default());
+    wait_tracks(&mut b, 2).await;
+    let metrics = || ureq_metrics(&server);
+
+    // The credentials the server gives a participant allocate a relay.
+    let ice = b
+        .ice_servers
+        .first()
+        .cloned()
+        .expect("joined lists the TURN server");
+    assert!(
+        ice.urls.iter().any(|u| u.ends_with("transport=tcp")),
+        "{:?}",
+        ice.urls
+    );
+    let (user, pass) = (ice.username.unwrap(), ice.credential.unwrap());
+    let good = turn_client(turn.udp_addr, &user, &pass).await;
+    let relay = good
+        .allocate()
+        .await
+        .expect("a minted credential allocates");
+    // To the node's media: relayed. Anywhere else: dropped and counted.
+    let media = server.sfu.media_addrs()[0];
+    let before = server.sfu.stats().datagrams_unroutable;
+    relay.send_to(b"to the media port", media).await.unwrap();
+    // It arrives (from the relay's address, which no peer knows: unroutable, counted).
+    wait_until(|| server.sfu.stats().datagrams_unroutable > before).await;
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    relay
+        .send_to(b"an open proxy?", stranger.local_addr().unwrap())
+        .await
+        .unwrap();
+    wait_until(|| metric(&metrics(), "confab_turn_forbidden_peers_total") >= 1.0).await;
+    assert_eq!(metric(&metrics(), "confab_turn_allocations"), 1.0);
+
+    // A wrong password and an expired username allocate nothing.
+    let wrong = turn_client(turn.udp_addr, &user, "not-the-password").await;
+    assert!(
+        wrong.allocate().await.is_err(),
+        "a wrong password is refused"
+    );
+    let expired_user = format!("1000000000:{}", b.id);
+    let secret_pass = confab_signal::turn::credential(b"unknown", &expired_user);
+    let expired = turn_client(turn.udp_addr, &expired_user, &secret_pass).await;
+    assert!(
+        expired.allocate().await.is_err(),
+        "an expired username is refused"
+    );
+    assert!(metric(&metrics(), "confab_turn_auth_refused_total") >= 1.0);
+
+    // A flood: past turn.max_allocations (2) every allocation is refused.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        let c = turn_client(turn.udp_addr, &user, &pass).await;
+        match c.allocate().await {
+            Ok(r) => held.push((c, r)),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (held.len(), refused),
+        (1, 3),
+        "one more fits under the cap of 2"
+    );
+    assert!(metric(&metrics(), "confab_turn_allocations_refused_total") >= 3.0);
+
+    // Garbage on its TCP port: the connection is closed and counted.
+    let mut g = tokio::net::TcpStream::connect(turn.tcp_addr).await.unwrap();
+    g.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(WAIT, g.read(&mut [0u8; 64]))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    wait_until(|| metric(&metrics(), "confab_turn_tcp_refused_total") >= 1.0).await;
+
+    // The meeting never noticed.
+    b.clear_backlog();
+    let got = sample_rtp(&mut b, 100).await;
+    assert!(got.iter().all(|(_, p)| *p == a.id));
+    drop((relay, held));
+    good.close().await.unwrap();
+    server.stop().await;
+}
+
+fn ureq_metrics(server: &confab::Server) -> String {
+    ureq::get(format!("http://{}/metrics", server.http_addr))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// The value of an unlabelled metric in an OpenMetrics text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -1,5 +1,6 @@
 //! TLS: with `http.tls_cert` and `http.tls_key`, the page is served over HTTPS and
-//! signaling over WSS, by the server itself.
+//! signaling over WSS, by the server itself; the embedded TURN server answers over TLS
+//! (`turn.tls_port`) with the same certificate.
 
 mod common;
 
@@ -22,6 +23,17 @@ async fn the_server_speaks_https_and_wss() {
     let mut config = test_config();
     config.http.tls_cert = Some(cert_path);
     config.http.tls_key = Some(key_path);
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let u = std::net::UdpSocket::bind(l.local_addr().unwrap());
+        (l.local_addr().unwrap().port(), u.is_ok())
+    };
+    config.turn.port = std::iter::repeat_with(free)
+        .find(|(_, udp)| *udp)
+        .unwrap()
+        .0;
+    config.turn.tls_port = free().0;
+    config.turn.host = Some("localhost".into());
     let server = start_with(config).await;
     assert!(server.url().starts_with("https://"), "{}", server.url());
     assert!(server.ws_url().starts_with("wss://"), "{}", server.ws_url());
@@ -63,7 +75,39 @@ async fn the_server_speaks_https_and_wss() {
             other => panic!("{other:?}"),
         }
     };
-    assert!(matches!(joined, ServerMessage::Joined { .. }), "{joined:?}");
+    let ServerMessage::Joined { ice_servers, .. } = &joined else {
+        panic!("{joined:?}");
+    };
+    let tls_port = server.turn.as_ref().unwrap().tls_addr.unwrap().port();
+    let turns = format!("turns:localhost:{tls_port}?transport=tcp");
+    assert!(
+        ice_servers[0].urls.contains(&turns) && ice_servers[0].credential.is_some(),
+        "{ice_servers:?}"
+    );
+
+    // TURN over TLS: an Allocate without credentials is answered 401 (an Allocate error
+    // response), through a TLS session with the same certificate.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        let mut turn = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .expect("TLS handshake with the TURN server");
+        let mut allocate = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
+        allocate.extend_from_slice(&[7u8; 12]); // transaction id
+        allocate.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]); // REQUESTED-TRANSPORT UDP
+        turn.write_all(&allocate).await.unwrap();
+        let mut head = [0u8; 20];
+        tokio::time::timeout(WAIT, turn.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(head[..2], [0x01, 0x13], "an Allocate error response");
+        assert_eq!(head[8..20], [7u8; 12], "to our transaction");
+    }
 
     // The page itself, over HTTPS.
     let mut https = connect().await.expect("TLS handshake");

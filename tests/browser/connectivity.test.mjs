@@ -1,13 +1,14 @@
 // Connectivity (issue 16) in real Chromium against the real server binary: media over
-// ICE-TCP from a browser that may not use UDP at all, and through an external TURN server
+// ICE-TCP from a browser that may not use UDP at all, through an external TURN server
 // (Debian's coturn, started here with `use-auth-secret`) with the credentials Confab mints
-// for each participant; the connection check page (/check) says which paths work.
+// for each participant, and through the embedded TURN server over UDP and TCP; the
+// connection check page (/check) says which paths work.
 //
 // Run: tests/browser/run.sh, or `node --test tests/browser/` with CONFAB_BIN set.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startCoturn } from './services.mjs';
+import { startCoturn, freePort } from './services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, waitMediaFlowing,
   waitRemoteTiles, waitChat, typeChat, dumpPages, axeScan, screenshot, WAIT_MS,
@@ -171,43 +172,58 @@ test('a browser that may not use UDP joins over ICE-TCP; both sides see and hear
   }
 });
 
-test('without UDP and with ICE-TCP off in the server, a browser goes through TURN/TCP', async (t) => {
-  // The server offers only its UDP candidate (CONFAB_MEDIA__TCP=false); a browser that may
-  // not use UDP can then reach it only through the TURN server, over TCP to it.
-  const secret = 'coturn-tcp-secret-0123456789';
-  const turn = await startCoturn(secret);
-  const tcpUrl = turn.url.replace('transport=udp', 'transport=tcp');
+test('the embedded TURN server: a relay-only page over TURN/UDP, a browser without UDP over TURN/TCP', async (t) => {
+  // The server offers only its UDP candidate (CONFAB_MEDIA__TCP=false) and runs its own
+  // TURN server (turn.port): a browser that may not use UDP can reach it only through TURN
+  // over TCP; a relay-only page (`?relay`) goes through it over UDP.
   const noUdp = await launchBrowser(['--webrtc-ip-handling-policy=disable_non_proxied_udp']);
   const server = await startServer({
-    label: 'turn-tcp',
+    label: 'turn-embedded',
     env: {
       CONFAB_MEDIA__TCP: 'false',
-      CONFAB_TURN__URLS: `["${tcpUrl}"]`,
-      CONFAB_TURN__SECRET: secret,
+      CONFAB_TURN__PORT: String(await freePort()),
     },
   });
   const pages = {};
   t.after(async () => {
     await noUdp.close();
     await server.stop();
-    await turn.stop();
   });
   try {
     pages.Ada = await newParticipantPage(noUdp);
     pages.Grace = await newParticipantPage(browser);
     const ids = {};
-    for (const n of ['Ada', 'Grace']) ids[n] = await joinRoom(pages[n], server.url, 'turn-tcp', n);
+    ids.Ada = await joinRoom(pages.Ada, server.url, 'turn-embedded', 'Ada');
+    ids.Grace = await joinRoom(pages.Grace, server.url, 'turn-embedded', 'Grace', '?relay');
+    const servers = await pages.Ada.evaluate(() => window.confab.rtcConfig.iceServers);
+    assert.equal(servers.length, 1);
+    assert.ok(servers[0].urls.some((u) => u.endsWith('?transport=tcp')), JSON.stringify(servers));
     await waitMediaFlowing(pages.Ada, [ids.Grace]);
     await waitMediaFlowing(pages.Grace, [ids.Ada]);
-    const path = await selectedPath(pages.Ada);
-    assert.equal(path?.local, 'relay', JSON.stringify(path));
+    // The selected pair settles on the relayed candidate (once, a first read caught
+    // Ada's pair as peer-reflexive: polled, with a deadline).
+    for (const n of ['Ada', 'Grace']) {
+      let path;
+      const deadline = Date.now() + WAIT_MS;
+      while ((path = await selectedPath(pages[n]))?.local !== 'relay' && Date.now() < deadline) {
+        await pages[n].waitForTimeout(250); // polling interval, not synchronisation
+      }
+      assert.equal(path?.local, 'relay', `${n}: ${JSON.stringify(path)}`);
+    }
     await pages.Ada.waitForFunction(() => {
       const b = document.querySelector('[data-testid="upload-state"]');
       return b?.dataset.path === 'TURN/TCP' && b.dataset.receivePath === 'TURN/TCP';
     }, null, { timeout: WAIT_MS });
+    await pages.Grace.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.path === 'TURN/UDP' && b.dataset.receivePath === 'TURN/UDP';
+    }, null, { timeout: WAIT_MS });
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const open = Number(/^confab_turn_allocations (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(open >= 4, `allocations open: ${open} (two connections each)`);
   } catch (err) {
-    await dumpPages(pages, 'turn-tcp');
-    console.error(`server log: ${server.logPath}\ncoturn log:\n${turn.log().slice(-4000)}`);
+    await dumpPages(pages, 'turn-embedded');
+    console.error(`server log: ${server.logPath}`);
     throw err;
   } finally {
     for (const p of Object.values(pages)) await p.context().close();

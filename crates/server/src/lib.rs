@@ -4,6 +4,7 @@
 pub mod config;
 pub mod http;
 pub mod memory;
+pub mod turn;
 
 pub use config::Config;
 
@@ -32,6 +33,8 @@ pub struct Server {
     pub guards: std::sync::Arc<confab_signal::guard::Guards>,
     /// The limits the listener applies (the connection cap as computed at start).
     pub http_limits: http::Limits,
+    /// The embedded TURN server, when `turn.port` is set.
+    pub turn: Option<turn::EmbeddedTurn>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
@@ -39,7 +42,7 @@ pub struct Server {
 
 impl Server {
     /// Binds the HTTP listener and the media sockets and starts serving.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         let node_id = config.cluster.enabled().then(|| {
             config
@@ -124,7 +127,21 @@ impl Server {
             .context("starting the relay link between nodes (the [cluster] section)")?;
             cl.set_cascade(cascade);
         }
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key).with_context(|| {
+                format!("TLS certificate {} / key {}", cert.display(), key.display())
+            })?),
+            (None, None) => None,
+            _ => anyhow::bail!("http.tls_cert and http.tls_key go together"),
+        };
+        let turn_stats = std::sync::Arc::new(confab_signal::turn::TurnStats::default());
+        let embedded_turn = if config.turn.port != 0 {
+            Some(start_turn(&mut config, &sfu, tls.clone(), turn_stats.clone()).await?)
+        } else {
+            None
+        };
         let mut state = AppState::new(sfu.clone(), config.signal(), verifier);
+        state.turn = turn_stats;
         state.webhooks = webhook_stats;
         state.cluster = cluster.clone();
         let sessions = state.sessions.clone();
@@ -144,13 +161,6 @@ impl Server {
         };
         let app = router(state);
         let (stop, stopped) = oneshot::channel::<()>();
-        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
-            (Some(cert), Some(key)) => Some(http::tls_acceptor(cert, key).with_context(|| {
-                format!("TLS certificate {} / key {}", cert.display(), key.display())
-            })?),
-            (None, None) => None,
-            _ => anyhow::bail!("http.tls_cert and http.tls_key go together"),
-        };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(http::serve(
             listener,
@@ -177,6 +187,7 @@ impl Server {
             cluster,
             guards,
             http_limits,
+            turn: embedded_turn,
             stop,
             task,
             housekeeping,
@@ -278,6 +289,9 @@ impl Server {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         self.housekeeping.abort();
+        if let Some(t) = self.turn {
+            t.close().await;
+        }
         // The listener gives in-flight requests a second, then drops every connection
         // left, whatever its peer is doing: a stop is never held up by a client.
         let _ = self.stop.send(());
@@ -327,4 +341,54 @@ async fn start_cluster(
     confab_cluster::Cluster::start(&config.cluster, me, local)
         .await
         .context("joining the cluster (the [cluster] section)")
+}
+
+/// Starts the embedded TURN server and points the ICE servers given to clients at it
+/// (unless `turn.urls` names others), with `turn.secret` or one drawn now.
+async fn start_turn(
+    config: &mut Config,
+    sfu: &Sfu,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stats: std::sync::Arc<confab_signal::turn::TurnStats>,
+) -> anyhow::Result<turn::EmbeddedTurn> {
+    let secret = config
+        .turn
+        .secret
+        .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()))
+        .clone();
+    let announce = config.media.announce_ip.unwrap_or(config.media.bind_ip);
+    let relay_ip = config.turn.relay_ip.unwrap_or(announce);
+    let media = sfu
+        .media_addrs()
+        .into_iter()
+        .map(|a| std::net::SocketAddr::new(announce, a.port()))
+        .collect();
+    let t = turn::start(
+        &config.turn,
+        secret,
+        config.media.bind_ip,
+        relay_ip,
+        media,
+        tls,
+        stats,
+    )
+    .await
+    .context("starting the embedded TURN server (the [turn] section)")?;
+    if config.turn.urls.is_empty() {
+        let host = config.turn.host.clone().unwrap_or_else(|| match announce {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        config.turn.urls = vec![
+            format!("turn:{host}:{}?transport=udp", t.udp_addr.port()),
+            format!("turn:{host}:{}?transport=tcp", t.tcp_addr.port()),
+        ];
+        if let Some(a) = t.tls_addr {
+            config
+                .turn
+                .urls
+                .push(format!("turns:{host}:{}?transport=tcp", a.port()));
+        }
+    }
+    Ok(t)
 }

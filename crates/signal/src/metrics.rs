@@ -20,6 +20,7 @@ struct ConfabCollector {
     webhooks: Arc<WebhookStats>,
     cluster: Option<confab_cluster::Cluster>,
     guards: Arc<crate::guard::Guards>,
+    turn: Arc<crate::turn::TurnStats>,
 }
 
 fn counter(
@@ -226,6 +227,37 @@ impl Collector for ConfabCollector {
             "Packets a recording never got (queue full)",
             c(s.recording_dropped),
         )?;
+        let t = &self.turn;
+        gauge(
+            &mut e,
+            "confab_turn_allocations",
+            "Allocations open on the embedded TURN server",
+            t.allocations.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "confab_turn_auth_refused",
+            "Embedded TURN requests refused for an expired or malformed username",
+            t.auth_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "confab_turn_allocations_refused",
+            "Embedded TURN allocations refused over turn.max_allocations",
+            t.allocations_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "confab_turn_forbidden_peers",
+            "Datagrams the embedded TURN server would not relay (a peer that is not this node's media)",
+            t.forbidden_peers.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "confab_turn_tcp_refused",
+            "Embedded TURN TCP/TLS connections closed for bad framing, a failed handshake or silence",
+            t.tcp_refused.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut e,
             "confab_webhooks_delivered",
@@ -420,6 +452,7 @@ pub fn render(state: &AppState) -> String {
         webhooks: state.webhooks.clone(),
         cluster: state.cluster.clone(),
         guards: state.guards.clone(),
+        turn: state.turn.clone(),
     }));
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

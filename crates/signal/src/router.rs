@@ -95,6 +95,8 @@ pub struct AppState {
     pub cluster: Option<confab_cluster::Cluster>,
     /// Budgets and deadlines of the signaling edge, and what they refused.
     pub guards: Arc<crate::guard::Guards>,
+    /// The embedded TURN server's counts (zero when it is off).
+    pub turn: Arc<crate::turn::TurnStats>,
     joins: Option<Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>>,
 }
 
@@ -116,6 +118,7 @@ impl AppState {
             resumes: Default::default(),
             cluster: None,
             guards: Default::default(),
+            turn: Default::default(),
             joins,
         }
     }

@@ -21,6 +21,40 @@ pub struct TurnConfig {
     pub secret: Option<String>,
     /// How long a minted credential is valid, seconds (0: one day).
     pub ttl_s: u64,
+    /// The embedded TURN server: its UDP and TCP port (0: off). With it on and `urls`
+    /// empty, clients are given its URLs; with `secret` unset, one is drawn at start.
+    pub port: u16,
+    /// TURN over TLS on this TCP port too (0: off; 443 or 5349), with the HTTP
+    /// certificate (`http.tls_cert`, `http.tls_key`).
+    pub tls_port: u16,
+    /// The name or address clients reach the embedded server at (the TLS certificate's
+    /// name for `turns:`). Default: the media announce address.
+    pub host: Option<String>,
+    /// The address relayed candidates are given (the relay sockets bind the media bind
+    /// address). Default: the media announce address.
+    pub relay_ip: Option<std::net::IpAddr>,
+    /// Allocations the embedded server holds at most (each is a UDP socket).
+    pub max_allocations: usize,
+    /// Addresses (besides this node's media addresses) the embedded server may relay to.
+    pub allowed_peers: Vec<std::net::SocketAddr>,
+}
+
+/// What the embedded TURN server did and refused (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct TurnStats {
+    /// Allocations open now.
+    pub allocations: std::sync::atomic::AtomicI64,
+    /// Requests with an unknown, malformed or expired username (or a wrong password:
+    /// the TURN library answers those itself, without telling; they show as no allocation).
+    pub auth_refused: std::sync::atomic::AtomicU64,
+    /// Allocations refused over `max_allocations`.
+    pub allocations_refused: std::sync::atomic::AtomicU64,
+    /// Datagrams a client asked to relay to an address it may not reach (and datagrams
+    /// from such addresses), dropped.
+    pub forbidden_peers: std::sync::atomic::AtomicU64,
+    /// TURN TCP/TLS connections closed for bad framing, a failed TLS handshake or
+    /// silence.
+    pub tcp_refused: std::sync::atomic::AtomicU64,
 }
 
 impl Default for TurnConfig {
@@ -29,6 +63,12 @@ impl Default for TurnConfig {
             urls: Vec::new(),
             secret: None,
             ttl_s: 86_400,
+            port: 0,
+            tls_port: 0,
+            host: None,
+            relay_ip: None,
+            max_allocations: 1_000,
+            allowed_peers: Vec::new(),
         }
     }
 }
@@ -44,6 +84,12 @@ impl TurnConfig {
         }
         if self.secret.as_ref().is_some_and(|s| s.is_empty()) {
             return Err("turn.secret is empty".into());
+        }
+        if self.tls_port != 0 && self.port == 0 {
+            return Err("turn.tls_port needs the embedded server (turn.port)".into());
+        }
+        if self.port != 0 && self.port == self.tls_port {
+            return Err("turn.port and turn.tls_port must differ".into());
         }
         Ok(())
     }
@@ -95,6 +141,7 @@ mod tests {
             urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
             secret: Some("north-wind".into()),
             ttl_s: 3_600,
+            ..Default::default()
         };
         let s = c.ice_servers("PA_ada", 1_735_686_000);
         assert_eq!(s.len(), 1);
@@ -113,5 +160,16 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("turn.urls"));
+        let tls_alone = TurnConfig {
+            tls_port: 5349,
+            ..Default::default()
+        };
+        assert!(tls_alone.validate().unwrap_err().contains("turn.port"));
+        let same = TurnConfig {
+            port: 3478,
+            tls_port: 3478,
+            ..Default::default()
+        };
+        assert!(same.validate().unwrap_err().contains("must differ"));
     }
 }
