@@ -274,6 +274,16 @@ async fn the_embedded_turn_server_refuses_what_it_must_and_counts_it() {
         .unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     wait_until(|| metric(&metrics(), "confab_turn_tcp_refused_total") >= 1.0).await;
+    // A connection that says nothing (half-open) is closed after 5 s, and counted.
+    let mut silent = tokio::net::TcpStream::connect(turn.tcp_addr).await.unwrap();
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        silent.read(&mut [0u8; 8]),
+    )
+    .await
+    .expect("the silent TURN connection is closed within 10 s");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    wait_until(|| metric(&metrics(), "confab_turn_tcp_refused_total") >= 2.0).await;
 
     // The meeting never noticed.
     b.clear_backlog();
