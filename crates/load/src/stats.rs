@@ -65,7 +65,8 @@ impl TrackRecv {
             self.highest_sent_us = sent_us;
         }
         if index > self.highest {
-            for i in (self.highest + 1)..index.min(self.highest + Self::WINDOW + 1) {
+            // Up to and including `index`: its bit last meant the index WINDOW before it.
+            for i in (self.highest + 1)..=index.min(self.highest + Self::WINDOW) {
                 let b = i % Self::WINDOW;
                 self.window[(b / 64) as usize] &= !(1 << (b % 64));
             }
@@ -320,6 +321,20 @@ mod tests {
         }
         assert!(!t.record(1, 1000));
         assert_eq!(t.expected() - t.unique, 3);
+    }
+
+    #[test]
+    fn a_long_stream_has_no_false_duplicates() {
+        // More packets than the duplicate window: each index's bit is reused every 4,096.
+        let mut t = TrackRecv::new(0);
+        for i in 0..10_000 {
+            assert!(t.record(i, i * 1_000), "index {i} taken for a duplicate");
+        }
+        assert!(!t.record(9_999, 10_000_000));
+        assert_eq!((t.unique, t.expected()), (10_000, 10_000));
+        // A jump of more than the window, then a late one from before it: too old to tell.
+        assert!(t.record(20_000, 10_001_000));
+        assert!(!t.record(10_500, 10_002_000));
     }
 
     #[test]

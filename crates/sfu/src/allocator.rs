@@ -9,6 +9,13 @@
 //! downgrade happens as soon as the budget is exceeded: layers do not flap around the
 //! budget line. The result is a target per track; the forwarder switches at the target
 //! layer's next keyframe.
+//!
+//! A track the publisher sends in one layer only (no simulcast) has nothing to fall back
+//! to: pausing it for bandwidth blacks it out, and with a loss-based estimate nothing sent
+//! means nothing learnt, so it stayed black (issue 17: a 3.2 Mbit/s stream reached no one
+//! against the 3 Mbit/s initial guess). It is forwarded whenever wanted, after the budgeted
+//! tracks took their share; what it sends is what lets the estimate grow (or shrink, and
+//! the simulcast tracks step down).
 
 use confab_proto::Quality;
 
@@ -26,6 +33,8 @@ pub struct Demand {
     pub layers_bps: [u64; MAX_LAYERS],
     /// The layer currently targeted, for hysteresis.
     pub current: Option<u8>,
+    /// The publisher sends this track in one layer: it is never paused for bandwidth.
+    pub single_layer: bool,
 }
 
 /// Priorities.
@@ -81,6 +90,14 @@ pub fn allocate(budget_bps: u64, demands: &[Demand]) -> Vec<Option<u8>> {
         }
         out[i] = Some(at);
     }
+    // Single-layer tracks that did not fit: forwarded all the same, outside the budget.
+    for (i, d) in demands.iter().enumerate() {
+        if out[i].is_some() || !d.single_layer {
+            continue;
+        }
+        let Some(max) = d.max_layer else { continue };
+        out[i] = (0..=max).find(|l| d.layers_bps[*l as usize] > 0);
+    }
     out
 }
 
@@ -125,6 +142,7 @@ mod tests {
             max_layer: max,
             layers_bps: SIM,
             current,
+            single_layer: false,
         }
     }
 
@@ -182,6 +200,32 @@ mod tests {
         for (i, (budget, demands, want)) in cases.iter().enumerate() {
             assert_eq!(allocate(*budget, demands), *want, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_single_layer_track_is_never_paused_for_bandwidth() {
+        let single = |bps: u64, priority: u8| Demand {
+            layers_bps: [bps, 0, 0],
+            single_layer: true,
+            ..d(priority, Some(0), None)
+        };
+        // 6 Mbit/s against a 3 Mbit/s budget: forwarded (the measured blackout was 3.2).
+        assert_eq!(allocate(3_000_000, &[single(6_000_000, 1)]), vec![Some(0)]);
+        assert_eq!(allocate(0, &[single(3_200_000, 3)]), vec![Some(0)]);
+        // It does not take the budget from simulcast tracks: they get their share first.
+        assert_eq!(
+            allocate(2_000_000, &[single(6_000_000, 3), d(1, Some(2), None)]),
+            vec![Some(0), Some(2)]
+        );
+        // Unwanted (off, last-N) or not received: nothing to forward.
+        let off = Demand {
+            max_layer: None,
+            ..single(6_000_000, 1)
+        };
+        assert_eq!(allocate(10_000_000, &[off]), vec![None]);
+        assert_eq!(allocate(10_000_000, &[single(0, 1)]), vec![None]);
+        // A simulcast track's lowest layer is still paused when even it does not fit.
+        assert_eq!(allocate(100_000, &[d(1, Some(2), None)]), vec![None]);
     }
 
     #[test]

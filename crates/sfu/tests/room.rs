@@ -107,6 +107,51 @@ fn nobody_receives_their_own_media_and_everyone_else_does() {
 }
 
 #[test]
+fn a_single_layer_6_mbit_stream_reaches_every_subscriber() {
+    // Issue 17: one layer (no simulcast) at 6 Mbit/s, twice the 3 Mbit/s initial estimate,
+    // to 10 subscribers that report nothing yet: every one gets every packet once the
+    // first keyframe after allocation passed (it used to be paused for everyone, forever).
+    let mut h = harness();
+    let publisher = h.join(1);
+    let viewers: Vec<_> = (2..=11).map(|n| h.join(n)).collect();
+    let video = h.publish(publisher, &[(MediaKind::Video, TrackSource::Screen)])[0];
+    let ssrc = ssrc_of(&h, video);
+    // 30 frames a second of 25 packets of 1,000 bytes: 6 Mbit/s; a keyframe every second.
+    let mut seq = 0u16;
+    let mut received = std::collections::HashMap::new();
+    let mut sent_after_start = 0usize;
+    let mut started = false;
+    for frame in 0..90 {
+        let keyframe = frame % 30 == 0;
+        for i in 0..25 {
+            seq = seq.wrapping_add(1);
+            let pkt = confab_sfu::room::harness::vp8_packet(ssrc, seq, keyframe && i == 0, 1_000);
+            let copies = h.rtp(video, pkt);
+            if keyframe && i == 0 && !copies.is_empty() {
+                started = true;
+            }
+            if started {
+                sent_after_start += 1;
+                for (peer, ..) in copies {
+                    *received.entry(h.owner(peer).unwrap()).or_insert(0usize) += 1;
+                }
+            }
+        }
+        h.advance(Duration::from_millis(33));
+    }
+    assert!(started, "the stream never started");
+    assert!(
+        sent_after_start >= 1_000,
+        "started late: {sent_after_start} packets after"
+    );
+    for v in &viewers {
+        assert_eq!(received.get(v), Some(&sent_after_start), "viewer {v:?}");
+    }
+    assert!(!received.contains_key(&publisher));
+    h.check();
+}
+
+#[test]
 fn renegotiation_adds_and_removes_down_tracks() {
     let mut h = harness();
     let a = h.join(1);

@@ -184,6 +184,7 @@ impl Room {
                             max_layer,
                             layers_bps: view.rates,
                             current: d.forwarder.is_active().then(|| d.forwarder.target_layer()),
+                            single_layer: view.layers == 1,
                         },
                     ));
                 }
