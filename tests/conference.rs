@@ -129,6 +129,55 @@ async fn a_narrow_downlink_gets_a_lower_layer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_downlink_settles_on_the_layer_that_fits_and_recovers() {
+    // Issue 17: a subscriber behind a 600 kbit/s cap settles on the middle layer (~400
+    // kbit/s) and keeps receiving video; once the cap is lifted it is back on the top
+    // layer. How long each takes is printed (a timing goal is a benchmark's business).
+    let narrow_ip: IpAddr = "127.0.0.3".parse().unwrap();
+    let (server, relay) = behind_relay(vec![]).await;
+    let a = join_from(&server, "cap", "alice", Publish::SIMULCAST, "127.0.0.1").await;
+    let _pump = a.start_media(MediaPlan {
+        video_bytes: 5000,
+        ..MediaPlan::default()
+    });
+    let mut narrow = join_from(&server, "cap", "carol", Publish::NONE, "127.0.0.3").await;
+    let (track, _) = video_track(&mut narrow).await;
+    wait_layer(&mut narrow, &track, 2).await;
+    relay.set_rule(Rule {
+        ip: narrow_ip,
+        drop_every: None,
+        rate_bps: Some(600_000),
+    });
+    let capped = Instant::now();
+    narrow.clear_backlog();
+    wait_layer(&mut narrow, &track, 1).await;
+    println!(
+        "settled on the middle layer {} ms after the cap",
+        capped.elapsed().as_millis()
+    );
+    // No freeze: the middle layer keeps coming, a second's worth at a time.
+    for _ in 0..3 {
+        receive_layer(&mut narrow, &track, 1, 30, "the middle layer under the cap").await;
+    }
+    relay.clear_rule(narrow_ip);
+    let lifted = Instant::now();
+    narrow.clear_backlog();
+    receive_layer(
+        &mut narrow,
+        &track,
+        2,
+        1,
+        "the top layer after the cap is lifted",
+    )
+    .await;
+    println!(
+        "back on the top layer {} ms after the cap was lifted",
+        lifted.elapsed().as_millis()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_is_repaired_without_retransmission_storms() {
     use std::sync::atomic::Ordering::Relaxed;
     // Every 50th RTP packet toward the subscriber is lost: 2 %.

@@ -35,6 +35,8 @@ pub struct Relay {
     pub stats: Arc<RelayStats>,
     /// Clients whose traffic is dropped both ways (a pulled cable).
     cut: Arc<std::sync::Mutex<HashSet<IpAddr>>>,
+    /// The rules in force, changeable while running ([`Relay::set_rule`]).
+    rules: Arc<std::sync::Mutex<Vec<Rule>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -62,6 +64,8 @@ impl Relay {
         let st = stats.clone();
         let cut: Arc<std::sync::Mutex<HashSet<IpAddr>>> = Default::default();
         let cut_in = cut.clone();
+        let rules = Arc::new(std::sync::Mutex::new(rules));
+        let rules_in = rules.clone();
         let task = tokio::spawn(async move {
             // client address -> the relay's socket toward the server for that client
             let mut legs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -80,7 +84,7 @@ impl Relay {
                         legs.insert(client, l.clone());
                         // Server -> client direction of this leg.
                         let (front, st, cut) = (front.clone(), st.clone(), cut_in.clone());
-                        let rule = rules.iter().copied().find(|r| r.ip == client.ip());
+                        let rules = rules_in.clone();
                         let back = l.clone();
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 2048];
@@ -106,6 +110,12 @@ impl Relay {
                                     if !seen.insert(key) {
                                         st.retransmitted.fetch_add(1, Ordering::Relaxed);
                                     }
+                                    let rule = rules
+                                        .lock()
+                                        .unwrap()
+                                        .iter()
+                                        .copied()
+                                        .find(|r| r.ip == client.ip());
                                     if let Some(r) = rule {
                                         count += 1;
                                         if r.drop_every.is_some_and(|k| count.is_multiple_of(k)) {
@@ -139,8 +149,21 @@ impl Relay {
             addr,
             stats,
             cut,
+            rules,
             task,
         }
+    }
+
+    /// Replaces the rule for `rule.ip` (the network changes under a running call).
+    pub fn set_rule(&self, rule: Rule) {
+        let mut rules = self.rules.lock().unwrap();
+        rules.retain(|r| r.ip != rule.ip);
+        rules.push(rule);
+    }
+
+    /// Lifts every rule for clients on `ip`.
+    pub fn clear_rule(&self, ip: IpAddr) {
+        self.rules.lock().unwrap().retain(|r| r.ip != ip);
     }
 
     /// From now on, nothing passes to or from clients on `ip`.

@@ -4,6 +4,15 @@
 //! it holds. It reacts only once loss appears, which is what a link limited by a policer
 //! or a full queue produces; a delay-based estimator (transport-wide CC) would react
 //! earlier and is the next step.
+//!
+//! Growth is bounded by what is sent (1.5x: no growing on no evidence), which alone would
+//! keep a subscriber that was once moved down on the lower layer for good: the lower layer
+//! is all it is sent, so the estimate can never reach the upper one's cost (measured: after
+//! a 600 kbit/s cap was lifted, a subscriber stayed on the middle layer). So after
+//! [`PROBE_AFTER`] of clean reports the estimate probes upward, 15 % a report up to three
+//! times what is sent: the allocator's next upgrade is the probe. A probe that ends in
+//! loss doubles the wait before the next one (up to [`PROBE_MAX_WAIT`]); a long clean run
+//! resets it.
 
 use std::time::{Duration, Instant};
 
@@ -24,12 +33,25 @@ impl Default for BweConfig {
     }
 }
 
+/// Clean reports for this long before the estimate may grow past what is sent.
+pub const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// The longest wait between probes (after probes that ended in loss).
+pub const PROBE_MAX_WAIT: Duration = Duration::from_secs(30);
+/// A drop this soon after probing began counts against the probe.
+const PROBE_FAILED_WITHIN: Duration = Duration::from_secs(5);
+
 /// One subscriber's downlink estimate.
 #[derive(Debug, Clone)]
 pub struct LossBwe {
     cfg: BweConfig,
     estimate: u64,
     last_increase: Option<Instant>,
+    /// Since when every report was under 2 % loss.
+    clean_since: Option<Instant>,
+    /// Clean time needed before probing.
+    probe_wait: Duration,
+    /// When the estimate last went past what is sent (a probe began).
+    probing_since: Option<Instant>,
 }
 
 impl LossBwe {
@@ -38,6 +60,9 @@ impl LossBwe {
             cfg,
             estimate: cfg.initial_bps,
             last_increase: None,
+            clean_since: None,
+            probe_wait: PROBE_AFTER,
+            probing_since: None,
         }
     }
 
@@ -52,18 +77,45 @@ impl LossBwe {
         if loss > 0.10 {
             let delivered = (sent_bps as f64 * (1.0 - 0.5 * loss)) as u64;
             self.estimate = delivered.min(self.estimate).max(self.cfg.min_bps);
+            self.clean_since = None;
+            if self
+                .probing_since
+                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_FAILED_WITHIN)
+            {
+                self.probe_wait = (self.probe_wait * 2).min(PROBE_MAX_WAIT);
+            }
+            self.probing_since = None;
         } else if loss < 0.02 {
+            let clean = now.saturating_duration_since(*self.clean_since.get_or_insert(now));
+            if clean >= PROBE_MAX_WAIT {
+                self.probe_wait = PROBE_AFTER;
+            }
             // At most one increase per 200 ms, however many streams report.
             if self
                 .last_increase
                 .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(200))
             {
-                // Growing past what is actually sent would be growing on no evidence.
+                // Growing past what is actually sent would be growing on no evidence...
                 let ceiling = (sent_bps as f64 * 1.5).max(self.cfg.min_bps as f64) as u64;
-                let grown = (self.estimate as f64 * 1.08) as u64;
-                self.estimate = grown.min(ceiling.max(self.estimate)).min(self.cfg.max_bps);
+                let grown = if clean >= self.probe_wait {
+                    // ...unless a clean run says to try: the next upgrade is the probe.
+                    let probe_cap = (sent_bps * 3).max(self.cfg.initial_bps);
+                    ((self.estimate as f64 * 1.15) as u64).min(probe_cap.max(ceiling))
+                } else {
+                    ((self.estimate as f64 * 1.08) as u64).min(ceiling)
+                };
+                let grown = grown.max(self.estimate).min(self.cfg.max_bps);
+                if grown > ceiling && self.probing_since.is_none() {
+                    self.probing_since = Some(now);
+                }
+                if grown <= ceiling {
+                    self.probing_since = None;
+                }
+                self.estimate = grown;
                 self.last_increase = Some(now);
             }
+        } else {
+            self.clean_since = None;
         }
         self.estimate
     }
@@ -151,14 +203,63 @@ mod tests {
         assert_eq!(e2, (e as f64 * 1.08) as u64);
         // Two reports within 200 ms count once.
         assert_eq!(b.on_report(0, 1_500_000, at(2100)), e2);
+        // Sending 1 Mbps, the estimate (1.89 Mbps) is past 1.5x of it: no growth in the
+        // first 2 s of clean reports, then probing, up to 3x what is sent.
+        assert_eq!(
+            b.on_report(0, 1_000_000, at(3000)),
+            e2,
+            "clean for 1 s only"
+        );
         let mut last = e2;
         for i in 0..50 {
-            last = b.on_report(0, 1_000_000, at(3000 + i * 1000));
+            last = b.on_report(0, 1_000_000, at(4000 + i * 1000));
         }
-        assert_eq!(
-            last, e2,
-            "never above 1.5x of 1 Mbps sent, and never below the estimate"
-        );
+        assert_eq!(last, 3_000_000, "probed up to 3x of 1 Mbps sent");
+    }
+
+    #[test]
+    fn a_subscriber_moved_down_probes_back_up() {
+        // The measured case: capped, moved to the middle layer (~450 kbit/s sent), then
+        // the cap is lifted. Reports every second. The top layer needs about 1.5 Mbit/s.
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut b = LossBwe::new(BweConfig::default());
+        let dropped = b.on_report(60, 700_000, at(0));
+        assert!(dropped < 700_000);
+        let mut s = 1;
+        let mut e = dropped;
+        while e < 1_500_000 {
+            e = b.on_report(0, 450_000, at(s));
+            s += 1;
+            assert!(s < 30, "stuck at {e}");
+        }
+        assert!(s <= 12, "1.5 Mbit/s reached after {s} s of clean reports");
+    }
+
+    #[test]
+    fn failed_probes_wait_longer_each_time() {
+        let t0 = Instant::now();
+        let mut b = LossBwe::new(BweConfig::default());
+        let mut now = t0;
+        let mut report = |b: &mut LossBwe, lost: u8, ms: u64| {
+            now += Duration::from_millis(ms);
+            b.on_report(lost, 450_000, now)
+        };
+        report(&mut b, 60, 0);
+        // Clean until a probe begins, then loss: the next probe waits twice as long.
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            let mut clean = 0;
+            let start = b.estimate_bps();
+            while b.estimate_bps() <= (450_000.0 * 1.5) as u64 && b.estimate_bps() >= start {
+                report(&mut b, 0, 1000);
+                clean += 1;
+                assert!(clean < 100);
+            }
+            waits.push(clean);
+            report(&mut b, 60, 1000);
+        }
+        assert!(waits[1] > waits[0] && waits[2] > waits[1], "{waits:?}");
     }
 
     #[test]
