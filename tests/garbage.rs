@@ -152,17 +152,6 @@ async fn garbage_and_silence_on_ice_tcp_are_refused_and_media_flows_on() {
     server.stop().await;
 }
 
-/// A port free on UDP and TCP on loopback now (for a server setting that cannot be 0).
-fn free_port() -> u16 {
-    loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// A TURN client of the `turn` crate on a fresh UDP socket, with these credentials.
 async fn turn_client(server: std::net::SocketAddr, user: &str, pass: &str) -> turn::client::Client {
     let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -23,16 +23,13 @@ async fn the_server_speaks_https_and_wss() {
     let mut config = test_config();
     config.http.tls_cert = Some(cert_path);
     config.http.tls_key = Some(key_path);
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let u = std::net::UdpSocket::bind(l.local_addr().unwrap());
-        (l.local_addr().unwrap().port(), u.is_ok())
+    config.turn.port = free_port();
+    config.turn.tls_port = loop {
+        let p = free_port();
+        if p != config.turn.port {
+            break p;
+        }
     };
-    config.turn.port = std::iter::repeat_with(free)
-        .find(|(_, udp)| *udp)
-        .unwrap()
-        .0;
-    config.turn.tls_port = free().0;
     config.turn.host = Some("localhost".into());
     let server = start_with(config).await;
     assert!(server.url().starts_with("https://"), "{}", server.url());

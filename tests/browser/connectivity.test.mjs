@@ -35,6 +35,14 @@ let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { await browser?.close(); });
 
+/** Waits until the quality panel says both connections use `path` (UDP, TCP, TURN/UDP...). */
+async function waitPanelPath(page, path) {
+  await page.waitForFunction((want) => {
+    const b = document.querySelector('[data-testid="upload-state"]');
+    return b?.dataset.path === want && b.dataset.receivePath === want;
+  }, path, { timeout: WAIT_MS });
+}
+
 /** The candidate types of the subscriber connection's selected pair. */
 async function selectedPath(page) {
   return page.evaluate(async () => {
@@ -85,10 +93,7 @@ test('media through an external TURN server (coturn, use-auth-secret) with crede
       assert.equal(path?.local, 'relay', `${n} receives through the TURN server: ${JSON.stringify(path)}`);
     }
     // The quality panel says so, for both connections.
-    await pages.Ada.waitForFunction(() => {
-      const b = document.querySelector('[data-testid="upload-state"]');
-      return b?.dataset.path === 'TURN/UDP' && b.dataset.receivePath === 'TURN/UDP';
-    }, null, { timeout: WAIT_MS });
+    await waitPanelPath(pages.Ada, 'TURN/UDP');
     await typeChat(pages.Grace, 'through the relay');
     await waitChat(pages.Ada, 'through the relay');
 
@@ -138,14 +143,8 @@ test('a browser that may not use UDP joins over ICE-TCP; both sides see and hear
     const path = await selectedPath(pages.Ada);
     assert.ok(path && path.local !== 'relay' && path.remote === 'host', JSON.stringify(path));
     // Ada's connections go over TCP, Grace's over UDP, and the quality panel says so.
-    await pages.Ada.waitForFunction(() => {
-      const b = document.querySelector('[data-testid="upload-state"]');
-      return b?.dataset.path === 'TCP' && b.dataset.receivePath === 'TCP';
-    }, null, { timeout: WAIT_MS });
-    await pages.Grace.waitForFunction(() => {
-      const b = document.querySelector('[data-testid="upload-state"]');
-      return b?.dataset.path === 'UDP' && b.dataset.receivePath === 'UDP';
-    }, null, { timeout: WAIT_MS });
+    await waitPanelPath(pages.Ada, 'TCP');
+    await waitPanelPath(pages.Grace, 'UDP');
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     const open = Number(/^confab_tcp_connections (\d+)/m.exec(metrics)?.[1] ?? 0);
     assert.ok(open >= 2, `TCP connections open: ${open}`);
@@ -210,14 +209,8 @@ test('the embedded TURN server: a relay-only page over TURN/UDP, a browser witho
       }
       assert.equal(path?.local, 'relay', `${n}: ${JSON.stringify(path)}`);
     }
-    await pages.Ada.waitForFunction(() => {
-      const b = document.querySelector('[data-testid="upload-state"]');
-      return b?.dataset.path === 'TURN/TCP' && b.dataset.receivePath === 'TURN/TCP';
-    }, null, { timeout: WAIT_MS });
-    await pages.Grace.waitForFunction(() => {
-      const b = document.querySelector('[data-testid="upload-state"]');
-      return b?.dataset.path === 'TURN/UDP' && b.dataset.receivePath === 'TURN/UDP';
-    }, null, { timeout: WAIT_MS });
+    await waitPanelPath(pages.Ada, 'TURN/TCP');
+    await waitPanelPath(pages.Grace, 'TURN/UDP');
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     const open = Number(/^confab_turn_allocations (\d+)/m.exec(metrics)?.[1] ?? 0);
     assert.ok(open >= 4, `allocations open: ${open} (two connections each)`);

@@ -277,3 +277,14 @@ pub fn assert_continuous(seen: &[(u16, u32, u16, u8)]) {
         assert!(step <= 1, "picture id jumped by {step}: {a:?} {b:?}");
     }
 }
+
+/// A port free on UDP and TCP on loopback now (for a server setting that cannot be 0).
+pub fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
