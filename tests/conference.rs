@@ -98,9 +98,8 @@ async fn join_from(
 async fn a_narrow_downlink_gets_a_lower_layer() {
     // Subscribers on 127.0.0.3 get 200 kbit/s; the rest is unlimited.
     let (server, relay) = behind_relay(vec![Rule {
-        ip: "127.0.0.3".parse().unwrap(),
-        drop_every: None,
         rate_bps: Some(200_000),
+        ..Rule::new("127.0.0.3".parse().unwrap())
     }])
     .await;
     let a = join_from(&server, "bw", "alice", Publish::SIMULCAST, "127.0.0.1").await;
@@ -144,9 +143,8 @@ async fn a_capped_downlink_settles_on_the_layer_that_fits_and_recovers() {
     let (track, _) = video_track(&mut narrow).await;
     wait_layer(&mut narrow, &track, 2).await;
     relay.set_rule(Rule {
-        ip: narrow_ip,
-        drop_every: None,
         rate_bps: Some(600_000),
+        ..Rule::new(narrow_ip)
     });
     let capped = Instant::now();
     narrow.clear_backlog();
@@ -178,13 +176,86 @@ async fn a_capped_downlink_settles_on_the_layer_that_fits_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_toward_a_subscriber_is_seen_before_its_buffer_overflows() {
+    // Issue 17: a subscriber that sends transport-wide feedback (as browsers do) sits behind
+    // a 600 kbit/s link with 400 ms of buffer, a router's queue rather than a policer. The
+    // server sees the queue grow (the delay signal) and moves it to the layer that fits; it
+    // keeps receiving video; when the link widens it is back on top. How long each takes,
+    // and what the buffer dropped, is printed.
+    let narrow_ip: IpAddr = "127.0.0.4".parse().unwrap();
+    let (server, relay) = behind_relay(vec![]).await;
+    let a = join_from(&server, "queue", "alice", Publish::SIMULCAST, "127.0.0.1").await;
+    let _pump = a.start_media(MediaPlan {
+        video_bytes: 5000,
+        ..MediaPlan::default()
+    });
+    let mut narrow = Client::connect(
+        ClientOptions::new(server.ws_url(), "queue", "carol")
+            .publish(Publish::NONE)
+            .bind_ip(narrow_ip)
+            .twcc(),
+    )
+    .await
+    .unwrap();
+    let (track, _) = video_track(&mut narrow).await;
+    wait_layer(&mut narrow, &track, 2).await;
+    // The client's feedback reaches the server.
+    wait_until(|| server.sfu.stats().twcc_feedback_in > 0).await;
+    relay.set_rule(Rule {
+        rate_bps: Some(600_000),
+        queue: Some(Duration::from_millis(400)),
+        ..Rule::new(narrow_ip)
+    });
+    let queued = Instant::now();
+    narrow.clear_backlog();
+    wait_layer(&mut narrow, &track, 1).await;
+    let dropped = relay
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "settled on the middle layer {} ms after the link narrowed; the buffer dropped {dropped} packets",
+        queued.elapsed().as_millis()
+    );
+    assert!(
+        server.sfu.stats().bwe_overuse > 0,
+        "moved down by the delay signal"
+    );
+    for _ in 0..3 {
+        receive_layer(
+            &mut narrow,
+            &track,
+            1,
+            30,
+            "the middle layer behind the queue",
+        )
+        .await;
+    }
+    relay.clear_rule(narrow_ip);
+    let lifted = Instant::now();
+    narrow.clear_backlog();
+    receive_layer(
+        &mut narrow,
+        &track,
+        2,
+        1,
+        "the top layer after the link widened",
+    )
+    .await;
+    println!(
+        "back on the top layer {} ms after the link widened",
+        lifted.elapsed().as_millis()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loss_is_repaired_without_retransmission_storms() {
     use std::sync::atomic::Ordering::Relaxed;
     // Every 50th RTP packet toward the subscriber is lost: 2 %.
     let (server, relay) = behind_relay(vec![Rule {
-        ip: "127.0.0.3".parse().unwrap(),
         drop_every: Some(50),
-        rate_bps: None,
+        ..Rule::new("127.0.0.3".parse().unwrap())
     }])
     .await;
     let a = join_from(&server, "loss", "alice", Publish::AUDIO_VIDEO, "127.0.0.1").await;

@@ -398,7 +398,7 @@ pub fn rtcp(data: &[u8]) {
     };
     let now = Instant::now();
     let now_ntp = confab_sfu::bwe::ntp_time(SystemTime::now());
-    let mut bwe = confab_sfu::bwe::LossBwe::new(confab_sfu::bwe::BweConfig::default());
+    let mut bwe = confab_sfu::bwe::Bwe::new(confab_sfu::bwe::BweConfig::default());
     let cfg = confab_sfu::bwe::BweConfig::default();
     for p in &pkts {
         let any = p.as_any();

@@ -178,6 +178,13 @@ test('simulcast: layers by tile size, dynacast, server active speakers, speaker 
       await waitMediaFlowing(pages[n], others, { minFrames: 5, minPackets: 10 });
     }));
 
+    // Chromium sends transport-wide feedback for what the server forwards it, and the
+    // server's estimate of each subscriber's downlink rests on it (issue 17).
+    await waitFor(pages.Ada, 'transport-wide feedback from Chromium counted by the server', async () => {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      return Number(/^confab_twcc_feedback_in_total (\d+)/m.exec(metrics)?.[1] ?? 0) > 0;
+    });
+
     // Every publisher sends its camera in several layers (rids with bytes still rising).
     for (const n of names) {
       let prev = null;

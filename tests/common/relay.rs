@@ -2,8 +2,10 @@
 //! narrow network would: the server announces the relay's address, clients send to it, and
 //! it forwards each client's datagrams from a socket of its own (so the server's replies
 //! come back through it). Toward clients whose address matches a rule, it drops a chosen
-//! fraction of RTP and/or polices a bitrate; it counts what it dropped and which RTP
-//! packets it saw twice (retransmissions).
+//! fraction of RTP and/or limits the bitrate, either as a policer (what exceeds the rate
+//! is dropped at once) or as a router's queue (what exceeds it waits, up to a limit, and
+//! is dropped past it: the delay a congestion controller can see before loss); it counts
+//! what it dropped and which RTP packets it saw twice (retransmissions).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -18,8 +20,23 @@ pub struct Rule {
     pub ip: IpAddr,
     /// Fraction of RTP media packets dropped (every n-th, deterministic).
     pub drop_every: Option<u64>,
-    /// A token-bucket policer: bits per second and burst bytes.
+    /// The rate limit, in bits per second: a token-bucket policer (200 ms of burst)...
     pub rate_bps: Option<u64>,
+    /// ...or, when set, a FIFO queue drained at `rate_bps` that holds at most this much
+    /// time's worth of packets (all server -> client datagrams share it, as on a link).
+    pub queue: Option<std::time::Duration>,
+}
+
+impl Rule {
+    /// No impairment yet for clients on `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            drop_every: None,
+            rate_bps: None,
+            queue: None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -86,18 +103,65 @@ impl Relay {
                         let (front, st, cut) = (front.clone(), st.clone(), cut_in.clone());
                         let rules = rules_in.clone();
                         let back = l.clone();
+                        // The shaped link's queue: datagrams and when they leave it.
+                        let (link_tx, mut link_rx) =
+                            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
+                        let out = front.clone();
+                        tokio::spawn(async move {
+                            while let Some((d, at)) = link_rx.recv().await {
+                                tokio::time::sleep_until(at.into()).await;
+                                let _ = out.send_to(&d, client).await;
+                            }
+                        });
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 2048];
                             let mut seen = HashSet::new();
                             let mut count = 0u64;
                             let mut tokens = 0f64;
                             let mut last = Instant::now();
+                            // When the shaped link is free again.
+                            let mut busy_until = Instant::now();
                             loop {
                                 let Ok((n, _)) = back.recv_from(&mut buf).await else {
                                     return;
                                 };
                                 let d = &buf[..n];
                                 if is_cut(&cut, client.ip()) {
+                                    continue;
+                                }
+                                let rule = rules
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .copied()
+                                    .find(|r| r.ip == client.ip());
+                                if let Some(Rule {
+                                    rate_bps: Some(bps),
+                                    queue: Some(limit),
+                                    ..
+                                }) = rule
+                                {
+                                    if is_rtp(d) {
+                                        st.rtp_to_clients.fetch_add(1, Ordering::Relaxed);
+                                        let key = (
+                                            u32::from_be_bytes([d[8], d[9], d[10], d[11]]),
+                                            u16::from_be_bytes([d[2], d[3]]),
+                                        );
+                                        if !seen.insert(key) {
+                                            st.retransmitted.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                    }
+                                    let now = Instant::now();
+                                    let start = busy_until.max(now);
+                                    if start - now > limit {
+                                        st.dropped.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                    busy_until = start
+                                        + std::time::Duration::from_secs_f64(
+                                            n as f64 * 8.0 / bps as f64,
+                                        );
+                                    let _ = link_tx.send((d.to_vec(), busy_until));
                                     continue;
                                 }
                                 if is_rtp(d) {
@@ -110,12 +174,6 @@ impl Relay {
                                     if !seen.insert(key) {
                                         st.retransmitted.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    let rule = rules
-                                        .lock()
-                                        .unwrap()
-                                        .iter()
-                                        .copied()
-                                        .find(|r| r.ip == client.ip());
                                     if let Some(r) = rule {
                                         count += 1;
                                         if r.drop_every.is_some_and(|k| count.is_multiple_of(k)) {

@@ -102,6 +102,10 @@ pub struct ClientOptions {
     /// Media over TCP only (ICE-TCP to the server's passive candidate), as a client on a
     /// network that blocks UDP.
     pub tcp: bool,
+    /// Negotiate transport-wide congestion control on the subscriber connection and send
+    /// its feedback every 100 ms, as browsers do (the server then estimates this client's
+    /// downlink from delay, not only from loss).
+    pub twcc: bool,
 }
 
 /// The server refused the join with this error.
@@ -145,6 +149,7 @@ impl ClientOptions {
             token: None,
             check: false,
             tcp: false,
+            twcc: false,
         }
     }
 
@@ -171,6 +176,12 @@ impl ClientOptions {
     /// Sends and receives media over TCP only (see [`ClientOptions::tcp`]).
     pub fn tcp(mut self) -> Self {
         self.tcp = true;
+        self
+    }
+
+    /// Sends transport-wide congestion control feedback (see [`ClientOptions::twcc`]).
+    pub fn twcc(mut self) -> Self {
+        self.twcc = true;
         self
     }
 
@@ -342,6 +353,7 @@ impl Client {
             false,
             opts.bind_ip,
             opts.tcp,
+            opts.twcc,
         )
         .await?;
 
@@ -355,6 +367,7 @@ impl Client {
                     true,
                     opts.bind_ip,
                     opts.tcp,
+                    false,
                 )
                 .await?,
             )

@@ -82,6 +82,10 @@ struct Args {
     /// Media over ICE-TCP only (no UDP socket), with `--client async`.
     #[arg(long)]
     tcp: bool,
+    /// Subscribers send transport-wide congestion control feedback, as browsers do (the
+    /// server stamps and records every packet to them), with `--client async`.
+    #[arg(long)]
+    twcc: bool,
 }
 
 /// CPU time and memory of a process, from /proc.
@@ -221,6 +225,9 @@ struct Sim {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.twcc && args.client != ClientKind::Async {
+        anyhow::bail!("--twcc needs --client async");
+    }
     if args.tcp && args.client != ClientKind::Async {
         anyhow::bail!("--tcp needs --client async (the sans-IO participant speaks UDP only)");
     }
@@ -318,6 +325,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 subscriber: n,
             });
             let opts = if args.tcp { opts.tcp() } else { opts };
+            let opts = if args.twcc { opts.twcc() } else { opts };
             let joins = joins.clone();
             let bar = bar.clone();
             if args.client == ClientKind::Sim {

@@ -1,9 +1,17 @@
-//! Downlink bandwidth estimation from the loss a subscriber reports (RTCP receiver
-//! reports), as in the loss-based half of GCC (draft-ietf-rmcat-gcc §6): above 10 % loss
-//! the estimate drops to what was delivered, below 2 % it grows 8 % per report, in between
-//! it holds. It reacts only once loss appears, which is what a link limited by a policer
-//! or a full queue produces; a delay-based estimator (transport-wide CC) would react
-//! earlier and is the next step.
+//! Each subscriber's downlink estimate, the budget the allocator shares out.
+//!
+//! Two signals feed it, as in GCC (draft-ietf-rmcat-gcc):
+//! - **Delay**, when the subscriber sends transport-wide congestion control feedback
+//!   (Chromium does once it is negotiated): [`crate::twcc::TransportCc`] turns each feedback
+//!   packet into a [`CcSignal`]. A growing queue (overuse) drops the estimate to 85 % of what
+//!   the subscriber is receiving, before a bottleneck's buffer overflows; a draining one
+//!   holds it. The loss the feedback shows is the loss signal.
+//! - **Loss** only, from receiver reports, for a subscriber that sends no such feedback.
+//!   While feedback flows, receiver reports are not used (they would count the same loss
+//!   twice, late).
+//!
+//! The loss rule (§6): above 10 % loss the estimate drops to what was delivered, below 2 %
+//! it grows 8 % per 200 ms, in between it holds.
 //!
 //! Growth is bounded by what is sent (1.5x: no growing on no evidence), which alone would
 //! keep a subscriber that was once moved down on the lower layer for good: the lower layer
@@ -11,9 +19,12 @@
 //! a 600 kbit/s cap was lifted, a subscriber stayed on the middle layer). So after
 //! [`PROBE_AFTER`] of clean reports the estimate probes upward, 15 % a report up to three
 //! times what is sent: the allocator's next upgrade is the probe. A probe that ends in
-//! loss doubles the wait before the next one (up to [`PROBE_MAX_WAIT`]); a long clean run
-//! resets it.
+//! overuse or loss doubles the wait before the next one (up to [`PROBE_MAX_WAIT`], or
+//! [`PROBE_MAX_WAIT_DELAY`] with the delay signal, which catches a probe that does not fit
+//! before it costs much loss); a long clean run resets it. With the delay signal, a probe that does not fit shows as a growing
+//! queue within a few hundred milliseconds, before anything is lost.
 
+use crate::twcc::CcSignal;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -37,12 +48,42 @@ impl Default for BweConfig {
 pub const PROBE_AFTER: Duration = Duration::from_secs(2);
 /// The longest wait between probes (after probes that ended in loss).
 pub const PROBE_MAX_WAIT: Duration = Duration::from_secs(30);
+/// The same with the delay signal: a link that widens is found within this.
+pub const PROBE_MAX_WAIT_DELAY: Duration = Duration::from_secs(8);
 /// A drop this soon after probing began counts against the probe.
 const PROBE_FAILED_WITHIN: Duration = Duration::from_secs(5);
 
+/// Transport-wide feedback is the signal while some arrived this recently.
+const FEEDBACK_FRESH: Duration = Duration::from_secs(2);
+/// Loss in transport-wide feedback is judged over at least this many packets and this
+/// long (or [`LOSS_PERIOD`], however few).
+const LOSS_SAMPLE: u32 = 25;
+const LOSS_SAMPLE_TIME: Duration = Duration::from_millis(200);
+/// On overuse the estimate drops to this fraction of what is received.
+const OVERUSE_BACKOFF: f64 = 0.85;
+/// One back-off on overuse per this long: the queue takes a while to drain after it, and
+/// the detector says overuse until it does (libwebrtc waits a round trip and 100 ms).
+const OVERUSE_INTERVAL: Duration = Duration::from_millis(300);
+/// Loss reported this soon after a back-off is the queue that caused it (already acted on).
+const LOSS_AFTER_BACKOFF: Duration = Duration::from_secs(1);
+/// Loss in transport-wide feedback is judged at least this often, however few packets.
+const LOSS_PERIOD: Duration = Duration::from_secs(1);
+
+/// Which signal moved the estimate last (shown to operators and in the client's stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Signal {
+    /// Nothing yet: the initial guess.
+    #[default]
+    Initial,
+    /// Receiver reports' loss.
+    Loss,
+    /// Transport-wide feedback: delay and loss.
+    Delay,
+}
+
 /// One subscriber's downlink estimate.
 #[derive(Debug, Clone)]
-pub struct LossBwe {
+pub struct Bwe {
     cfg: BweConfig,
     estimate: u64,
     last_increase: Option<Instant>,
@@ -50,11 +91,20 @@ pub struct LossBwe {
     clean_since: Option<Instant>,
     /// Clean time needed before probing.
     probe_wait: Duration,
-    /// When the estimate last went past what is sent (a probe began).
+    /// When the estimate last went past what is sent (a probe began), and what was sent
+    /// then (the path carried it).
     probing_since: Option<Instant>,
+    probe_base: u64,
+    /// When transport-wide feedback last arrived.
+    feedback_at: Option<Instant>,
+    /// Transport-wide feedback's packets reported and lost, not judged yet, and since when.
+    sample: (u32, u32),
+    sample_since: Option<Instant>,
+    last_backoff: Option<Instant>,
+    signal: Signal,
 }
 
-impl LossBwe {
+impl Bwe {
     pub fn new(cfg: BweConfig) -> Self {
         Self {
             cfg,
@@ -63,6 +113,12 @@ impl LossBwe {
             clean_since: None,
             probe_wait: PROBE_AFTER,
             probing_since: None,
+            probe_base: 0,
+            feedback_at: None,
+            sample: (0, 0),
+            sample_since: None,
+            last_backoff: None,
+            signal: Signal::Initial,
         }
     }
 
@@ -70,21 +126,104 @@ impl LossBwe {
         self.estimate
     }
 
+    /// What moved the estimate last.
+    pub fn signal(&self) -> Signal {
+        self.signal
+    }
+
     /// A receiver report: `fraction_lost` is the RTCP field (0..=255 for 0..100 %) and
-    /// `sent_bps` what was sent toward this subscriber over the report's interval.
+    /// `sent_bps` what was sent toward this subscriber over the report's interval. Ignored
+    /// while transport-wide feedback flows.
     pub fn on_report(&mut self, fraction_lost: u8, sent_bps: u64, now: Instant) -> u64 {
-        let loss = fraction_lost as f64 / 256.0;
+        if self
+            .feedback_at
+            .is_some_and(|t| now.saturating_duration_since(t) < FEEDBACK_FRESH)
+        {
+            return self.estimate;
+        }
+        self.signal = Signal::Loss;
+        self.on_loss(fraction_lost as f64 / 256.0, sent_bps, now)
+    }
+
+    /// Transport-wide feedback, read by [`crate::twcc::TransportCc`]; `sent_bps` as for
+    /// [`Bwe::on_report`].
+    pub fn on_transport_feedback(&mut self, s: CcSignal, sent_bps: u64, now: Instant) -> u64 {
+        self.feedback_at = Some(now);
+        self.signal = Signal::Delay;
+        self.sample.0 += s.reported;
+        self.sample.1 += s.lost;
+        let since = *self.sample_since.get_or_insert(now);
+        if s.overuse {
+            // The queue grows: back off below what actually gets through, once per
+            // interval (it says so until the queue has drained).
+            if let Some(received) = s.received_bps
+                && self
+                    .last_backoff
+                    .is_none_or(|t| now.saturating_duration_since(t) >= OVERUSE_INTERVAL)
+            {
+                let mut target = (received as f64 * OVERUSE_BACKOFF) as u64;
+                if self
+                    .probing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) < PROBE_FAILED_WITHIN)
+                {
+                    // A probe that did not fit falls back to what flowed before it (what
+                    // is received lags the probe by up to its window).
+                    target = target.max(self.probe_base);
+                }
+                self.estimate = target.min(self.estimate).max(self.cfg.min_bps);
+                self.last_backoff = Some(now);
+            }
+            self.backed_off(now);
+            return self.estimate;
+        }
+        let age = now.saturating_duration_since(since);
+        if (self.sample.0 >= LOSS_SAMPLE && age >= LOSS_SAMPLE_TIME)
+            || (self.sample.0 > 0 && age >= LOSS_PERIOD)
+        {
+            self.sample_since = Some(now);
+            let (reported, lost) = std::mem::take(&mut self.sample);
+            let loss = f64::from(lost) / f64::from(reported);
+            if loss > 0.10
+                && self
+                    .last_backoff
+                    .is_some_and(|t| now.saturating_duration_since(t) < LOSS_AFTER_BACKOFF)
+            {
+                // Lost to the queue that made the last back-off: counted already.
+                return self.estimate;
+            }
+            if s.underuse && loss < 0.02 {
+                // The queue drains: what is sent now fits; hold until it is empty.
+                return self.estimate;
+            }
+            return self.on_loss(loss, sent_bps, now);
+        }
+        self.estimate
+    }
+
+    /// The estimate fell: the next probe waits longer if this one failed.
+    fn backed_off(&mut self, now: Instant) {
+        self.clean_since = None;
+        if self
+            .probing_since
+            .is_some_and(|t| now.saturating_duration_since(t) < PROBE_FAILED_WITHIN)
+        {
+            let max = if self.signal == Signal::Delay {
+                PROBE_MAX_WAIT_DELAY
+            } else {
+                PROBE_MAX_WAIT
+            };
+            self.probe_wait = (self.probe_wait * 2).min(max);
+        }
+        self.probing_since = None;
+    }
+
+    /// The loss rule, with `loss` a fraction.
+    fn on_loss(&mut self, loss: f64, sent_bps: u64, now: Instant) -> u64 {
         if loss > 0.10 {
             let delivered = (sent_bps as f64 * (1.0 - 0.5 * loss)) as u64;
             self.estimate = delivered.min(self.estimate).max(self.cfg.min_bps);
-            self.clean_since = None;
-            if self
-                .probing_since
-                .is_some_and(|t| now.saturating_duration_since(t) < PROBE_FAILED_WITHIN)
-            {
-                self.probe_wait = (self.probe_wait * 2).min(PROBE_MAX_WAIT);
-            }
-            self.probing_since = None;
+            self.last_backoff = Some(now);
+            self.backed_off(now);
         } else if loss < 0.02 {
             let clean = now.saturating_duration_since(*self.clean_since.get_or_insert(now));
             if clean >= PROBE_MAX_WAIT {
@@ -105,8 +244,9 @@ impl LossBwe {
                     ((self.estimate as f64 * 1.08) as u64).min(ceiling)
                 };
                 let grown = grown.max(self.estimate).min(self.cfg.max_bps);
-                if grown > ceiling && self.probing_since.is_none() {
+                if grown > ceiling && grown > self.estimate && self.probing_since.is_none() {
                     self.probing_since = Some(now);
+                    self.probe_base = sent_bps;
                 }
                 if grown <= ceiling {
                     self.probing_since = None;
@@ -191,7 +331,7 @@ mod tests {
     fn loss_backs_off_and_clean_reports_grow() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let mut b = LossBwe::new(BweConfig::default());
+        let mut b = Bwe::new(BweConfig::default());
         assert_eq!(b.estimate_bps(), 3_000_000);
         // 25 % loss while sending 2 Mbps: down to what was delivered (about 1.75 Mbps).
         let e = b.on_report(64, 2_000_000, at(0));
@@ -223,7 +363,7 @@ mod tests {
         // the cap is lifted. Reports every second. The top layer needs about 1.5 Mbit/s.
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut b = LossBwe::new(BweConfig::default());
+        let mut b = Bwe::new(BweConfig::default());
         let dropped = b.on_report(60, 700_000, at(0));
         assert!(dropped < 700_000);
         let mut s = 1;
@@ -239,9 +379,9 @@ mod tests {
     #[test]
     fn failed_probes_wait_longer_each_time() {
         let t0 = Instant::now();
-        let mut b = LossBwe::new(BweConfig::default());
+        let mut b = Bwe::new(BweConfig::default());
         let mut now = t0;
-        let mut report = |b: &mut LossBwe, lost: u8, ms: u64| {
+        let mut report = |b: &mut Bwe, lost: u8, ms: u64| {
             now += Duration::from_millis(ms);
             b.on_report(lost, 450_000, now)
         };
@@ -262,12 +402,137 @@ mod tests {
         assert!(waits[1] > waits[0] && waits[2] > waits[1], "{waits:?}");
     }
 
+    /// A closed loop: each 100 ms the sender picks the highest of three layers that fits the
+    /// estimate and sends it over a bottleneck with a queue; the subscriber's feedback comes
+    /// back every 100 ms. Returns the layer chosen at each step, and the packets lost.
+    fn closed_loop(
+        bwe: &mut Bwe,
+        cc: &mut crate::twcc::TransportCc,
+        link: &mut crate::twcc::tests::Link,
+        t0: Instant,
+        to: Duration,
+        capacity: impl Fn(Duration) -> u64,
+    ) -> (Vec<usize>, u32) {
+        const LAYERS: [u64; 3] = [150_000, 500_000, 1_500_000];
+        let mut chosen = Vec::new();
+        let mut lost = 0;
+        let mut step = t0;
+        let mut pending: Vec<(u16, Option<Instant>)> = Vec::new();
+        while step < t0 + to {
+            link.capacity_bps = capacity(step - t0);
+            let layer = LAYERS
+                .iter()
+                .rposition(|&l| l <= bwe.estimate_bps())
+                .unwrap_or(0);
+            chosen.push(layer);
+            let bps = LAYERS[layer];
+            // 3 video frames (in packets of at most 1200 bytes, sent together) and 5
+            // audio packets of 100 bytes per 100 ms, in time order.
+            let mut sends = Vec::new();
+            let frame = (bps / 8 / 30) as usize;
+            for f in 0..3u32 {
+                let at = step + Duration::from_millis(100) * f / 3;
+                let mut left = frame;
+                while left > 0 {
+                    let size = left.min(1200);
+                    left -= size;
+                    sends.push((at, size));
+                }
+            }
+            for a in 0..5u32 {
+                sends.push((
+                    step + Duration::from_millis(20) * a + Duration::from_millis(7),
+                    100,
+                ));
+            }
+            sends.sort_by_key(|s| s.0);
+            for (at, size) in sends {
+                let seq = cc.on_send(9, 0, size, at);
+                pending.push((seq, link.send(size, at)));
+            }
+            step += Duration::from_millis(100);
+            if let Some(i) = pending
+                .iter()
+                .rposition(|(_, a)| a.is_some_and(|a| a <= step))
+            {
+                let batch: Vec<_> = pending.drain(..=i).collect();
+                lost += batch.iter().filter(|(_, a)| a.is_none()).count() as u32;
+                let arrivals: Vec<_> = batch
+                    .iter()
+                    .map(|(_, a)| a.map(|a| a - t0 + Duration::from_secs(5)))
+                    .collect();
+                let fb = crate::twcc::tests::feedback(batch[0].0, &arrivals);
+                if let Some(sig) = cc.on_feedback(&fb, step) {
+                    let e = bwe.on_transport_feedback(sig, bps, step);
+                    if std::env::var("BWE_TRACE").is_ok() {
+                        eprintln!("{:?} {sig:?} -> {e}", step - t0);
+                    }
+                }
+            }
+        }
+        (chosen, lost)
+    }
+
+    /// Behind an 800 kbit/s bottleneck with half a second of queue, the top layer (1.5
+    /// Mbit/s) does not fit: the delay signal moves the subscriber to the middle layer within
+    /// a second and keeps it there; once the bottleneck is gone it is back on top.
+    #[test]
+    fn delay_feedback_settles_under_a_bottleneck_and_recovers() {
+        let t0 = Instant::now();
+        let mut bwe = Bwe::new(BweConfig::default());
+        let mut cc = crate::twcc::TransportCc::new(3);
+        let mut link = crate::twcc::tests::Link::new(800_000, 50_000);
+        let s = Duration::from_secs;
+        let capacity = |t| if t < s(20) { 800_000 } else { 100_000_000 };
+        let (all, lost) = closed_loop(&mut bwe, &mut cc, &mut link, t0, s(35), capacity);
+        let (chosen, lifted) = all.split_at(200);
+        assert_eq!(chosen[0], 2, "starts on top (3 Mbit/s guess)");
+        assert_eq!(bwe.signal(), Signal::Delay);
+        let settled = chosen.iter().position(|&l| l == 1).expect("moves down");
+        // The first overuse needs the trend's window filled (20 groups), from a 3 Mbit/s
+        // start: slower than a probe later in the call.
+        assert!(settled <= 30, "moved down after {settled} steps of 100 ms");
+        // After settling: mostly on the middle layer, probing up seldom.
+        let top_after = chosen[settled..].iter().filter(|&&l| l == 2).count();
+        assert!(
+            top_after * 10 < chosen.len() - settled,
+            "{top_after} steps on top: {chosen:?}"
+        );
+        assert!(chosen[settled..].iter().all(|&l| l >= 1), "{chosen:?}");
+        // The bottleneck went at 20 s.
+        let top = lifted.iter().position(|&l| l == 2).expect("back on top");
+        eprintln!(
+            "settled after {} ms, {top_after} steps of 100 ms on top after, back on top {} ms after the lift; {lost} packets lost in 35 s",
+            settled * 100,
+            top * 100
+        );
+        assert!(top <= 100, "back on top after {top} steps of 100 ms");
+    }
+
+    /// While transport-wide feedback flows, receiver reports do not move the estimate.
+    #[test]
+    fn receiver_reports_are_ignored_while_transport_feedback_flows() {
+        let t0 = Instant::now();
+        let mut b = Bwe::new(BweConfig::default());
+        let quiet = CcSignal {
+            reported: 60,
+            received_bps: Some(1_000_000),
+            ..Default::default()
+        };
+        b.on_transport_feedback(quiet, 1_000_000, t0);
+        let e = b.estimate_bps();
+        assert_eq!(b.on_report(128, 1_000_000, t0 + Duration::from_secs(1)), e);
+        // Feedback stopped: reports count again.
+        assert!(b.on_report(128, 1_000_000, t0 + Duration::from_secs(4)) < e);
+        assert_eq!(b.signal(), Signal::Loss);
+    }
+
     #[test]
     fn floor_and_ceiling() {
         let t0 = Instant::now();
-        let mut b = LossBwe::new(BweConfig::default());
+        let mut b = Bwe::new(BweConfig::default());
         assert_eq!(b.on_report(255, 10_000, t0), 100_000);
-        let mut b = LossBwe::new(BweConfig {
+        let mut b = Bwe::new(BweConfig {
             max_bps: 3_100_000,
             ..Default::default()
         });

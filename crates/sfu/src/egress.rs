@@ -44,6 +44,11 @@ const FIRST_REPORT: Duration = Duration::from_millis(100);
 /// 512 a 25 x 25 simulcast meeting took 5.1 MB per participant, 1.4 MB before.
 pub const HISTORY: usize = 256;
 
+/// A packet is sent again at most this many times: a receiver that still asks after that
+/// is not getting the copies (its replay window refuses a packet that old, or the path
+/// loses everything), and more would only add to what it cannot take.
+pub const MAX_RESENDS: u8 = 3;
+
 /// The keys that protect what this side sends on one connection.
 #[derive(Clone)]
 pub struct LocalKeys {
@@ -114,6 +119,8 @@ pub struct DownStream {
     /// nothing); empty for audio.
     history: Vec<Option<Sent>>,
     retransmitted: u64,
+    /// NACKed packets not sent again because a copy had left less than a round trip ago.
+    resend_skipped: u64,
 }
 
 /// What a history keeps of a packet sent: the header fields a copy of this stream does
@@ -129,6 +136,9 @@ struct Sent {
     csrc: Option<Box<[u32]>>,
     payload: Bytes,
     patch: Option<Vp8Patch>,
+    /// When it was last sent again, and how many times it was.
+    resent: Option<Instant>,
+    resends: u8,
 }
 
 impl Sent {
@@ -142,6 +152,8 @@ impl Sent {
             csrc: (!h.csrc.is_empty()).then(|| h.csrc.into_boxed_slice()),
             payload: pkt.payload,
             patch,
+            resent: None,
+            resends: 0,
         }
     }
 
@@ -179,6 +191,7 @@ impl DownStream {
             next_report: None,
             history: Vec::new(),
             retransmitted: 0,
+            resend_skipped: 0,
         })
     }
 
@@ -187,18 +200,20 @@ impl DownStream {
     }
 
     /// Rewrites `pkt`'s SSRC and payload type to this stream's (and its VP8 fields, by
-    /// `patch`, in the bytes encrypted: the payload stays shared) and returns the
+    /// `patch`, in the bytes encrypted: the payload stays shared), adds the transport-wide
+    /// sequence number `twcc` (extension id, number) if there is one, and returns the
     /// protected datagram. `scratch` is reused across calls (the packet before encryption).
     pub fn write(
         &mut self,
         mut pkt: rtp::Packet,
         patch: Option<Vp8Patch>,
+        twcc: Option<(u8, u16)>,
         now: Instant,
         scratch: &mut Vec<u8>,
     ) -> Option<Bytes> {
         pkt.header.ssrc = self.params.ssrc;
         pkt.header.payload_type = self.params.payload_type;
-        let datagram = self.protect(&pkt, patch, scratch)?;
+        let datagram = self.protect(&mut pkt, patch, twcc, scratch)?;
         self.packets = self.packets.wrapping_add(1);
         self.octets = self.octets.wrapping_add(pkt.payload.len() as u32);
         self.last = Some((pkt.header.timestamp, now));
@@ -215,10 +230,14 @@ impl DownStream {
 
     fn protect(
         &mut self,
-        pkt: &rtp::Packet,
+        pkt: &mut rtp::Packet,
         patch: Option<Vp8Patch>,
+        twcc: Option<(u8, u16)>,
         scratch: &mut Vec<u8>,
     ) -> Option<Bytes> {
+        if let Some((id, seq)) = twcc {
+            stamp(&mut pkt.header, id, seq);
+        }
         scratch.clear();
         scratch.resize(pkt.marshal_size(), 0);
         let n = pkt.marshal_to(scratch).ok()?;
@@ -232,15 +251,41 @@ impl DownStream {
             .map(BytesMut::freeze)
     }
 
-    /// The packet `seq` again, if it is still in the history.
-    pub fn retransmit(&mut self, seq: u16, scratch: &mut Vec<u8>) -> Option<Bytes> {
+    /// The packet `seq` again, if it is still in the history and was not already sent
+    /// again within `min_gap` (a round trip: the receiver asks again until the copy
+    /// arrives, and behind a queue it asks several times for one loss; each extra copy
+    /// would only lengthen the queue). Sent under a new transport-wide sequence number
+    /// from `cc`, if the connection numbers its packets.
+    pub fn retransmit(
+        &mut self,
+        seq: u16,
+        cc: Option<&mut crate::twcc::TransportCc>,
+        now: Instant,
+        min_gap: Duration,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Bytes> {
         let sent = self
             .history
-            .get(usize::from(seq) % HISTORY)?
-            .as_ref()
+            .get_mut(usize::from(seq) % HISTORY)?
+            .as_mut()
             .filter(|s| s.seq == seq)?;
+        if sent.resends >= MAX_RESENDS
+            || sent
+                .resent
+                .is_some_and(|t| now.saturating_duration_since(t) < min_gap)
+        {
+            self.resend_skipped += 1;
+            return None;
+        }
+        sent.resent = Some(now);
+        sent.resends += 1;
         let (pkt, patch) = (sent.packet(&self.params), sent.patch);
-        let datagram = self.protect(&pkt, patch, scratch)?;
+        let twcc = cc.map(|cc| {
+            let size = pkt.payload.len() + 12 + 8 + 16;
+            (cc.ext_id(), cc.on_send(self.params.ssrc, seq, size, now))
+        });
+        let mut pkt = pkt;
+        let datagram = self.protect(&mut pkt, patch, twcc, scratch)?;
         self.retransmitted += 1;
         Some(datagram)
     }
@@ -273,6 +318,25 @@ impl DownStream {
     /// retransmissions.
     pub fn counts(&self) -> (u32, u32, u64) {
         (self.packets, self.octets, self.retransmitted)
+    }
+
+    /// NACKed packets not sent again (a copy was already on its way).
+    pub fn resend_skipped(&self) -> u64 {
+        self.resend_skipped
+    }
+}
+
+/// Puts the transport-wide sequence number `seq` in `header` under extension `id` (one-byte
+/// form: forwarded packets carry no other extension, they are stripped on the way in).
+fn stamp(header: &mut rtp::Header, id: u8, seq: u16) {
+    header.extensions.clear();
+    header.extension = false;
+    header.extensions_padding = 0;
+    if header
+        .set_extension(id, Bytes::copy_from_slice(&seq.to_be_bytes()))
+        .is_err()
+    {
+        header.extension = false;
     }
 }
 
@@ -327,7 +391,7 @@ mod tests {
         let now = Instant::now();
         for seq in [65_534u16, 65_535, 0, 1] {
             let d = tx
-                .write(packet(seq, 3000, 900), None, now, &mut scratch)
+                .write(packet(seq, 3000, 900), None, None, now, &mut scratch)
                 .unwrap();
             assert_eq!(d.len(), 12 + 900 + 16, "header, payload and the GCM tag");
             let plain = rx.decrypt_rtp(&d).unwrap();
@@ -354,7 +418,7 @@ mod tests {
         let desc = crate::rtp::codec::Vp8Descriptor::parse(&vp8.payload).unwrap();
         let patch = Vp8Patch::new(&desc, Some((0x0105, true)), None);
         let first = tx
-            .write(vp8.clone(), Some(patch), now, &mut scratch)
+            .write(vp8.clone(), Some(patch), None, now, &mut scratch)
             .unwrap();
         let mut rx = keys().context().unwrap();
         let plain = rx.decrypt_rtp(&first).unwrap();
@@ -369,31 +433,101 @@ mod tests {
             "not in the shared payload"
         );
         for seq in 11..(11 + HISTORY as u16 - 1) {
-            tx.write(packet(seq, 0, 100), None, now, &mut scratch)
+            tx.write(packet(seq, 0, 100), None, None, now, &mut scratch)
                 .unwrap();
         }
         assert_eq!(
-            tx.retransmit(10, &mut scratch).unwrap(),
+            tx.retransmit(10, None, now, Duration::ZERO, &mut scratch)
+                .unwrap(),
             first,
             "the same bytes, patch included"
         );
-        tx.write(packet(10 + HISTORY as u16, 0, 100), None, now, &mut scratch);
-        assert!(tx.retransmit(10, &mut scratch).is_none(), "overwritten");
+        tx.write(
+            packet(10 + HISTORY as u16, 0, 100),
+            None,
+            None,
+            now,
+            &mut scratch,
+        );
+        assert!(
+            tx.retransmit(10, None, now, Duration::ZERO, &mut scratch)
+                .is_none(),
+            "overwritten"
+        );
         assert_eq!(tx.counts().2, 1);
 
         let mut audio = DownStream::new(&keys(), params(false)).unwrap();
         audio
-            .write(packet(5, 0, 100), None, now, &mut scratch)
+            .write(packet(5, 0, 100), None, None, now, &mut scratch)
             .unwrap();
-        assert!(audio.retransmit(5, &mut scratch).is_none());
+        assert!(
+            audio
+                .retransmit(5, None, now, Duration::ZERO, &mut scratch)
+                .is_none()
+        );
 
         // Marker, CSRCs and padding survive the history.
         let mut odd = packet(400, 9, 50);
         odd.header.marker = true;
         odd.header.csrc = vec![7, 8];
         odd.header.padding = true;
-        let sent = tx.write(odd, None, now, &mut scratch).unwrap();
-        assert_eq!(tx.retransmit(400, &mut scratch).unwrap(), sent);
+        let sent = tx.write(odd, None, None, now, &mut scratch).unwrap();
+        assert_eq!(
+            tx.retransmit(400, None, now, Duration::ZERO, &mut scratch)
+                .unwrap(),
+            sent
+        );
+    }
+
+    /// A packet NACKed again within the gap (a round trip) is not sent again; after it, it
+    /// is, up to [`MAX_RESENDS`] times. Each copy carries its own transport-wide sequence
+    /// number in the extension.
+    #[test]
+    fn resends_once_per_round_trip_each_with_its_own_transport_number() {
+        let mut tx = DownStream::new(&keys(), params(true)).unwrap();
+        let mut rx = keys().context().unwrap();
+        let mut cc = crate::twcc::TransportCc::new(5);
+        let mut scratch = Vec::new();
+        let t0 = Instant::now();
+        let gap = Duration::from_millis(100);
+        let first = tx
+            .write(packet(7, 0, 300), None, Some((5, 41)), t0, &mut scratch)
+            .unwrap();
+        let read = |rx: &mut Context, d: &Bytes| {
+            let plain = rx.decrypt_rtp(d).unwrap();
+            let mut b = &plain[..];
+            <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap()
+        };
+        let p = read(&mut rx, &first);
+        assert_eq!(p.header.get_extension(5).unwrap()[..], [0, 41]);
+        assert_eq!(&p.payload[..], &[0xab; 300][..]);
+        let again = tx
+            .retransmit(7, Some(&mut cc), t0, gap, &mut scratch)
+            .unwrap();
+        assert!(
+            tx.retransmit(7, Some(&mut cc), t0 + gap / 2, gap, &mut scratch)
+                .is_none(),
+            "within a round trip"
+        );
+        assert_eq!(tx.resend_skipped(), 1);
+        let later = tx
+            .retransmit(7, Some(&mut cc), t0 + gap, gap, &mut scratch)
+            .unwrap();
+        let mut rx2 = keys().context().unwrap();
+        let (a, b) = (read(&mut rx2, &again), read(&mut rx, &later));
+        assert_eq!(a.header.get_extension(5).unwrap()[..], [0, 0]);
+        assert_eq!(b.header.get_extension(5).unwrap()[..], [0, 1]);
+        assert_eq!((a.header.sequence_number, b.header.sequence_number), (7, 7));
+        assert_eq!(tx.counts().2, 2);
+        assert!(
+            tx.retransmit(7, None, t0 + gap * 2, gap, &mut scratch)
+                .is_some()
+        );
+        assert!(
+            tx.retransmit(7, None, t0 + gap * 3, gap, &mut scratch)
+                .is_none(),
+            "three copies at most"
+        );
     }
 
     /// Reports start shortly after the first packet, recur every interval, carry the
@@ -408,7 +542,7 @@ mod tests {
             tx.report(t0, SystemTime::now()).is_none(),
             "nothing sent yet"
         );
-        tx.write(packet(1, 90_000, 200), None, t0, &mut scratch)
+        tx.write(packet(1, 90_000, 200), None, None, t0, &mut scratch)
             .unwrap();
         assert!(tx.report(t0, SystemTime::now()).is_none(), "not due yet");
         let at = t0 + FIRST_REPORT;

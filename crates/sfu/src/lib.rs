@@ -51,6 +51,7 @@ pub mod sdp;
 pub mod sink;
 pub mod speaker;
 pub mod stats;
+pub mod twcc;
 pub mod udp;
 pub mod worker;
 

@@ -86,6 +86,9 @@ pub enum PeerEvent {
     },
     /// Subscriber: a chat frame.
     Chat(bytes::BytesMut),
+    /// Subscriber: transport-wide feedback, and what it says about the path (`None` when
+    /// it named nothing new).
+    TransportFeedback(Option<crate::twcc::CcSignal>),
 }
 
 /// A track that opened on a publisher connection.
@@ -148,6 +151,15 @@ pub struct Peer {
     chat: Option<(usize, bool)>,
     /// Subscriber: what is sent toward it (for its bandwidth estimate).
     pub egress: crate::bwe::RateMeter,
+    /// Subscriber: transport-wide sequence numbers and the delay signal, once its answer
+    /// negotiated the extension.
+    cc: Option<crate::twcc::TransportCc>,
+    /// Subscriber: transport-wide feedback taken out of the interceptor chain by the tap
+    /// (rtc routes RTCP to a track by the first packet's SSRC, which a compound packet
+    /// starting with an empty receiver report does not have).
+    pub(crate) twcc_inbox: factory::TwccInbox,
+    /// Subscriber: the round trip its last receiver report showed.
+    rtt: Option<Duration>,
     /// Subscriber: the keys its down-tracks are protected with, once DTLS completed.
     keys: Option<LocalKeys>,
     /// Subscriber: retransmissions and sender reports waiting for the next flush.
@@ -337,19 +349,30 @@ impl Peer {
         self.pc
             .set_remote_description(Instant::now(), answer)
             .map_err(PeerError::sdp)?;
+        let mut twcc_id = None;
         for slot in self.senders.iter_mut().flatten() {
-            if slot.payload_type.is_some() {
+            let Some(mut sender) = self.pc.rtp_sender(slot.sender) else {
                 continue;
-            }
-            if let Some(mut sender) = self.pc.rtp_sender(slot.sender) {
-                slot.payload_type = sender
-                    .get_parameters()
-                    .rtp_parameters
+            };
+            let params = &sender.get_parameters().rtp_parameters;
+            twcc_id = twcc_id.or(params
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
+                .and_then(|e| u8::try_from(e.id).ok())
+                .filter(|id| (1..=14).contains(id)));
+            if slot.payload_type.is_none() {
+                slot.payload_type = params
                     .codecs
                     .iter()
                     .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&slot.mime))
                     .map(|c| c.payload_type);
             }
+        }
+        if let Some(id) = twcc_id
+            && self.cc.as_ref().is_none_or(|cc| cc.ext_id() != id)
+        {
+            self.cc = Some(crate::twcc::TransportCc::new(id));
         }
         self.open_streams();
         Ok(())
@@ -513,6 +536,10 @@ impl Peer {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
+            }
+            if let Some((at, fb)) = self.twcc_inbox.take() {
+                let signal = self.cc.as_mut().and_then(|cc| cc.on_feedback(&fb, at));
+                return Some(PeerEvent::TransportFeedback(signal));
             }
             if let Some(ev) = self.pc.poll_event() {
                 self.translate(ev, now);
@@ -685,6 +712,7 @@ impl Peer {
                         crate::bwe::rtt_from_report(now_ntp, r.last_sender_report, r.delay)
                     {
                         sum.rtt = Some(rtt);
+                        self.rtt = Some(rtt);
                     }
                 }
             }

@@ -69,6 +69,10 @@ counters!(
         nacks_in: AtomicU64,
         /// Packets sent again for those NACKs.
         retransmissions: AtomicU64,
+        /// Transport-wide congestion control feedback packets from subscribers.
+        twcc_feedback_in: AtomicU64,
+        /// Times a subscriber's estimate backed off because the queue toward it grew.
+        bwe_overuse: AtomicU64,
         /// Keyframe requests sent to publishers, after throttling.
         keyframe_requests_out: AtomicU64,
         chat_messages: AtomicU64,

@@ -187,6 +187,18 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_twcc_feedback_in",
+            "Transport-wide congestion control feedback packets from subscribers",
+            c(s.twcc_feedback_in),
+        )?;
+        counter(
+            &mut e,
+            "confab_bwe_overuse",
+            "Back-offs of a subscriber's estimate because the queue toward it grew (delay signal)",
+            c(s.bwe_overuse),
+        )?;
+        counter(
+            &mut e,
             "confab_segmented_sends",
             "UDP GSO sends (several datagrams to one destination in one buffer)",
             c(s.segmented_sends),

@@ -80,9 +80,25 @@ pub(super) async fn build_pc(
     tap: bool,
     bind_ip: std::net::IpAddr,
     tcp: bool,
+    twcc: bool,
 ) -> anyhow::Result<Pc> {
     let mut media = media_engine()?;
     let mut registry = Registry::new();
+    if twcc {
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            media.register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                },
+                kind,
+                None,
+            )?;
+        }
+        registry = registry.with(
+            rtc::interceptor::Slot::TwccReceiver,
+            rtc::interceptor::TwccReceiverBuilder::new().build(),
+        );
+    }
     registry = configure_nack(registry, &mut media);
     registry = configure_rtcp_reports(registry);
     if tap {
@@ -96,6 +112,9 @@ pub(super) async fn build_pc(
         // An ICE restart rebinds the sockets (new local ports), as a move to another
         // network would: the server must follow the client to its new address.
         .with_discard_local_candidates_during_ice_restart(true)
+        // As browsers: a retransmission arriving a few hundred packets late (behind a
+        // queue) is still accepted.
+        .with_srtp_replay_protection_window(1024)
         .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())

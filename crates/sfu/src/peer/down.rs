@@ -29,6 +29,19 @@ pub struct SenderSlot {
     stream: Option<DownStream>,
 }
 
+/// A NACKed packet is not sent again within a round trip of its last copy: this long when
+/// no round trip is known yet, and never less or more than these.
+const DEFAULT_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+const MIN_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+const MAX_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// A packet's size on the wire from its RTP size: the transport-wide sequence number's
+/// extension block (8 bytes) and the SRTP tag (16 at most) added. Close enough for the
+/// received-rate measurement, which is all it is used for.
+fn wire_size(rtp: usize) -> usize {
+    rtp + 8 + 16
+}
+
 impl Peer {
     /// Subscriber: gives every negotiated down-track without one its egress stream, once
     /// the connection's keys are known.
@@ -159,7 +172,16 @@ impl Peer {
         let to = self.paths.media()?;
         let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
         let size = pkt.payload.len() + 12;
-        let datagram = stream.write(pkt, patch, now, scratch)?;
+        let twcc = self.cc.as_mut().map(|cc| {
+            let seq = cc.on_send(
+                stream.ssrc(),
+                pkt.header.sequence_number,
+                wire_size(size),
+                now,
+            );
+            (cc.ext_id(), seq)
+        });
+        let datagram = stream.write(pkt, patch, twcc, now, scratch)?;
         let ssrc = stream.ssrc();
         self.egress.add(size, now);
         Some((datagram, to, ssrc))
@@ -194,9 +216,18 @@ impl Peer {
         };
         let mut scratch = Vec::new();
         let mut n = 0;
+        let now = Instant::now();
+        let gap = self
+            .cc
+            .as_ref()
+            .and_then(|cc| cc.rtt())
+            .or(self.rtt)
+            .unwrap_or(DEFAULT_RESEND_GAP)
+            .clamp(MIN_RESEND_GAP, MAX_RESEND_GAP);
         for pair in &nack.nacks {
             for seq in crate::egress::nacked(pair.packet_id, pair.lost_packets) {
-                if let Some(d) = stream.retransmit(seq, &mut scratch) {
+                let cc = self.cc.as_mut();
+                if let Some(d) = stream.retransmit(seq, cc, now, gap, &mut scratch) {
                     self.out.push_back(d);
                     n += 1;
                 }

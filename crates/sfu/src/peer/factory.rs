@@ -54,6 +54,7 @@ impl PeerFactory {
         register_codecs(&mut media, role)?;
 
         let mut registry = Registry::new();
+        let twcc_inbox = TwccInbox::default();
         match role {
             Role::Publisher => {
                 registry = registry
@@ -91,8 +92,26 @@ impl PeerFactory {
             }
             Role::Subscriber => {
                 // No NACK responder and no sender reports: the down-tracks' egress
-                // (crate::egress) keeps their history and reports per stream.
-                registry = registry.with(Slot::from(FEEDBACK_TAP_SLOT), FeedbackTap::default());
+                // (crate::egress) keeps their history and reports per stream, and numbers
+                // every packet for transport-wide feedback (crate::twcc).
+                registry = registry.with(
+                    Slot::from(FEEDBACK_TAP_SLOT),
+                    FeedbackTap {
+                        twcc: Some(twcc_inbox.clone()),
+                        ..Default::default()
+                    },
+                );
+                for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+                    media
+                        .register_header_extension(
+                            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                            },
+                            kind,
+                            None,
+                        )
+                        .map_err(PeerError::rtc)?;
+                }
             }
         }
 
@@ -142,6 +161,9 @@ impl PeerFactory {
             senders: Vec::new(),
             chat,
             egress: Default::default(),
+            cc: None,
+            twcc_inbox,
+            rtt: None,
             keys: None,
             out: Default::default(),
             pending: Default::default(),
@@ -187,7 +209,10 @@ fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError
                 48000,
                 2,
                 "minptime=10;useinbandfec=1",
-                vec![],
+                vec![RTCPFeedback {
+                    typ: "transport-cc".into(),
+                    parameter: "".into(),
+                }],
                 111,
             ),
             RtpCodecKind::Audio,
@@ -222,15 +247,68 @@ fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError
 /// Registry slot of [`FeedbackTap`]: after every built-in interceptor (application-ward).
 const FEEDBACK_TAP_SLOT: usize = 14_000;
 
-/// Marks keyframe requests (PLI, FIR), receiver reports and sender reports for delivery to
-/// the application. Inbound RTCP otherwise stops at the end of the interceptor chain; the
-/// worker relays subscribers' keyframe requests to the publisher, estimates bandwidth
-/// from the loss their receiver reports carry, and gives publishers' sender reports (the
+/// Marks keyframe requests (PLI, FIR), NACKs, receiver reports and sender reports for
+/// delivery to the application, and takes transport-wide feedback out ([`TwccInbox`]). Inbound RTCP otherwise stops at the end
+/// of the interceptor chain; the worker relays subscribers' keyframe requests to the
+/// publisher, answers their NACKs, estimates their bandwidth from transport-wide feedback
+/// (or the loss their receiver reports carry), and gives publishers' sender reports (the
 /// RTP-to-wall-clock mapping) to recordings.
 #[derive(Default)]
 struct FeedbackTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
+    /// Subscriber: where transport-wide feedback goes instead (see [`TwccInbox`]).
+    twcc: Option<TwccInbox>,
+}
+
+/// Transport-wide feedback packets taken out of a subscriber connection's interceptor
+/// chain, with when they arrived, for [`super::Peer::poll_event`]. The tap cannot hand them
+/// to the application like the other RTCP: `rtc` routes an RTCP compound packet to a track
+/// by its first packet's SSRC and drops it without one (Chromium's feedback can follow an
+/// empty receiver report). A mutex because the chain must be `Send`; the worker's thread
+/// is the only one that takes it.
+#[derive(Clone, Default)]
+pub(crate) struct TwccInbox(
+    std::sync::Arc<
+        std::sync::Mutex<
+            VecDeque<(
+                Instant,
+                rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc,
+            )>,
+        >,
+    >,
+);
+
+/// At most this many feedback packets wait (a worker that fell behind drops the oldest).
+const TWCC_INBOX_MAX: usize = 64;
+
+impl TwccInbox {
+    fn push(
+        &self,
+        at: Instant,
+        fb: rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc,
+    ) {
+        let mut q = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() >= TWCC_INBOX_MAX {
+            q.pop_front();
+        }
+        q.push_back((at, fb));
+    }
+
+    pub(crate) fn take(
+        &self,
+    ) -> Option<(
+        Instant,
+        rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc,
+    )> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
 }
 
 /// The RTCP the worker acts on.
@@ -253,6 +331,19 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+        if let (Some(inbox), InterceptorPacket::Rtcp(packets)) =
+            (&self.twcc, &mut msg.message.packet)
+            && packets.iter().any(|p| p.as_any().is::<TransportLayerCc>())
+        {
+            packets.retain(|p| match p.as_any().downcast_ref::<TransportLayerCc>() {
+                Some(fb) => {
+                    inbox.push(msg.now, fb.clone());
+                    false
+                }
+                None => true,
+            });
+        }
         if let InterceptorPacket::Rtcp(packets) = &msg.message.packet
             && packets.iter().any(|p| wanted_rtcp(p.as_any()))
         {

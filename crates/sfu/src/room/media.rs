@@ -307,10 +307,7 @@ impl Room {
         {
             let before = m.bwe.estimate_bps();
             let after = m.bwe.on_report(loss, fb.egress_bps, now);
-            if after < before {
-                // Less room than thought: re-allocate at once.
-                self.allocate(subscriber, now);
-            }
+            self.estimate_moved(subscriber, before, after, now);
         }
         if !fb.keyframe {
             return;
@@ -331,6 +328,47 @@ impl Room {
             })
             .unwrap_or(0);
         self.request_keyframe(key, layer, now);
+    }
+
+    /// Transport-wide feedback from a subscriber, read ([`crate::twcc::CcSignal`]): its
+    /// estimate follows; `egress_bps` is what its connection was sent lately.
+    pub fn transport_feedback(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantKey,
+        signal: crate::twcc::CcSignal,
+        egress_bps: u64,
+    ) {
+        let Some(m) = self.members.get_mut(&subscriber) else {
+            return;
+        };
+        let before = m.bwe.estimate_bps();
+        let after = m.bwe.on_transport_feedback(signal, egress_bps, now);
+        if signal.overuse && after < before {
+            SfuStats::inc(&self.stats.bwe_overuse);
+        }
+        self.estimate_moved(subscriber, before, after, now);
+    }
+
+    fn estimate_moved(
+        &mut self,
+        subscriber: ParticipantKey,
+        before: u64,
+        after: u64,
+        now: Instant,
+    ) {
+        if after != before {
+            tracing::trace!(
+                subscriber = subscriber.0,
+                before,
+                after,
+                "downlink estimate"
+            );
+        }
+        if after < before {
+            // Less room than thought: re-allocate at once.
+            self.allocate(subscriber, now);
+        }
     }
 
     /// A publisher's sender report maps an encoding's RTP clock to wall-clock time:

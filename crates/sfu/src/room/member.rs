@@ -98,7 +98,7 @@ pub struct Member {
     /// Whose video it always wants.
     pub pins: Vec<ParticipantKey>,
     /// Its downlink bandwidth estimate, and when its layers were last allocated.
-    pub bwe: crate::bwe::LossBwe,
+    pub bwe: crate::bwe::Bwe,
     pub allocated_at: Option<Instant>,
     /// Down-track slots of its subscriber connection: `true` when taken.
     slots: Vec<bool>,
@@ -137,7 +137,7 @@ impl Member {
             ),
             prefs: HashMap::new(),
             pins: Vec::new(),
-            bwe: crate::bwe::LossBwe::new(crate::bwe::BweConfig::default()),
+            bwe: crate::bwe::Bwe::new(crate::bwe::BweConfig::default()),
             allocated_at: None,
             slots: Vec::new(),
         }

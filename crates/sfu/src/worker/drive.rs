@@ -685,6 +685,13 @@ impl Worker {
                     room.sender_report(key, ssrc, ntp, rtp_ts);
                 }
             }
+            PeerEvent::TransportFeedback(signal) => {
+                SfuStats::inc(&self.stats.twcc_feedback_in);
+                let egress_bps = self.peers.get(&key).map_or(0, |p| p.egress.rate_bps(now));
+                if let (Some(signal), Some(room)) = (signal, self.rooms.get_mut(rk.0)) {
+                    room.transport_feedback(now, owner, signal, egress_bps);
+                }
+            }
             PeerEvent::Feedback(track, sum) => {
                 SfuStats::add(&self.stats.nacks_in, sum.nacks as u64);
                 SfuStats::add(&self.stats.retransmissions, sum.retransmitted as u64);
