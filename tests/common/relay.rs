@@ -45,6 +45,9 @@ pub struct RelayStats {
     pub dropped: AtomicU64,
     /// RTP packets (ssrc, seq) forwarded to a client more than once.
     pub retransmitted: AtomicU64,
+    /// The most bytes any one client was sent in 10 ms (from when datagrams reached the
+    /// relay: a burst the server sends at once shows whole).
+    pub peak_10ms_bytes: AtomicU64,
 }
 
 pub struct Relay {
@@ -121,11 +124,27 @@ impl Relay {
                             let mut last = Instant::now();
                             // When the shaped link is free again.
                             let mut busy_until = Instant::now();
+                            // The last 10 ms of datagrams toward the client, and their bytes.
+                            let mut window: std::collections::VecDeque<(Instant, usize)> =
+                                Default::default();
+                            let mut window_bytes = 0usize;
                             loop {
                                 let Ok((n, _)) = back.recv_from(&mut buf).await else {
                                     return;
                                 };
                                 let d = &buf[..n];
+                                let now = Instant::now();
+                                window.push_back((now, n));
+                                window_bytes += n;
+                                while let Some(&(t, b)) = window.front() {
+                                    if now - t <= std::time::Duration::from_millis(10) {
+                                        break;
+                                    }
+                                    window.pop_front();
+                                    window_bytes -= b;
+                                }
+                                st.peak_10ms_bytes
+                                    .fetch_max(window_bytes as u64, Ordering::Relaxed);
                                 if is_cut(&cut, client.ip()) {
                                     continue;
                                 }

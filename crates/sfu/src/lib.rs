@@ -43,6 +43,7 @@ pub mod forwarder;
 pub mod keyframe;
 pub mod keys;
 pub mod names;
+pub mod pacer;
 pub mod peer;
 pub mod record;
 pub mod room;

@@ -18,7 +18,7 @@ mod factory;
 mod paths;
 
 pub use codec::TrackCodec;
-pub use down::SenderSlot;
+pub use down::{SenderSlot, Written};
 pub use factory::PeerFactory;
 pub use paths::{Paths, is_binding_success, is_stun, stun_target_ufrag};
 
@@ -158,6 +158,8 @@ pub struct Peer {
     /// (rtc routes RTCP to a track by the first packet's SSRC, which a compound packet
     /// starting with an empty receiver report does not have).
     pub(crate) twcc_inbox: factory::TwccInbox,
+    /// Subscriber: forwarded video beyond the pacing rate, waiting.
+    pacer: crate::pacer::PacedQueue<down::PacedRtp>,
     /// Subscriber: the round trip its last receiver report showed.
     rtt: Option<Duration>,
     /// Subscriber: the keys its down-tracks are protected with, once DTLS completed.
@@ -509,6 +511,7 @@ impl Peer {
         if let Err(e) = self.pc.handle_timeout(now) {
             tracing::trace!(error = %e, "handle_timeout");
         }
+        self.release_paced(now);
     }
 
     /// The next datagram to send, and where it goes: first what the agent addressed
@@ -527,7 +530,11 @@ impl Peer {
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        let rtc = self.pc.poll_timeout();
+        match (rtc, self.pacer.next_release()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next thing that happened on the connection: state changes and track events

@@ -317,6 +317,11 @@ impl Room {
         self.next_offer()
     }
 
+    /// A member's downlink estimate (what its pacer and allocation follow).
+    pub fn estimate_bps(&self, member: ParticipantKey) -> Option<u64> {
+        self.members.get(&member).map(|m| m.bwe.estimate_bps())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

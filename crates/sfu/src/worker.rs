@@ -191,6 +191,8 @@ pub struct Worker {
     /// For each touched peer, whether its timers may have moved (false when only
     /// forwarded RTP was written to it).
     touched_flag: FxHashMap<PeerKey, bool>,
+    /// Subscribers whose pacer began holding packets in this forward (their timer moved).
+    paced: Vec<PeerKey>,
     recv: Option<udp::RecvBatch>,
     send: udp::SendBatch,
     rooms: slab::Slab<Room>,
@@ -269,6 +271,7 @@ impl Worker {
             input: Vec::new(),
             touched: Vec::new(),
             touched_flag: FxHashMap::default(),
+            paced: Vec::new(),
             recv: Some(udp::RecvBatch::default()),
             send: udp::SendBatch::with_gso(gso),
             rooms: slab::Slab::new(),

@@ -4,6 +4,7 @@
 use super::{Peer, TrackCodec};
 use crate::egress::{DownStream, StreamParams};
 use crate::error::PeerError;
+use crate::pacer::Paced;
 use confab_proto::{MediaKind, TrackId};
 use rand::Rng;
 use rtc::media_stream::MediaStreamTrack;
@@ -14,6 +15,25 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
+
+/// What became of a packet handed to [`Peer::write_rtp`].
+#[derive(Debug)]
+pub enum Written {
+    /// Send this datagram to this address now (the stream's SSRC for the send batch).
+    Now(bytes::Bytes, SocketAddr, u32),
+    /// The pacer holds it: the peer's timer moved.
+    Queued,
+    /// Nowhere to send it.
+    Dropped,
+}
+
+/// A packet waiting in the pacer: protected when it leaves.
+#[derive(Debug)]
+pub struct PacedRtp {
+    slot: usize,
+    pkt: rtc::rtp::Packet,
+    patch: Option<crate::rtp::codec::Vp8Patch>,
+}
 
 /// An outgoing (down) track slot of a subscriber connection.
 pub struct SenderSlot {
@@ -159,8 +179,10 @@ impl Peer {
     }
 
     /// Protects a rewritten packet for down-track `slot` (its header extensions already
-    /// stripped: ids are per leg) and returns the datagram, where it goes and its SSRC. `None` when
-    /// the slot is gone, not negotiated yet, or the connection has no media path or keys.
+    /// stripped: ids are per leg) and returns the datagram, where it goes and its SSRC, or
+    /// leaves it to the pacer ([`crate::pacer`]: video beyond the connection's pacing rate
+    /// waits, and leaves through [`Peer::poll_write`] when due). Dropped when the slot is
+    /// gone, not negotiated yet, or the connection has no media path or keys.
     pub fn write_rtp(
         &mut self,
         slot: usize,
@@ -168,8 +190,38 @@ impl Peer {
         patch: Option<crate::rtp::codec::Vp8Patch>,
         now: Instant,
         scratch: &mut Vec<u8>,
-    ) -> Option<(bytes::Bytes, SocketAddr, u32)> {
-        let to = self.paths.media()?;
+    ) -> Written {
+        let Some(to) = self.paths.media() else {
+            return Written::Dropped;
+        };
+        let Some(s) = self.senders.get(slot).and_then(Option::as_ref) else {
+            return Written::Dropped;
+        };
+        if s.stream.is_none() {
+            return Written::Dropped;
+        }
+        let urgent = s.kind == MediaKind::Audio;
+        let bytes = wire_size(pkt.payload.len() + 12);
+        let item = PacedRtp { slot, pkt, patch };
+        let item = match self.pacer.push(item, bytes, urgent, now) {
+            Paced::Now(item) => item,
+            Paced::Queued => return Written::Queued,
+        };
+        match self.send_rtp(item, now, scratch) {
+            Some((datagram, ssrc)) => Written::Now(datagram, to, ssrc),
+            None => Written::Dropped,
+        }
+    }
+
+    /// Protects and accounts for one packet leaving now (from [`Peer::write_rtp`] or the
+    /// pacer): its transport-wide number is drawn here, so that the feedback's departure
+    /// time is when it left, not when it was queued.
+    fn send_rtp(
+        &mut self,
+        PacedRtp { slot, pkt, patch }: PacedRtp,
+        now: Instant,
+        scratch: &mut Vec<u8>,
+    ) -> Option<(bytes::Bytes, u32)> {
         let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
         let size = pkt.payload.len() + 12;
         let twcc = self.cc.as_mut().map(|cc| {
@@ -184,7 +236,26 @@ impl Peer {
         let datagram = stream.write(pkt, patch, twcc, now, scratch)?;
         let ssrc = stream.ssrc();
         self.egress.add(size, now);
-        Some((datagram, to, ssrc))
+        Some((datagram, ssrc))
+    }
+
+    /// Subscriber: moves the paced packets that are due to the output (flushed with
+    /// `poll_write`). Returns how many left.
+    pub(super) fn release_paced(&mut self, now: Instant) -> usize {
+        let mut scratch = Vec::new();
+        let mut n = 0;
+        while let Some(item) = self.pacer.pop(now) {
+            if let Some((datagram, _)) = self.send_rtp(item, now, &mut scratch) {
+                self.out.push_back(datagram);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Subscriber: its estimate moved; the pacer follows.
+    pub fn set_estimate(&mut self, bps: u64) {
+        self.pacer.set_estimate(bps);
     }
 
     /// Subscriber: queues the sender reports that are due (flushed with `poll_write`).

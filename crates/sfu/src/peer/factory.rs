@@ -163,6 +163,7 @@ impl PeerFactory {
             egress: Default::default(),
             cc: None,
             twcc_inbox,
+            pacer: crate::pacer::PacedQueue::new(crate::bwe::BweConfig::default().initial_bps),
             rtt: None,
             keys: None,
             out: Default::default(),

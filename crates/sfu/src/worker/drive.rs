@@ -4,7 +4,7 @@
 use super::{Command, RoomSummary, Session, Worker, unix_ms};
 use crate::error::{JoinError, PeerError};
 use crate::keys::{ParticipantKey, PeerKey, RoomKey};
-use crate::peer::{ChatSend, Opened, PeerEvent, Role};
+use crate::peer::{ChatSend, Opened, PeerEvent, Role, Written};
 use crate::room::{
     Dest, Feedback, JoinInfo, JoinRefusal, OfferResult, Output, Removal, Room, TrackOpen,
 };
@@ -562,23 +562,32 @@ impl Worker {
         let stats = &self.stats;
         let copy_of = self.copies.get(&rk).map(|(r, _)| r.clone());
         let at = self.rx_at.unwrap_or(now);
+        let paced = &mut self.paced;
         let written = room.forward(now, track, pkt, |dest, out, patch| match dest {
             Dest::Down { sub_peer, slot } => {
                 let Some(sub) = peers.get_mut(&sub_peer) else {
                     return false;
                 };
                 match sub.write_rtp(slot, out, patch, now, scratch) {
-                    Some((datagram, to, ssrc)) => {
+                    Written::Now(datagram, to, ssrc) => {
                         send.push_stream(datagram, to, ssrc);
                         true
                     }
-                    None => false,
+                    Written::Queued => {
+                        paced.push(sub_peer);
+                        true
+                    }
+                    Written::Dropped => false,
                 }
             }
             Dest::Relay { to, track } => copy_of.as_ref().is_some_and(|room| {
                 super::relay::send_media(links, index, stats, room, to, track, out, at)
             }),
         });
+        // A subscriber whose pacer started holding packets has a new timer.
+        for key in std::mem::take(&mut self.paced) {
+            self.mark_touched(key);
+        }
         if written > 0 {
             self.forwarded += 1;
             if self.send.len() >= super::FLUSH_AT {
@@ -690,6 +699,7 @@ impl Worker {
                 let egress_bps = self.peers.get(&key).map_or(0, |p| p.egress.rate_bps(now));
                 if let (Some(signal), Some(room)) = (signal, self.rooms.get_mut(rk.0)) {
                     room.transport_feedback(now, owner, signal, egress_bps);
+                    self.pace_at_estimate(rk, key, owner);
                 }
             }
             PeerEvent::Feedback(track, sum) => {
@@ -706,8 +716,19 @@ impl Worker {
                 };
                 if let Some(room) = self.rooms.get_mut(rk.0) {
                     room.feedback(now, owner, &track, fb);
+                    self.pace_at_estimate(rk, key, owner);
                 }
             }
+        }
+    }
+
+    /// A subscriber's estimate may have moved: its connection's pacer follows.
+    fn pace_at_estimate(&mut self, rk: RoomKey, sub: PeerKey, owner: ParticipantKey) {
+        if let (Some(bps), Some(peer)) = (
+            self.rooms.get(rk.0).and_then(|r| r.estimate_bps(owner)),
+            self.peers.get_mut(&sub),
+        ) {
+            peer.set_estimate(bps);
         }
     }
 
