@@ -431,6 +431,14 @@ export class SessionMethods {
       case 'publisher_layers':
         this._dynacast.wish(this.publisher, msg.mid, msg.active_rids ?? []);
         break;
+      case 'downlink':
+        this.downlink = {
+          estimateBps: msg.estimate_bps,
+          signal: msg.signal,
+          tracks: (msg.tracks ?? []).map((t) => ({ trackId: t.track_id, layer: t.layer ?? null, layers: t.layers })),
+        };
+        this._emit('downlink', this.downlink);
+        break;
       case 'error':
         this._onError(msg);
         break;

@@ -37,6 +37,11 @@
 //                                          network changed; same session (confab-ice.js)
 //   publisherlayers     {mid, activeRids, sending}  the server's `publisher_layers` (dynacast),
 //                                          once applied; `sending`: the encodings left active
+//   downlink            {estimateBps, signal, tracks: [{trackId, layer, layers}]}  the
+//                                          server's `downlink`: its estimate of our downlink
+//                                          (signal: initial | loss | delay) and the layer it
+//                                          forwards of each video track (null: none now);
+//                                          also kept as `client.downlink`
 //
 // Requests: every message sent carries a `request_id` (requests.js), and an operation that
 // waits for a reply is settled by the reply carrying its own id only. publish(),
@@ -129,6 +134,8 @@ export class ConfabClient extends EventTarget {
 
     /** Remote tracks by subscriber transceiver mid. */
     this.remoteTracks = new Map();
+    /** The server's last `downlink` report (see the `downlink` event), or null. */
+    this.downlink = null;
 
     // What we publish, kept across reconnections: [{track, source}].
     this._local = [];

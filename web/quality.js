@@ -6,7 +6,8 @@
 //   monitor.start();  ...  monitor.stop();
 //   renderBadges(e.detail, tiles, uploadBadge);   the meeting page's badges
 //
-// remote: Map participantId -> {grade, lossPct, jitterMs, width, height, fps, audioOnly}
+// remote: Map participantId -> {grade, lossPct, jitterMs, width, height, fps, audioOnly,
+//         layer, layers}   layer: what the server forwards of their camera (0 lowest, null none)
 // local:  {state, kbps, width, height, fps, limitedBy, screen}   state: none | connecting | sending | stalled
 //         width, height, fps: the camera's (its largest simulcast layer being sent);
 //         screen: {width, height, fps} while sharing
@@ -14,6 +15,8 @@
 //
 // path:   {subscriber, publisher}: how each connection reaches the server, from its
 //         selected candidate pair: UDP | TCP | TURN/UDP | TURN/TCP | TURN/TLS (null: not yet)
+//
+// downlink: the server's last `downlink` ({estimateBps, signal, tracks}), or null
 //
 // Loss and jitter are deltas between two samples, so a loss burst long ago does not colour
 // the badge forever.
@@ -85,7 +88,8 @@ export class QualityMonitor extends EventTarget {
     this.remote = remote;
     this.local = local;
     const path = this.path;
-    this.dispatchEvent(new CustomEvent('update', { detail: { remote, local, path } }));
+    const downlink = this.client.downlink ?? null;
+    this.dispatchEvent(new CustomEvent('update', { detail: { remote, local, path, downlink } }));
   }
 
   async _inbound() {
@@ -112,6 +116,11 @@ export class QualityMonitor extends EventTarget {
       if (s.jitter != null) q.jitterMs = Math.max(q.jitterMs ?? 0, s.jitter * 1000);
       // The camera's resolution, not the screen share's (which has a view of its own).
       if (s.kind === 'video' && t.source !== 'screen') {
+        const sent = this.client.downlink?.tracks.find((d) => d.trackId === t.trackId);
+        if (sent) {
+          q.layer = sent.layer;
+          q.layers = sent.layers;
+        }
         q.audioOnly = false;
         q.width = s.frameWidth;
         q.height = s.frameHeight;
@@ -177,7 +186,9 @@ const GRADE_TEXT = { good: 'Good', fair: 'Fair', poor: 'Poor', unknown: 'Measuri
  * The badges: one per remote tile (`tiles`: participant id -> {el, info}) and our upload's
  * (`uploadBadge`), from a QualityMonitor `update`.
  */
-export function renderBadges({ remote, local, path = {} }, tiles, uploadBadge) {
+const SIGNAL_TEXT = { initial: 'not measured yet', loss: 'from loss', delay: 'from delay and loss' };
+
+export function renderBadges({ remote, local, path = {}, downlink = null }, tiles, uploadBadge) {
   for (const [id, t] of tiles) {
     const q = remote.get(id);
     const badge = t.el.querySelector('[data-testid="quality-badge"]');
@@ -202,9 +213,13 @@ export function renderBadges({ remote, local, path = {} }, tiles, uploadBadge) {
     badge.dataset.width = q?.width ?? '';
     badge.dataset.fps = q?.fps != null ? String(Math.round(q.fps)) : '';
     const via = path.subscriber ? ` Received over ${path.subscriber}.` : '';
+    const layer = q?.layers > 1
+      ? ` The server sends ${q.layer == null ? 'no layer now' : `layer ${q.layer + 1} of ${q.layers}`}.`
+      : '';
+    badge.dataset.layer = q?.layer ?? '';
     badge.title = q?.lossPct != null
-      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms.${via}`
-      : `Network quality: measuring.${via}`;
+      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms.${via}${layer}`
+      : `Network quality: measuring.${via}${layer}`;
   }
   const b = uploadBadge;
   b.dataset.state = local.state;
@@ -222,8 +237,13 @@ export function renderBadges({ remote, local, path = {} }, tiles, uploadBadge) {
   }
   const paths = [['Sending', path.publisher], ['receiving', path.subscriber]]
     .filter(([, p]) => p).map(([what, p]) => `${what} over ${p}`).join(', ');
-  b.title = [local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload', paths]
+  const down = downlink
+    ? `The server estimates your download at ${(downlink.estimateBps / 1e6).toFixed(1)} Mb/s (${SIGNAL_TEXT[downlink.signal] ?? downlink.signal})`
+    : null;
+  b.title = [local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload', paths, down]
     .filter(Boolean).join('. ');
+  b.dataset.downlinkBps = downlink?.estimateBps ?? '';
+  b.dataset.downlinkSignal = downlink?.signal ?? '';
   b.dataset.kbps = local.kbps ?? '';
   b.dataset.path = path.publisher ?? '';
   b.dataset.receivePath = path.subscriber ?? '';

@@ -203,6 +203,17 @@ test('simulcast: layers by tile size, dynacast, server active speakers, speaker 
 
     // Gallery: a tile about 360x200 gets the 640x360 layer.
     await waitCameraWidth(pages.Grace, ids.Linus, 640, 'Grace receiving h (640) of Linus in the gallery');
+    // The quality badges say what the server sees: Linus's tile that it sends layer 2 of 3
+    // (h), Grace's own badge its estimate of her download, from the delay signal.
+    await pages.Grace.waitForFunction((id) => {
+      const badge = document.querySelector(`[data-participant-id="${id}"] [data-testid="quality-badge"]`);
+      return badge?.dataset.layer === '1' && badge.title.includes('layer 2 of 3');
+    }, ids.Linus, { timeout: 20_000 });
+    await pages.Grace.waitForFunction(() => {
+      const b = document.querySelector('[data-testid="upload-state"]');
+      return b?.dataset.downlinkSignal === 'delay' && Number(b.dataset.downlinkBps) > 0
+        && b.title.includes('estimates your download');
+    }, null, { timeout: 20_000 });
 
     // Ada, from the keyboard: speaker view, Linus pinned (large): she gets his top layer,
     // 1280x720. Chromium starts that layer only once its send-side estimate allows about

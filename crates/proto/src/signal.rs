@@ -314,6 +314,29 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// What a [`ServerMessage::Downlink`] estimate rests on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownlinkSignal {
+    /// Nothing measured yet: the initial guess.
+    Initial,
+    /// The loss in the participant's receiver reports.
+    Loss,
+    /// Its transport-wide congestion control feedback (delay and loss), as browsers send.
+    Delay,
+}
+
+/// One video track a participant receives, in a [`ServerMessage::Downlink`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownlinkTrack {
+    pub track_id: TrackId,
+    /// The layer forwarded now (0 the lowest); `None` while none is (paused, or waiting
+    /// for a keyframe of the layer chosen).
+    pub layer: Option<u8>,
+    /// How many layers the publisher sends.
+    pub layers: u8,
+}
+
 /// Server → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -377,6 +400,15 @@ pub enum ServerMessage {
     PublisherLayers {
         mid: String,
         active_rids: Vec<String>,
+    },
+    /// How the server sees this participant's downlink, for a quality panel: its estimate
+    /// of the bandwidth toward the participant, what the estimate rests on, and the layer
+    /// each video track it receives is forwarded at. Sent when it changed, at most every
+    /// 2 s.
+    Downlink {
+        estimate_bps: u64,
+        signal: DownlinkSignal,
+        tracks: Vec<DownlinkTrack>,
     },
     /// Answers `join` on a node that does not host `room` (several nodes sharing one
     /// Redis): join again at `url`, the WebSocket of the node that does. The server closes

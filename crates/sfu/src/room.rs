@@ -253,6 +253,8 @@ pub struct Room {
     track_ids: HashMap<TrackId, TrackKey>,
     chat: crate::chat::ChatLog,
     speakers: crate::speaker::SpeakerDetector<ParticipantKey>,
+    /// When members' `downlink` reports were last considered.
+    downlink_at: Option<Instant>,
     /// Recording and hook sessions receiving this room's media.
     taps: Vec<crate::sink::Tap>,
     /// Subscribers whose down-tracks changed since their last offer (each once).
@@ -294,6 +296,7 @@ impl Room {
             tracks: slab::Slab::new(),
             track_ids: HashMap::new(),
             speakers: crate::speaker::SpeakerDetector::new(Default::default()),
+            downlink_at: None,
             taps: Vec::new(),
             dirty: Vec::new(),
             outputs: VecDeque::new(),

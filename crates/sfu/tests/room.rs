@@ -151,6 +151,85 @@ fn a_single_layer_6_mbit_stream_reaches_every_subscriber() {
     h.check();
 }
 
+/// A `downlink` report: estimate, signal, and each track's layer.
+type Report = (
+    u64,
+    confab_proto::signal::DownlinkSignal,
+    Vec<(confab_proto::TrackId, Option<u8>)>,
+);
+
+#[test]
+fn each_member_hears_its_downlink_when_it_changes() {
+    // Issue 17: `downlink` says which layer of each video track a member gets and the
+    // server's estimate, when either changed, at most every 2 s.
+    let mut h = harness();
+    let a = h.join(1);
+    let b = h.join(2);
+    let t = h.publish(a, &[(MediaKind::Video, TrackSource::Camera)])[0];
+    let id = h.room.track(t).unwrap().id.clone();
+    let ssrc = ssrc_of(&h, t);
+    let downlinks = |h: &Harness, k| -> Vec<Report> {
+        told(h, k)
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Downlink {
+                    estimate_bps,
+                    signal,
+                    tracks,
+                } => Some((
+                    *estimate_bps,
+                    *signal,
+                    tracks
+                        .iter()
+                        .map(|t| (t.track_id.clone(), t.layer))
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    // Video keeps coming (a track that stops is paused): a packet each 100 ms, for `ms`.
+    let mut seq = 0u16;
+    let mut run = |h: &mut Harness, ms: u64| {
+        for _ in 0..ms / 100 {
+            seq += 1;
+            h.rtp(t, vp8(ssrc, seq, seq % 10 == 1));
+            h.advance(Duration::from_millis(100));
+        }
+    };
+    run(&mut h, 2_500);
+    let first = downlinks(&h, b);
+    let last = first.last().expect("a first report");
+    assert_eq!(last.1, confab_proto::signal::DownlinkSignal::Initial);
+    assert_eq!(
+        last.2,
+        vec![(id.clone(), Some(0))],
+        "the one layer, forwarded"
+    );
+    // Nothing changed: nothing more.
+    let n = first.len();
+    run(&mut h, 2_100);
+    assert_eq!(downlinks(&h, b).len(), n);
+    // The estimate halves on loss: reported at the next tick, from loss.
+    h.feedback(
+        b,
+        &id,
+        Feedback {
+            worst_loss: Some(128),
+            egress_bps: 1_000_000,
+            ..Feedback::default()
+        },
+    );
+    run(&mut h, 2_100);
+    let now = downlinks(&h, b);
+    assert_eq!(now.len(), n + 1);
+    let (estimate, signal, _) = now.last().unwrap().clone();
+    assert_eq!(signal, confab_proto::signal::DownlinkSignal::Loss);
+    assert!(estimate < 3_000_000, "{estimate}");
+    // The publisher receives no video: its reports list no track.
+    assert!(downlinks(&h, a).iter().all(|d| d.2.is_empty()));
+}
+
 #[test]
 fn renegotiation_adds_and_removes_down_tracks() {
     let mut h = harness();

@@ -10,13 +10,15 @@ use super::{Output, Room};
 use crate::allocator::{self, Demand, PRIORITY_NORMAL, PRIORITY_SCREEN, PRIORITY_SPEAKER};
 use crate::keys::{ParticipantKey, TrackKey};
 use confab_proto::{MediaKind, ServerMessage, TrackSource};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::time::{Duration, Instant};
 
 /// How often allocation runs for every subscriber (it also runs on every change).
 pub const ALLOCATE_EVERY: Duration = Duration::from_millis(500);
 /// A simulcast layer nobody wants is paused at the publisher after this long.
 const DYNACAST_GRACE: Duration = Duration::from_secs(2);
+/// Members hear how the server sees their downlink (`downlink`) at most this often.
+pub const DOWNLINK_EVERY: Duration = Duration::from_secs(2);
 
 /// What allocation reads of a track, the same for every subscriber: computed once per
 /// pass rather than once per subscriber.
@@ -282,6 +284,68 @@ impl Room {
         }
         self.dynacast(now);
         self.relay_upstream(now, DYNACAST_GRACE);
+        if self
+            .downlink_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= DOWNLINK_EVERY)
+        {
+            self.downlink_at = Some(now);
+            self.report_downlinks();
+        }
+    }
+
+    /// Tells each member whose downlink changed how the server sees it (`downlink`): the
+    /// estimate (when it moved by a tenth or more) and each video track's layer.
+    fn report_downlinks(&mut self) {
+        use confab_proto::signal::{DownlinkSignal, DownlinkTrack};
+        let mut layers: FxHashMap<ParticipantKey, Vec<DownlinkTrack>> = FxHashMap::default();
+        for (_, t) in self.tracks.iter() {
+            if t.kind != MediaKind::Video {
+                continue;
+            }
+            let count = t.layer_count().max(1) as u8;
+            for d in &t.down {
+                layers.entry(d.subscriber).or_default().push(DownlinkTrack {
+                    track_id: t.id.clone(),
+                    layer: d
+                        .forwarder
+                        .is_active()
+                        .then(|| d.forwarder.current_layer())
+                        .flatten(),
+                    layers: count,
+                });
+            }
+        }
+        let mut notices = Vec::new();
+        for k in &self.order {
+            let Some(m) = self.members.get_mut(k) else {
+                continue;
+            };
+            let mut tracks = layers.remove(k).unwrap_or_default();
+            tracks.sort_by(|a, b| a.track_id.as_str().cmp(b.track_id.as_str()));
+            let estimate = m.bwe.estimate_bps();
+            let same = m
+                .downlink_sent
+                .as_ref()
+                .is_some_and(|(e, t)| *t == tracks && estimate.abs_diff(*e) * 10 < (*e).max(1));
+            if same {
+                continue;
+            }
+            m.downlink_sent = Some((estimate, tracks.clone()));
+            let signal = match m.bwe.signal() {
+                crate::bwe::Signal::Initial => DownlinkSignal::Initial,
+                crate::bwe::Signal::Loss => DownlinkSignal::Loss,
+                crate::bwe::Signal::Delay => DownlinkSignal::Delay,
+            };
+            notices.push(Output::Signal {
+                to: *k,
+                msg: ServerMessage::Downlink {
+                    estimate_bps: estimate,
+                    signal,
+                    tracks,
+                },
+            });
+        }
+        self.outputs.extend(notices);
     }
 
     /// Dynacast: tells each publisher of a simulcast track which of the layers it

@@ -100,6 +100,8 @@ pub struct Member {
     /// Its downlink bandwidth estimate, and when its layers were last allocated.
     pub bwe: crate::bwe::Bwe,
     pub allocated_at: Option<Instant>,
+    /// The last `downlink` report it was sent: the estimate and the tracks' layers.
+    pub downlink_sent: Option<(u64, Vec<confab_proto::signal::DownlinkTrack>)>,
     /// Down-track slots of its subscriber connection: `true` when taken.
     slots: Vec<bool>,
 }
@@ -139,6 +141,7 @@ impl Member {
             pins: Vec::new(),
             bwe: crate::bwe::Bwe::new(crate::bwe::BweConfig::default()),
             allocated_at: None,
+            downlink_sent: None,
             slots: Vec::new(),
         }
     }
