@@ -294,7 +294,8 @@ impl Room {
     }
 
     /// Tells each member whose downlink changed how the server sees it (`downlink`): the
-    /// estimate (when it moved by a tenth or more) and each video track's layer.
+    /// estimate (when it moved by a tenth or more) and each video track's layer. Members
+    /// that have not answered an offer yet hear nothing.
     fn report_downlinks(&mut self) {
         use confab_proto::signal::{DownlinkSignal, DownlinkTrack};
         let mut layers: FxHashMap<ParticipantKey, Vec<DownlinkTrack>> = FxHashMap::default();
@@ -320,6 +321,11 @@ impl Room {
             let Some(m) = self.members.get_mut(k) else {
                 continue;
             };
+            // Only once it answered an offer (so was told `joined`: a new copy of a
+            // cascaded room holds that back) and while its session is there.
+            if !m.negotiated || !m.attached {
+                continue;
+            }
             let mut tracks = layers.remove(k).unwrap_or_default();
             tracks.sort_by(|a, b| a.track_id.as_str().cmp(b.track_id.as_str()));
             let estimate = m.bwe.estimate_bps();
