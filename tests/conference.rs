@@ -6,7 +6,8 @@ mod common;
 
 use common::relay::{Relay, Rule};
 use common::*;
-use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish};
+use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish, layer_of_index};
+use confab_load::media::{SynthCodec, read_stamp};
 use confab_proto::{ClientMessage, MediaKind, Quality, ServerMessage, TrackId};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -245,6 +246,72 @@ async fn a_queue_toward_a_subscriber_is_seen_before_its_buffer_overflows() {
     println!(
         "back on the top layer {} ms after the link widened",
         lifted.elapsed().as_millis()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jittery_path_is_not_taken_for_congestion() {
+    // Issue 17: 40 ms of delay and up to 30 ms of jitter toward a subscriber that sends
+    // transport-wide feedback, and no bandwidth limit: a delay that varies but does not
+    // grow is not a queue building up. The subscriber keeps the top layer.
+    let ip: IpAddr = "127.0.0.5".parse().unwrap();
+    let (server, _relay) = behind_relay(vec![Rule {
+        delay: Duration::from_millis(40),
+        jitter: Duration::from_millis(30),
+        ..Rule::new(ip)
+    }])
+    .await;
+    let a = join_from(&server, "jitter", "alice", Publish::SIMULCAST, "127.0.0.1").await;
+    let _pump = a.start_media(MediaPlan {
+        video_bytes: 5000,
+        ..MediaPlan::default()
+    });
+    let mut b = Client::connect(
+        ClientOptions::new(server.ws_url(), "jitter", "bob")
+            .publish(Publish::NONE)
+            .bind_ip(ip)
+            .twcc(),
+    )
+    .await
+    .unwrap();
+    let (track, _) = video_track(&mut b).await;
+    wait_layer(&mut b, &track, 2).await;
+    let overuse = server.sfu.stats().bwe_overuse;
+    b.clear_backlog();
+    // About 8 s of video: which layer each packet came from, and how late it was.
+    let mut per_layer = [0usize; 3];
+    let mut late_ms = Vec::new();
+    while per_layer.iter().sum::<usize>() < 1_500 {
+        let stamp = b
+            .wait_for(WAIT, "video through the jitter", |e| match e {
+                Event::Rtp {
+                    track: t,
+                    kind: MediaKind::Video,
+                    packet,
+                    ..
+                } if t == &track => read_stamp(SynthCodec::Vp8, &packet.payload),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        per_layer[usize::from(layer_of_index(stamp.index).min(2))] += 1;
+        late_ms.push(confab_load::media::now_micros().saturating_sub(stamp.sent_us) / 1000);
+    }
+    late_ms.sort_unstable();
+    let (p5, p95) = (
+        late_ms[late_ms.len() / 20],
+        late_ms[late_ms.len() * 19 / 20],
+    );
+    let backoffs = server.sfu.stats().bwe_overuse - overuse;
+    println!(
+        "packets per layer through the jitter: {per_layer:?}; {backoffs} back-offs; one-way delay p5 {p5} ms, p95 {p95} ms"
+    );
+    // The path really was delayed and jittery.
+    assert!(p5 >= 40 && p95 >= p5 + 15, "p5 {p5} ms, p95 {p95} ms");
+    assert!(
+        per_layer[2] * 100 >= 95 * 1_500,
+        "the top layer for 95 % of the packets: {per_layer:?}"
     );
     server.stop().await;
 }

@@ -129,10 +129,12 @@ async function join() {
   meeting.speakerId = prejoin.speakerId;
 
   // `?relay` in the page's URL: media only through the TURN server (diagnostics, and
-  // networks where only the TURN server is reachable).
-  const relayOnly = new URLSearchParams(window.location.search).has('relay');
-  meeting.client = new ConfabClient(relayOnly ? {
+  // networks where only the TURN server is reachable); `?relay=udp` (tcp, tls): only over
+  // that transport to it.
+  const relay = new URLSearchParams(window.location.search).get('relay');
+  meeting.client = new ConfabClient(relay != null ? {
     rtcConfig: { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require', iceTransportPolicy: 'relay' },
+    turnTransport: ['udp', 'tcp', 'tls'].includes(relay) ? relay : null,
   } : undefined);
   window.confab = meeting.client;
   departed.clear();

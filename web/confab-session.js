@@ -7,6 +7,12 @@
 
 import { ConfabError } from './requests.js';
 
+/** The transport of a TURN URL: tls (turns:), tcp (?transport=tcp) or udp. */
+function turnTransportOf(url) {
+  if (url.startsWith('turns:')) return 'tls';
+  return /[?&]transport=tcp\b/.test(url) ? 'tcp' : 'udp';
+}
+
 export const PROTOCOL_VERSION = 1;
 
 const CONNECT_TIMEOUT_MS = 10000;
@@ -189,10 +195,10 @@ export class SessionMethods {
     if (!servers?.length) return;
     const own = (this.rtcConfig.iceServers ?? []).filter((s) => !s.fromServer);
     const given = servers.map((s) => ({
-      urls: s.urls,
+      urls: s.urls.filter((u) => !this.turnTransport || turnTransportOf(u) === this.turnTransport),
       ...(s.username ? { username: s.username, credential: s.credential } : {}),
       fromServer: true,
-    }));
+    })).filter((s) => s.urls.length > 0);
     this.rtcConfig = { ...this.rtcConfig, iceServers: [...own, ...given] };
   }
 

@@ -106,12 +106,15 @@ export class ConfabClient extends EventTarget {
    * @param {{attempts:number, firstDelayMs:number, maxDelayMs:number}} [options.reconnect]
    * @param {boolean} [options.simulcast] publish the camera in three layers (default true;
    *   also off when the server's `joined.config.simulcast` is false).
+   * @param {'udp'|'tcp'|'tls'} [options.turnTransport] use only the server's TURN URLs of
+   *   this transport (diagnostics: with `iceTransportPolicy: 'relay'`, which path is tried).
    */
   constructor(options = {}) {
     super();
     this.rtcConfig = options.rtcConfig ?? { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
     this.reconnectPolicy = { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
     this.simulcast = options.simulcast ?? true;
+    this.turnTransport = options.turnTransport ?? null;
 
     this.state = 'idle';
     this.url = null;

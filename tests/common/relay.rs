@@ -25,6 +25,11 @@ pub struct Rule {
     /// ...or, when set, a FIFO queue drained at `rate_bps` that holds at most this much
     /// time's worth of packets (all server -> client datagrams share it, as on a link).
     pub queue: Option<std::time::Duration>,
+    /// One-way delay added to every server -> client datagram, plus up to `jitter` more
+    /// drawn per datagram. Order is kept (a datagram never leaves before the one ahead of
+    /// it), as on a path whose queues vary rather than one that reorders.
+    pub delay: std::time::Duration,
+    pub jitter: std::time::Duration,
 }
 
 impl Rule {
@@ -35,6 +40,8 @@ impl Rule {
             drop_every: None,
             rate_bps: None,
             queue: None,
+            delay: std::time::Duration::ZERO,
+            jitter: std::time::Duration::ZERO,
         }
     }
 }
@@ -122,8 +129,10 @@ impl Relay {
                             let mut count = 0u64;
                             let mut tokens = 0f64;
                             let mut last = Instant::now();
-                            // When the shaped link is free again.
+                            // When the shaped link is free again, and when the last
+                            // datagram left (or will).
                             let mut busy_until = Instant::now();
+                            let mut last_at = Instant::now();
                             // The last 10 ms of datagrams toward the client, and their bytes.
                             let mut window: std::collections::VecDeque<(Instant, usize)> =
                                 Default::default();
@@ -154,35 +163,6 @@ impl Relay {
                                     .iter()
                                     .copied()
                                     .find(|r| r.ip == client.ip());
-                                if let Some(Rule {
-                                    rate_bps: Some(bps),
-                                    queue: Some(limit),
-                                    ..
-                                }) = rule
-                                {
-                                    if is_rtp(d) {
-                                        st.rtp_to_clients.fetch_add(1, Ordering::Relaxed);
-                                        let key = (
-                                            u32::from_be_bytes([d[8], d[9], d[10], d[11]]),
-                                            u16::from_be_bytes([d[2], d[3]]),
-                                        );
-                                        if !seen.insert(key) {
-                                            st.retransmitted.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                    }
-                                    let now = Instant::now();
-                                    let start = busy_until.max(now);
-                                    if start - now > limit {
-                                        st.dropped.fetch_add(1, Ordering::Relaxed);
-                                        continue;
-                                    }
-                                    busy_until = start
-                                        + std::time::Duration::from_secs_f64(
-                                            n as f64 * 8.0 / bps as f64,
-                                        );
-                                    let _ = link_tx.send((d.to_vec(), busy_until));
-                                    continue;
-                                }
                                 if is_rtp(d) {
                                     st.rtp_to_clients.fetch_add(1, Ordering::Relaxed);
                                     let key = (
@@ -199,8 +179,7 @@ impl Relay {
                                             st.dropped.fetch_add(1, Ordering::Relaxed);
                                             continue;
                                         }
-                                        if let Some(bps) = r.rate_bps {
-                                            let now = Instant::now();
+                                        if let (Some(bps), None) = (r.rate_bps, r.queue) {
                                             tokens = (tokens
                                                 + (now - last).as_secs_f64() * bps as f64 / 8.0)
                                                 .min(bps as f64 / 8.0 / 5.0);
@@ -212,6 +191,35 @@ impl Relay {
                                             tokens -= n as f64;
                                         }
                                     }
+                                }
+                                // When it leaves: after the queue ahead of it (queue mode),
+                                // the delay and the jitter, never before the one ahead.
+                                let mut at = now;
+                                if let Some(Rule {
+                                    rate_bps: Some(bps),
+                                    queue: Some(limit),
+                                    ..
+                                }) = rule
+                                {
+                                    let start = busy_until.max(now);
+                                    if start - now > limit {
+                                        st.dropped.fetch_add(1, Ordering::Relaxed);
+                                        continue;
+                                    }
+                                    busy_until = start
+                                        + std::time::Duration::from_secs_f64(
+                                            n as f64 * 8.0 / bps as f64,
+                                        );
+                                    at = busy_until;
+                                }
+                                if let Some(r) = rule {
+                                    at += r.delay + r.jitter.mul_f64(rand::random::<f64>());
+                                }
+                                at = at.max(last_at);
+                                last_at = at;
+                                if at > now {
+                                    let _ = link_tx.send((d.to_vec(), at));
+                                    continue;
                                 }
                                 let _ = front.send_to(d, client).await;
                             }
