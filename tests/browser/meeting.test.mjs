@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { startRedis } from './services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, startJoin, waitMediaFlowing,
-  remoteTiles, waitRemoteTiles, waitChat, typeChat, screenshot, dumpPages, WAIT_MS,
+  remoteTiles, waitRemoteTiles, waitChat, typeChat, screenshot, dumpPages, waitFor, WAIT_MS,
 } from './harness.mjs';
 
 /** @type {import('playwright-core').Browser} */
@@ -87,6 +87,25 @@ test('three participants see and hear each other, chat, and one leaves', async (
       );
     }
     await screenshot(pages.Ada, 'meeting-Ada-grace-muted');
+    // A muted microphone sends silence, and the server asked for Opus DTX in its answer
+    // (issue 17): a packet every few hundred ms instead of fifty a second.
+    const fmtp = await pages.Grace.evaluate(() => window.confab.publisher.remoteDescription.sdp
+      .split(/\r?\n/).find((l) => /^a=fmtp:\d+ .*useinbandfec/.test(l)));
+    assert.match(fmtp ?? '', /usedtx=1/, `the answer's Opus parameters: ${fmtp}`);
+    const audioSent = () => pages.Grace.evaluate(async () => {
+      let n = 0;
+      (await window.confab.publisher.getStats()).forEach((s) => {
+        if (s.type === 'outbound-rtp' && s.kind === 'audio') n = s.packetsSent;
+      });
+      return n;
+    });
+    let before = await audioSent();
+    await waitFor(pages.Grace, 'fewer than 15 audio packets in a second while muted (DTX)', async () => {
+      const now = await audioSent();
+      const quiet = now - before < 15;
+      before = now;
+      return quiet;
+    }, { interval: 1000 });
     await pages.Grace.getByTestId('cam-button').click();
     await pages.Ada.waitForFunction(
       (id) => document.querySelector(`[data-participant-id="${id}"]`)?.dataset.video === 'on',

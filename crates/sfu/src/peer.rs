@@ -211,6 +211,7 @@ impl Peer {
         announce: SocketAddr,
     ) -> Result<(String, HashMap<String, Vec<String>>), PeerError> {
         let offered_rids = crate::sdp::send_rids(&sdp);
+        let sdp = crate::sdp::with_opus_dtx(&sdp);
         let keep = self.learned_simulcast(&sdp);
         let sdp = if keep.is_empty() {
             sdp
