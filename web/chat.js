@@ -10,6 +10,39 @@ const NOT_SENT = {
   chat_invalid: 'invalid message',
 };
 
+/** Web addresses in chat text: http and https only, up to white space or a quote. */
+const LINK = /\bhttps?:\/\/[^\s<>"']+/gi;
+/** Punctuation that ends a sentence more often than it ends an address. */
+const TRAILING = /[.,;:!?)\]}]+$/;
+
+/**
+ * Appends `text` to `parent` as text, with each http(s) address in it a link that opens in
+ * a new tab without giving that page a handle on this one (`rel=noopener noreferrer`).
+ * Nothing in the text is ever parsed as HTML; another scheme (javascript:, data:) stays text.
+ */
+export function appendLinkedText(parent, text) {
+  let at = 0;
+  for (const m of text.matchAll(LINK)) {
+    const url = m[0].replace(TRAILING, '');
+    let href = null;
+    try {
+      const u = new URL(url);
+      if (u.protocol === 'http:' || u.protocol === 'https:') href = u.href;
+    } catch { /* not an address after all: stays text */ }
+    if (!href) continue;
+    parent.append(text.slice(at, m.index));
+    const a = document.createElement('a');
+    a.href = href;
+    a.textContent = url;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer';
+    a.dataset.testid = 'chat-link';
+    parent.append(a);
+    at = m.index + url.length;
+  }
+  parent.append(text.slice(at));
+}
+
 function formatTime(ts) {
   return new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 }
@@ -41,7 +74,7 @@ export function appendChat(log, msg) {
   const text = document.createElement('p');
   text.className = 'chat-text';
   text.dataset.testid = 'chat-text';
-  text.textContent = msg.text;
+  appendLinkedText(text, msg.text);
   li.append(head, text);
   appendToLog(log, li);
   if (msg.failed) markChatFailed(log, msg.requestId, msg.failed.code, msg.failed.message);

@@ -67,6 +67,19 @@ test('three participants see and hear each other, chat, and one leaves', async (
       assert.match(m.time, /\d/);
       assert.equal(m.history, false);
     }
+    // Addresses become links (http and https only, opening without a handle on the page);
+    // the rest, markup included, stays text.
+    const linked = 'see https://example.com/a?b=1. <b>not bold</b> javascript:alert(1) http://x.test/';
+    await typeChat(pages.Ada, linked);
+    await waitChat(pages.Grace, linked);
+    const links = await pages.Grace.$$eval('[data-testid="chat-link"]', (els) => els.map((a) => ({
+      href: a.getAttribute('href'), text: a.textContent, rel: a.rel, target: a.target,
+    })));
+    assert.deepEqual(links, [
+      { href: 'https://example.com/a?b=1', text: 'https://example.com/a?b=1', rel: 'noopener noreferrer', target: '_blank' },
+      { href: 'http://x.test/', text: 'http://x.test/', rel: 'noopener noreferrer', target: '_blank' },
+    ]);
+    assert.equal(await pages.Grace.$$eval('[data-testid="chat-text"] b', (els) => els.length), 0, 'no markup');
     // And the send button works too.
     await pages.Grace.getByTestId('chat-input').fill('hi Ada');
     await pages.Grace.getByTestId('chat-send').click();
