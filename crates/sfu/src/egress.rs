@@ -281,7 +281,7 @@ impl DownStream {
         sent.resends += 1;
         let (pkt, patch) = (sent.packet(&self.params), sent.patch);
         let twcc = cc.map(|cc| {
-            let size = pkt.payload.len() + 12 + 8 + 16;
+            let size = wire_size(pkt.payload.len() + 12);
             (cc.ext_id(), cc.on_send(self.params.ssrc, seq, size, now))
         });
         let mut pkt = pkt;
@@ -324,6 +324,13 @@ impl DownStream {
     pub fn resend_skipped(&self) -> u64 {
         self.resend_skipped
     }
+}
+
+/// A packet's size on the wire from its RTP size: the transport-wide sequence number's
+/// extension block (8 bytes) and the SRTP tag (16 at most) added. Close enough for the
+/// received-rate measurement and the pacer's budget, which is all it is used for.
+pub fn wire_size(rtp: usize) -> usize {
+    rtp + 8 + 16
 }
 
 /// Puts the transport-wide sequence number `seq` in `header` under extension `id` (one-byte

@@ -160,6 +160,9 @@ pub struct Peer {
     pub(crate) twcc_inbox: factory::TwccInbox,
     /// Subscriber: forwarded video beyond the pacing rate, waiting.
     pacer: crate::pacer::PacedQueue<down::PacedRtp>,
+    /// Reused for packets protected outside the worker's forwarding pass (paced releases,
+    /// retransmissions): the packet before encryption.
+    scratch: Vec<u8>,
     /// Subscriber: the round trip its last receiver report showed.
     rtt: Option<Duration>,
     /// Subscriber: the keys its down-tracks are protected with, once DTLS completed.

@@ -230,7 +230,7 @@ impl TransportCc {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use rtc::interceptor::{Acknowledgement, PacketReport};
+    use rtc::interceptor::Acknowledgement;
     use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
         PacketStatusChunk, RecvDelta, RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc,
     };
@@ -341,7 +341,6 @@ pub(crate) mod tests {
                 Acknowledgement::received(9, Some(Duration::from_millis(1003)), Default::default()),
             ]
         );
-        let _: Option<PacketReport> = None;
     }
 
     /// Runs `secs` of `bps` sent as 1200-byte packets over `link`, feedback every 100 ms;

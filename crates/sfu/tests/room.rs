@@ -13,6 +13,13 @@ use confab_sfu::room::harness::Harness;
 use proptest::prelude::*;
 use std::time::Duration;
 
+/// A receiver report of half the packets lost while 1 Mbit/s was sent.
+const HALF_LOST: Feedback = Feedback {
+    keyframe: false,
+    worst_loss: Some(128),
+    egress_bps: 1_000_000,
+};
+
 const AV: &[(MediaKind, TrackSource)] = &[
     (MediaKind::Audio, TrackSource::Microphone),
     (MediaKind::Video, TrackSource::Camera),
@@ -211,15 +218,7 @@ fn each_member_hears_its_downlink_when_it_changes() {
     run(&mut h, 2_100);
     assert_eq!(downlinks(&h, b).len(), n);
     // The estimate halves on loss: reported at the next tick, from loss.
-    h.feedback(
-        b,
-        &id,
-        Feedback {
-            worst_loss: Some(128),
-            egress_bps: 1_000_000,
-            ..Feedback::default()
-        },
-    );
+    h.feedback(b, &id, HALF_LOST);
     run(&mut h, 2_100);
     let now = downlinks(&h, b);
     assert_eq!(now.len(), n + 1);
@@ -450,15 +449,7 @@ fn loss_lowers_the_estimate_and_keyframe_requests_go_upstream() {
     assert_eq!(h.keyframe_requests.len(), before + 1);
     let est = |h: &Harness| h.room.member(b).unwrap().bwe.estimate_bps();
     let start = est(&h);
-    h.feedback(
-        b,
-        &id,
-        Feedback {
-            worst_loss: Some(128),
-            egress_bps: 1_000_000,
-            ..Feedback::default()
-        },
-    );
+    h.feedback(b, &id, HALF_LOST);
     assert!(est(&h) < start, "{} -> {}", start, est(&h));
 }
 

@@ -2,7 +2,7 @@
 //! streams (SRTP, sender reports, retransmissions), and the mids they were negotiated at.
 
 use super::{Peer, TrackCodec};
-use crate::egress::{DownStream, StreamParams};
+use crate::egress::{DownStream, StreamParams, wire_size};
 use crate::error::PeerError;
 use crate::pacer::Paced;
 use confab_proto::{MediaKind, TrackId};
@@ -54,13 +54,6 @@ pub struct SenderSlot {
 const DEFAULT_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 const MIN_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 const MAX_RESEND_GAP: std::time::Duration = std::time::Duration::from_millis(1000);
-
-/// A packet's size on the wire from its RTP size: the transport-wide sequence number's
-/// extension block (8 bytes) and the SRTP tag (16 at most) added. Close enough for the
-/// received-rate measurement, which is all it is used for.
-fn wire_size(rtp: usize) -> usize {
-    rtp + 8 + 16
-}
 
 impl Peer {
     /// Subscriber: gives every negotiated down-track without one its egress stream, once
@@ -242,7 +235,7 @@ impl Peer {
     /// Subscriber: moves the paced packets that are due to the output (flushed with
     /// `poll_write`). Returns how many left.
     pub(super) fn release_paced(&mut self, now: Instant) -> usize {
-        let mut scratch = Vec::new();
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut n = 0;
         while let Some(item) = self.pacer.pop(now) {
             if let Some((datagram, _)) = self.send_rtp(item, now, &mut scratch) {
@@ -250,6 +243,7 @@ impl Peer {
                 n += 1;
             }
         }
+        self.scratch = scratch;
         n
     }
 
@@ -285,7 +279,7 @@ impl Peer {
         else {
             return 0;
         };
-        let mut scratch = Vec::new();
+        let scratch = &mut self.scratch;
         let mut n = 0;
         let now = Instant::now();
         let gap = self
@@ -298,7 +292,7 @@ impl Peer {
         for pair in &nack.nacks {
             for seq in crate::egress::nacked(pair.packet_id, pair.lost_packets) {
                 let cc = self.cc.as_mut();
-                if let Some(d) = stream.retransmit(seq, cc, now, gap, &mut scratch) {
+                if let Some(d) = stream.retransmit(seq, cc, now, gap, scratch) {
                     self.out.push_back(d);
                     n += 1;
                 }

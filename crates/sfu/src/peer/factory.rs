@@ -164,6 +164,7 @@ impl PeerFactory {
             cc: None,
             twcc_inbox,
             pacer: crate::pacer::PacedQueue::new(crate::bwe::BweConfig::default().initial_bps),
+            scratch: Vec::new(),
             rtt: None,
             keys: None,
             out: Default::default(),
