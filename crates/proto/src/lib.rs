@@ -14,7 +14,7 @@ pub mod signal;
 pub use chat::{ChatIn, ChatOut};
 pub use ids::{DisplayName, IdError, ParticipantId, RequestId, RoomId, TrackId};
 pub use signal::{
-    ClientConfig, ClientMessage, DecodeError, ErrorCode, IceCandidate, IceServer, MediaKind,
+    ClientConfig, ClientMessage, DecodeError, Emoji, ErrorCode, IceCandidate, IceServer, MediaKind,
     ParticipantInfo, PcTarget, Quality, ServerMessage, SubscribedTrack, TrackInfo, TrackSource,
 };
 

@@ -134,8 +134,31 @@ pub enum ClientMessage {
     /// credentials. The publisher connection restarts with a `publish` whose offer has new
     /// credentials.
     RestartIce,
+    /// Raise or lower one's own hand: everyone sees it in `participant.hand_raised`.
+    RaiseHand { raised: bool },
+    /// Lower another participant's hand (a room admin, from its token's `room_admin`).
+    LowerHand { participant_id: ParticipantId },
+    /// A short-lived emoji reaction, shown to everyone (`reaction`). At most 5 in any 5 s.
+    Reaction { emoji: Emoji },
     /// Leave the room; the server closes the connection after `participant_left` reaches others.
     Leave,
+}
+
+/// The reactions a participant may send: a small fixed set, as meeting pages offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Emoji {
+    #[serde(rename = "\u{1F44D}")]
+    ThumbsUp,
+    #[serde(rename = "\u{1F44F}")]
+    Clap,
+    #[serde(rename = "\u{1F602}")]
+    Laugh,
+    #[serde(rename = "\u{2764}\u{FE0F}", alias = "\u{2764}")]
+    Heart,
+    #[serde(rename = "\u{1F389}")]
+    Party,
+    #[serde(rename = "\u{1F62E}")]
+    Surprised,
 }
 
 impl ClientMessage {
@@ -150,6 +173,9 @@ impl ClientMessage {
             ClientMessage::Subscription { .. } => "subscription",
             ClientMessage::Pin { .. } => "pin",
             ClientMessage::RestartIce => "restart_ice",
+            ClientMessage::RaiseHand { .. } => "raise_hand",
+            ClientMessage::LowerHand { .. } => "lower_hand",
+            ClientMessage::Reaction { .. } => "reaction",
             ClientMessage::Leave => "leave",
         }
     }
@@ -205,6 +231,10 @@ const KNOWN_CLIENT_TYPES: &[&str] = &[
     "mute",
     "subscription",
     "pin",
+    "restart_ice",
+    "raise_hand",
+    "lower_hand",
+    "reaction",
     "leave",
 ];
 
@@ -257,6 +287,9 @@ pub struct ParticipantInfo {
     /// Milliseconds since the Unix epoch.
     pub joined_at: u64,
     pub tracks: Vec<TrackInfo>,
+    /// The participant raised its hand (absent: not raised).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hand_raised: bool,
 }
 
 /// Maps a transceiver of the subscriber connection to the remote track it carries.
@@ -383,7 +416,7 @@ pub enum ServerMessage {
     ParticipantJoined {
         participant: ParticipantInfo,
     },
-    /// A participant's tracks or their mute state changed.
+    /// A participant's tracks, their mute state or its raised hand changed.
     ParticipantUpdated {
         participant: ParticipantInfo,
     },
@@ -393,6 +426,11 @@ pub enum ServerMessage {
     /// Who is speaking now, loudest first (empty when nobody is).
     ActiveSpeakers {
         speakers: Vec<ParticipantId>,
+    },
+    /// A participant reacted (everyone gets it, the sender too).
+    Reaction {
+        participant_id: ParticipantId,
+        emoji: Emoji,
     },
     /// Dynacast: which simulcast encodings of the client's published track (by mid) are
     /// wanted by someone. The client pauses the others (`RTCRtpEncodingParameters.active`)
@@ -519,6 +557,49 @@ impl ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reactions_are_one_of_a_fixed_set() {
+        let m = ClientMessage::decode("{\"type\":\"reaction\",\"emoji\":\"\u{1F44F}\"}").unwrap();
+        assert_eq!(m, ClientMessage::Reaction { emoji: Emoji::Clap });
+        // The heart with or without its emoji presentation selector; it goes out with it.
+        for heart in ["\u{2764}", "\u{2764}\u{FE0F}"] {
+            let m = ClientMessage::decode(&format!(r#"{{"type":"reaction","emoji":"{heart}"}}"#));
+            assert_eq!(
+                m.unwrap(),
+                ClientMessage::Reaction {
+                    emoji: Emoji::Heart
+                }
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Emoji::Heart).unwrap(),
+            "\"\u{2764}\u{FE0F}\""
+        );
+        let bad = ClientMessage::decode(r#"{"type":"reaction","emoji":"<b>x</b>"}"#);
+        assert_eq!(bad.unwrap_err().code(), ErrorCode::InvalidMessage);
+        let unknown_field = ClientMessage::decode(r#"{"type":"raise_hand","raised":true,"x":1}"#);
+        assert_eq!(unknown_field.unwrap_err().code(), ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn a_lowered_hand_is_not_written() {
+        let info = ParticipantInfo {
+            id: ParticipantId::from_wire("PA_a"),
+            name: DisplayName::parse("Ada").unwrap(),
+            joined_at: 1,
+            tracks: Vec::new(),
+            hand_raised: false,
+        };
+        let json = serde_json::to_string(&info).unwrap();
+        assert!(!json.contains("hand_raised"), "{json}");
+        let raised = ParticipantInfo {
+            hand_raised: true,
+            ..info
+        };
+        let json = serde_json::to_string(&raised).unwrap();
+        assert!(json.contains("\"hand_raised\":true"), "{json}");
+    }
 
     #[test]
     fn decode_join() {

@@ -23,6 +23,7 @@
 //!   list) and their answers.
 //! - [`alloc`]: periodic decisions: layer allocation, last-N, active speakers, dynacast.
 //! - [`admin`]: chat, recording taps and administration.
+//! - [`presence`]: raised hands and reactions.
 //! - [`relay`]: a track's copy to a room copy on another worker or node (issue 15, the
 //!   pure part: relays out, wants and keyframe requests back).
 //! - [`harness`]: drives a room without IO, for tests and benchmarks.
@@ -34,6 +35,7 @@ pub mod harness;
 mod media;
 pub mod member;
 mod negotiate;
+mod presence;
 pub mod relay;
 pub mod track;
 
@@ -402,6 +404,7 @@ impl Room {
             id: m.id.clone(),
             name: m.name.clone(),
             joined_at: m.joined_at,
+            hand_raised: m.hand_raised,
             tracks: m
                 .tracks
                 .iter()
@@ -762,6 +765,11 @@ impl Room {
                 self.allocate(key, now);
             }
             ClientMessage::RestartIce => self.restart_ice(now, key, request),
+            ClientMessage::RaiseHand { raised } => self.raise_hand(key, request, raised),
+            ClientMessage::LowerHand { participant_id } => {
+                self.lower_hand(key, request, participant_id)
+            }
+            ClientMessage::Reaction { emoji } => self.react(now, key, request, emoji),
             ClientMessage::Leave => {
                 self.leave(key, Removal::Left);
             }

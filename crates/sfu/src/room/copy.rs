@@ -45,6 +45,17 @@ pub enum Fact {
     History(Vec<confab_proto::ChatOut>),
     /// The end of the sender's snapshot (its answer to [`Fact::Hello`]).
     SnapshotEnd,
+    /// A participant's hand was raised or lowered (by itself, or by a room admin on any
+    /// copy: the participant's own copy applies it too).
+    Hand {
+        participant: ParticipantId,
+        raised: bool,
+    },
+    /// One of the sender's participants reacted.
+    Reaction {
+        from: ParticipantId,
+        emoji: confab_proto::Emoji,
+    },
     /// A chat message one of the sender's participants sent.
     Chat {
         from: ParticipantId,
@@ -329,6 +340,17 @@ impl Room {
                     self.report_to_taps(track, ssrc, ntp, rtp_ts);
                 }
             }
+            Fact::Hand {
+                participant,
+                raised,
+            } => {
+                self.set_hand(&participant, raised);
+            }
+            Fact::Reaction { from, emoji } => {
+                if self.remote_ids.contains_key(&from) {
+                    self.reaction(from, emoji);
+                }
+            }
             Fact::Chat {
                 from: who,
                 name,
@@ -386,7 +408,7 @@ impl Room {
         );
     }
 
-    fn announce_remote(&mut self, key: ParticipantKey) {
+    pub(super) fn announce_remote(&mut self, key: ParticipantKey) {
         if let Some(info) = self.remote_info(key) {
             self.broadcast(
                 None,

@@ -7,7 +7,7 @@ use confab_proto::signal::{Grants, PublishTrack};
 use confab_proto::{
     DisplayName, ParticipantId, Quality, RequestId, ServerMessage, TrackId, TrackSource,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Who joins, with what its token grants.
@@ -104,7 +104,15 @@ pub struct Member {
     pub downlink_sent: Option<(u64, Vec<confab_proto::signal::DownlinkTrack>)>,
     /// Down-track slots of its subscriber connection: `true` when taken.
     slots: Vec<bool>,
+    /// Its hand is raised.
+    pub hand_raised: bool,
+    /// When it sent its last reactions, oldest first (at most [`REACTIONS_PER_WINDOW`]).
+    pub reactions: VecDeque<Instant>,
 }
+
+/// A participant's reactions: at most this many in [`REACTION_WINDOW`].
+pub const REACTIONS_PER_WINDOW: usize = 5;
+pub const REACTION_WINDOW: Duration = Duration::from_secs(5);
 
 impl Member {
     pub fn new(now: Instant, config: &SfuConfig, info: JoinInfo) -> Self {
@@ -143,7 +151,25 @@ impl Member {
             allocated_at: None,
             downlink_sent: None,
             slots: Vec::new(),
+            hand_raised: false,
+            reactions: VecDeque::new(),
         }
+    }
+
+    /// Takes one reaction from its allowance at `now`; `false` when none is left.
+    pub fn take_reaction(&mut self, now: Instant) -> bool {
+        while self
+            .reactions
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= REACTION_WINDOW)
+        {
+            self.reactions.pop_front();
+        }
+        if self.reactions.len() >= REACTIONS_PER_WINDOW {
+            return false;
+        }
+        self.reactions.push_back(now);
+        true
     }
 
     /// A free down-track slot (the lowest: the connection reuses freed transceivers).
