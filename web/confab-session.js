@@ -434,6 +434,9 @@ export class SessionMethods {
       case 'active_speakers':
         this._emit('activespeakers', { speakers: msg.speakers ?? [] });
         break;
+      case 'reaction':
+        this._emit('reaction', { participantId: msg.participant_id, emoji: msg.emoji });
+        break;
       case 'publisher_layers':
         this._dynacast.wish(this.publisher, msg.mid, msg.active_rids ?? []);
         break;

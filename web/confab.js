@@ -30,6 +30,7 @@
 //   localtrack          {source, track, previous}   a local track was added, replaced or removed
 //   screenshare         {active, track}   our own screen share started or stopped
 //   activespeakers      {speakers}        the server's `active_speakers` (loudest first), when it sends it
+//   reaction            {participantId, emoji}  someone reacted (us too: the server relays ours back)
 //   resumed             {participant}     the signaling connection broke and the session was
 //                                          resumed over a new one (peer connections kept)
 //   icerestart          {reason}          ICE restarted on both connections (reason:
@@ -78,6 +79,11 @@
 //                                          size it is shown at (CSS px x devicePixelRatio).
 //                                          Sent only when it changes; again after a rejoin
 //   setPins(participantIds)               whose video we always get, whatever last-N
+// Hands and reactions (confab-presence.js):
+//   raiseHand(raised = true)              our hand up or down; `handRaised` is the server's word,
+//                                          everyone's in their ParticipantInfo `hand_raised`
+//   lowerHand(participantId)              someone else's hand (the `room_admin` grant only)
+//   react(emoji)                          one of REACTIONS (👍 👏 😂 ❤️ 🎉 😮); 5 in 5 s at most
 // Levels, speaking and network quality live beside this file: speaking.js, quality.js;
 // which tile shows what and at which size: layout.js, subscriptions.js.
 //
@@ -85,7 +91,8 @@
 // methods live by responsibility in confab-session.js (signaling, joins, resume and
 // rejoin), confab-publisher.js (local media, the publisher connection, screen share,
 // simulcast), confab-subscriber.js (remote tracks, subscriptions, pins), confab-chat.js
-// (the chat channel) and confab-ice.js (ICE restart), and are copied onto ConfabClient below: one object, one `this`.
+// (the chat channel), confab-ice.js (ICE restart) and confab-presence.js (hands and
+// reactions), and are copied onto ConfabClient below: one object, one `this`.
 
 import { Dynacast } from './simulcast.js';
 import { ConfabError, Requests } from './requests.js';
@@ -94,8 +101,9 @@ import { PublisherMethods } from './confab-publisher.js';
 import { SubscriberMethods } from './confab-subscriber.js';
 import { ChatMethods } from './confab-chat.js';
 import { IceMethods } from './confab-ice.js';
+import { PresenceMethods, REACTIONS } from './confab-presence.js';
 
-export { ConfabError, PROTOCOL_VERSION };
+export { ConfabError, PROTOCOL_VERSION, REACTIONS };
 
 const DEFAULT_RECONNECT = { attempts: 5, firstDelayMs: 500, maxDelayMs: 4000 };
 
@@ -207,7 +215,7 @@ function mixin(target, ...parts) {
   }
 }
 
-mixin(ConfabClient, SessionMethods, PublisherMethods, SubscriberMethods, ChatMethods, IceMethods);
+mixin(ConfabClient, SessionMethods, PublisherMethods, SubscriberMethods, ChatMethods, IceMethods, PresenceMethods);
 
 /**
  * The grants an access token (JWT) claims, read without checking its signature: a hint for
