@@ -8,13 +8,15 @@
 // Beside this file: prejoin.js (preview, meter, device choice before joining), devices.js
 // (device lists and the remembered choice), speaking.js (levels, who speaks: the server's
 // active speakers), quality.js (getStats network quality), people.js (the people panel),
-// layout.js (paged gallery and speaker view), subscriptions.js (each tile tells the server
-// whether and how large it shows a video), chat.js (the chat log's entries).
+// layout.js (a gallery that fills the stage, speaker view), subscriptions.js (each tile tells
+// the server whether and how large it shows a video), chat.js (the chat log's entries),
+// panels.js (people and chat panels, unread badge, invite link, toasts).
 //
 // This file is the page's wiring: the lobby, joining and leaving, and the client's events
 // turned into DOM updates. The rest of the page: page-state.js (its elements and shared
 // state), notices.js (status, errors, banner), tiles.js (tiles, screen-share stage,
-// layout, pins, speaking, people panel), controls.js (buttons, devices dialog, grants).
+// layout, pins, speaking, people panel, reactions), controls.js (toolbar, devices popover,
+// hand and reactions, shortcuts and their help, grants).
 //
 // What the access token allows (`joined.grants`) decides the controls: a viewer (no
 // `can_publish`, or hidden) gets no microphone, camera, screen-share or input-device
@@ -23,16 +25,17 @@
 
 import { ConfabClient, tokenGrants } from './confab.js';
 import { Prejoin } from './prejoin.js';
-import { QualityMonitor, renderBadges } from './quality.js';
+import { QualityMonitor, renderBadges, toggleDetail } from './quality.js';
 import { SubscriptionReporter } from './subscriptions.js';
-import { appendChat, appendSystemMessage, markChatFailed } from './chat.js';
+import { appendChat, appendSystemMessage, markChatFailed, onChatRetry } from './chat.js';
+import { closePanels, noteChat } from './panels.js';
 import { SELF, departed, meeting, speaking, tiles, ui } from './page-state.js';
 import { clearError, connectionBack, connectionLost, hideBanner, setStatus, showError } from './notices.js';
 import {
-  attachTrack, detachTrack, initials, removeTile, renderLayout, renderLocalTile, renderPeoplePanel,
-  renderStage, upsertTile, watchLocalSpeaking,
+  attachTrack, detachTrack, paintAvatar, removeTile, renderLayout, renderLocalTile, renderPeoplePanel,
+  renderStage, showReaction, upsertTile, watchLocalSpeaking,
 } from './tiles.js';
-import { fillMeetingDevices, publishBlocked, renderControls, setSpeaker } from './controls.js';
+import { fillMeetingDevices, presenceRefused, publishBlocked, renderControls, setSpeaker } from './controls.js';
 
 /** Errors that end with an automatic rejoin: no longer worth showing once connected. */
 const TRANSIENT_ERRORS = new Set([
@@ -170,13 +173,14 @@ function enterMeeting(room, name) {
   ui.joinButton.disabled = false;
   ui.roomLabel.textContent = `Room ${room}`;
   ui.roomLabel.hidden = false;
+  ui.inviteTop.hidden = false;
   document.title = `${room} – Confab`;
   if (location.pathname !== `/room/${encodeURIComponent(room)}`) {
     // The token stays in the URL: a reload joins again with it.
     history.replaceState(null, '', `/room/${encodeURIComponent(room)}${location.search}`);
   }
   ui.localTile.querySelector('.tile-name').textContent = `${name} (you)`;
-  ui.localTile.querySelector('.avatar').textContent = initials(name);
+  paintAvatar(ui.localTile.querySelector('.avatar'), name);
   ui.localVideo.srcObject = meeting.localStream;
   watchLocalSpeaking();
   meeting.reporter = new SubscriptionReporter(meeting.client);
@@ -187,15 +191,18 @@ function enterMeeting(room, name) {
   renderControls();
   renderLocalTile();
   renderPeoplePanel();
-  ui.chatInput.focus();
+  ui.micButton.focus();
 }
 
 function leaveMeeting(message) {
   ui.meeting.hidden = true;
   ui.lobby.hidden = false;
   ui.roomLabel.hidden = true;
+  ui.inviteTop.hidden = true;
   document.title = 'Confab';
   if (ui.devicesDialog.open) ui.devicesDialog.close();
+  if (ui.helpDialog.open) ui.helpDialog.close();
+  closePanels();
   hideBanner();
   quality?.stop();
   quality = null;
@@ -251,6 +258,7 @@ function wireClient(c) {
   c.addEventListener('error', mine((detail) => {
     // A refused chat message is marked in the chat log, beside the message itself.
     if (detail.request === 'chat') return;
+    if (presenceRefused(detail)) return;
     if (detail.request === 'publish') {
       showError(`Could not publish: ${detail.message}`, detail.code);
       return;
@@ -280,8 +288,13 @@ function wireClient(c) {
     upsertTile(detail.participant);
   }));
   c.addEventListener('participantupdated', mine((detail) => {
-    if (detail.participant.id === c.participantId) renderPeoplePanel();
-    else upsertTile(detail.participant);
+    if (detail.participant.id === c.participantId) {
+      renderControls();
+      renderLocalTile();
+      renderPeoplePanel();
+    } else {
+      upsertTile(detail.participant);
+    }
   }));
   c.addEventListener('participantleft', mine((detail) => {
     departed.add(detail.participantId);
@@ -291,7 +304,11 @@ function wireClient(c) {
   }));
   c.addEventListener('trackadded', mine((detail) => attachTrack(detail)));
   c.addEventListener('trackremoved', mine((detail) => detachTrack(detail)));
-  c.addEventListener('chat', mine((detail) => appendChat(ui.chatLog, detail)));
+  c.addEventListener('chat', mine((detail) => {
+    appendChat(ui.chatLog, detail);
+    noteChat(detail);
+  }));
+  c.addEventListener('reaction', mine((detail) => showReaction(detail.participantId, detail.emoji)));
   c.addEventListener('chatfailed', mine((detail) => {
     markChatFailed(ui.chatLog, detail.requestId, detail.code, detail.message);
   }));
@@ -324,10 +341,49 @@ ui.leaveButton.addEventListener('click', () => {
 ui.chatForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = ui.chatInput.value;
+  // The composer keeps the keyboard (the Send button would take it otherwise).
+  ui.chatInput.focus();
   if (!meeting.client || text.trim() === '') return;
   try {
     meeting.client.sendChat(text);
     ui.chatInput.value = '';
+  } catch (err) {
+    showError(err.message, err.code);
+  }
+});
+
+// Retry of a message the server refused: sent again as a new message, the old entry goes.
+onChatRetry((text) => {
+  if (!meeting.client) return false;
+  try {
+    meeting.client.sendChat(text);
+    ui.chatInput.focus();
+    return true;
+  } catch (err) {
+    showError(err.message, err.code);
+    return false;
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+// Tiles' signal badges (details on click) and the people list's "Lower hand"
+// ---------------------------------------------------------------------------------------
+
+ui.stage.addEventListener('click', (ev) => {
+  const badge = ev.target.closest('.signal');
+  if (badge) toggleDetail(badge);
+});
+ui.stage.addEventListener('keydown', (ev) => {
+  if (ev.key !== 'Escape') return;
+  const badge = ev.target.closest?.('.signal[aria-expanded="true"]');
+  if (badge) toggleDetail(badge, false);
+});
+ui.peopleList.addEventListener('click', (ev) => {
+  const button = ev.target.closest('[data-testid="lower-hand"]');
+  const id = button?.closest('[data-participant-id]')?.dataset.participantId;
+  if (!id || !meeting.client) return;
+  try {
+    meeting.client.lowerHand(id);
   } catch (err) {
     showError(err.message, err.code);
   }

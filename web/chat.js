@@ -1,6 +1,14 @@
 // The chat log of the meeting page: messages (ours marked, history dimmed, ours that the
-// server refused marked "not sent" with the reason) and the page's own notices, kept
-// scrolled to the newest unless the reader has scrolled up.
+// server refused marked "not sent" with the reason and a Retry button) and the page's own
+// notices, kept scrolled to the newest unless the reader has scrolled up.
+
+/** What Retry does with a refused message's text: set by the page (onChatRetry). */
+let retryHandler = null;
+
+/** `fn(text, li)` sends `text` again; it returns true when it could (the entry then goes). */
+export function onChatRetry(fn) {
+  retryHandler = fn;
+}
 
 /** Why a chat message was refused, in a few words, by error code. */
 const NOT_SENT = {
@@ -9,6 +17,9 @@ const NOT_SENT = {
   chat_too_long: 'too long',
   chat_invalid: 'invalid message',
 };
+
+/** Refusals that sending the same text again would only repeat. */
+const FINAL = new Set(['forbidden', 'chat_too_long', 'chat_invalid']);
 
 /** Web addresses in chat text: http and https only, up to white space or a quote. */
 const LINK = /\bhttps?:\/\/[^\s<>"']+/gi;
@@ -55,6 +66,7 @@ export function appendChat(log, msg) {
   if (msg.local) li.classList.add('mine');
   if (msg.history) li.classList.add('history');
   li.dataset.from = msg.from ?? '';
+  li.chatText = msg.text;
   li.dataset.history = String(!!msg.history);
   if (msg.local) {
     // There is no acknowledgement: ours count as sent unless the server refuses them.
@@ -92,8 +104,21 @@ export function markChatFailed(log, requestId, code, message) {
   note.dataset.code = code;
   note.textContent = `Not sent: ${NOT_SENT[code] ?? code.replace(/_/g, ' ')}`;
   note.title = message;
+  let retry = null;
+  if (retryHandler && li.chatText != null && !FINAL.has(code)) {
+    retry = document.createElement('button');
+    retry.type = 'button';
+    retry.className = 'chat-retry';
+    retry.dataset.testid = 'chat-retry';
+    retry.innerHTML = '<svg class="icon" aria-hidden="true"><use href="#i-retry"/></svg> Retry';
+    retry.setAttribute('aria-label', 'Retry sending this message');
+    retry.addEventListener('click', () => {
+      if (retryHandler(li.chatText, li)) li.remove();
+    });
+  }
   const atBottom = isAtBottom(log);
   li.append(note);
+  if (retry) li.append(retry);
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 

@@ -1,34 +1,76 @@
-// Which tile goes where on the stage: a paged gallery or a speaker view, and how each
-// remote video is wanted from the server (shown or not, low or high quality).
+// Which tile goes where on the stage, how large, and how each remote video is wanted from
+// the server (shown or not, low or high quality).
 //
-//   const layout = new StageLayout(elements, { pageSize: 9, dominant: () => id });
+//   const layout = new StageLayout(elements, { dominant: () => id });
 //   layout.setTiles([{id, el, remote}])   every tile in join order, ours first
 //   layout.setMode('gallery' | 'speaker');  layout.setSharing(bool);  layout.setPinned([ids])
-//   layout.page(+1 | -1);  layout.render()  -> Map id -> {shown, quality}
-//   layout.addEventListener('change', ...)  the user changed the mode or the page
+//   layout.setSelfView('float' | 'grid');  layout.page(+1 | -1);  layout.render() -> Map id -> {shown, quality}
+//   layout.addEventListener('change', ...)  the user changed the mode, the page or the self view
+//   layout.addEventListener('resize', ...)  the stage changed size: render again
 //
-// Gallery: a grid of at most `pageSize` tiles (3 x 3) per page, ours first, then the pinned,
-// then everyone else by join order; tiles on other pages are hidden (and unsubscribed).
-// Speaker: the pinned participant, else the dominant speaker, large; everyone else in a strip
-// that asks for the lowest layer. A screen share takes the large place in either mode, the
-// tiles then all go to the strip.
-//
-// Tiles keep their size whatever the number of people: the grid's column width is fixed by
-// the stage, not by the count, the pager is always there (disabled when one page is
-// enough), and the speaking ring is drawn over the tile. So nothing jumps when people come
-// and go.
+// Gallery (as Meet and Jitsi do): every tile 16:9 and of one size, the largest that fits
+// the stage for the number of tiles on the page: each column count is tried, and the one
+// that gives the widest tile wins (`fitGrid`). So 4 tiles in a wide window make a 2 x 2
+// grid that fills the stage, and a portrait phone stacks them. A page holds as many tiles as
+// stay at least MIN_TILE_W wide (at most MAX_PAGE); further ones go to other pages, hidden
+// and unsubscribed. Order: ours, then the pinned, then everyone else by join order.
+// Our own tile floats small in a corner of the stage when there is exactly one other person
+// (dragged, or moved with the arrow keys), unless the user keeps it in the grid.
+// Speaker: the pinned participant, else the dominant speaker, large; everyone else in a
+// strip beside it that asks for the lowest layer. A screen share takes the large place in
+// either mode, the tiles then all go to the strip.
 
+/** The fixed gallery page size of old (tests may still set one with setPageSize). */
 export const PAGE_SIZE = 9;
+/** Tiles per page when the stage is large: Meet's default tops out about here. */
+export const MAX_PAGE = 25;
+/** The narrowest tile the gallery makes before it starts a new page (CSS px). */
+const MIN_TILE_W = 200;
+const MIN_TILE_W_PHONE = 120;
+const ASPECT = 16 / 9;
+
+/**
+ * The largest 16:9 tile for `n` tiles in a `width` x `height` area with `gap` between
+ * them: {cols, rows, w, h} (w, h in whole CSS px, never more than the area allows).
+ */
+export function fitGrid(n, width, height, gap) {
+  let best = { cols: 1, rows: Math.max(1, n), w: 0, h: 0 };
+  if (n <= 0 || width <= 0 || height <= 0) return best;
+  for (let cols = 1; cols <= n; cols++) {
+    const rows = Math.ceil(n / cols);
+    const cellW = (width - (cols - 1) * gap) / cols;
+    const cellH = (height - (rows - 1) * gap) / rows;
+    const w = Math.floor(Math.min(cellW, cellH * ASPECT));
+    if (w > best.w) best = { cols, rows, w, h: Math.floor(w / ASPECT) };
+  }
+  return best;
+}
+
+/** How many tiles a page of a `width` x `height` stage holds, each at least `minW` wide. */
+export function pageCapacity(width, height, gap, minW) {
+  let n = 1;
+  while (n < MAX_PAGE && fitGrid(n + 1, width, height, gap).w >= minW) n++;
+  return n;
+}
+
+const CORNERS = ['tl', 'tr', 'bl', 'br'];
 
 export class StageLayout extends EventTarget {
   /**
    * @param {{stage, grid, main, galleryButton, speakerButton, pager, prev, next, pageLabel}} els
    * @param {{pageSize?: number, dominant?: (accept: (id) => boolean) => string|null}} options
    */
-  constructor(els, { pageSize = PAGE_SIZE, dominant = () => null } = {}) {
+  constructor(els, { pageSize = null, dominant = () => null } = {}) {
     super();
     this.els = els;
-    this.pageSize = pageSize;
+    /** A page size set by setPageSize, or null: as many as fit (pageCapacity). */
+    this.fixedPageSize = pageSize;
+    this.pageSize = pageSize ?? PAGE_SIZE;
+    /** 'float': ours floats in a corner when we are two; 'grid': always in the grid. */
+    this.selfView = 'float';
+    this.corner = 'br';
+    /** Whether our tile floats now (set by render). */
+    this.selfFloating = false;
     this.dominant = dominant;
     this.mode = 'gallery';
     this.sharing = false;
@@ -38,6 +80,18 @@ export class StageLayout extends EventTarget {
     this.tiles = [];
     /** The id shown large in speaker view, or null. */
     this.mainId = null;
+    els.selfButton?.addEventListener('click', () => this.setSelfView(this.selfView === 'grid' ? 'float' : 'grid', true));
+    if (els.area) {
+      let queued = false;
+      new ResizeObserver(() => {
+        if (queued) return;
+        queued = true;
+        requestAnimationFrame(() => {
+          queued = false;
+          this.dispatchEvent(new CustomEvent('resize'));
+        });
+      }).observe(els.area);
+    }
     els.galleryButton.addEventListener('click', () => this.setMode('gallery', true));
     els.speakerButton.addEventListener('click', () => this.setMode('speaker', true));
     els.prev.addEventListener('click', () => this.page(-1));
@@ -56,9 +110,10 @@ export class StageLayout extends EventTarget {
     this.tiles = tiles;
   }
 
-  /** Tiles per gallery page (the page shown keeps its first tile in view). */
+  /** Tiles per gallery page, fixed from now on (the page shown keeps its first tile in view). */
   setPageSize(n) {
     const size = Math.max(1, Math.floor(n));
+    this.fixedPageSize = size;
     if (size === this.pageSize) return;
     const first = this.pageIndex * this.pageSize;
     this.pageSize = size;
@@ -73,6 +128,30 @@ export class StageLayout extends EventTarget {
     if (byUser) this._changed();
   }
 
+  setSelfView(view, byUser = false) {
+    if (view !== 'float' && view !== 'grid') return;
+    if (view === this.selfView) return;
+    this.selfView = view;
+    if (byUser) this._changed();
+  }
+
+  /** Moves our floating tile to `corner` (tl, tr, bl, br). */
+  setCorner(corner, byUser = false) {
+    if (!CORNERS.includes(corner) || corner === this.corner) return;
+    this.corner = corner;
+    if (byUser) this._changed();
+  }
+
+  /** The corner one arrow key away from ours (`key`: ArrowLeft, ArrowRight, ArrowUp, ArrowDown). */
+  cornerToward(key) {
+    const [v, h] = this.corner.split('');
+    if (key === 'ArrowLeft') return `${v}l`;
+    if (key === 'ArrowRight') return `${v}r`;
+    if (key === 'ArrowUp') return `t${h}`;
+    if (key === 'ArrowDown') return `b${h}`;
+    return this.corner;
+  }
+
   setSharing(sharing) {
     this.sharing = !!sharing;
   }
@@ -81,8 +160,13 @@ export class StageLayout extends EventTarget {
     this.pinned = [...ids];
   }
 
+  /** Tiles that take part in the gallery's pages (not our floating one). */
+  get _paged() {
+    return this.selfFloating ? this.tiles.length - 1 : this.tiles.length;
+  }
+
   get pageCount() {
-    return Math.max(1, Math.ceil(this.tiles.length / this.pageSize));
+    return Math.max(1, Math.ceil(this._paged / this.pageSize));
   }
 
   page(delta) {
@@ -120,22 +204,40 @@ export class StageLayout extends EventTarget {
   }
 
   /**
-   * Places every tile and returns, per tile id, {shown, quality}: what the tile's video
-   * should be subscribed with.
+   * Places every tile, sizes the gallery to the stage, and returns, per tile id,
+   * {shown, quality}: what the tile's video should be subscribed with.
    */
   render() {
-    const { stage, grid, main } = this.els;
+    const { stage, grid, main, area } = this.els;
     const out = new Map();
-    const ordered = this.ordered();
     const speaker = this.mode === 'speaker' && !this.sharing;
     const strip = this.mode === 'speaker' || this.sharing;
+    const remotes = this.tiles.filter((t) => t.remote).length;
+    this.selfFloating = !strip && this.selfView !== 'grid' && remotes === 1;
+    const ordered = this.ordered().filter((t) => !(this.selfFloating && !t.remote));
     this.mainId = speaker ? this._pickMain() : null;
+
+    // The stage's free area decides the page size and the tiles' size.
+    const width = area?.clientWidth ?? 0;
+    const height = area?.clientHeight ?? 0;
+    const phone = width > 0 && width < 640;
+    const gap = phone ? 6 : 12;
+    if (this.fixedPageSize == null && width > 0 && height > 0) {
+      const size = pageCapacity(width, height, gap, phone ? MIN_TILE_W_PHONE : MIN_TILE_W);
+      if (size !== this.pageSize) {
+        const first = this.pageIndex * this.pageSize;
+        this.pageSize = size;
+        this.pageIndex = Math.floor(first / size);
+      }
+    }
     const pages = this.pageCount;
     this.pageIndex = Math.min(this.pageIndex, pages - 1);
     const first = this.pageIndex * this.pageSize;
 
     const inGrid = [];
+    let onThisPage = 0;
     ordered.forEach((t, i) => {
+      t.el.dataset.float = 'false';
       if (t.id === this.mainId) {
         if (t.el.parentElement !== main) main.replaceChildren(t.el);
         t.el.hidden = false;
@@ -145,12 +247,42 @@ export class StageLayout extends EventTarget {
       }
       inGrid.push(t.el);
       const onPage = strip || (i >= first && i < first + this.pageSize);
+      if (onPage) onThisPage++;
       t.el.hidden = !onPage;
       t.el.dataset.view = strip ? 'strip' : onPage ? 'grid' : 'offpage';
       out.set(t.id, { shown: onPage, quality: strip ? 'low' : 'high' });
     });
+    const self = this.tiles.find((t) => !t.remote);
+    if (this.selfFloating && self) {
+      inGrid.push(self.el);
+      self.el.hidden = false;
+      self.el.dataset.float = 'true';
+      self.el.dataset.corner = this.corner;
+      self.el.dataset.view = 'float';
+      out.set(self.id, { shown: true, quality: 'low' });
+    }
+    if (self) {
+      self.el.tabIndex = this.selfFloating ? 0 : -1;
+      if (this.selfFloating) {
+        self.el.setAttribute('aria-label', 'Your video, floating: arrow keys move it to another corner');
+      } else {
+        self.el.removeAttribute('aria-label');
+      }
+    }
     if (!this.mainId) main.replaceChildren();
     placeInOrder(grid, inGrid);
+
+    if (!strip && width > 0 && height > 0) {
+      const fit = fitGrid(Math.max(1, onThisPage), width, height, gap);
+      grid.style.setProperty('--tile-w', `${fit.w}px`);
+      grid.style.setProperty('--tile-h', `${fit.h}px`);
+      grid.style.setProperty('--gap', `${gap}px`);
+      grid.dataset.cols = String(fit.cols);
+      grid.dataset.rows = String(fit.rows);
+    }
+    if (width > 0) {
+      grid.style.setProperty('--float-w', `${Math.round(Math.min(280, Math.max(120, width * 0.22)))}px`);
+    }
 
     stage.dataset.layout = this.mode;
     stage.classList.toggle('strip', strip);
@@ -160,7 +292,8 @@ export class StageLayout extends EventTarget {
   }
 
   _renderControls(pages, strip) {
-    const { galleryButton, speakerButton, pager, prev, next, pageLabel } = this.els;
+    const { galleryButton, speakerButton, selfButton, pager, prev, next, pageLabel } = this.els;
+    selfButton?.setAttribute('aria-pressed', String(this.selfView === 'grid'));
     galleryButton.setAttribute('aria-pressed', String(this.mode === 'gallery'));
     speakerButton.setAttribute('aria-pressed', String(this.mode === 'speaker'));
     // The pager keeps its place (no jump) and says why it is idle.

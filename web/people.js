@@ -21,9 +21,11 @@ const CHIP_TEXT = {
 /**
  * @param {HTMLUListElement} list
  * @param {HTMLTemplateElement} template
- * @param {{id, name, local, microphone, camera, screen, speaking}[]} people in display order
+ * @param {{id, name, local, microphone, camera, screen, speaking, hand, canLower}[]} people
+ *   in display order (`hand`: raised; `canLower`: we may lower it, as a room admin)
+ * @param {(el: HTMLElement, name: string) => void} [paintAvatar] draws the initials avatar
  */
-export function renderPeople(list, template, people) {
+export function renderPeople(list, template, people, paintAvatar) {
   const existing = new Map([...list.children].map((li) => [li.dataset.participantId, li]));
   let prev = null;
   for (const p of people) {
@@ -36,6 +38,13 @@ export function renderPeople(list, template, people) {
     li.dataset.camera = p.camera;
     li.dataset.screen = p.screen;
     li.dataset.speaking = String(p.speaking);
+    li.dataset.hand = String(!!p.hand);
+    li.querySelector('[data-testid="participant-hand"]').hidden = !p.hand;
+    const lower = li.querySelector('[data-testid="lower-hand"]');
+    lower.hidden = !p.canLower;
+    lower.setAttribute('aria-label', `Lower ${p.name}'s hand`);
+    const avatar = li.querySelector('.avatar');
+    if (avatar && paintAvatar) paintAvatar(avatar, p.name);
     setText(li.querySelector('.person-name'), p.local ? `${p.name} (you)` : p.name);
     setText(li.querySelector('.person-speaking-text'), p.speaking ? ', speaking' : '');
     for (const chip of li.querySelectorAll('[data-chip]')) {

@@ -4,7 +4,8 @@
 //   const monitor = new QualityMonitor(client);   // a ConfabClient
 //   monitor.addEventListener('update', (e) => { e.detail.remote; e.detail.local; });
 //   monitor.start();  ...  monitor.stop();
-//   renderBadges(e.detail, tiles, uploadBadge);   the meeting page's badges
+//   renderBadges(e.detail, tiles, uploadBadge);   the meeting page's signal-bars badges
+//   toggleDetail(badge);                          a badge's details (developer detail) open or shut
 //
 // remote: Map participantId -> {grade, lossPct, jitterMs, width, height, fps, audioOnly,
 //         layer, layers}   layer: what the server forwards of their camera (0 lowest, null none)
@@ -181,22 +182,25 @@ export class QualityMonitor extends EventTarget {
 }
 
 const GRADE_TEXT = { good: 'Good', fair: 'Fair', poor: 'Poor', unknown: 'Measuring…' };
+const STATE_TEXT = { none: 'Listen-only', connecting: 'Connecting…', stalled: 'Upload stalled', sending: 'Good' };
 
-/**
- * The badges: one per remote tile (`tiles`: participant id -> {el, info}) and our upload's
- * (`uploadBadge`), from a QualityMonitor `update`.
- */
 const SIGNAL_TEXT = { initial: 'not measured yet', loss: 'from loss', delay: 'from delay and loss' };
 
+/**
+ * The signal-bars badges: one per remote tile (`tiles`: participant id -> {el, info}) and
+ * our upload's (`uploadBadge`), from a QualityMonitor `update`. A badge says only good, fair
+ * or poor (its bars and its accessible name); the numbers (resolution, loss, jitter, layer,
+ * path, the server's estimate) are its `data-detail`, shown when the badge is clicked.
+ */
 export function renderBadges({ remote, local, path = {}, downlink = null }, tiles, uploadBadge) {
   for (const [id, t] of tiles) {
     const q = remote.get(id);
     const badge = t.el.querySelector('[data-testid="quality-badge"]');
     if (!q && t.info && t.info.tracks.length === 0) {
       // Listen-only: nothing to measure, nothing to worry about.
-      badge.textContent = 'Listen-only';
       badge.dataset.grade = 'none';
-      badge.title = 'Sends no audio or video';
+      setDetail(badge, 'Listen-only: sends no audio or video.');
+      badge.setAttribute('aria-label', 'Connection: listen-only');
       continue;
     }
     const grade = q?.grade ?? 'unknown';
@@ -204,11 +208,6 @@ export function renderBadges({ remote, local, path = {}, downlink = null }, tile
     if (q?.width) parts.push(`${q.width}×${q.height}`);
     if (q?.fps != null && !q.audioOnly) parts.push(`${Math.round(q.fps)} fps`);
     if (q?.audioOnly) parts.push('audio');
-    // Below "good", say why.
-    if (grade === 'fair' || grade === 'poor') {
-      parts.push(`loss ${q.lossPct.toFixed(1)} %`, `jitter ${Math.round(q.jitterMs ?? 0)} ms`);
-    }
-    badge.textContent = parts.join(' · ');
     badge.dataset.grade = grade;
     badge.dataset.width = q?.width ?? '';
     badge.dataset.fps = q?.fps != null ? String(Math.round(q.fps)) : '';
@@ -217,15 +216,18 @@ export function renderBadges({ remote, local, path = {}, downlink = null }, tile
       ? ` The server sends ${q.layer == null ? 'no layer now' : `layer ${q.layer + 1} of ${q.layers}`}.`
       : '';
     badge.dataset.layer = q?.layer ?? '';
-    badge.title = q?.lossPct != null
-      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms.${via}${layer}`
-      : `Network quality: measuring.${via}${layer}`;
+    const network = q?.lossPct != null
+      ? `Network: ${GRADE_TEXT[grade]}. Loss ${q.lossPct.toFixed(1)} %, jitter ${Math.round(q.jitterMs ?? 0)} ms.`
+      : 'Network quality: measuring.';
+    setDetail(badge, `${parts.join(' · ')}. ${network}${via}${layer}`);
+    badge.setAttribute('aria-label', `Connection: ${GRADE_TEXT[grade].replace('…', '')}. Details`);
   }
   const b = uploadBadge;
   b.dataset.state = local.state;
-  if (local.state === 'none') b.textContent = 'Listen-only';
-  else if (local.state === 'connecting') b.textContent = 'Connecting…';
-  else if (local.state === 'stalled') b.textContent = 'Upload stalled';
+  let summary;
+  if (local.state === 'none') summary = 'Listen-only';
+  else if (local.state === 'connecting') summary = 'Connecting…';
+  else if (local.state === 'stalled') summary = 'Upload stalled';
   else {
     const parts = ['Sending'];
     if (local.width) parts.push(`${local.width}×${local.height}`);
@@ -233,18 +235,36 @@ export function renderBadges({ remote, local, path = {}, downlink = null }, tile
     if (local.screen) parts.push(`screen ${local.screen.width}×${local.screen.height}`);
     if (local.kbps != null) parts.push(`${local.kbps} kb/s`);
     if (path.publisher) parts.push(`via ${path.publisher}`);
-    b.textContent = parts.join(' · ');
+    summary = parts.join(' · ');
   }
   const paths = [['Sending', path.publisher], ['receiving', path.subscriber]]
     .filter(([, p]) => p).map(([what, p]) => `${what} over ${p}`).join(', ');
   const down = downlink
     ? `The server estimates your download at ${(downlink.estimateBps / 1e6).toFixed(1)} Mb/s (${SIGNAL_TEXT[downlink.signal] ?? downlink.signal})`
     : null;
-  b.title = [local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload', paths, down]
+  const title = [local.limitedBy ? `Upload limited by ${local.limitedBy}` : 'Your upload', paths, down]
     .filter(Boolean).join('. ');
+  setDetail(b, `${summary}. ${title}.`);
+  b.setAttribute('aria-label', `Your connection: ${STATE_TEXT[local.state] ?? local.state}. Details`);
   b.dataset.downlinkBps = downlink?.estimateBps ?? '';
   b.dataset.downlinkSignal = downlink?.signal ?? '';
   b.dataset.kbps = local.kbps ?? '';
   b.dataset.path = path.publisher ?? '';
   b.dataset.receivePath = path.subscriber ?? '';
+}
+
+/** The badge's details, also in its tile's open details panel. */
+function setDetail(badge, text) {
+  badge.dataset.detail = text;
+  const panel = badge.closest('.tile')?.querySelector('.signal-detail');
+  if (panel && !panel.hidden && panel.textContent !== text) panel.textContent = text;
+}
+
+/** Opens or closes the details of a signal badge (a click on it). */
+export function toggleDetail(badge, open = badge.getAttribute('aria-expanded') !== 'true') {
+  const panel = badge.closest('.tile')?.querySelector('.signal-detail');
+  if (!panel) return;
+  badge.setAttribute('aria-expanded', String(open));
+  panel.hidden = !open;
+  if (open) panel.textContent = badge.dataset.detail || 'Measuring…';
 }

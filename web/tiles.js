@@ -1,5 +1,6 @@
-// The others on screen: their tiles (video, audio, name, flags), our own tile, the
-// screen-share stage, the layout (layout.js: paged gallery or speaker view) and pins, who is
+// The others on screen: their tiles (video, audio, name, flags, initials avatar, raised
+// hand, reactions), our own tile (floating or in the grid), the screen-share stage, the
+// layout (layout.js: a gallery that fills the stage, or speaker view) and pins, who is
 // speaking, and the people panel. Driven by app.js from the client's events.
 
 import { canChooseSpeaker } from './devices.js';
@@ -9,7 +10,9 @@ import { SELF, departed, meeting, speaking, tiles, ui } from './page-state.js';
 
 const layout = new StageLayout({
   stage: ui.stage,
+  area: ui.stageMain,
   grid: ui.grid,
+  selfButton: ui.selfGridButton,
   main: ui.speakerMain,
   galleryButton: ui.galleryButton,
   speakerButton: ui.speakerButton,
@@ -20,12 +23,51 @@ const layout = new StageLayout({
 }, { dominant: (accept) => speaking.dominant(accept) });
 try {
   layout.setMode(localStorage.getItem('confab.layout') ?? 'gallery');
+  layout.setSelfView(localStorage.getItem('confab.selfView') ?? 'float');
+  layout.setCorner(localStorage.getItem('confab.corner') ?? 'br');
 } catch { /* storage may be unavailable */ }
 layout.addEventListener('change', () => {
   try {
     localStorage.setItem('confab.layout', layout.mode);
+    localStorage.setItem('confab.selfView', layout.selfView);
+    localStorage.setItem('confab.corner', layout.corner);
   } catch { /* ignore */ }
   renderLayout();
+});
+layout.addEventListener('resize', () => renderLayout());
+
+// Our floating tile: the arrow keys move it to another corner; a drag drops it in the
+// corner nearest to where it is let go.
+ui.localTile.addEventListener('keydown', (ev) => {
+  if (ui.localTile.dataset.float !== 'true' || ev.target !== ui.localTile) return;
+  const to = layout.cornerToward(ev.key);
+  if (to === layout.corner) return;
+  ev.preventDefault();
+  layout.setCorner(to, true);
+});
+ui.localTile.addEventListener('pointerdown', (ev) => {
+  if (ui.localTile.dataset.float !== 'true' || ev.button !== 0 || ev.target.closest('button')) return;
+  const tile = ui.localTile;
+  const start = { x: ev.clientX, y: ev.clientY };
+  tile.setPointerCapture(ev.pointerId);
+  tile.dataset.dragging = 'true';
+  const move = (e) => {
+    tile.style.transform = `translate(${e.clientX - start.x}px, ${e.clientY - start.y}px)`;
+  };
+  const up = (e) => {
+    tile.removeEventListener('pointermove', move);
+    tile.removeEventListener('pointerup', up);
+    tile.removeEventListener('pointercancel', up);
+    tile.style.transform = '';
+    tile.dataset.dragging = 'false';
+    const area = ui.stageMain.getBoundingClientRect();
+    const v = e.clientY < area.top + area.height / 2 ? 't' : 'b';
+    const h = e.clientX < area.left + area.width / 2 ? 'l' : 'r';
+    layout.setCorner(`${v}${h}`, true);
+  };
+  tile.addEventListener('pointermove', move);
+  tile.addEventListener('pointerup', up);
+  tile.addEventListener('pointercancel', up);
 });
 // For tests and debugging, like window.confab.
 window.confabLayout = layout;
@@ -41,6 +83,20 @@ export function initials(name) {
     .slice(0, 2)
     .map((w) => [...w][0].toUpperCase())
     .join('') || '?';
+}
+
+/** A hue (0-359) from a name: the same name gets the same avatar colour everywhere. */
+export function avatarHue(name) {
+  let h = 0;
+  for (const ch of String(name ?? '')) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return h % 360;
+}
+
+/** Fills an avatar element with the initials of `name`, coloured from the name. */
+export function paintAvatar(el, name) {
+  const text = initials(name);
+  if (el.textContent !== text) el.textContent = text;
+  el.style.setProperty('--avatar-hue', String(avatarHue(name)));
 }
 
 function ensureTile(id) {
@@ -94,7 +150,10 @@ export function removeTile(id) {
 function renderTile(t) {
   const name = t.info?.name ?? 'Joining…';
   t.el.querySelector('.tile-name').textContent = name;
-  t.el.querySelector('.avatar').textContent = initials(t.info?.name);
+  paintAvatar(t.el.querySelector('.avatar'), t.info?.name);
+  const hand = !!t.info?.hand_raised;
+  t.el.dataset.hand = String(hand);
+  t.el.querySelector('.hand-flag').hidden = !hand;
   t.el.setAttribute('aria-label', name);
   const pin = t.el.querySelector('.tile-pin');
   const pinned = meeting.pins.includes(t.el.dataset.participantId);
@@ -165,6 +224,9 @@ export function detachTrack({ participantId, kind, source, track }) {
 
 export function renderLocalTile() {
   // Flags say "turned off"; a device we do not have is the people panel's "No cam".
+  const hand = !!meeting.client?.handRaised;
+  ui.localTile.dataset.hand = String(hand);
+  ui.localTile.querySelector('.hand-flag').hidden = !hand;
   const camState = localState('camera');
   ui.localTile.dataset.video = camState === 'on' ? 'on' : 'off';
   ui.localTile.querySelector('.flag-mic').hidden = localState('microphone') !== 'off';
@@ -294,8 +356,11 @@ export function renderPeoplePanel() {
     camera: localState('camera'),
     screen: meeting.client.screenSharing ? 'on' : 'off',
     speaking: speaking.isSpeaking(SELF),
+    hand: !!meeting.client.handRaised,
+    canLower: false,
     joinedAt: 0,
   };
+  const admin = !!meeting.client.grants?.room_admin;
   const others = [...tiles.entries()].filter(([, t]) => t.info).map(([id, t]) => ({
     id,
     name: t.info.name,
@@ -304,13 +369,16 @@ export function renderPeoplePanel() {
     camera: sourceState(t.info, 'camera'),
     screen: screenLive(t) ? 'on' : 'off',
     speaking: speaking.isSpeaking(id),
+    hand: !!t.info.hand_raised,
+    canLower: admin && !!t.info.hand_raised,
     joinedAt: t.info.joined_at ?? 0,
   }));
   others.sort((a, b) => a.joinedAt - b.joinedAt || a.name.localeCompare(b.name));
-  renderPeople(ui.peopleList, ui.personTemplate, [self, ...others]);
+  renderPeople(ui.peopleList, ui.personTemplate, [self, ...others], paintAvatar);
   // Where "speaking" comes from: 'server' (active_speakers) or 'local' (levels measured here).
   ui.peopleList.dataset.speakingSource = speaking.source;
   ui.peopleCount.textContent = `(${1 + others.length})`;
+  ui.peopleButton.setAttribute('aria-label', `People (${1 + others.length})`);
 }
 
 function localState(source) {
@@ -325,4 +393,29 @@ function localState(source) {
 export function applySpeaker(audio) {
   if (!canChooseSpeaker || !meeting.speakerId) return;
   audio.setSinkId(meeting.speakerId).catch((err) => console.warn('setSinkId failed', err));
+}
+
+// ---------------------------------------------------------------------------------------
+// Reactions: shown briefly over the sender's tile
+// ---------------------------------------------------------------------------------------
+
+const REACTION_MS = 3000;
+
+/** Floats `emoji` over the tile of `participantId` (ours when it is our own id). */
+export function showReaction(participantId, emoji) {
+  const own = participantId === meeting.client?.participantId;
+  const el = own ? ui.localTile : tiles.get(participantId)?.el;
+  if (!el) return;
+  // What a test (or a person with a screen reader, through the people list) can read after
+  // the bubble has gone.
+  el.dataset.reaction = emoji;
+  el.dataset.reactions = String(Number(el.dataset.reactions ?? 0) + 1);
+  const bubble = document.createElement('span');
+  bubble.className = 'reaction-bubble';
+  bubble.dataset.testid = 'reaction-bubble';
+  bubble.textContent = emoji;
+  // A little spread, so that a burst is not one pile.
+  bubble.style.left = `${35 + Math.random() * 30}%`;
+  el.querySelector('.reactions-float').append(bubble);
+  setTimeout(() => bubble.remove(), REACTION_MS);
 }

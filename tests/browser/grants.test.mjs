@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import {
-  startServer, launchBrowser, newParticipantPage, waitMediaFlowing, waitChat, typeChat, waitFor,
+  startServer, launchBrowser, newParticipantPage, waitMediaFlowing, waitChat, typeChat, openChat, waitFor,
   screenshot, dumpPages, WAIT_MS,
 } from './harness.mjs';
 
@@ -224,7 +224,8 @@ describe('grants and request ids', { concurrency: true }, () => {
       await join(pages.ann, 'Ann');
       await join(pages.bob, 'Bob');
 
-      // Bob cannot chat, and is told why; Ann can.
+      // Bob cannot chat, and is told why (in the chat panel); Ann can.
+      await openChat(pages.bob);
       assert.equal(await pages.bob.getByTestId('chat-input').isDisabled(), true);
       assert.equal(await pages.bob.getByTestId('chat-send').isDisabled(), true);
       assert.equal(await shown(pages.bob, 'chat-note'), true);

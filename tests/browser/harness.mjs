@@ -273,9 +273,19 @@ export async function waitChat(page, text, timeout = WAIT_MS) {
   })));
 }
 
-/** Types `text` in the chat input and presses Enter. Waits for the chat channel first. */
+/** Opens the chat panel (from the toolbar) unless it is open. */
+export async function openChat(page) {
+  if (await page.getByTestId('chat-panel').isHidden()) await page.getByTestId('chat-button').click();
+  await page.getByTestId('chat-input').waitFor({ state: 'visible', timeout: WAIT_MS });
+}
+
+/**
+ * Types `text` in the chat input and presses Enter (opening the chat panel first). Waits
+ * for the chat channel first.
+ */
 export async function typeChat(page, text) {
   await page.waitForFunction(() => window.confab?.chatReady === true, null, { timeout: WAIT_MS });
+  await openChat(page);
   const input = page.getByTestId('chat-input');
   await input.fill(text);
   await input.press('Enter');

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { startRedis } from './services.mjs';
 import {
   startServer, launchBrowser, newParticipantPage, joinRoom, startJoin, waitMediaFlowing,
-  remoteTiles, waitRemoteTiles, waitChat, typeChat, screenshot, dumpPages, waitFor, WAIT_MS,
+  remoteTiles, waitRemoteTiles, waitChat, typeChat, openChat, screenshot, dumpPages, waitFor, WAIT_MS,
 } from './harness.mjs';
 
 /** @type {import('playwright-core').Browser} */
@@ -81,6 +81,7 @@ test('three participants see and hear each other, chat, and one leaves', async (
     ]);
     assert.equal(await pages.Grace.$$eval('[data-testid="chat-text"] b', (els) => els.length), 0, 'no markup');
     // And the send button works too.
+    await openChat(pages.Grace);
     await pages.Grace.getByTestId('chat-input').fill('hi Ada');
     await pages.Grace.getByTestId('chat-send').click();
     await waitChat(pages.Ada, 'hi Ada');

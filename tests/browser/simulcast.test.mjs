@@ -207,12 +207,12 @@ test('simulcast: layers by tile size, dynacast, server active speakers, speaker 
     // (h), Grace's own badge its estimate of her download, from the delay signal.
     await pages.Grace.waitForFunction((id) => {
       const badge = document.querySelector(`[data-participant-id="${id}"] [data-testid="quality-badge"]`);
-      return badge?.dataset.layer === '1' && badge.title.includes('layer 2 of 3');
+      return badge?.dataset.layer === '1' && badge.dataset.detail.includes('layer 2 of 3');
     }, ids.Linus, { timeout: 20_000 });
     await pages.Grace.waitForFunction(() => {
       const b = document.querySelector('[data-testid="upload-state"]');
       return b?.dataset.downlinkSignal === 'delay' && Number(b.dataset.downlinkBps) > 0
-        && b.title.includes('estimates your download');
+        && b.dataset.detail.includes('estimates your download');
     }, null, { timeout: 20_000 });
 
     // Ada, from the keyboard: speaker view, Linus pinned (large): she gets his top layer,
