@@ -205,6 +205,7 @@ fn egress(c: &mut Criterion) {
             payload_type: 96,
             clock_rate: 90_000,
             retransmit: true,
+            red: None,
         },
     )
     .unwrap();

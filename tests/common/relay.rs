@@ -4,8 +4,9 @@
 //! come back through it). Toward clients whose address matches a rule, it drops a chosen
 //! fraction of RTP and/or limits the bitrate, either as a policer (what exceeds the rate
 //! is dropped at once) or as a router's queue (what exceeds it waits, up to a limit, and
-//! is dropped past it: the delay a congestion controller can see before loss); it counts
-//! what it dropped and which RTP packets it saw twice (retransmissions).
+//! is dropped past it: the delay a congestion controller can see before loss), loses RTP at
+//! random, alone or in bursts; it counts what it dropped and which RTP packets it saw twice
+//! (retransmissions).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +31,12 @@ pub struct Rule {
     /// it), as on a path whose queues vary rather than one that reorders.
     pub delay: std::time::Duration,
     pub jitter: std::time::Duration,
+    /// Fraction of RTP packets lost at random (drawn from a generator seeded per client,
+    /// so a run is repeatable)...
+    pub loss: f64,
+    /// ...in bursts of this mean length (a Gilbert model: a loss starts a burst that
+    /// ends with probability 1 / `burst` per packet), or one at a time when `None`.
+    pub burst: Option<f64>,
 }
 
 impl Rule {
@@ -42,6 +49,8 @@ impl Rule {
             queue: None,
             delay: std::time::Duration::ZERO,
             jitter: std::time::Duration::ZERO,
+            loss: 0.0,
+            burst: None,
         }
     }
 }
@@ -76,6 +85,29 @@ impl Drop for Relay {
 fn is_rtp(b: &[u8]) -> bool {
     // RFC 7983: 128..=191 is RTP/RTCP; RTCP payload types are 192..=223 (200-206 mostly).
     b.len() >= 12 && (128..=191).contains(&b[0]) && !(192..=223).contains(&b[1])
+}
+
+/// Whether the next packet is lost under `rule`'s random loss. In bursts, the loss rate
+/// stays `loss`: a burst starts with probability `loss / (burst × (1 - loss))` per packet
+/// delivered and ends with probability `1 / burst` per packet lost.
+fn lost(rng: &mut rand::rngs::StdRng, in_burst: &mut bool, rule: Rule) -> bool {
+    use rand::Rng;
+    if rule.loss <= 0.0 {
+        return false;
+    }
+    match rule.burst {
+        None => rng.random_bool(rule.loss.min(1.0)),
+        Some(len) => {
+            let len = len.max(1.0);
+            if *in_burst {
+                *in_burst = !rng.random_bool(1.0 / len);
+            } else {
+                let start = (rule.loss / (len * (1.0 - rule.loss))).min(1.0);
+                *in_burst = rng.random_bool(start);
+            }
+            *in_burst
+        }
+    }
 }
 
 fn is_cut(cut: &std::sync::Mutex<HashSet<IpAddr>>, ip: IpAddr) -> bool {
@@ -137,6 +169,10 @@ impl Relay {
                             let mut window: std::collections::VecDeque<(Instant, usize)> =
                                 Default::default();
                             let mut window_bytes = 0usize;
+                            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(
+                                u64::from(client.port()),
+                            );
+                            let mut in_burst = false;
                             loop {
                                 let Ok((n, _)) = back.recv_from(&mut buf).await else {
                                     return;
@@ -176,6 +212,10 @@ impl Relay {
                                     if let Some(r) = rule {
                                         count += 1;
                                         if r.drop_every.is_some_and(|k| count.is_multiple_of(k)) {
+                                            st.dropped.fetch_add(1, Ordering::Relaxed);
+                                            continue;
+                                        }
+                                        if lost(&mut rng, &mut in_burst, r) {
                                             st.dropped.fetch_add(1, Ordering::Relaxed);
                                             continue;
                                         }

@@ -106,6 +106,10 @@ pub struct ClientOptions {
     /// its feedback every 100 ms, as browsers do (the server then estimates this client's
     /// downlink from delay, not only from loss).
     pub twcc: bool,
+    /// Offer to receive redundant audio (`audio/red`, RFC 2198) on the subscriber
+    /// connection, as browsers do: audio then arrives as RED ([`Event::Rtp`] carries it
+    /// as received; a load run counts its primary block).
+    pub red: bool,
 }
 
 /// The server refused the join with this error.
@@ -150,6 +154,7 @@ impl ClientOptions {
             check: false,
             tcp: false,
             twcc: false,
+            red: false,
         }
     }
 
@@ -182,6 +187,12 @@ impl ClientOptions {
     /// Sends transport-wide congestion control feedback (see [`ClientOptions::twcc`]).
     pub fn twcc(mut self) -> Self {
         self.twcc = true;
+        self
+    }
+
+    /// Receives audio as RED (see [`ClientOptions::red`]).
+    pub fn red(mut self) -> Self {
+        self.red = true;
         self
     }
 
@@ -354,6 +365,7 @@ impl Client {
             opts.bind_ip,
             opts.tcp,
             opts.twcc,
+            opts.red,
         )
         .await?;
 
@@ -367,6 +379,7 @@ impl Client {
                     true,
                     opts.bind_ip,
                     opts.tcp,
+                    false,
                     false,
                 )
                 .await?,

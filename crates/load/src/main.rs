@@ -86,6 +86,10 @@ struct Args {
     /// server stamps and records every packet to them), with `--client async`.
     #[arg(long)]
     twcc: bool,
+    /// Subscribers take redundant audio (RFC 2198 RED), as browsers do (the server makes
+    /// it from the publishers' Opus), with `--client async`.
+    #[arg(long)]
+    red: bool,
 }
 
 /// CPU time and memory of a process, from /proc.
@@ -228,6 +232,9 @@ fn main() -> anyhow::Result<()> {
     if args.twcc && args.client != ClientKind::Async {
         anyhow::bail!("--twcc needs --client async");
     }
+    if args.red && args.client != ClientKind::Async {
+        anyhow::bail!("--red needs --client async");
+    }
     if args.tcp && args.client != ClientKind::Async {
         anyhow::bail!("--tcp needs --client async (the sans-IO participant speaks UDP only)");
     }
@@ -326,6 +333,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             });
             let opts = if args.tcp { opts.tcp() } else { opts };
             let opts = if args.twcc { opts.twcc() } else { opts };
+            let opts = if args.red { opts.red() } else { opts };
             let joins = joins.clone();
             let bar = bar.clone();
             if args.client == ClientKind::Sim {

@@ -104,6 +104,9 @@ pub struct StreamParams {
     pub clock_rate: u32,
     /// Keep a retransmission history (video).
     pub retransmit: bool,
+    /// Send audio as RED (`payload_type` is then the subscriber's `audio/red`), its
+    /// blocks of this payload type (the subscriber's Opus).
+    pub red: Option<u8>,
 }
 
 /// One down-track's outgoing SRTP stream.
@@ -121,6 +124,7 @@ pub struct DownStream {
     retransmitted: u64,
     /// NACKed packets not sent again because a copy had left less than a round trip ago.
     resend_skipped: u64,
+    red: Option<crate::rtp::red::RedEncoder>,
 }
 
 /// What a history keeps of a packet sent: the header fields a copy of this stream does
@@ -192,7 +196,18 @@ impl DownStream {
             history: Vec::new(),
             retransmitted: 0,
             resend_skipped: 0,
+            red: params.red.map(crate::rtp::red::RedEncoder::new),
         })
+    }
+
+    /// Puts the previous packets' payloads into `pkt` when this stream sends RED (before
+    /// its size is accounted for and it is written).
+    pub fn add_redundancy(&mut self, pkt: &mut rtp::Packet) {
+        if let Some(red) = &mut self.red
+            && !pkt.payload.is_empty()
+        {
+            pkt.payload = red.encode(pkt.header.timestamp, &pkt.payload);
+        }
     }
 
     pub fn ssrc(&self) -> u32 {
@@ -367,6 +382,7 @@ mod tests {
 
     fn params(retransmit: bool) -> StreamParams {
         StreamParams {
+            red: None,
             ssrc: 0x1234_5678,
             payload_type: 96,
             clock_rate: 90_000,

@@ -368,11 +368,19 @@ impl Peer {
                 .and_then(|e| u8::try_from(e.id).ok())
                 .filter(|id| (1..=14).contains(id)));
             if slot.payload_type.is_none() {
-                slot.payload_type = params
-                    .codecs
-                    .iter()
-                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&slot.mime))
-                    .map(|c| c.payload_type);
+                let pt = |mime: &str| {
+                    params
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                        .map(|c| c.payload_type)
+                };
+                slot.payload_type = pt(&slot.mime);
+                if slot.mime.eq_ignore_ascii_case(
+                    rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS,
+                ) {
+                    slot.red_payload_type = pt(factory::MIME_TYPE_RED);
+                }
             }
         }
         if let Some(id) = twcc_id

@@ -5,6 +5,8 @@ use super::*;
 
 pub(super) const OPUS_PT: u8 = 111;
 pub(super) const VP8_PT: u8 = 96;
+/// `audio/red` (RFC 2198), as Chromium numbers it.
+pub const RED_PT: u8 = 63;
 
 pub(super) fn media_engine() -> anyhow::Result<MediaEngine> {
     let mut m = MediaEngine::default();
@@ -81,8 +83,24 @@ pub(super) async fn build_pc(
     bind_ip: std::net::IpAddr,
     tcp: bool,
     twcc: bool,
+    red: bool,
 ) -> anyhow::Result<Pc> {
     let mut media = media_engine()?;
+    if red {
+        media.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: "audio/red".into(),
+                    clock_rate: 48000,
+                    channels: 2,
+                    sdp_fmtp_line: format!("{OPUS_PT}/{OPUS_PT}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: RED_PT,
+            },
+            RtpCodecKind::Audio,
+        )?;
+    }
     let mut registry = Registry::new();
     if twcc {
         for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
@@ -214,6 +232,14 @@ impl PeerConnectionEventHandler for PcHandler {
                             });
                         }
                         RtpSink::Stats { stats, subscriber } => {
+                            // RED: what the synthetic payload is, is its primary block.
+                            let payload = if packet.header.payload_type == RED_PT {
+                                confab_sfu::rtp::red::blocks(&packet.payload)
+                                    .and_then(|mut b| b.pop())
+                                    .map_or_else(bytes::Bytes::new, |b| b.data)
+                            } else {
+                                packet.payload.clone()
+                            };
                             let codec = match kind {
                                 MediaKind::Audio => SynthCodec::Opus,
                                 MediaKind::Video => SynthCodec::Vp8,
@@ -227,7 +253,7 @@ impl PeerConnectionEventHandler for PcHandler {
                                 *subscriber,
                                 &track_id,
                                 codec,
-                                &packet.payload,
+                                &payload,
                                 media::now_micros(),
                             );
                         }

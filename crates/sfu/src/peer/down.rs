@@ -44,6 +44,9 @@ pub struct SenderSlot {
     pub kind: MediaKind,
     /// Resolved once the subscriber's answer fixed the payload types.
     pub payload_type: Option<u8>,
+    /// Audio: the subscriber's `audio/red` payload type, when its answer has one (it
+    /// then gets RED made from the Opus it is sent).
+    pub red_payload_type: Option<u8>,
     /// Where its packets are protected and accounted for, once the payload type is known
     /// and the connection's keys are ([`crate::egress`]).
     stream: Option<DownStream>,
@@ -73,9 +76,10 @@ impl Peer {
                 keys,
                 StreamParams {
                     ssrc: slot.ssrc,
-                    payload_type,
+                    payload_type: slot.red_payload_type.unwrap_or(payload_type),
                     clock_rate: slot.clock_rate,
                     retransmit: slot.kind == MediaKind::Video,
+                    red: slot.red_payload_type.map(|_| payload_type),
                 },
             );
             if slot.stream.is_none() {
@@ -154,6 +158,7 @@ impl Peer {
             clock_rate: codec.rtp.clock_rate,
             kind,
             payload_type: None,
+            red_payload_type: None,
             stream: None,
         };
         if self.senders.len() <= slot {
@@ -211,11 +216,16 @@ impl Peer {
     /// time is when it left, not when it was queued.
     fn send_rtp(
         &mut self,
-        PacedRtp { slot, pkt, patch }: PacedRtp,
+        PacedRtp {
+            slot,
+            mut pkt,
+            patch,
+        }: PacedRtp,
         now: Instant,
         scratch: &mut Vec<u8>,
     ) -> Option<(bytes::Bytes, u32)> {
         let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
+        stream.add_redundancy(&mut pkt);
         let size = pkt.payload.len() + 12;
         let twcc = self.cc.as_mut().map(|cc| {
             let seq = cc.on_send(

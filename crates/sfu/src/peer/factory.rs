@@ -173,7 +173,10 @@ impl PeerFactory {
     }
 }
 
-fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError> {
+/// RFC 2198 redundant audio, as browsers name it.
+pub(super) const MIME_TYPE_RED: &str = "audio/red";
+
+fn register_codecs(media: &mut MediaEngine, role: Role) -> Result<(), PeerError> {
     let video_fb = vec![
         RTCPFeedback {
             typ: "ccm".into(),
@@ -220,6 +223,18 @@ fn register_codecs(media: &mut MediaEngine, _role: Role) -> Result<(), PeerError
             RtpCodecKind::Audio,
         )
         .map_err(PeerError::rtc)?;
+    // Subscribers are offered RED after Opus: one that answers with it gets RED made
+    // from the publisher's Opus (`rtp::red`). Publishers are not: a browser sends RED
+    // only when the answer puts it first, and what it publishes stays plain Opus for
+    // every subscriber, recording and relay.
+    if role == Role::Subscriber {
+        media
+            .register_codec(
+                codec(MIME_TYPE_RED, 48000, 2, "111/111", Vec::new(), 63),
+                RtpCodecKind::Audio,
+            )
+            .map_err(PeerError::rtc)?;
+    }
     for c in [
         codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
         codec(
