@@ -220,7 +220,8 @@ export class StageLayout extends EventTarget {
     // The stage's free area decides the page size and the tiles' size.
     const width = area?.clientWidth ?? 0;
     const height = area?.clientHeight ?? 0;
-    const phone = width > 0 && width < 640;
+    // A phone, either way up: smaller tiles before a new page, smaller gaps.
+    const phone = width > 0 && Math.min(window.innerWidth, window.innerHeight) < 500;
     const gap = phone ? 6 : 12;
     if (this.fixedPageSize == null && width > 0 && height > 0) {
       const size = pageCapacity(width, height, gap, phone ? MIN_TILE_W_PHONE : MIN_TILE_W);
@@ -278,6 +279,8 @@ export class StageLayout extends EventTarget {
       grid.style.setProperty('--tile-h', `${fit.h}px`);
       grid.style.setProperty('--gap', `${gap}px`);
       grid.dataset.cols = String(fit.cols);
+      // The area this layout is for: a test can tell a stale layout (a resize not yet seen).
+      grid.dataset.area = `${width}x${height}`;
       grid.dataset.rows = String(fit.rows);
     }
     if (width > 0) {

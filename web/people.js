@@ -42,7 +42,7 @@ export function renderPeople(list, template, people, paintAvatar) {
     li.querySelector('[data-testid="participant-hand"]').hidden = !p.hand;
     const lower = li.querySelector('[data-testid="lower-hand"]');
     lower.hidden = !p.canLower;
-    lower.setAttribute('aria-label', `Lower ${p.name}'s hand`);
+    lower.setAttribute('aria-label', `Lower hand of ${p.name}`);
     const avatar = li.querySelector('.avatar');
     if (avatar && paintAvatar) paintAvatar(avatar, p.name);
     setText(li.querySelector('.person-name'), p.local ? `${p.name} (you)` : p.name);

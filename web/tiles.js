@@ -77,12 +77,13 @@ window.confabLayout = layout;
 // ---------------------------------------------------------------------------------------
 
 export function initials(name) {
-  return (name ?? '?')
+  // The first letter of the first two words that have one ("pub-0-0 (2)" is "P", not "P(").
+  const letters = (name ?? '')
     .split(/\s+/)
-    .filter(Boolean)
-    .slice(0, 2)
-    .map((w) => [...w][0].toUpperCase())
-    .join('') || '?';
+    .map((w) => w.match(/\p{L}|\p{N}/u)?.[0])
+    .filter(Boolean);
+  const words = letters.some((c) => /\p{L}/u.test(c)) ? letters.filter((c) => /\p{L}/u.test(c)) : letters;
+  return words.slice(0, 2).map((c) => c.toUpperCase()).join('') || '?';
 }
 
 /** A hue (0-359) from a name: the same name gets the same avatar colour everywhere. */

@@ -4,7 +4,8 @@
 # names one, then runs `node --test tests/browser/`. Exits non-zero on any failure.
 #
 #   tests/browser/run.sh                       # build target/debug/confab and test it
-#   CONFAB_BIN=path/to/confab tests/browser/run.sh
+#   CONFAB_BIN=path/to/confab tests/browser/run.sh   # confab-load is taken from beside it
+#                                                   # (or CONFAB_LOAD_BIN)
 #
 # Artifacts (screenshots, server logs): target/browser-artifacts/.
 set -euo pipefail
@@ -28,8 +29,9 @@ if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/a
 fi
 
 if [ -z "${CONFAB_BIN:-}" ]; then
-  echo "run.sh: building the server (cargo build -p confab)" >&2
-  (cd "$root" && cargo build -p confab)
+  # confab-load too: ui.test.mjs simulates participants 5..16 with it (found beside CONFAB_BIN).
+  echo "run.sh: building the server and the load generator (cargo build -p confab -p confab-load)" >&2
+  (cd "$root" && cargo build -p confab -p confab-load)
   export CONFAB_BIN="$root/target/debug/confab"
 fi
 
