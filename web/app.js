@@ -279,7 +279,9 @@ function wireClient(c) {
       appendSystemMessage(ui.chatLog, 'Reconnected.');
       connectionBack();
     }
+    // A rejoin is a new participant: a hand raised before it is down now.
     renderControls();
+    renderLocalTile();
     renderPeoplePanel();
   }));
   c.addEventListener('participantjoined', mine((detail) => {
