@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::relay::{Relay, Rule};
 use common::*;
 use confab_load::client::{Client, ClientOptions, Event, MediaPlan, Publish, layer_of_index};
 use confab_load::media::{SynthCodec, read_stamp};
+use confab_load::netem::{Relay, Rule};
 use confab_proto::{ClientMessage, MediaKind, Quality, ServerMessage, TrackId};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -75,7 +75,9 @@ async fn behind_relay(rules: Vec<Rule>) -> (confab::Server, Relay) {
     let server = start_with(config).await;
     let announced = server.sfu.media_addrs()[0];
     let real = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), announced.port());
-    let relay = Relay::start(announced, real, rules).await;
+    let relay = Relay::start(announced, real, rules)
+        .await
+        .expect("the relay binds");
     (server, relay)
 }
 

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::relay::Relay;
 use common::*;
 use confab_load::client::{Client, ClientOptions, Event, JoinRefused, MediaPlan, Publish};
+use confab_load::netem::Relay;
 use confab_proto::chat::ChatOut;
 use confab_proto::{ErrorCode, ParticipantId, PcTarget, ServerMessage};
 use std::time::{Duration, Instant};
@@ -310,7 +310,9 @@ async fn a_vanished_participant_is_removed_within_ten_seconds() {
     let server = start_with(config).await;
     let announced = server.sfu.media_addrs()[0];
     let real = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), announced.port());
-    let relay = Relay::start(announced, real, Vec::new()).await;
+    let relay = Relay::start(announced, real, Vec::new())
+        .await
+        .expect("the relay binds");
 
     let mut a = join(&server, "cable", "alice", Publish::NONE).await;
     let bob_ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();

@@ -2,8 +2,6 @@
 //! helpers around the Rust client. Waits are on events with deadlines, never sleeps.
 #![allow(dead_code)]
 
-pub mod relay;
-
 use confab::{Config, Server};
 use confab_load::client::{Client, ClientOptions, Event, Publish, layer_of_index};
 use confab_load::media::{SynthCodec, read_stamp};

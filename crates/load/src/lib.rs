@@ -9,5 +9,6 @@
 
 pub mod client;
 pub mod media;
+pub mod netem;
 pub mod sim;
 pub mod stats;

@@ -1,12 +1,14 @@
-//! A UDP relay that stands between clients and the server's media port, as a lossy or
-//! narrow network would: the server announces the relay's address, clients send to it, and
-//! it forwards each client's datagrams from a socket of its own (so the server's replies
-//! come back through it). Toward clients whose address matches a rule, it drops a chosen
-//! fraction of RTP and/or limits the bitrate, either as a policer (what exceeds the rate
-//! is dropped at once) or as a router's queue (what exceeds it waits, up to a limit, and
-//! is dropped past it: the delay a congestion controller can see before loss), loses RTP at
-//! random, alone or in bursts; it counts what it dropped and which RTP packets it saw twice
-//! (retransmissions).
+//! A network impairment relay: a UDP proxy that stands between clients and the server's
+//! media port, as a lossy or narrow network would. The server announces the relay's
+//! address, clients send to it, and it forwards each client's datagrams from a socket of
+//! its own (so the server's replies come back through it). Toward clients whose address
+//! matches a rule, it limits the bitrate, either as a policer (what exceeds the rate is
+//! dropped at once) or as a router's queue (what exceeds it waits, up to a limit, and is
+//! dropped past it: the delay a congestion controller can see before loss), delays with
+//! jitter, and loses RTP at random, alone or in bursts; it counts what it dropped and which
+//! RTP packets it saw twice (retransmissions). Rules change while it runs
+//! ([`Relay::set_rule`]). The integration tests and the network benchmark
+//! (`confab-network`) use it.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -111,14 +113,18 @@ fn lost(rng: &mut rand::rngs::StdRng, in_burst: &mut bool, rule: Rule) -> bool {
 }
 
 fn is_cut(cut: &std::sync::Mutex<HashSet<IpAddr>>, ip: IpAddr) -> bool {
-    cut.lock().unwrap().contains(&ip)
+    cut.lock().unwrap_or_else(|e| e.into_inner()).contains(&ip)
 }
 
 impl Relay {
     /// Listens on `listen` and forwards to `server`.
-    pub async fn start(listen: SocketAddr, server: SocketAddr, rules: Vec<Rule>) -> Relay {
-        let front = Arc::new(UdpSocket::bind(listen).await.expect("relay binds"));
-        let addr = front.local_addr().unwrap();
+    pub async fn start(
+        listen: SocketAddr,
+        server: SocketAddr,
+        rules: Vec<Rule>,
+    ) -> std::io::Result<Relay> {
+        let front = Arc::new(UdpSocket::bind(listen).await?);
+        let addr = front.local_addr()?;
         let stats = Arc::new(RelayStats::default());
         let st = stats.clone();
         let cut: Arc<std::sync::Mutex<HashSet<IpAddr>>> = Default::default();
@@ -139,7 +145,10 @@ impl Relay {
                 let leg = match legs.get(&client) {
                     Some(l) => l.clone(),
                     None => {
-                        let l = Arc::new(UdpSocket::bind((listen.ip(), 0)).await.unwrap());
+                        let Ok(l) = UdpSocket::bind((listen.ip(), 0)).await else {
+                            continue;
+                        };
+                        let l = Arc::new(l);
                         legs.insert(client, l.clone());
                         // Server -> client direction of this leg.
                         let (front, st, cut) = (front.clone(), st.clone(), cut_in.clone());
@@ -195,7 +204,7 @@ impl Relay {
                                 }
                                 let rule = rules
                                     .lock()
-                                    .unwrap()
+                                    .unwrap_or_else(|e| e.into_inner())
                                     .iter()
                                     .copied()
                                     .find(|r| r.ip == client.ip());
@@ -270,29 +279,35 @@ impl Relay {
                 let _ = leg.send_to(&buf[..n], server).await;
             }
         });
-        Relay {
+        Ok(Relay {
             addr,
             stats,
             cut,
             rules,
             task,
-        }
+        })
     }
 
     /// Replaces the rule for `rule.ip` (the network changes under a running call).
     pub fn set_rule(&self, rule: Rule) {
-        let mut rules = self.rules.lock().unwrap();
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         rules.retain(|r| r.ip != rule.ip);
         rules.push(rule);
     }
 
     /// Lifts every rule for clients on `ip`.
     pub fn clear_rule(&self, ip: IpAddr) {
-        self.rules.lock().unwrap().retain(|r| r.ip != ip);
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|r| r.ip != ip);
     }
 
     /// From now on, nothing passes to or from clients on `ip`.
     pub fn cut(&self, ip: IpAddr) {
-        self.cut.lock().unwrap().insert(ip);
+        self.cut
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ip);
     }
 }
