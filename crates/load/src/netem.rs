@@ -311,3 +311,46 @@ impl Relay {
             .insert(ip);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The loss rate and the mean length of the loss runs over `n` packets.
+    fn measure(rule: Rule, n: usize) -> (f64, f64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut in_burst = false;
+        let (mut lost_total, mut runs, mut prev) = (0usize, 0usize, false);
+        for _ in 0..n {
+            let l = lost(&mut rng, &mut in_burst, rule);
+            lost_total += usize::from(l);
+            runs += usize::from(l && !prev);
+            prev = l;
+        }
+        (
+            lost_total as f64 / n as f64,
+            lost_total as f64 / runs.max(1) as f64,
+        )
+    }
+
+    #[test]
+    fn loss_comes_at_the_rate_asked_alone_or_in_bursts() {
+        let ip = IpAddr::from([127, 0, 0, 3]);
+        let random = Rule {
+            loss: 0.05,
+            ..Rule::new(ip)
+        };
+        let (rate, run) = measure(random, 200_000);
+        assert!((0.045..0.055).contains(&rate), "{rate}");
+        assert!(run < 1.2, "random losses seldom touch: {run}");
+        let bursty = Rule {
+            burst: Some(4.0),
+            ..random
+        };
+        let (rate, run) = measure(bursty, 200_000);
+        assert!((0.045..0.055).contains(&rate), "{rate}");
+        assert!((3.6..4.4).contains(&run), "mean burst {run}");
+        assert_eq!(measure(Rule::new(ip), 1_000).0, 0.0);
+    }
+}
