@@ -56,6 +56,27 @@ test('three participants see and hear each other, chat, and one leaves', async (
     }));
     for (const n of names) await screenshot(pages[n], `meeting-${n}`);
 
+    // Audio reaches Ada as RED (issue 17): her answer keeps red/48000/2, and each audio
+    // packet she receives carries the two before it, about three times what was sent.
+    const answer = await pages.Ada.evaluate(() => window.confab.subscriber.localDescription.sdp);
+    assert.match(answer, /a=rtpmap:\d+ red\/48000\/2/, 'the subscriber answer keeps RED');
+    const perPacket = (page, type) => page.evaluate(async (type) => {
+      let bytes = 0;
+      let packets = 0;
+      const pc = type === 'inbound-rtp' ? window.confab.subscriber : window.confab.publisher;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === type && s.kind === 'audio') {
+          bytes += s.bytesReceived ?? s.bytesSent;
+          packets += s.packetsReceived ?? s.packetsSent;
+        }
+      });
+      return bytes / Math.max(packets, 1);
+    }, type);
+    const received = await perPacket(pages.Ada, 'inbound-rtp');
+    const sent = Math.max(await perPacket(pages.Grace, 'outbound-rtp'), await perPacket(pages.Linus, 'outbound-rtp'));
+    t.diagnostic(`audio bytes a packet: ${sent.toFixed(0)} sent, ${received.toFixed(0)} received as RED`);
+    assert.ok(received > 1.8 * sent, `RED carries redundancy: ${received} bytes a packet received, ${sent} sent`);
+
     // Chat: typed in one page, Enter sends; the other two show it with the sender's name.
     await typeChat(pages.Ada, 'hello from Ada');
     const mine = await waitChat(pages.Ada, 'hello from Ada');
