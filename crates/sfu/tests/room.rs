@@ -9,7 +9,7 @@ use confab_proto::{ClientMessage, ErrorCode, MediaKind, Quality, ServerMessage, 
 use confab_sfu::SfuConfig;
 use confab_sfu::keys::{ParticipantKey, TrackKey};
 use confab_sfu::room::Feedback;
-use confab_sfu::room::harness::Harness;
+use confab_sfu::room::harness::{Harness, exchange_hellos};
 use proptest::prelude::*;
 use std::time::Duration;
 
@@ -503,21 +503,6 @@ fn a_track_is_relayed_unchanged_while_a_copy_wants_it() {
     h.rtp(t, vp8(ssrc, 5, false));
     assert_eq!(h.relayed.len(), n + 1);
     assert!(h.room.track(t).unwrap().relays.is_empty());
-}
-
-/// Copies A (key 0) and B (key 1) of a room say hello to each other: each applies the
-/// other's snapshot, then both run.
-fn exchange_hellos(a: &mut Harness, b: &mut Harness) {
-    use confab_sfu::room::{Fact, RelayKey};
-    let (to_a, to_b, now) = (RelayKey(0), RelayKey(1), a.now);
-    for f in a.room.fact(now, to_b, Fact::Hello) {
-        b.room.fact(now, to_a, f);
-    }
-    for f in b.room.fact(now, to_a, Fact::Hello) {
-        a.room.fact(now, to_b, f);
-    }
-    a.run();
-    b.run();
 }
 
 #[test]

@@ -519,3 +519,18 @@ impl Harness {
         assert!(self.max_offers_in_flight <= 1);
     }
 }
+
+/// Copies A (relay key 0) and B (relay key 1) of a room say hello to each other: each
+/// applies the other's snapshot, then both run.
+pub fn exchange_hellos(a: &mut Harness, b: &mut Harness) {
+    use super::{Fact, RelayKey};
+    let (to_a, to_b, now) = (RelayKey(0), RelayKey(1), a.now);
+    for f in a.room.fact(now, to_b, Fact::Hello) {
+        b.room.fact(now, to_a, f);
+    }
+    for f in b.room.fact(now, to_a, Fact::Hello) {
+        a.room.fact(now, to_b, f);
+    }
+    a.run();
+    b.run();
+}

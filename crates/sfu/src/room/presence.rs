@@ -144,7 +144,6 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
-    use super::super::copy::Fact;
     use super::super::harness::Harness;
     use super::super::relay::RelayKey;
     use crate::SfuConfig;
@@ -307,15 +306,7 @@ mod tests {
         );
         let ada = a.join(1);
         let boss = b.join_with(2, admin());
-        let now = a.now;
-        for f in a.room.fact(now, to_b, Fact::Hello) {
-            b.room.fact(now, to_a, f);
-        }
-        for f in b.room.fact(now, to_a, Fact::Hello) {
-            a.room.fact(now, to_b, f);
-        }
-        a.run();
-        b.run();
+        super::super::harness::exchange_hellos(&mut a, &mut b);
         let ada_id = a.id(ada);
         let cross = |from: &mut Harness, to: &mut Harness, key: RelayKey| {
             for f in std::mem::take(&mut from.facts) {
