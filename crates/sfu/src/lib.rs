@@ -52,6 +52,7 @@ pub mod sdp;
 pub mod sink;
 pub mod speaker;
 pub mod stats;
+mod supervisor;
 pub mod twcc;
 pub mod udp;
 pub mod worker;
@@ -70,6 +71,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use supervisor::Supervisor;
 use tokio::sync::{mpsc, oneshot};
 use worker::Command;
 
@@ -721,99 +723,5 @@ impl Drop for Participant {
             }
         }
         self.sfu.unplace(&self.room, self.worker);
-    }
-}
-
-/// A worker thread's life: runs the worker and, when a panic escapes every room's
-/// isolation, starts a fresh one on the same socket (its participants were told by the
-/// failed worker's drop). Commands queued meanwhile wait in the channel.
-struct Supervisor {
-    index: usize,
-    socket: UdpSocket,
-    announce: SocketAddr,
-    factory: peer::PeerFactory,
-    config: Arc<SfuConfig>,
-    stats: Arc<SfuStats>,
-    timing: Arc<stats::LoopStats>,
-    events: Option<mpsc::Sender<events::RoomEvent>>,
-    alive: Arc<std::sync::atomic::AtomicBool>,
-    links_out: worker::relay::Links,
-    tcp: Option<std::net::TcpListener>,
-}
-
-/// Marks a worker gone when its thread ends other than by a shutdown (whatever ended it).
-struct Gone(Arc<std::sync::atomic::AtomicBool>, bool);
-
-impl Drop for Gone {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.store(false, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Supervisor {
-    fn run(self, commands: mpsc::Receiver<Command>, links: mpsc::Receiver<worker::relay::Link>) {
-        let mut gone = Gone(self.alive.clone(), false);
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(commands, links)));
-        match outcome {
-            Ok(true) => gone.1 = true,
-            Ok(false) => {}
-            Err(_) => tracing::error!("media worker supervisor failed; the worker is gone"),
-        }
-    }
-
-    /// Runs workers until a shutdown (`true`) or until one cannot be started (`false`).
-    fn serve(
-        &self,
-        mut commands: mpsc::Receiver<Command>,
-        mut links: mpsc::Receiver<worker::relay::Link>,
-    ) -> bool {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot build worker runtime");
-                return false;
-            }
-        };
-        // The worker registers its socket with this runtime's reactor.
-        let _rt = rt.enter();
-        loop {
-            let worker = self.socket.try_clone().and_then(|socket| {
-                worker::Worker::new(
-                    self.index,
-                    socket,
-                    self.announce,
-                    self.factory.clone(),
-                    self.config.clone(),
-                    self.stats.clone(),
-                    self.timing.clone(),
-                    self.events.clone(),
-                    self.links_out.clone(),
-                    self.tcp.as_ref().and_then(|l| l.try_clone().ok()),
-                )
-            });
-            let worker = match worker {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::error!(worker = self.index, error = %e, "cannot start worker");
-                    return false;
-                }
-            };
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                rt.block_on(worker.run(&mut commands, &mut links))
-            }));
-            match run {
-                Ok(()) => return true,
-                Err(_) => {
-                    SfuStats::inc(&self.stats.workers_restarted);
-                    tracing::error!(worker = self.index, "media worker failed; restarting it");
-                }
-            }
-        }
     }
 }
