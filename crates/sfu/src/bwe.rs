@@ -58,8 +58,9 @@ const FEEDBACK_FRESH: Duration = Duration::from_secs(2);
 /// Loss in transport-wide feedback is judged over at least this many packets and this
 /// long (or [`LOSS_PERIOD`], however few). A shorter window reads random loss as
 /// congestion: at 5 % random loss, 200 ms of a 1.5 Mbit/s layer (30 packets) lose more
-/// than 10 % one time in 20, and each time the estimate fell (`benches/network.sh loss5`:
-/// 239 kbit/s received of a 1.5 Mbit/s layer that the path carried).
+/// than 10 % about one time in 16 (binomial arithmetic, not measured), and each time
+/// the estimate fell (`benches/network.sh loss5`: 239 kbit/s received of a 1.5 Mbit/s
+/// layer that the path carried).
 const LOSS_SAMPLE: u32 = 50;
 const LOSS_SAMPLE_TIME: Duration = Duration::from_secs(1);
 /// On overuse the estimate drops to this fraction of what is received.
