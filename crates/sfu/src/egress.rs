@@ -201,8 +201,7 @@ impl DownStream {
     }
 
     /// Puts the previous packets' payloads into `pkt` when this stream sends RED (before
-    /// it is sized for the pacer and written; called once per packet, by
-    /// `Peer::write_rtp`).
+    /// its size is accounted for and it is written).
     pub fn add_redundancy(&mut self, pkt: &mut rtp::Packet) {
         if let Some(red) = &mut self.red
             && !pkt.payload.is_empty()
