@@ -24,6 +24,8 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+pub mod trace;
+
 /// Records of unacknowledged packets older than this are dropped (a path that stopped
 /// reporting must not grow the history without bound).
 const PRUNE_HORIZON: Duration = Duration::from_secs(2);
@@ -39,6 +41,27 @@ const TREND_SMOOTHING: f64 = 0.9;
 const TREND_DELTAS: u32 = 60;
 const TREND_GAIN: f64 = 4.0;
 
+/// The standing queue is the least one-way delay over this much of the latest departures,
+/// above the least over [`BASE_WINDOW`]. Short, because a real overuse must be confirmed
+/// before the bottleneck's buffer overflows: replayed on recorded traces, a 200 ms window
+/// confirmed a 1.6 Mbit/s layer on a 1 Mbit/s link (200 ms of buffer) 200 ms after the
+/// trend did, and the relay dropped packets; 50 ms confirms it with the trend. A window
+/// still holds the first packet of a frame (at 30 fps, or the audio between frames), which
+/// sees the queue drained when the path carries the rate...
+const QUEUE_WINDOW: Duration = Duration::from_millis(50);
+/// ...kept in one-second buckets, so that a path whose delay grows for good (a new route)
+/// becomes the new base within this.
+const BASE_WINDOW: Duration = Duration::from_secs(10);
+/// A growing trend is overuse only with a standing queue of at least this. A frame that a
+/// bottleneck spreads out but drains before the next one (a link that starts shaping, a
+/// switch to a larger layer that still fits) raises the trend for a moment but leaves no
+/// standing queue: the packets between frames see the base delay. Measured on a recorded
+/// trace (`twcc/halving.cc`): a 2.5 Mbit/s link taking 1.5 Mbit/s of 6-packet frames
+/// delayed each frame's last packet by 22 ms, the trend crossed the threshold, and the
+/// subscriber was moved to the middle layer for good; the audio packets between frames
+/// were 1 to 2 ms late.
+const STANDING_QUEUE: Duration = Duration::from_millis(10);
+
 /// The delay trend: the slope of the smoothed accumulated one-way delay variation over the
 /// last [`TREND_WINDOW`] groups, against when they left.
 #[derive(Debug, Default)]
@@ -49,6 +72,8 @@ struct Trendline {
     deltas: u32,
     window: VecDeque<(f64, f64)>,
     trend: f64,
+    /// The last weighed trend handed to the detector.
+    last: f64,
 }
 
 impl Trendline {
@@ -69,7 +94,8 @@ impl Trendline {
         {
             self.trend = slope;
         }
-        self.trend * f64::from(self.deltas) * TREND_GAIN
+        self.last = self.trend * f64::from(self.deltas) * TREND_GAIN;
+        self.last
     }
 }
 
@@ -86,10 +112,64 @@ fn slope(points: &VecDeque<(f64, f64)>) -> Option<f64> {
     (den > 0.0).then(|| num / den)
 }
 
+/// The least one-way delay lately against the least over a longer time: the queue that
+/// does not drain between bursts. One-way delays mix two clocks; their offset cancels out.
+#[derive(Debug, Default)]
+struct StandingQueue {
+    anchor: Option<Instant>,
+    /// (departure, delay in µs), increasing delays: the front is the window's least.
+    recent: VecDeque<(Instant, i64)>,
+    /// (start of a second of departures, its least delay).
+    base: VecDeque<(Instant, i64)>,
+}
+
+impl StandingQueue {
+    fn add(&mut self, departure: Instant, arrival: Duration) {
+        let anchor = *self.anchor.get_or_insert(departure);
+        let owd = arrival.as_micros() as i64
+            - departure.saturating_duration_since(anchor).as_micros() as i64;
+        while self.recent.back().is_some_and(|b| b.1 >= owd) {
+            self.recent.pop_back();
+        }
+        self.recent.push_back((departure, owd));
+        let newest = self.recent.iter().map(|r| r.0).max().unwrap_or(departure);
+        while self
+            .recent
+            .front()
+            .is_some_and(|f| newest.saturating_duration_since(f.0) > QUEUE_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        match self.base.back_mut() {
+            Some(b) if departure.saturating_duration_since(b.0) < Duration::from_secs(1) => {
+                b.1 = b.1.min(owd);
+            }
+            _ => {
+                self.base.push_back((departure, owd));
+                let buckets = BASE_WINDOW.as_secs() as usize;
+                while self.base.len() > buckets {
+                    self.base.pop_front();
+                }
+            }
+        }
+    }
+
+    fn get(&self) -> Duration {
+        let (Some(recent), Some(base)) = (
+            self.recent.front().map(|r| r.1),
+            self.base.iter().map(|b| b.1).min(),
+        ) else {
+            return Duration::ZERO;
+        };
+        Duration::from_micros(recent.saturating_sub(base).max(0) as u64)
+    }
+}
+
 /// What one feedback packet says about the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CcSignal {
-    /// The queue toward the subscriber is growing: more is sent than the path carries.
+    /// The queue toward the subscriber is growing and standing ([`STANDING_QUEUE`]): more is
+    /// sent than the path carries.
     pub overuse: bool,
     /// The queue is draining: hold rather than grow.
     pub underuse: bool,
@@ -98,6 +178,8 @@ pub struct CcSignal {
     /// Packets reported on, and how many of them never arrived.
     pub reported: u32,
     pub lost: u32,
+    /// The standing queue: the least one-way delay lately above the path's least.
+    pub queue: Duration,
 }
 
 /// One subscriber connection's transport-wide sequence numbers and the delay signal.
@@ -110,12 +192,15 @@ pub struct TransportCc {
     groups: ArrivalGroupAccumulator,
     trend: Trendline,
     detector: OveruseDetector,
+    queue: StandingQueue,
     /// Arrivals on the subscriber's clock and their sizes, over [`RATE_WINDOW`].
     arrivals: VecDeque<(Duration, usize)>,
     /// Smoothed round trip: a packet's departure to the feedback that names it (the queue
     /// toward the subscriber included, which is what a retransmission waits behind).
     srtt: Option<Duration>,
     next_prune: Option<Instant>,
+    /// This connection's number in a recorded trace ([`trace`]).
+    trace_id: u64,
 }
 
 impl TransportCc {
@@ -127,9 +212,11 @@ impl TransportCc {
             groups: ArrivalGroupAccumulator::default(),
             trend: Trendline::default(),
             detector: OveruseDetector::new(),
+            queue: StandingQueue::default(),
             arrivals: VecDeque::new(),
             srtt: None,
             next_prune: None,
+            trace_id: trace::next_id(),
         }
     }
 
@@ -147,6 +234,7 @@ impl TransportCc {
     pub fn on_send(&mut self, ssrc: u32, rtp_seq: u16, size: usize, now: Instant) -> u16 {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
+        trace::sent(self.trace_id, seq, size, now);
         self.history
             .add_outgoing(ssrc, rtp_seq, true, seq, size, now);
         if self.next_prune.is_none_or(|t| now >= t) {
@@ -161,6 +249,7 @@ impl TransportCc {
     /// Feedback from the subscriber. `None` when it names nothing this side has a record of
     /// yet (the previous ones' packets are reported once a later one arrived).
     pub fn on_feedback(&mut self, fb: &TransportLayerCc, now: Instant) -> Option<CcSignal> {
+        trace::feedback(self.trace_id, fb, now);
         let acks = convert_twcc(fb);
         let mut rtt = None;
         for ack in acks {
@@ -184,7 +273,10 @@ impl TransportCc {
         let mut lost = 0;
         for r in &reports {
             match (r.arrived, r.arrival) {
-                (true, Some(at)) => self.arrived(at, r.size),
+                (true, Some(at)) => {
+                    self.arrived(at, r.size);
+                    self.queue.add(r.departure, at);
+                }
                 (true, None) => {}
                 (false, _) => lost += 1,
             }
@@ -193,12 +285,14 @@ impl TransportCc {
                 usage = self.detector.update(delay.at, trend);
             }
         }
+        let queue = self.queue.get();
         Some(CcSignal {
-            overuse: usage == Usage::Over,
+            overuse: usage == Usage::Over && queue >= STANDING_QUEUE,
             underuse: usage == Usage::Under,
             received_bps: self.received_bps(),
             reported: reports.len() as u32,
             lost,
+            queue,
         })
     }
 
@@ -416,6 +510,34 @@ pub(crate) mod tests {
             .find_map(|s| s.received_bps)
             .unwrap();
         assert!((500_000..700_000).contains(&rx), "received {rx}");
+    }
+
+    /// Replayed from a recorded trace (`twcc/halving.cc`: one subscriber of `benches/network.sh
+    /// halving`, on the 1.5 Mbit/s top layer in 6-packet frames). At 3 s the relay began
+    /// shaping it to 2.5 Mbit/s: each frame's last packet came 22 ms late, and the trend
+    /// crossed the threshold, but the queue drained between frames. At 12.96 s the link was
+    /// halved to 1.25 Mbit/s and the queue grew by 20 ms every 100 ms.
+    #[test]
+    fn a_recorded_link_that_fits_is_not_overuse_and_a_halved_one_is() {
+        let steps = trace::replay(&trace::Trace::from_compact(include_str!("twcc/halving.cc")));
+        assert!(steps.len() > 140, "{}", steps.len());
+        let ms = Duration::from_millis;
+        let (before, after): (Vec<&trace::Step>, Vec<_>) =
+            steps.iter().partition(|s| s.at < ms(12_960));
+        assert!(
+            before
+                .iter()
+                .any(|s| s.at > ms(3_000) && s.trend > s.threshold_ms),
+            "the shaping step raised the trend past the threshold"
+        );
+        let early: Vec<_> = before.iter().filter(|s| s.signal.overuse).collect();
+        assert!(early.is_empty(), "overuse on a link that fits: {early:?}");
+        let first = after
+            .iter()
+            .find(|s| s.signal.overuse)
+            .expect("the halving is overuse");
+        assert!(first.at < ms(13_500), "seen at {:?}", first.at);
+        assert!(first.signal.lost == 0 && first.signal.queue >= STANDING_QUEUE);
     }
 
     #[test]

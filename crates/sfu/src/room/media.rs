@@ -344,6 +344,19 @@ impl Room {
         };
         let before = m.bwe.estimate_bps();
         let after = m.bwe.on_transport_feedback(signal, egress_bps, now);
+        tracing::trace!(
+            subscriber = subscriber.0,
+            overuse = signal.overuse,
+            underuse = signal.underuse,
+            received_bps = signal.received_bps,
+            reported = signal.reported,
+            lost = signal.lost,
+            queue_us = signal.queue.as_micros() as u64,
+            egress_bps,
+            before,
+            after,
+            "transport feedback"
+        );
         if signal.overuse && after < before {
             SfuStats::inc(&self.stats.bwe_overuse);
         }
