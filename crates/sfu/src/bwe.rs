@@ -187,26 +187,29 @@ impl Bwe {
             self.sample_since = Some(now);
             let (reported, lost) = std::mem::take(&mut self.sample);
             let loss = f64::from(lost) / f64::from(reported);
-            if loss > 0.10
-                && self
+            if loss > 0.10 {
+                if self
                     .last_backoff
                     .is_some_and(|t| now.saturating_duration_since(t) < LOSS_AFTER_BACKOFF)
-            {
-                // Lost to the queue that made the last back-off: counted already.
-                return self.estimate;
+                {
+                    // Lost to the queue that made the last back-off: counted already.
+                    return self.estimate;
+                }
+                return self.on_loss(loss, sent_bps, now);
             }
-            if s.underuse && loss < 0.02 {
-                // The queue drains: what is sent now fits; hold until it is empty.
-                return self.estimate;
-            }
-            // Loss up to 10 % while the delay shows no queue is not congestion (a radio
-            // link, a lossy hop): the estimate may grow as on a clean path. Without the
-            // delay signal, the loss rule's 2-10 % hold stays: one spurious decrease under
-            // steady random loss was then never undone (`benches/network.sh loss5`).
-            let loss = if loss <= 0.10 { 0.0 } else { loss };
-            return self.on_loss(loss, sent_bps, now);
         }
-        self.estimate
+        if s.underuse || self.sample.1 * 10 > self.sample.0 {
+            // The queue drains (what is sent now fits: hold until it is empty), or the loss
+            // so far is over 10 % (judged once the sample is complete).
+            return self.estimate;
+        }
+        // Loss up to 10 % while the delay shows no queue is not congestion (a radio link, a
+        // lossy hop): the estimate grows as on a clean path, at the loss rule's pace (once
+        // per 200 ms), not once per judged sample (a second: a probe then took several
+        // seconds to reach the next layer). Without the delay signal, the loss rule's
+        // 2-10 % hold stays: one spurious decrease under steady random loss was then never
+        // undone (`benches/network.sh loss5`).
+        self.on_loss(0.0, sent_bps, now)
     }
 
     /// The estimate fell: the next probe waits longer if this one failed.
