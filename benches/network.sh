@@ -6,6 +6,7 @@
 #   benches/network.sh                      # every profile, both estimates
 #   benches/network.sh halving lte          # some profiles
 #   DURATION=60 benches/network.sh          # longer runs (default 40 s)
+#   ESTIMATES=delay benches/network.sh      # one estimate only (default: loss delay)
 #
 # Results: target/bench/network/<profile>-<estimate>.{json,svg,txt} and summary.md.
 set -euo pipefail
@@ -24,7 +25,7 @@ profiles=("$@")
 [ ${#profiles[@]} -gt 0 ] || profiles=(steady halving loss2 loss5 bursty jitter lte)
 
 for profile in "${profiles[@]}"; do
-  for estimate in loss delay; do
+  for estimate in ${ESTIMATES:-loss delay}; do
     name="$profile-$estimate"
     CONFAB_MEDIA__WORKERS=1 CONFAB_MEDIA__ANNOUNCE_IP=127.0.0.2 CONFAB_HTTP__DRAIN_TIMEOUT_MS=1000 \
       "$BIN_DIR/confab" --http-bind "127.0.0.1:$PORT" --media-port "$MEDIA_PORT" \
