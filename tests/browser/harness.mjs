@@ -56,7 +56,7 @@ mkdirSync(ARTIFACTS, { recursive: true });
  * Starts the server on free ports. Resolves once it prints its URL.
  * @returns {Promise<{url: string, port: number, proc: import('node:child_process').ChildProcess, stop: () => Promise<void>, logPath: string}>}
  */
-export async function startServer({ label, env = {}, httpBind = '127.0.0.1:0' } = {}) {
+export async function startServer({ label, env = {}, httpBind = '127.0.0.1:0', mediaPort = 0 } = {}) {
   const bin = process.env.CONFAB_BIN
     ? path.resolve(process.env.CONFAB_BIN)
     : path.join(REPO_ROOT, 'target', 'debug', 'confab');
@@ -65,7 +65,7 @@ export async function startServer({ label, env = {}, httpBind = '127.0.0.1:0' } 
   // The server reads every CONFAB_* variable as configuration and refuses unknown keys, so
   // the test's own CONFAB_BIN must not reach it.
   const { CONFAB_BIN: _bin, ...inherited } = process.env;
-  const proc = spawn(bin, ['--http-bind', httpBind, '--media-port', '0'], {
+  const proc = spawn(bin, ['--http-bind', httpBind, '--media-port', String(mediaPort)], {
     cwd: REPO_ROOT,
     env: {
       ...inherited,

@@ -20,6 +20,7 @@ use tokio::net::UdpSocket;
 /// What happens to server → client traffic for clients on `ip`.
 #[derive(Debug, Clone, Copy)]
 pub struct Rule {
+    /// The clients it applies to ([`Rule::applies_to`]).
     pub ip: IpAddr,
     /// Fraction of RTP media packets dropped (every n-th, deterministic).
     pub drop_every: Option<u64>,
@@ -39,10 +40,19 @@ pub struct Rule {
     /// ...in bursts of this mean length (a Gilbert model: a loss starts a burst that
     /// ends with probability 1 / `burst` per packet), or one at a time when `None`.
     pub burst: Option<f64>,
+    /// Client -> server: a FIFO queue drained at this rate (bits per second), holding at
+    /// most `queue` (200 ms when unset) and dropping past it: an uplink that is the
+    /// publisher's bottleneck. `None`: not limited.
+    pub uplink_bps: Option<u64>,
 }
 
 impl Rule {
-    /// No impairment yet for clients on `ip`.
+    /// Whether the rule is for clients on `ip` (an unspecified address: for every client).
+    pub fn applies_to(&self, ip: IpAddr) -> bool {
+        self.ip == ip || self.ip.is_unspecified()
+    }
+
+    /// No impairment yet for clients on `ip` (`0.0.0.0`: every client).
     pub fn new(ip: IpAddr) -> Self {
         Self {
             ip,
@@ -53,6 +63,7 @@ impl Rule {
             jitter: std::time::Duration::ZERO,
             loss: 0.0,
             burst: None,
+            uplink_bps: None,
         }
     }
 }
@@ -61,6 +72,10 @@ impl Rule {
 pub struct RelayStats {
     pub rtp_to_clients: AtomicU64,
     pub dropped: AtomicU64,
+    /// Client -> server datagrams dropped by an uplink's full queue.
+    pub uplink_dropped: AtomicU64,
+    /// Client -> server bytes received.
+    pub uplink_bytes: AtomicU64,
     /// RTP packets (ssrc, seq) forwarded to a client more than once.
     pub retransmitted: AtomicU64,
     /// The most bytes any one client was sent in 10 ms (from when datagrams reached the
@@ -112,6 +127,13 @@ fn lost(rng: &mut rand::rngs::StdRng, in_burst: &mut bool, rule: Rule) -> bool {
     }
 }
 
+/// One client's way to the server through the relay.
+struct Leg {
+    socket: Arc<UdpSocket>,
+    up: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Instant)>,
+    up_free: Instant,
+}
+
 fn is_cut(cut: &std::sync::Mutex<HashSet<IpAddr>>, ip: IpAddr) -> bool {
     cut.lock().unwrap_or_else(|e| e.into_inner()).contains(&ip)
 }
@@ -132,24 +154,25 @@ impl Relay {
         let rules = Arc::new(std::sync::Mutex::new(rules));
         let rules_in = rules.clone();
         let task = tokio::spawn(async move {
-            // client address -> the relay's socket toward the server for that client
-            let mut legs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            // client address -> the relay's socket toward the server for that client, the
+            // uplink's queue toward it, and when that queue is free again
+            let mut legs: HashMap<SocketAddr, Leg> = HashMap::new();
             let mut buf = vec![0u8; 2048];
             loop {
                 let Ok((n, client)) = front.recv_from(&mut buf).await else {
                     return;
                 };
+                st.uplink_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 if is_cut(&cut_in, client.ip()) {
                     continue;
                 }
-                let leg = match legs.get(&client) {
-                    Some(l) => l.clone(),
-                    None => {
+                let leg = match legs.entry(client) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
                         let Ok(l) = UdpSocket::bind((listen.ip(), 0)).await else {
                             continue;
                         };
                         let l = Arc::new(l);
-                        legs.insert(client, l.clone());
                         // Server -> client direction of this leg.
                         let (front, st, cut) = (front.clone(), st.clone(), cut_in.clone());
                         let rules = rules_in.clone();
@@ -207,7 +230,7 @@ impl Relay {
                                     .unwrap_or_else(|e| e.into_inner())
                                     .iter()
                                     .copied()
-                                    .find(|r| r.ip == client.ip());
+                                    .find(|r| r.applies_to(client.ip()));
                                 if is_rtp(d) {
                                     st.rtp_to_clients.fetch_add(1, Ordering::Relaxed);
                                     let key = (
@@ -273,10 +296,42 @@ impl Relay {
                                 let _ = front.send_to(d, client).await;
                             }
                         });
-                        l
+                        // The uplink's queue: datagrams and when they reach the server.
+                        let (up, mut up_rx) =
+                            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
+                        let toward = l.clone();
+                        tokio::spawn(async move {
+                            while let Some((d, at)) = up_rx.recv().await {
+                                tokio::time::sleep_until(at.into()).await;
+                                let _ = toward.send_to(&d, server).await;
+                            }
+                        });
+                        v.insert(Leg {
+                            socket: l,
+                            up,
+                            up_free: Instant::now(),
+                        })
                     }
                 };
-                let _ = leg.send_to(&buf[..n], server).await;
+                let uplink = rules_in
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .find(|r| r.applies_to(client.ip()))
+                    .and_then(|r| Some((r.uplink_bps?, r.queue)));
+                if let Some((bps, queue)) = uplink {
+                    let now = Instant::now();
+                    let start = leg.up_free.max(now);
+                    if start - now > queue.unwrap_or(std::time::Duration::from_millis(200)) {
+                        st.uplink_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    leg.up_free =
+                        start + std::time::Duration::from_secs_f64(n as f64 * 8.0 / bps as f64);
+                    let _ = leg.up.send((buf[..n].to_vec(), leg.up_free));
+                    continue;
+                }
+                let _ = leg.socket.send_to(&buf[..n], server).await;
             }
         });
         Ok(Relay {
