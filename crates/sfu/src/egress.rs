@@ -201,7 +201,8 @@ impl DownStream {
     }
 
     /// Puts the previous packets' payloads into `pkt` when this stream sends RED (before
-    /// its size is accounted for and it is written).
+    /// it is sized for the pacer and written; called once per packet, by
+    /// `Peer::write_rtp`).
     pub fn add_redundancy(&mut self, pkt: &mut rtp::Packet) {
         if let Some(red) = &mut self.red
             && !pkt.payload.is_empty()

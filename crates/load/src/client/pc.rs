@@ -234,9 +234,7 @@ impl PeerConnectionEventHandler for PcHandler {
                         RtpSink::Stats { stats, subscriber } => {
                             // RED: what the synthetic payload is, is its primary block.
                             let payload = if packet.header.payload_type == RED_PT {
-                                confab_sfu::rtp::red::blocks(&packet.payload)
-                                    .and_then(|mut b| b.pop())
-                                    .map_or_else(bytes::Bytes::new, |b| b.data)
+                                confab_sfu::rtp::red::primary(&packet.payload).unwrap_or_default()
                             } else {
                                 packet.payload.clone()
                             };

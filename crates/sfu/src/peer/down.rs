@@ -192,13 +192,17 @@ impl Peer {
         let Some(to) = self.paths.media() else {
             return Written::Dropped;
         };
-        let Some(s) = self.senders.get(slot).and_then(Option::as_ref) else {
+        let Some(s) = self.senders.get_mut(slot).and_then(Option::as_mut) else {
             return Written::Dropped;
         };
-        if s.stream.is_none() {
-            return Written::Dropped;
-        }
         let urgent = s.kind == MediaKind::Audio;
+        let Some(stream) = s.stream.as_mut() else {
+            return Written::Dropped;
+        };
+        // RED (audio, never held) before the packet is sized: the pacer's budget and the
+        // transport-wide record count what goes on the wire.
+        let mut pkt = pkt;
+        stream.add_redundancy(&mut pkt);
         let bytes = wire_size(pkt.payload.len() + 12);
         let item = PacedRtp { slot, pkt, patch };
         let item = match self.pacer.push(item, bytes, urgent, now) {
@@ -216,16 +220,11 @@ impl Peer {
     /// time is when it left, not when it was queued.
     fn send_rtp(
         &mut self,
-        PacedRtp {
-            slot,
-            mut pkt,
-            patch,
-        }: PacedRtp,
+        PacedRtp { slot, pkt, patch }: PacedRtp,
         now: Instant,
         scratch: &mut Vec<u8>,
     ) -> Option<(bytes::Bytes, u32)> {
         let stream = self.senders.get_mut(slot)?.as_mut()?.stream.as_mut()?;
-        stream.add_redundancy(&mut pkt);
         let size = pkt.payload.len() + 12;
         let twcc = self.cc.as_mut().map(|cc| {
             let seq = cc.on_send(

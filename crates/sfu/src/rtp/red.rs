@@ -49,27 +49,27 @@ impl RedEncoder {
             .recent
             .back()
             .is_none_or(|(last, _)| ts.wrapping_sub(*last) as i32 > 0);
-        let usable = |(t, p): &&(u32, Bytes)| {
-            let offset = ts.wrapping_sub(*t);
-            newer && offset > 0 && offset <= MAX_OFFSET && p.len() <= MAX_BLOCK && !p.is_empty()
-        };
-        let n = self.recent.iter().filter(usable).count();
-        let data: usize = self
-            .recent
-            .iter()
-            .filter(usable)
-            .map(|(_, p)| p.len())
-            .sum();
-        let mut out = BytesMut::with_capacity(4 * n + 1 + data + payload.len());
-        for (t, p) in self.recent.iter().filter(usable) {
-            let offset = ts.wrapping_sub(*t);
+        // The blocks carried, oldest first, with their offsets back from `ts`.
+        let mut blocks: [Option<(u32, &Bytes)>; DISTANCE] = [None; DISTANCE];
+        if newer {
+            for (slot, (t, p)) in blocks.iter_mut().zip(&self.recent) {
+                let offset = ts.wrapping_sub(*t);
+                if offset <= MAX_OFFSET && p.len() <= MAX_BLOCK && !p.is_empty() {
+                    *slot = Some((offset, p));
+                }
+            }
+        }
+        let blocks = blocks.iter().flatten();
+        let data: usize = blocks.clone().map(|(_, p)| 4 + p.len()).sum();
+        let mut out = BytesMut::with_capacity(data + 1 + payload.len());
+        for (offset, p) in blocks.clone() {
             out.put_u8(0x80 | self.primary_pt);
             out.put_u8((offset >> 6) as u8);
             out.put_u8((((offset & 0x3f) << 2) as u8) | ((p.len() >> 8) as u8 & 0x03));
             out.put_u8(p.len() as u8);
         }
         out.put_u8(self.primary_pt);
-        for (_, p) in self.recent.iter().filter(usable) {
+        for (_, p) in blocks {
             out.put_slice(p);
         }
         out.put_slice(payload);
@@ -81,6 +81,20 @@ impl RedEncoder {
         }
         out.freeze()
     }
+}
+
+/// The primary (newest) block of a RED payload, without reading the others; `None` when
+/// the headers do not describe the payload.
+pub fn primary(payload: &Bytes) -> Option<Bytes> {
+    let mut at = 0;
+    let mut redundant = 0;
+    while *payload.get(at)? & 0x80 != 0 {
+        let h = payload.get(at..at + 4)?;
+        redundant += (usize::from(h[2] & 0x03) << 8) | usize::from(h[3]);
+        at += 4;
+    }
+    let start = at + 1 + redundant;
+    (start <= payload.len()).then(|| payload.slice(start..))
 }
 
 /// One block of a RED payload.
@@ -159,6 +173,8 @@ mod tests {
         assert_eq!((b[2].ts_offset, b[2].data.clone()), (0, opus(3, 70)));
         assert!(b.iter().all(|b| b.payload_type == 111));
         assert_eq!(third.len(), 4 + 4 + 1 + 80 + 90 + 70);
+        assert_eq!(primary(&third), Some(opus(3, 70)));
+        assert_eq!(primary(&first), Some(opus(1, 80)));
         // The fourth no longer carries the first.
         let b = blocks(&red.encode(3880, &opus(4, 60))).unwrap();
         assert_eq!(b[0].data, opus(2, 90));
@@ -214,6 +230,7 @@ mod tests {
             &[0x80 | 111, 0, 4, 200, 111, 1, 2][..],
         ] {
             assert_eq!(blocks(&Bytes::copy_from_slice(bad)), None, "{bad:?}");
+            assert_eq!(primary(&Bytes::copy_from_slice(bad)), None, "{bad:?}");
         }
     }
 }
