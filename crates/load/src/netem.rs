@@ -127,6 +127,22 @@ fn lost(rng: &mut rand::rngs::StdRng, in_burst: &mut bool, rule: Rule) -> bool {
     }
 }
 
+/// A link's queue: each datagram sent on the returned channel leaves `socket` for `to`
+/// at the instant it comes with.
+fn delay_line(
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+) -> tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Instant)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
+    tokio::spawn(async move {
+        while let Some((d, at)) = rx.recv().await {
+            tokio::time::sleep_until(at.into()).await;
+            let _ = socket.send_to(&d, to).await;
+        }
+    });
+    tx
+}
+
 /// One client's way to the server through the relay.
 struct Leg {
     socket: Arc<UdpSocket>,
@@ -178,15 +194,7 @@ impl Relay {
                         let rules = rules_in.clone();
                         let back = l.clone();
                         // The shaped link's queue: datagrams and when they leave it.
-                        let (link_tx, mut link_rx) =
-                            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
-                        let out = front.clone();
-                        tokio::spawn(async move {
-                            while let Some((d, at)) = link_rx.recv().await {
-                                tokio::time::sleep_until(at.into()).await;
-                                let _ = out.send_to(&d, client).await;
-                            }
-                        });
+                        let link_tx = delay_line(front.clone(), client);
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 2048];
                             let mut seen = HashSet::new();
@@ -297,15 +305,7 @@ impl Relay {
                             }
                         });
                         // The uplink's queue: datagrams and when they reach the server.
-                        let (up, mut up_rx) =
-                            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
-                        let toward = l.clone();
-                        tokio::spawn(async move {
-                            while let Some((d, at)) = up_rx.recv().await {
-                                tokio::time::sleep_until(at.into()).await;
-                                let _ = toward.send_to(&d, server).await;
-                            }
-                        });
+                        let up = delay_line(l.clone(), server);
                         v.insert(Leg {
                             socket: l,
                             up,
