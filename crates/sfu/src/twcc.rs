@@ -119,6 +119,8 @@ struct StandingQueue {
     anchor: Option<Instant>,
     /// (departure, delay in µs), increasing delays: the front is the window's least.
     recent: VecDeque<(Instant, i64)>,
+    /// The latest departure seen (reports may come out of order).
+    newest: Option<Instant>,
     /// (start of a second of departures, its least delay).
     base: VecDeque<(Instant, i64)>,
 }
@@ -132,7 +134,8 @@ impl StandingQueue {
             self.recent.pop_back();
         }
         self.recent.push_back((departure, owd));
-        let newest = self.recent.iter().map(|r| r.0).max().unwrap_or(departure);
+        let newest = self.newest.map_or(departure, |n| n.max(departure));
+        self.newest = Some(newest);
         while self
             .recent
             .front()

@@ -44,8 +44,7 @@ pub(super) fn feedback(cc: u64, fb: &TransportLayerCc, now: Instant) {
     if tracing::enabled!(target: TARGET, tracing::Level::TRACE)
         && let Ok(bytes) = fb.marshal()
     {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        tracing::trace!(target: TARGET, cc, t_us = micros(now), fb = %hex, "feedback");
+        tracing::trace!(target: TARGET, cc, t_us = micros(now), fb = %hex(&bytes), "feedback");
     }
 }
 
@@ -59,6 +58,10 @@ pub enum Event {
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
     pub events: Vec<Event>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -125,10 +128,7 @@ impl Trace {
                     out += &format!("s {} {seq} {size}\n", at.as_micros());
                 }
                 Event::Feedback { at, fb } => {
-                    let hex: String = fb
-                        .marshal()
-                        .map(|b| b.iter().map(|b| format!("{b:02x}")).collect())
-                        .unwrap_or_default();
+                    let hex = fb.marshal().map(|b| hex(&b)).unwrap_or_default();
                     out += &format!("f {} {hex}\n", at.as_micros());
                 }
             }
