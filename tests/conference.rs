@@ -407,6 +407,61 @@ async fn red_restores_audio_lost_on_the_way() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_from_a_publisher_restores_what_its_uplink_lost() {
+    // Issue 17: the publisher sends RED (as a browser does when the server's answer lists
+    // it first) over an uplink that loses 5 % at random. The server makes it plain Opus
+    // again as it arrives, restoring each lost packet from the ones after it: a subscriber
+    // without RED gets nearly every frame, as Opus.
+    let publisher_ip: IpAddr = "127.0.0.5".parse().unwrap();
+    let (server, relay) = behind_relay(vec![Rule {
+        uplink_loss: 0.05,
+        ..Rule::new(publisher_ip)
+    }])
+    .await;
+    let audio_only = Publish {
+        video: false,
+        ..Publish::AUDIO_VIDEO
+    };
+    let a = Client::connect(
+        ClientOptions::new(server.ws_url(), "redup", "alice")
+            .publish(audio_only)
+            .bind_ip(publisher_ip)
+            .red(),
+    )
+    .await
+    .unwrap();
+    let pump = a.start_media(MediaPlan::default());
+    let mut b = join_from(&server, "redup", "bob", Publish::NONE, "127.0.0.1").await;
+    let got = audio_coverage(&mut b, 400).await;
+    let sent = pump.sent.load(std::sync::atomic::Ordering::Relaxed);
+    let lost = relay
+        .stats
+        .uplink_dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let missing = got.expected - got.arrived;
+    println!(
+        "uplink lost {lost} of {sent} packets ({:.1} %); the subscriber got {} of {} frames",
+        100.0 * lost as f64 / sent as f64,
+        got.arrived,
+        got.expected
+    );
+    assert_eq!(
+        got.payload_types,
+        [111].into(),
+        "plain Opus to the subscriber"
+    );
+    // The uplink really lost packets (about 20 of the 400 frames)...
+    assert!(lost as f64 >= 0.02 * sent as f64, "{lost} of {sent}");
+    // ...and what RED could not restore (three in a row) is at most one frame in 200.
+    assert!(
+        missing * 200 <= got.expected,
+        "{missing} of {} frames missing",
+        got.expected
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_frame_reaches_a_subscriber_paced() {
     // Issue 17: a 60 kB frame (what a high-resolution keyframe is: 60 packets sent at once
     // by the publisher) reaches a subscriber spread out by its connection's pacer, not as

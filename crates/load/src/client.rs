@@ -106,9 +106,10 @@ pub struct ClientOptions {
     /// its feedback every 100 ms, as browsers do (the server then estimates this client's
     /// downlink from delay, not only from loss).
     pub twcc: bool,
-    /// Offer to receive redundant audio (`audio/red`, RFC 2198) on the subscriber
-    /// connection, as browsers do: audio then arrives as RED ([`Event::Rtp`] carries it
-    /// as received; a load run counts its primary block).
+    /// Redundant audio (`audio/red`, RFC 2198) on both connections, as browsers offer it:
+    /// audio then arrives as RED ([`Event::Rtp`] carries it as received; a load run
+    /// counts its primary block), and is published as RED, two previous frames in each
+    /// packet (what the server's answer asks of a browser).
     pub red: bool,
 }
 
@@ -190,7 +191,7 @@ impl ClientOptions {
         self
     }
 
-    /// Receives audio as RED (see [`ClientOptions::red`]).
+    /// Receives and publishes audio as RED (see [`ClientOptions::red`]).
     pub fn red(mut self) -> Self {
         self.red = true;
         self
@@ -291,6 +292,8 @@ pub struct Client {
     audio: Option<Arc<TrackLocalStaticRTP>>,
     video: Option<Arc<TrackLocalStaticRTP>>,
     audio_mid: Option<String>,
+    /// Audio is published as RED.
+    red: bool,
     video_mid: Option<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The signaling connection's writer and reader.
@@ -380,7 +383,7 @@ impl Client {
                     opts.bind_ip,
                     opts.tcp,
                     false,
-                    false,
+                    opts.red,
                 )
                 .await?,
             )
@@ -407,6 +410,7 @@ impl Client {
             audio: None,
             video: None,
             audio_mid: None,
+            red: opts.red,
             video_mid: None,
             tasks,
             ws_tasks,

@@ -44,6 +44,9 @@ pub struct Rule {
     /// most `queue` (200 ms when unset) and dropping past it: an uplink that is the
     /// publisher's bottleneck. `None`: not limited.
     pub uplink_bps: Option<u64>,
+    /// Client -> server: fraction of RTP packets lost at random (seeded per client, like
+    /// `loss`), one at a time.
+    pub uplink_loss: f64,
 }
 
 impl Rule {
@@ -64,6 +67,7 @@ impl Rule {
             loss: 0.0,
             burst: None,
             uplink_bps: None,
+            uplink_loss: 0.0,
         }
     }
 }
@@ -72,7 +76,7 @@ impl Rule {
 pub struct RelayStats {
     pub rtp_to_clients: AtomicU64,
     pub dropped: AtomicU64,
-    /// Client -> server datagrams dropped by an uplink's full queue.
+    /// Client -> server datagrams dropped by an uplink's full queue or its `uplink_loss`.
     pub uplink_dropped: AtomicU64,
     /// Client -> server bytes received.
     pub uplink_bytes: AtomicU64,
@@ -148,6 +152,8 @@ struct Leg {
     socket: Arc<UdpSocket>,
     up: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Instant)>,
     up_free: Instant,
+    /// For `uplink_loss`.
+    rng: rand::rngs::StdRng,
 }
 
 fn is_cut(cut: &std::sync::Mutex<HashSet<IpAddr>>, ip: IpAddr) -> bool {
@@ -310,16 +316,25 @@ impl Relay {
                             socket: l,
                             up,
                             up_free: Instant::now(),
+                            rng: rand::SeedableRng::seed_from_u64(u64::from(client.port()) + 1),
                         })
                     }
                 };
-                let uplink = rules_in
+                let rule = rules_in
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
-                    .find(|r| r.applies_to(client.ip()))
-                    .and_then(|r| Some((r.uplink_bps?, r.queue)));
-                if let Some((bps, queue)) = uplink {
+                    .copied()
+                    .find(|r| r.applies_to(client.ip()));
+                if let Some(r) = rule
+                    && r.uplink_loss > 0.0
+                    && is_rtp(&buf[..n])
+                    && rand::Rng::random_bool(&mut leg.rng, r.uplink_loss.min(1.0))
+                {
+                    st.uplink_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if let Some((bps, queue)) = rule.and_then(|r| Some((r.uplink_bps?, r.queue))) {
                     let now = Instant::now();
                     let start = leg.up_free.max(now);
                     if start - now > queue.unwrap_or(std::time::Duration::from_millis(200)) {

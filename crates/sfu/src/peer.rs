@@ -29,6 +29,7 @@ use crate::rtp::Codec;
 use confab_proto::{IceCandidate, MediaKind, TrackId};
 use rtc::ice::tcp_type::TcpType;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -58,6 +59,8 @@ pub struct ReceivedTrack {
     pub receiver: RTCRtpReceiverId,
     pub track: TrackKey,
     pub media_ssrc: u32,
+    /// Audio sent as RED: made plain Opus again, with what the uplink lost restored.
+    pub red: Option<crate::rtp::red::RedDecoder>,
 }
 
 /// What happened on a peer connection, in the worker's terms.
@@ -214,7 +217,7 @@ impl Peer {
         announce: SocketAddr,
     ) -> Result<(String, HashMap<String, Vec<String>>), PeerError> {
         let offered_rids = crate::sdp::send_rids(&sdp);
-        let sdp = crate::sdp::with_opus_dtx(&sdp);
+        let sdp = crate::sdp::with_red_first(&crate::sdp::with_opus_dtx(&sdp));
         let keep = self.learned_simulcast(&sdp);
         let sdp = if keep.is_empty() {
             sdp
@@ -376,9 +379,7 @@ impl Peer {
                         .map(|c| c.payload_type)
                 };
                 slot.payload_type = pt(&slot.mime);
-                if slot.mime.eq_ignore_ascii_case(
-                    rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS,
-                ) {
+                if slot.mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
                     slot.red_payload_type = pt(factory::MIME_TYPE_RED);
                 }
             }
@@ -452,7 +453,16 @@ impl Peer {
             RtpCodecKind::Video => MediaKind::Video,
             _ => return None,
         };
-        let rtp = track.codec(ssrc)?.clone();
+        let mut rtp = track.codec(ssrc)?.clone();
+        if rtp.mime_type.eq_ignore_ascii_case(factory::MIME_TYPE_RED) {
+            // RED is made Opus again as it arrives (`ReceivedTrack::red`).
+            rtp = params
+                .codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))?
+                .rtp_codec
+                .clone();
+        }
         let payload_type = params
             .codecs
             .iter()
@@ -567,8 +577,16 @@ impl Peer {
             let TaggedRTCMessage { message, .. } = self.pc.poll_read()?;
             match message {
                 RTCMessage::RtpPacket(track_id, pkt) if self.role == Role::Publisher => {
-                    if let Some(rt) = self.received.get(&track_id) {
+                    let Some(rt) = self.received.get_mut(&track_id) else {
+                        continue;
+                    };
+                    let Some(red) = rt.red.as_mut() else {
                         return Some(PeerEvent::Rtp(rt.track, pkt));
+                    };
+                    let (track, pending) = (rt.track, &mut self.pending);
+                    let d = red.push(pkt, |p| pending.push_back(PeerEvent::Rtp(track, p)));
+                    if d.recovered > 0 {
+                        tracing::trace!(?track, recovered = d.recovered, "RED restored");
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, pkts) => self.rtcp(track_id, &pkts),
@@ -688,12 +706,26 @@ impl Peer {
         ssrc: u32,
         track: TrackKey,
     ) {
+        let red = self.pc.rtp_receiver(receiver).and_then(|mut rx| {
+            let codecs = &rx.get_parameters().rtp_parameters.codecs;
+            let pt = |mime: &str| {
+                codecs
+                    .iter()
+                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                    .map(|c| c.payload_type)
+            };
+            Some(crate::rtp::red::RedDecoder::new(
+                pt(factory::MIME_TYPE_RED)?,
+                pt(MIME_TYPE_OPUS)?,
+            ))
+        });
         self.received.insert(
             rtc_id,
             ReceivedTrack {
                 receiver,
                 track,
                 media_ssrc: ssrc,
+                red,
             },
         );
     }

@@ -227,6 +227,64 @@ pub fn with_opus_dtx(sdp: &str) -> String {
     out
 }
 
+/// `sdp` with each audio section's redundant-audio payload type (`red/48000/2` whose
+/// `a=fmtp` names an Opus payload type) moved to the front of its `m=` line, every other
+/// line unchanged.
+///
+/// Why (see `Peer::answer_offer`): rtc 0.21 answers codecs in the offer's order, and a
+/// browser sends RED only when the answer lists it before Opus. With it, a packet the
+/// publisher's uplink loses comes back out of the next one (`rtp::red::RedDecoder`).
+pub fn with_red_first(sdp: &str) -> String {
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let rtpmap = |prefix: &str| -> Vec<String> {
+        sdp.lines()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+            .filter_map(|r| r.split_once(' '))
+            .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with(prefix))
+            .map(|(pt, _)| pt.to_owned())
+            .collect()
+    };
+    let (opus, red) = (rtpmap("opus/"), rtpmap("red/"));
+    let red: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=fmtp:"))
+        .filter_map(|f| f.split_once(' '))
+        .filter(|(pt, params)| {
+            red.iter().any(|r| r == pt)
+                && params
+                    .split('/')
+                    .next()
+                    .is_some_and(|p| opus.iter().any(|o| o == p.trim()))
+        })
+        .map(|(pt, _)| pt)
+        .collect();
+    let mut out = String::with_capacity(sdp.len());
+    for l in sdp.lines() {
+        let l = l.trim_end_matches('\r');
+        match l.strip_prefix("m=audio ") {
+            Some(rest) if !red.is_empty() => {
+                // port, proto, then the payload types
+                let mut f = rest.split(' ');
+                let (port, proto) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+                let pts: Vec<&str> = f.collect();
+                let (first, others): (Vec<&str>, Vec<&str>) =
+                    pts.iter().partition(|pt| red.contains(pt));
+                out.push_str("m=audio ");
+                out.push_str(port);
+                out.push(' ');
+                out.push_str(proto);
+                for pt in first.iter().chain(&others) {
+                    out.push(' ');
+                    out.push_str(pt);
+                }
+            }
+            _ => out.push_str(l),
+        }
+        out.push_str(eol);
+    }
+    out
+}
+
 /// `sdp` without the stream identification (`a=msid`, `a=ssrc`, `a=ssrc-group`) of the
 /// sections whose mid is in `mids`; every other line, and the line endings, unchanged.
 ///
@@ -290,6 +348,28 @@ mod tests {
         assert_eq!(with_opus_dtx(&out), out, "said already: unchanged");
         let off = offer.replace("useinbandfec=1", "useinbandfec=1;usedtx=0");
         assert_eq!(with_opus_dtx(&off), off, "a client that says no is heard");
+    }
+
+    #[test]
+    fn red_that_wraps_opus_goes_first_in_the_audio_sections() {
+        let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0\r\na=rtpmap:111 opus/48000/2\r\n\
+                     a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n\
+                     m=video 9 UDP/TLS/RTP/SAVPF 96 63\r\na=rtpmap:96 VP8/90000\r\n";
+        let out = with_red_first(offer);
+        assert!(
+            out.contains("m=audio 9 UDP/TLS/RTP/SAVPF 63 111 9 0\r\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 63\r\n"),
+            "video untouched"
+        );
+        assert_eq!(out.len(), offer.len());
+        // RED of something that is not Opus, or no RED: unchanged.
+        let g722 = offer.replace("a=fmtp:63 111/111", "a=fmtp:63 9/9");
+        assert_eq!(with_red_first(&g722), g722);
+        let plain = "v=0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\na=rtpmap:111 opus/48000/2\n";
+        assert_eq!(with_red_first(plain), plain);
     }
 
     use super::*;

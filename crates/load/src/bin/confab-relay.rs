@@ -30,6 +30,9 @@ struct Args {
     /// Client -> server rate limit, kbit/s.
     #[arg(long)]
     uplink_kbps: Option<u64>,
+    /// Client -> server RTP packets lost at random, percent.
+    #[arg(long, default_value_t = 0.0)]
+    uplink_loss: f64,
     /// Server -> client rate limit, kbit/s.
     #[arg(long)]
     downlink_kbps: Option<u64>,
@@ -43,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rule = Rule {
         uplink_bps: args.uplink_kbps.map(|k| k * 1000),
+        uplink_loss: args.uplink_loss / 100.0,
         rate_bps: args.downlink_kbps.map(|k| k * 1000),
         queue: Some(Duration::from_millis(args.queue_ms)),
         ..Rule::new(args.client_ip)

@@ -77,6 +77,9 @@ impl Client {
         let audio = if plan.audio { self.audio.clone() } else { None };
         let video = if plan.video { self.video.clone() } else { None };
         let (audio_mid, video_mid) = (self.audio_mid.clone(), self.video_mid.clone());
+        let mut red = self
+            .red
+            .then(|| confab_sfu::rtp::red::RedEncoder::new(OPUS_PT));
         let keyframe = self.shared.keyframe_requested.clone();
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -125,8 +128,12 @@ impl Client {
                 tokio::select! {
                     _ = audio_tick.tick(), if audio.is_some() => {
                         let Some(t) = &audio else { continue };
-                        let pkt = rtp_packet(OPUS_PT, a_ssrc, a_seq, a_idx as u32 * 960, true,
-                            media::payload(None, a_idx, plan.audio_bytes, media::now_micros()));
+                        let ts = a_idx as u32 * 960;
+                        let payload = media::payload(None, a_idx, plan.audio_bytes, media::now_micros());
+                        let pkt = match red.as_mut() {
+                            Some(red) => rtp_packet(RED_PT, a_ssrc, a_seq, ts, true, red.encode(ts, &payload)),
+                            None => rtp_packet(OPUS_PT, a_ssrc, a_seq, ts, true, payload),
+                        };
                         let mut exts = vec![rtc::rtp::extension::HeaderExtension::AudioLevel(
                             rtc::rtp::extension::audio_level_extension::AudioLevelExtension {
                                 level: plan.audio_level.min(127),

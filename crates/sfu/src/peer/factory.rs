@@ -51,7 +51,7 @@ impl PeerFactory {
         room: RoomKey,
     ) -> Result<Peer, PeerError> {
         let mut media = MediaEngine::default();
-        register_codecs(&mut media, role)?;
+        register_codecs(&mut media)?;
 
         let mut registry = Registry::new();
         let twcc_inbox = TwccInbox::default();
@@ -176,7 +176,7 @@ impl PeerFactory {
 /// RFC 2198 redundant audio, as browsers name it.
 pub(super) const MIME_TYPE_RED: &str = "audio/red";
 
-fn register_codecs(media: &mut MediaEngine, role: Role) -> Result<(), PeerError> {
+fn register_codecs(media: &mut MediaEngine) -> Result<(), PeerError> {
     let video_fb = vec![
         RTCPFeedback {
             typ: "ccm".into(),
@@ -223,18 +223,16 @@ fn register_codecs(media: &mut MediaEngine, role: Role) -> Result<(), PeerError>
             RtpCodecKind::Audio,
         )
         .map_err(PeerError::rtc)?;
-    // Subscribers are offered RED after Opus: one that answers with it gets RED made
-    // from the publisher's Opus (`rtp::red`). Publishers are not: a browser sends RED
-    // only when the answer puts it first, and what it publishes stays plain Opus for
-    // every subscriber, recording and relay.
-    if role == Role::Subscriber {
-        media
-            .register_codec(
-                codec(MIME_TYPE_RED, 48000, 2, "111/111", Vec::new(), 63),
-                RtpCodecKind::Audio,
-            )
-            .map_err(PeerError::rtc)?;
-    }
+    // RED after Opus. A subscriber that answers with it gets RED made from the publisher's
+    // Opus (`rtp::red`). A publisher's offer is reordered to put RED first
+    // (`sdp::with_red_first`), which is what makes a browser send it; it is made plain
+    // Opus again as it arrives, so every subscriber, recording and relay gets one format.
+    media
+        .register_codec(
+            codec(MIME_TYPE_RED, 48000, 2, "111/111", Vec::new(), 63),
+            RtpCodecKind::Audio,
+        )
+        .map_err(PeerError::rtc)?;
     for c in [
         codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
         codec(

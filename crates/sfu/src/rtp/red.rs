@@ -5,7 +5,9 @@
 //! [`RedEncoder`] makes RED from a plain Opus stream, one encoder per down-track: the
 //! redundancy is what that subscriber was last sent, so it is right whatever the
 //! subscriber joined or was paused. [`blocks`] reads a RED payload back (tests, and a
-//! receiver's count of what it recovered).
+//! receiver's count of what it recovered). [`RedDecoder`] turns a publisher's RED back
+//! into plain Opus as it arrives, restoring what its uplink lost: everything past the
+//! publisher's connection (forwarding, recording, relays) sees one format.
 //!
 //! Wire format: one 4-byte header per redundant block (`F=1`, block payload type, 14-bit
 //! timestamp offset back from the packet's, 10-bit length), a 1-byte header for the
@@ -143,6 +145,116 @@ pub fn blocks(payload: &Bytes) -> Option<Vec<Block>> {
     Some(out)
 }
 
+/// Turns one publisher's RED stream back into plain Opus packets as they arrive: each
+/// packet's primary, and before it the packets lost on the way that its redundant blocks
+/// still carry (a browser sends RED when the answer lists `audio/red` before Opus).
+///
+/// A redundant block has no sequence number of its own: as every sender does it, the
+/// newest redundant block is the packet sent just before, the next one the packet before
+/// that. Only the sequence numbers missing just before a packet are restored; a block
+/// that is not older than the one after it (a sender that skipped one) ends the
+/// restoring. Duplicates (a restored packet arriving late after all) are the track's to
+/// drop, as any other (`rtp::SeqTracker`).
+#[derive(Debug, Clone)]
+pub struct RedDecoder {
+    red_pt: u8,
+    opus_pt: u8,
+    /// The newest sequence number handed on.
+    newest: Option<u16>,
+}
+
+/// What [`RedDecoder::push`] did with one packet.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// Lost packets restored from its redundant blocks.
+    pub recovered: usize,
+    /// Dropped: its headers do not describe its payload.
+    pub malformed: bool,
+}
+
+impl RedDecoder {
+    /// For a stream whose `audio/red` is `red_pt` and whose Opus is `opus_pt`.
+    pub fn new(red_pt: u8, opus_pt: u8) -> Self {
+        Self {
+            red_pt,
+            opus_pt,
+            newest: None,
+        }
+    }
+
+    /// Hands `pkt` on as plain Opus through `out`, after the lost packets it restores
+    /// (oldest first); a packet that is not RED is handed on as it is.
+    pub fn push(
+        &mut self,
+        mut pkt: rtc::rtp::Packet,
+        mut out: impl FnMut(rtc::rtp::Packet),
+    ) -> Decoded {
+        let seq = pkt.header.sequence_number;
+        // How many sequence numbers are missing just before this one (none when late).
+        let missing = match self.newest {
+            Some(n) if seq.wrapping_sub(n) as i16 > 0 => usize::from(seq.wrapping_sub(n) - 1),
+            Some(_) => 0,
+            None => {
+                self.newest = Some(seq);
+                0
+            }
+        };
+        if missing > 0 || self.newest.is_some_and(|n| n == seq.wrapping_sub(1)) {
+            self.newest = Some(seq);
+        }
+        if pkt.header.payload_type != self.red_pt {
+            out(pkt);
+            return Decoded::default();
+        }
+        let Some((primary, redundant)) = blocks(&pkt.payload).and_then(|mut b| Some((b.pop()?, b)))
+        else {
+            return Decoded {
+                recovered: 0,
+                malformed: true,
+            };
+        };
+        // Newest redundant block first: block k back is sequence number `seq - k - 1`.
+        let mut restore: [Option<(u16, u32, Bytes)>; DISTANCE] = Default::default();
+        let mut later_offset = 0;
+        for (k, b) in redundant
+            .into_iter()
+            .rev()
+            .take(missing.min(DISTANCE))
+            .enumerate()
+        {
+            if b.ts_offset <= later_offset || b.payload_type != self.opus_pt || b.data.is_empty() {
+                break;
+            }
+            later_offset = b.ts_offset;
+            restore[k] = Some((
+                seq.wrapping_sub(k as u16 + 1),
+                pkt.header.timestamp.wrapping_sub(b.ts_offset),
+                b.data,
+            ));
+        }
+        let mut recovered = 0;
+        for (s, ts, data) in restore.into_iter().rev().flatten() {
+            let mut header = pkt.header.clone();
+            header.sequence_number = s;
+            header.timestamp = ts;
+            header.payload_type = self.opus_pt;
+            header.marker = false;
+            recovered += 1;
+            out(rtc::rtp::Packet {
+                header,
+                payload: data,
+            });
+        }
+        pkt.header.payload_type = self.opus_pt;
+        pkt.payload = primary.data;
+        out(pkt);
+        Decoded {
+            recovered,
+            malformed: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +343,130 @@ mod tests {
         ] {
             assert_eq!(blocks(&Bytes::copy_from_slice(bad)), None, "{bad:?}");
             assert_eq!(primary(&Bytes::copy_from_slice(bad)), None, "{bad:?}");
+        }
+    }
+
+    /// A RED packet as a sender makes it: `seq`, 20 ms frames, payload byte `seq`.
+    fn sent(red: &mut RedEncoder, seq: u16) -> rtc::rtp::Packet {
+        let ts = 1_000 + u32::from(seq) * 960;
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 63,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc: 7,
+                marker: seq == 0,
+                ..Default::default()
+            },
+            payload: red.encode(ts, &opus(seq as u8, 20 + seq as usize % 5)),
+        }
+    }
+
+    /// What `decoder` hands on for the packets `arrive` (of `sent` ones), as (seq, ts,
+    /// payload type, first payload byte).
+    fn decode(arrive: &[u16], sent_upto: u16) -> (Vec<(u16, u32, u8, u8)>, usize) {
+        let mut enc = RedEncoder::new(111);
+        let packets: Vec<_> = (0..=sent_upto).map(|s| sent(&mut enc, s)).collect();
+        let mut dec = RedDecoder::new(63, 111);
+        let mut out = Vec::new();
+        let mut recovered = 0;
+        for &s in arrive {
+            recovered += dec
+                .push(packets[usize::from(s)].clone(), |p| {
+                    out.push((
+                        p.header.sequence_number,
+                        p.header.timestamp,
+                        p.header.payload_type,
+                        p.payload[0],
+                    ))
+                })
+                .recovered;
+        }
+        (out, recovered)
+    }
+
+    #[test]
+    fn what_the_uplink_lost_is_restored_in_order_as_opus() {
+        // 2 is lost, then 5 and 6: each is restored before the packet that carried it.
+        let (out, recovered) = decode(&[0, 1, 3, 4, 7, 8], 8);
+        let seqs: Vec<u16> = out.iter().map(|o| o.0).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(recovered, 3);
+        for (seq, ts, pt, first) in out {
+            assert_eq!(ts, 1_000 + u32::from(seq) * 960, "{seq}");
+            assert_eq!(pt, 111);
+            assert_eq!(first, seq as u8, "the frame sent as {seq}");
+        }
+    }
+
+    #[test]
+    fn three_lost_in_a_row_leave_one_gap() {
+        let (out, recovered) = decode(&[0, 4], 4);
+        assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), [0, 2, 3, 4]);
+        assert_eq!(recovered, 2);
+    }
+
+    #[test]
+    fn only_what_is_missing_before_a_packet_is_restored() {
+        // 3 restores 1 and 2; the late 2 and 1 are handed on as they are (the track
+        // drops them as duplicates), and restore nothing.
+        let (out, recovered) = decode(&[0, 3, 2, 1, 4], 4);
+        assert_eq!(
+            out.iter().map(|o| o.0).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 2, 1, 4]
+        );
+        assert_eq!(recovered, 2);
+        // After a gap of three, 4 restores 2 and 3; 1 comes late.
+        let (out, _) = decode(&[0, 4, 1], 4);
+        assert_eq!(out.iter().map(|o| o.0).collect::<Vec<_>>(), [0, 2, 3, 4, 1]);
+    }
+
+    #[test]
+    fn plain_opus_passes_and_counts_as_received() {
+        let mut enc = RedEncoder::new(111);
+        let mut dec = RedDecoder::new(63, 111);
+        let mut out = Vec::new();
+        let mut plain = sent(&mut enc, 1);
+        plain.header.payload_type = 111;
+        plain.payload = opus(1, 9);
+        dec.push(sent(&mut enc, 0), |p| out.push(p));
+        dec.push(plain.clone(), |p| out.push(p));
+        // Packet 2 carries 1 and 0, both handed on already.
+        let d = dec.push(sent(&mut enc, 2), |p| out.push(p));
+        assert_eq!(d.recovered, 0);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1], plain);
+    }
+
+    #[test]
+    fn bad_red_and_blocks_that_do_not_fit_are_not_trusted() {
+        let mut dec = RedDecoder::new(63, 111);
+        let mut enc = RedEncoder::new(111);
+        let mut out = Vec::new();
+        dec.push(sent(&mut enc, 0), |p| out.push(p));
+        let mut bad = sent(&mut enc, 1);
+        bad.payload = Bytes::from_static(&[0x80 | 111, 0, 4, 200, 111, 1]);
+        assert!(dec.push(bad, |p| out.push(p)).malformed);
+        // A block of another payload type (not the Opus it wraps) is not restored.
+        let mut other = RedEncoder::new(100);
+        other.encode(1_000 + 2 * 960, &opus(2, 5));
+        let mut p = sent(&mut enc, 3);
+        p.payload = other.encode(1_000 + 3 * 960, &opus(3, 5));
+        let d = dec.push(p, |p| out.push(p));
+        assert_eq!((d.recovered, d.malformed), (0, false));
+        assert_eq!(
+            out.iter()
+                .map(|p| p.header.sequence_number)
+                .collect::<Vec<_>>(),
+            [0, 3]
+        );
+        // Nothing from the network makes it panic, the sequence numbers wrap.
+        let mut dec = RedDecoder::new(63, 111);
+        for s in [65_534u16, 65_535, 1, 0, 2, 40_000, 2] {
+            let mut p = sent(&mut RedEncoder::new(111), 0);
+            p.header.sequence_number = s;
+            dec.push(p, |_| {});
         }
     }
 }
