@@ -439,8 +439,10 @@ async fn red_from_a_publisher_restores_what_its_uplink_lost() {
         .uplink_dropped
         .load(std::sync::atomic::Ordering::Relaxed);
     let missing = got.expected - got.arrived;
+    let restored = server.sfu.stats().red_restored;
     println!(
-        "uplink lost {lost} of {sent} packets ({:.1} %); the subscriber got {} of {} frames",
+        "uplink lost {lost} of {sent} packets ({:.1} %); the subscriber got {} of {} frames; \
+         {restored} restored",
         100.0 * lost as f64 / sent as f64,
         got.arrived,
         got.expected
@@ -452,6 +454,11 @@ async fn red_from_a_publisher_restores_what_its_uplink_lost() {
     );
     // The uplink really lost packets (about 20 of the 400 frames)...
     assert!(lost as f64 >= 0.02 * sent as f64, "{lost} of {sent}");
+    // ...and the server says it restored them (the packets lost meanwhile, at most)...
+    assert!(
+        restored > 0 && restored as u64 <= lost,
+        "{restored} restored of {lost}"
+    );
     // ...and what RED could not restore (three in a row) is at most one frame in 200.
     assert!(
         missing * 200 <= got.expected,

@@ -343,21 +343,19 @@ test('a publisher whose uplink is the bottleneck adapts to it from the server\'s
 });
 
 test('audio a publisher sends as RED comes through its lossy uplink whole', async (t) => {
-  // Issue 17: the server's answer lists RED before Opus, so Chromium wraps its audio in
-  // RED; with redundancy on (a field trial; Chromium 156 sends RED with no redundant
-  // block without it), each packet also carries the two before it. Ada's uplink loses
-  // 5 % of its packets. The server restores them from the ones after before forwarding
-  // Opus: Grace's receiver sees next to no audio lost.
+  // Issue 17: the server's answer lists RED before Opus, so Chromium sends its audio as
+  // RED, each packet carrying the one before it. Ada's uplink loses 5 % of her packets.
+  // The server restores them from the ones after before forwarding Opus: Grace's receiver
+  // sees next to no audio lost (two lost in a row, or a packet DTX sent alone, cannot be
+  // restored: 1 of 251 and 1 of 255 in two runs).
   const { server, relay } = await behindRelay('redup', ['--uplink-loss', '5']);
-  const red = await launchBrowser(['--force-fieldtrials=WebRTC-Audio-Red-For-Opus/Enabled-2/']);
   const pages = {};
   t.after(async () => {
-    await red.close();
     relay.stop();
     await server.stop();
   });
   try {
-    pages.Ada = await newParticipantPage(red);
+    pages.Ada = await newParticipantPage(browser);
     pages.Grace = await newParticipantPage(browser, { noDevices: true });
     const ids = {};
     ids.Ada = await joinRoom(pages.Ada, server.url, 'redup', 'Ada');
@@ -381,8 +379,8 @@ test('audio a publisher sends as RED comes through its lossy uplink whole', asyn
     const dropped = last.dropped - first.dropped;
     t.diagnostic(`Grace received ${received} of Ada's audio packets and lost ${lost}; the relay dropped ${dropped} of Ada's packets (audio and video) meanwhile`);
     assert.ok(dropped >= 10, `the uplink lost packets: ${dropped}`);
-    // Without the restoring (checked by taking it out) Grace lost about 5 %.
-    assert.ok(lost * 100 <= received, `${lost} of ${received + lost} audio packets lost after the server restored them`);
+    // Without the restoring (checked by taking it out) Grace lost 13 of 269.
+    assert.ok(lost * 50 <= received, `${lost} of ${received + lost} audio packets lost after the server restored them`);
   } catch (err) {
     await dumpPages(pages, 'redup');
     console.error(`server log: ${server.logPath}; relay: ${relay.last()}`);

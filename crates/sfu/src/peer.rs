@@ -79,6 +79,9 @@ pub enum PeerEvent {
     ChatOpen,
     /// Publisher: an RTP packet of a room track.
     Rtp(TrackKey, rtc::rtp::Packet),
+    /// Publisher: what made a RED packet plain Opus did beyond that (packets restored,
+    /// or the packet dropped as malformed); before the packets it handed on.
+    Red(crate::rtp::red::Decoded),
     /// Subscriber: feedback about the down-track of a room track (its id on the wire).
     Feedback(TrackId, RtcpSummary),
     /// Publisher: a sender report of one of its encodings.
@@ -585,8 +588,8 @@ impl Peer {
                     };
                     let (track, pending) = (rt.track, &mut self.pending);
                     let d = red.push(pkt, |p| pending.push_back(PeerEvent::Rtp(track, p)));
-                    if d.recovered > 0 {
-                        tracing::trace!(?track, recovered = d.recovered, "RED restored");
+                    if d != crate::rtp::red::Decoded::default() {
+                        return Some(PeerEvent::Red(d));
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, pkts) => self.rtcp(track_id, &pkts),

@@ -61,6 +61,10 @@ counters!(
         rtp_in: AtomicU64,
         rtp_out: AtomicU64,
         rtp_duplicates: AtomicU64,
+        /// Audio packets a publisher's uplink lost, restored from the RED packets after them.
+        red_restored: AtomicU64,
+        /// RED packets from publishers whose headers did not describe them (dropped).
+        red_malformed: AtomicU64,
         /// Packets a down-track did not forward (waiting for a keyframe, padding, old).
         rtp_dropped: AtomicU64,
         /// Keyframe requests (PLI/FIR) received from subscribers.

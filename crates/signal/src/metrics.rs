@@ -151,6 +151,18 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_red_restored",
+            "Audio packets a publisher's uplink lost, restored from its RED",
+            c(s.red_restored),
+        )?;
+        counter(
+            &mut e,
+            "confab_red_malformed",
+            "RED packets from publishers dropped as malformed",
+            c(s.red_malformed),
+        )?;
+        counter(
+            &mut e,
             "confab_relayed_packets",
             "RTP packets relayed to another worker's copy of a room",
             c(s.relayed_packets),

@@ -626,6 +626,13 @@ impl Worker {
                 SfuStats::inc(&self.stats.rtp_in);
                 self.forward(rk, track, pkt, now);
             }
+            PeerEvent::Red(d) => {
+                SfuStats::add(&self.stats.red_restored, d.recovered as u64);
+                if d.malformed {
+                    SfuStats::inc(&self.stats.red_malformed);
+                    tracing::debug!(participant = ?owner, "RED packet whose headers do not describe it: dropped");
+                }
+            }
             PeerEvent::IceConnected => self.mark_touched(key),
             PeerEvent::Connected => {
                 if role == Role::Subscriber {
