@@ -291,6 +291,33 @@ async function behindRelay(label, args) {
   return { server, relay };
 }
 
+/**
+ * Ada publishing and Grace, listen-only, in room `label` behind the relay (`relayArgs`);
+ * once Ada's media reaches Grace, `body({ pages, ids, relay })`. Pages, relay and server
+ * are closed after it; on a failure the pages are dumped first.
+ */
+async function adaToGraceBehindRelay(label, relayArgs, body) {
+  const { server, relay } = await behindRelay(label, relayArgs);
+  const pages = {};
+  try {
+    pages.Ada = await newParticipantPage(browser);
+    pages.Grace = await newParticipantPage(browser, { noDevices: true });
+    const ids = {};
+    ids.Ada = await joinRoom(pages.Ada, server.url, label, 'Ada');
+    ids.Grace = await joinRoom(pages.Grace, server.url, label, 'Grace');
+    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+    await body({ pages, ids, relay });
+  } catch (err) {
+    await dumpPages(pages, label);
+    console.error(`server log: ${server.logPath}; relay: ${relay.last()}`);
+    throw err;
+  } finally {
+    for (const p of Object.values(pages)) await p.context().close();
+    relay.stop();
+    await server.stop();
+  }
+}
+
 test('a publisher whose uplink is the bottleneck adapts to it from the server\'s feedback, and its video keeps flowing', async (t) => {
   // Issue 17, toward publishers: Ada's uplink is 500 kbit/s with a second of buffer (the
   // relay, `confab-relay`, between the pages and the server's announced address). The
@@ -298,15 +325,7 @@ test('a publisher whose uplink is the bottleneck adapts to it from the server\'s
   // so it is the delay in the server's transport-wide feedback (rtc's receiver on the
   // publisher connection) that tells Chromium's estimator where the link is.
   const CAP = 500_000;
-  const { server, relay } = await behindRelay('uplink', ['--uplink-kbps', String(CAP / 1000), '--queue-ms', '1000']);
-  const pages = {};
-  try {
-    pages.Ada = await newParticipantPage(browser);
-    pages.Grace = await newParticipantPage(browser, { noDevices: true });
-    const ids = {};
-    ids.Ada = await joinRoom(pages.Ada, server.url, 'uplink', 'Ada');
-    ids.Grace = await joinRoom(pages.Grace, server.url, 'uplink', 'Grace');
-    await waitMediaFlowing(pages.Grace, [ids.Ada]);
+  await adaToGraceBehindRelay('uplink', ['--uplink-kbps', String(CAP / 1000), '--queue-ms', '1000'], async ({ pages, ids, relay }) => {
     // Chromium's estimate reaches the link (it starts at 300 kbit/s and probes upward)...
     await waitFor(pages.Ada, 'Chromium\'s estimate to reach 70 % of the link',
       async () => (await uplink(pages.Ada)).available >= CAP * 0.7);
@@ -331,15 +350,7 @@ test('a publisher whose uplink is the bottleneck adapts to it from the server\'s
     assert.ok(last.up.limited.includes('bandwidth'), `the encoder says bandwidth limits it: ${last.up.limited}`);
     assert.ok(last.frames - first.frames >= 40, `Grace kept decoding Ada's video: ${last.frames - first.frames} frames`);
     assert.equal(drops, 0, 'the uplink\'s buffer never overflowed');
-  } catch (err) {
-    await dumpPages(pages, 'uplink');
-    console.error(`server log: ${server.logPath}; relay: ${relay.last()}`);
-    throw err;
-  } finally {
-    for (const p of Object.values(pages)) await p.context().close();
-    relay.stop();
-    await server.stop();
-  }
+  });
 });
 
 test('audio a publisher sends as RED comes through its lossy uplink whole', async (t) => {
@@ -348,28 +359,11 @@ test('audio a publisher sends as RED comes through its lossy uplink whole', asyn
   // The server restores them from the ones after before forwarding Opus: Grace's receiver
   // sees next to no audio lost (two lost in a row, or a packet DTX sent alone, cannot be
   // restored: 1 of 251 and 1 of 255 in two runs).
-  const { server, relay } = await behindRelay('redup', ['--uplink-loss', '5']);
-  const pages = {};
-  t.after(async () => {
-    relay.stop();
-    await server.stop();
-  });
-  try {
-    pages.Ada = await newParticipantPage(browser);
-    pages.Grace = await newParticipantPage(browser, { noDevices: true });
-    const ids = {};
-    ids.Ada = await joinRoom(pages.Ada, server.url, 'redup', 'Ada');
-    ids.Grace = await joinRoom(pages.Grace, server.url, 'redup', 'Grace');
-    await waitMediaFlowing(pages.Grace, [ids.Ada]);
-    const audioOf = (page) => page.evaluate(async (id) => {
-      const c = window.confab;
-      const mids = new Set([...c.remoteTracks.values()].filter((r) => r.participantId === id && r.kind === 'audio').map((r) => r.mid));
-      let got = null;
-      (await c.subscriber.getStats()).forEach((s) => {
-        if (s.type === 'inbound-rtp' && s.kind === 'audio' && mids.has(s.mid)) got = { received: s.packetsReceived, lost: s.packetsLost };
-      });
-      return got;
-    }, ids.Ada);
+  await adaToGraceBehindRelay('redup', ['--uplink-loss', '5'], async ({ pages, ids, relay }) => {
+    const audioOf = async (page) => {
+      const { audioPackets: received, audioLost: lost } = (await inboundByParticipant(page))[ids.Ada];
+      return { received, lost };
+    };
     const first = { audio: await audioOf(pages.Grace), dropped: relay.uplinkDropped() };
     // 250 packets of Ada's audio at Grace, while the relay keeps losing Ada's packets.
     await waitFor(pages.Grace, 'Ada\'s audio at Grace', async () => (await audioOf(pages.Grace)).received - first.audio.received >= 250);
@@ -381,11 +375,5 @@ test('audio a publisher sends as RED comes through its lossy uplink whole', asyn
     assert.ok(dropped >= 10, `the uplink lost packets: ${dropped}`);
     // Without the restoring (checked by taking it out) Grace lost 13 of 269.
     assert.ok(lost * 50 <= received, `${lost} of ${received + lost} audio packets lost after the server restored them`);
-  } catch (err) {
-    await dumpPages(pages, 'redup');
-    console.error(`server log: ${server.logPath}; relay: ${relay.last()}`);
-    throw err;
-  } finally {
-    for (const p of Object.values(pages)) await p.context().close();
-  }
+  });
 });

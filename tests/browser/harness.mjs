@@ -174,7 +174,7 @@ export async function joinRoom(page, baseUrl, room, name, query = '') {
 
 /**
  * Per remote participant, from the subscriber connection's getStats(): camera video
- * framesDecoded, screen-share framesDecoded and audio packetsReceived, mapped through the
+ * framesDecoded, screen-share framesDecoded and audio packetsReceived and packetsLost, mapped through the
  * client's mid -> track table.
  */
 export async function inboundByParticipant(page) {
@@ -189,7 +189,7 @@ export async function inboundByParticipant(page) {
       const t = byMid.get(s.mid);
       if (!t) return;
       const p = (out[t.participantId] ??= {
-        framesDecoded: 0, audioPackets: 0, videoMid: null, audioMid: null, screenFrames: 0, screenMid: null,
+        framesDecoded: 0, audioPackets: 0, audioLost: 0, videoMid: null, audioMid: null, screenFrames: 0, screenMid: null,
       });
       if (s.kind === 'video' && t.source === 'screen') {
         p.screenFrames = s.framesDecoded ?? 0;
@@ -199,6 +199,7 @@ export async function inboundByParticipant(page) {
         p.videoMid = s.mid;
       } else if (s.kind === 'audio') {
         p.audioPackets = s.packetsReceived ?? 0;
+        p.audioLost = s.packetsLost ?? 0;
         p.audioMid = s.mid;
       }
     });

@@ -49,9 +49,15 @@ const TREND_GAIN: f64 = 4.0;
 /// still holds the first packet of a frame (at 30 fps, or the audio between frames), which
 /// sees the queue drained when the path carries the rate...
 const QUEUE_WINDOW: Duration = Duration::from_millis(50);
-/// ...kept in one-second buckets, so that a path whose delay grows for good (a new route)
-/// becomes the new base within this.
+/// ...kept in one-second buckets: a queue that drains shows the path's delay again within
+/// this...
 const BASE_WINDOW: Duration = Duration::from_secs(10);
+/// ...and a queue that stands this long without the trend saying it grows is taken as the
+/// path's own delay (a route that changed, a relay that adds its delay at once) and
+/// becomes the base. Before, such a step was read as a queue for the whole base window:
+/// every rise of the trend in those 10 s was confirmed as overuse (recorded on the jitter
+/// profile, whose relay adds 50 ms at once: 10 s on the middle layer).
+const REBASE_AFTER: Duration = Duration::from_secs(1);
 /// A growing trend is overuse only with a standing queue of at least this. A frame that a
 /// bottleneck spreads out but drains before the next one (a link that starts shaping, a
 /// switch to a larger layer that still fits) raises the trend for a moment but leaves no
@@ -123,6 +129,8 @@ struct StandingQueue {
     newest: Option<Instant>,
     /// (start of a second of departures, its least delay).
     base: VecDeque<(Instant, i64)>,
+    /// Since when (a departure) the queue has stood without growing.
+    standing_since: Option<Instant>,
 }
 
 impl StandingQueue {
@@ -155,6 +163,27 @@ impl StandingQueue {
                 }
             }
         }
+    }
+
+    /// The standing queue, after the feedback that said whether the trend finds it
+    /// `growing`: one that stood [`REBASE_AFTER`] without growing becomes the base.
+    fn settle(&mut self, growing: bool) -> Duration {
+        let queue = self.get();
+        let (Some(now), Some(&(_, least))) = (self.newest, self.recent.front()) else {
+            return queue;
+        };
+        if growing || queue < STANDING_QUEUE {
+            self.standing_since = None;
+            return queue;
+        }
+        let since = *self.standing_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < REBASE_AFTER {
+            return queue;
+        }
+        self.base.clear();
+        self.base.push_back((now, least));
+        self.standing_since = None;
+        Duration::ZERO
     }
 
     fn get(&self) -> Duration {
@@ -288,7 +317,7 @@ impl TransportCc {
                 usage = self.detector.update(delay.at, trend);
             }
         }
-        let queue = self.queue.get();
+        let queue = self.queue.settle(usage == Usage::Over);
         Some(CcSignal {
             overuse: usage == Usage::Over && queue >= STANDING_QUEUE,
             underuse: usage == Usage::Under,
@@ -419,6 +448,56 @@ pub(crate) mod tests {
             packet_chunks: chunks,
             recv_deltas: deltas,
         }
+    }
+
+    #[test]
+    fn a_delay_that_steps_up_for_good_becomes_the_base_and_a_growing_queue_does_not() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A packet every 20 ms, `owd` one way; the queue after it.
+        let at = |q: &mut StandingQueue, i: u64, owd: u64, growing: bool| {
+            q.add(t0 + ms(20 * i), ms(20 * i + owd));
+            q.settle(growing)
+        };
+        // 20 ms for 3 s, then 70 ms for good (a new route).
+        let mut q = StandingQueue::default();
+        for i in 0..150 {
+            assert_eq!(at(&mut q, i, 20, false), Duration::ZERO);
+        }
+        let (mut standing, mut rebased) = (None, None);
+        for i in 150..300 {
+            let queue = at(&mut q, i, 70, false);
+            if queue == ms(50) && standing.is_none() {
+                standing = Some(i);
+            }
+            if standing.is_some() && rebased.is_none() && queue == Duration::ZERO {
+                rebased = Some(i);
+            }
+            if rebased.is_some() {
+                assert_eq!(queue, Duration::ZERO, "at {i}: the base stays");
+            }
+        }
+        let (standing, rebased) = (standing.unwrap(), rebased.unwrap());
+        assert!(
+            standing <= 153,
+            "the step reads as a queue at once: {standing}"
+        );
+        assert_eq!(rebased - standing, 50, "a second later it is the base");
+        // A queue the trend finds growing (2 ms more a packet) stays a queue.
+        let mut q = StandingQueue::default();
+        for i in 0..50 {
+            at(&mut q, i, 20, false);
+        }
+        let mut queue = Duration::ZERO;
+        for i in 50..150 {
+            queue = at(&mut q, i, 20 + 2 * (i - 50), true);
+        }
+        assert!(queue >= ms(190), "{queue:?}");
+        // A queue that drains is not the base for long: the least delay falls back.
+        for i in 150..200 {
+            queue = at(&mut q, i, 20, false);
+        }
+        assert_eq!(queue, Duration::ZERO);
     }
 
     /// The feedback builder above agrees with the crate's reader.
