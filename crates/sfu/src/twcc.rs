@@ -67,6 +67,13 @@ const REBASE_AFTER: Duration = Duration::from_secs(1);
 /// subscriber was moved to the middle layer for good; the audio packets between frames
 /// were 1 to 2 ms late.
 const STANDING_QUEUE: Duration = Duration::from_millis(10);
+/// On a path with jitter, the least delay of 50 ms of packets sits above the base by the
+/// jitter alone, and a queue of 10 ms stands most of the time: the trend would decide
+/// alone, and jitter tips it over the threshold. So the standing queue asked for is
+/// [`STANDING_QUEUE`] plus twice how far above the base it sits while nothing grows
+/// (smoothed with this gain per feedback packet, about 2 s; counted up to [`JITTER_CAP`]).
+const JITTER_GAIN: f64 = 0.05;
+const JITTER_CAP: Duration = Duration::from_millis(40);
 
 /// The delay trend: the slope of the smoothed accumulated one-way delay variation over the
 /// last [`TREND_WINDOW`] groups, against when they left.
@@ -131,6 +138,8 @@ struct StandingQueue {
     base: VecDeque<(Instant, i64)>,
     /// Since when (a departure) the queue has stood without growing.
     standing_since: Option<Instant>,
+    /// How far above the base the queue sits while nothing grows (µs, smoothed).
+    jitter_us: f64,
 }
 
 impl StandingQueue {
@@ -172,6 +181,11 @@ impl StandingQueue {
         let (Some(now), Some(&(_, least))) = (self.newest, self.recent.front()) else {
             return queue;
         };
+        if !growing {
+            let cap = JITTER_CAP.as_micros() as f64;
+            self.jitter_us += (queue.as_micros() as f64 - self.jitter_us) * JITTER_GAIN;
+            self.jitter_us = self.jitter_us.min(cap);
+        }
         if growing || queue < STANDING_QUEUE {
             self.standing_since = None;
             return queue;
@@ -184,6 +198,11 @@ impl StandingQueue {
         self.base.push_back((now, least));
         self.standing_since = None;
         Duration::ZERO
+    }
+
+    /// The standing queue that confirms a growing trend as overuse on this path.
+    fn threshold(&self) -> Duration {
+        STANDING_QUEUE + Duration::from_micros(2 * self.jitter_us as u64)
     }
 
     fn get(&self) -> Duration {
@@ -200,8 +219,8 @@ impl StandingQueue {
 /// What one feedback packet says about the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CcSignal {
-    /// The queue toward the subscriber is growing and standing ([`STANDING_QUEUE`]): more is
-    /// sent than the path carries.
+    /// The queue toward the subscriber is growing and standing ([`STANDING_QUEUE`], more on
+    /// a path with jitter, [`JITTER_GAIN`]): more is sent than the path carries.
     pub overuse: bool,
     /// The queue is draining: hold rather than grow.
     pub underuse: bool,
@@ -319,7 +338,7 @@ impl TransportCc {
         }
         let queue = self.queue.settle(usage == Usage::Over);
         Some(CcSignal {
-            overuse: usage == Usage::Over && queue >= STANDING_QUEUE,
+            overuse: usage == Usage::Over && queue >= self.queue.threshold(),
             underuse: usage == Usage::Under,
             received_bps: self.received_bps(),
             reported: reports.len() as u32,
@@ -448,6 +467,34 @@ pub(crate) mod tests {
             packet_chunks: chunks,
             recv_deltas: deltas,
         }
+    }
+
+    /// 12 s of one subscriber of the jitter profile (`confab-network`, recorded with
+    /// `RUST_LOG=confab_cc_trace=trace`): 3 s of a clean path, then 50 ms more delay and up
+    /// to 100 ms of jitter per packet, order kept. The step is read as overuse (a queue
+    /// that grew at once); after it the least delay of 50 ms of packets sits 10 to 50 ms
+    /// above the base from the jitter alone, and the trend crosses its threshold now and
+    /// then (at 6.06 s: 16.6 against 13.1), which a 10 ms standing queue confirmed.
+    #[test]
+    fn a_recorded_jittery_path_is_overuse_only_at_its_step() {
+        let steps = trace::replay(&trace::Trace::from_compact(include_str!("twcc/jitter.cc")));
+        assert!(steps.len() > 100, "{}", steps.len());
+        let ms = Duration::from_millis;
+        assert!(
+            steps
+                .iter()
+                .any(|s| (ms(3_000)..ms(4_000)).contains(&s.at) && s.signal.overuse),
+            "the step is overuse"
+        );
+        let after: Vec<_> = steps.iter().filter(|s| s.at >= ms(4_000)).collect();
+        assert!(
+            after
+                .iter()
+                .any(|s| s.trend > s.threshold_ms && s.signal.queue >= STANDING_QUEUE),
+            "the jitter tips the trend with a queue standing"
+        );
+        let late: Vec<_> = after.iter().filter(|s| s.signal.overuse).collect();
+        assert!(late.is_empty(), "jitter read as overuse: {late:?}");
     }
 
     #[test]
