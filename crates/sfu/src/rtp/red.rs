@@ -167,7 +167,7 @@ pub struct RedDecoder {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
     /// Lost packets restored from its redundant blocks.
-    pub recovered: usize,
+    pub restored: usize,
     /// Dropped: its headers do not describe its payload.
     pub malformed: bool,
 }
@@ -182,6 +182,13 @@ impl RedDecoder {
         }
     }
 
+    /// `seq` is the newest handed on, unless it is late.
+    fn advance(&mut self, seq: u16) {
+        if self.newest.is_none_or(|n| seq.wrapping_sub(n) as i16 > 0) {
+            self.newest = Some(seq);
+        }
+    }
+
     /// Hands `pkt` on as plain Opus through `out`, after the lost packets it restores
     /// (oldest first); a packet that is not RED is handed on as it is.
     pub fn push(
@@ -191,28 +198,22 @@ impl RedDecoder {
     ) -> Decoded {
         let seq = pkt.header.sequence_number;
         // How many sequence numbers are missing just before this one (none when late).
-        let missing = match self.newest {
-            Some(n) if seq.wrapping_sub(n) as i16 > 0 => usize::from(seq.wrapping_sub(n) - 1),
-            Some(_) => 0,
-            None => {
-                self.newest = Some(seq);
-                0
-            }
-        };
-        if missing > 0 || self.newest.is_some_and(|n| n == seq.wrapping_sub(1)) {
-            self.newest = Some(seq);
-        }
+        let ahead = self.newest.map(|n| seq.wrapping_sub(n));
+        let missing = ahead.map_or(0, |d| if d as i16 > 0 { usize::from(d - 1) } else { 0 });
         if pkt.header.payload_type != self.red_pt {
+            self.advance(seq);
             out(pkt);
             return Decoded::default();
         }
         let Some((primary, redundant)) = blocks(&pkt.payload).and_then(|mut b| Some((b.pop()?, b)))
         else {
+            // Not advanced past: the next packet restores it, if it carries it.
             return Decoded {
-                recovered: 0,
+                restored: 0,
                 malformed: true,
             };
         };
+        self.advance(seq);
         // Newest redundant block first: block k back is sequence number `seq - k - 1`.
         let mut restore: [Option<(u16, u32, Bytes)>; DISTANCE] = Default::default();
         let mut later_offset = 0;
@@ -232,14 +233,14 @@ impl RedDecoder {
                 b.data,
             ));
         }
-        let mut recovered = 0;
+        let mut restored = 0;
         for (s, ts, data) in restore.into_iter().rev().flatten() {
             let mut header = pkt.header.clone();
             header.sequence_number = s;
             header.timestamp = ts;
             header.payload_type = self.opus_pt;
             header.marker = false;
-            recovered += 1;
+            restored += 1;
             out(rtc::rtp::Packet {
                 header,
                 payload: data,
@@ -249,7 +250,7 @@ impl RedDecoder {
         pkt.payload = primary.data;
         out(pkt);
         Decoded {
-            recovered,
+            restored,
             malformed: false,
         }
     }
@@ -381,7 +382,7 @@ mod tests {
                         p.payload[0],
                     ))
                 })
-                .recovered;
+                .restored;
         }
         (out, recovered)
     }
@@ -434,9 +435,27 @@ mod tests {
         dec.push(plain.clone(), |p| out.push(p));
         // Packet 2 carries 1 and 0, both handed on already.
         let d = dec.push(sent(&mut enc, 2), |p| out.push(p));
-        assert_eq!(d.recovered, 0);
+        assert_eq!(d.restored, 0);
         assert_eq!(out.len(), 3);
         assert_eq!(out[1], plain);
+    }
+
+    #[test]
+    fn a_malformed_packet_is_restored_from_the_next() {
+        let mut enc = RedEncoder::new(111);
+        let packets: Vec<_> = (0..3).map(|s| sent(&mut enc, s)).collect();
+        let mut dec = RedDecoder::new(63, 111);
+        let mut out = Vec::new();
+        dec.push(packets[0].clone(), |p| out.push(p));
+        let mut bad = packets[1].clone();
+        bad.payload = Bytes::from_static(&[0x80 | 111, 0, 4, 200, 111, 1]);
+        assert!(dec.push(bad, |p| out.push(p)).malformed);
+        assert_eq!(dec.push(packets[2].clone(), |p| out.push(p)).restored, 1);
+        let got: Vec<_> = out
+            .iter()
+            .map(|p| (p.header.sequence_number, p.payload[0]))
+            .collect();
+        assert_eq!(got, [(0, 0), (1, 1), (2, 2)]);
     }
 
     #[test]
@@ -454,7 +473,7 @@ mod tests {
         let mut p = sent(&mut enc, 3);
         p.payload = other.encode(1_000 + 3 * 960, &opus(3, 5));
         let d = dec.push(p, |p| out.push(p));
-        assert_eq!((d.recovered, d.malformed), (0, false));
+        assert_eq!((d.restored, d.malformed), (0, false));
         assert_eq!(
             out.iter()
                 .map(|p| p.header.sequence_number)

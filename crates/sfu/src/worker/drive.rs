@@ -627,10 +627,17 @@ impl Worker {
                 self.forward(rk, track, pkt, now);
             }
             PeerEvent::Red(d) => {
-                SfuStats::add(&self.stats.red_restored, d.recovered as u64);
-                if d.malformed {
-                    SfuStats::inc(&self.stats.red_malformed);
-                    tracing::debug!(participant = ?owner, "RED packet whose headers do not describe it: dropped");
+                SfuStats::add(&self.stats.red_restored, d.restored as u64);
+                // Counted each time, logged the first time on this worker: a publisher
+                // sending garbage must not flood the log.
+                if d.malformed
+                    && self
+                        .stats
+                        .red_malformed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        == 0
+                {
+                    tracing::warn!(participant = ?owner, "RED packet whose headers do not describe it: dropped (later ones are only counted, confab_red_malformed)");
                 }
             }
             PeerEvent::IceConnected => self.mark_touched(key),
