@@ -197,6 +197,17 @@ fn valid_rid(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The payload types whose `a=rtpmap` names a codec starting with `prefix` (lower case,
+/// with the slash: `"opus/"`), anywhere in `sdp`.
+fn payload_types<'a>(sdp: &'a str, prefix: &str) -> Vec<&'a str> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter_map(|r| r.split_once(' '))
+        .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with(prefix))
+        .map(|(pt, _)| pt)
+        .collect()
+}
+
 /// `sdp` with Opus discontinuous transmission asked for (`usedtx=1` added to each Opus
 /// payload type's `a=fmtp` line that does not say), every other line unchanged.
 ///
@@ -205,13 +216,7 @@ fn valid_rid(id: &str) -> bool {
 /// encoder send silence as one packet every 400 ms instead of fifty a second.
 pub fn with_opus_dtx(sdp: &str) -> String {
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
-    let opus: Vec<&str> = sdp
-        .lines()
-        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-        .filter_map(|r| r.split_once(' '))
-        .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with("opus/"))
-        .map(|(pt, _)| pt)
-        .collect();
+    let opus = payload_types(sdp, "opus/");
     let mut out = String::with_capacity(sdp.len() + 16 * opus.len());
     for l in sdp.lines() {
         let l = l.trim_end_matches('\r');
@@ -236,25 +241,17 @@ pub fn with_opus_dtx(sdp: &str) -> String {
 /// publisher's uplink loses comes back out of the next one (`rtp::red::RedDecoder`).
 pub fn with_red_first(sdp: &str) -> String {
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
-    let rtpmap = |prefix: &str| -> Vec<String> {
-        sdp.lines()
-            .filter_map(|l| l.strip_prefix("a=rtpmap:"))
-            .filter_map(|r| r.split_once(' '))
-            .filter(|(_, codec)| codec.to_ascii_lowercase().starts_with(prefix))
-            .map(|(pt, _)| pt.to_owned())
-            .collect()
-    };
-    let (opus, red) = (rtpmap("opus/"), rtpmap("red/"));
+    let (opus, red) = (payload_types(sdp, "opus/"), payload_types(sdp, "red/"));
     let red: Vec<&str> = sdp
         .lines()
         .filter_map(|l| l.trim_end().strip_prefix("a=fmtp:"))
         .filter_map(|f| f.split_once(' '))
         .filter(|(pt, params)| {
-            red.iter().any(|r| r == pt)
+            red.contains(pt)
                 && params
                     .split('/')
                     .next()
-                    .is_some_and(|p| opus.iter().any(|o| o == p.trim()))
+                    .is_some_and(|p| opus.contains(&p.trim()))
         })
         .map(|(pt, _)| pt)
         .collect();
