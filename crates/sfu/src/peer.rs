@@ -16,16 +16,17 @@ mod codec;
 mod down;
 mod factory;
 mod paths;
+mod up;
 
 pub use codec::TrackCodec;
 pub use down::{SenderSlot, Written};
 pub use factory::PeerFactory;
 pub use paths::{Paths, is_binding_success, is_stun, stun_target_ufrag};
+pub use up::ReceivedTrack;
 
 use crate::egress::LocalKeys;
 use crate::error::PeerError;
 use crate::keys::{ParticipantKey, RoomKey, TrackKey};
-use crate::rtp::Codec;
 use confab_proto::{IceCandidate, MediaKind, TrackId};
 use rtc::ice::tcp_type::TcpType;
 use rtc::peer_connection::RTCPeerConnection;
@@ -40,7 +41,6 @@ use rtc::peer_connection::transport::{
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
@@ -51,16 +51,6 @@ use std::time::{Duration, Instant};
 pub enum Role {
     Publisher,
     Subscriber,
-}
-
-/// A track received on a publisher connection.
-#[derive(Debug, Clone)]
-pub struct ReceivedTrack {
-    pub receiver: RTCRtpReceiverId,
-    pub track: TrackKey,
-    pub media_ssrc: u32,
-    /// Audio sent as RED: made plain Opus again, with what the uplink lost restored.
-    pub red: Option<crate::rtp::red::RedDecoder>,
 }
 
 /// What happened on a peer connection, in the worker's terms.
@@ -212,90 +202,6 @@ impl Peer {
         Ok(())
     }
 
-    /// Publisher: applies the client's offer; returns the answer SDP and the simulcast
-    /// rids each section (mid) of the offer sends, lowest layer first.
-    pub fn answer_offer(
-        &mut self,
-        sdp: String,
-        announce: SocketAddr,
-    ) -> Result<(String, HashMap<String, Vec<String>>), PeerError> {
-        let offered_rids = crate::sdp::send_rids(&sdp);
-        let sdp = crate::sdp::with_red_first(&crate::sdp::with_opus_dtx(&sdp));
-        let keep = self.learned_simulcast(&sdp);
-        let sdp = if keep.is_empty() {
-            sdp
-        } else {
-            crate::sdp::without_stream_ids(&sdp, &keep)
-        };
-        let offer = RTCSessionDescription::offer(sdp).map_err(PeerError::sdp)?;
-        let first = self.pc.local_description().is_none();
-        self.pc
-            .set_remote_description(Instant::now(), offer)
-            .map_err(PeerError::sdp)?;
-        if first {
-            self.add_host_candidate(announce)?;
-        }
-        let answer = self.pc.create_answer(None).map_err(PeerError::rtc)?;
-        self.pc
-            .set_local_description(Instant::now(), answer)
-            .map_err(PeerError::rtc)?;
-        Ok((self.noted_local_sdp()?, offered_rids))
-    }
-
-    /// Publisher: the mids of `offer` whose simulcast receiver must survive it as it is.
-    ///
-    /// rtc 0.21.1 learns a simulcast layer's SSRC from the mid and rid header extensions of
-    /// its first packets, and forgets it at every renegotiation: applying an offer rebuilds
-    /// the receiver of each section that names a stream (`start_rtp`), with no SSRC per rid.
-    /// Chromium stops sending mid and rid once receiver reports show the SSRCs are known,
-    /// so after the publisher renegotiates (shares its screen, say) every packet of its
-    /// camera is dropped inside rtc as belonging to no track. A section offered without
-    /// its stream ids is left alone by that step (and nothing else in the answer depends on
-    /// them), so for a section that still sends the same track with the same rids, they are
-    /// taken out of the offer rtc sees, and its receiver keeps the learned SSRC -> rid
-    /// mapping. A changed track or rid set is rebuilt as before (and learned again from the
-    /// extensions, which a browser sends on a new stream).
-    fn learned_simulcast(&mut self, offer: &str) -> Vec<String> {
-        if self.pc.local_description().is_none() {
-            return Vec::new();
-        }
-        let sections = crate::sdp::media_sections(offer);
-        if sections.iter().all(|s| s.send_rids.is_empty()) {
-            return Vec::new();
-        }
-        let mut receivers = HashMap::new();
-        let ids: Vec<_> = self.pc.get_transceivers().collect();
-        for id in ids {
-            if let Some(t) = self.pc.rtp_transceiver(id)
-                && let (Some(mid), Some(rx)) = (t.mid().clone(), t.receiver())
-            {
-                receivers.insert(mid, rx);
-            }
-        }
-        let mut keep = Vec::new();
-        for s in sections {
-            let (Some((stream, track)), false) = (&s.msid, s.send_rids.is_empty()) else {
-                continue;
-            };
-            let Some(rx) = receivers.get(&s.mid).and_then(|r| self.pc.rtp_receiver(*r)) else {
-                continue;
-            };
-            let t = rx.track();
-            let codings = t.codings();
-            let same_rids = codings.len() == s.send_rids.len()
-                && codings
-                    .iter()
-                    .all(|c| s.send_rids.contains(&c.rtp_coding_parameters.rid));
-            let learned = codings
-                .iter()
-                .any(|c| c.rtp_coding_parameters.ssrc.is_some());
-            if same_rids && learned && t.stream_id() == stream && t.track_id() == track {
-                keep.push(s.mid);
-            }
-        }
-        keep
-    }
-
     /// Subscriber: creates an offer for the current set of down-tracks; `restart_ice`:
     /// with fresh ICE credentials (the client asked, its network changed).
     pub fn create_offer(
@@ -374,13 +280,7 @@ impl Peer {
                 .and_then(|e| u8::try_from(e.id).ok())
                 .filter(|id| (1..=14).contains(id)));
             if slot.payload_type.is_none() {
-                let pt = |mime: &str| {
-                    params
-                        .codecs
-                        .iter()
-                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-                        .map(|c| c.payload_type)
-                };
+                let pt = |mime: &str| codec::by_mime(&params.codecs, mime).map(|c| c.payload_type);
                 slot.payload_type = pt(&slot.mime);
                 if slot.mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
                     slot.red_payload_type = pt(factory::MIME_TYPE_RED);
@@ -420,72 +320,6 @@ impl Peer {
             .collect()
     }
 
-    /// Publisher: asks for a keyframe of a received track's encoding `media_ssrc`.
-    pub fn send_pli(&mut self, rtc_track: &str, media_ssrc: u32, now: Instant) {
-        let Some(rt) = self.received.get(rtc_track) else {
-            return;
-        };
-        let receiver = rt.receiver;
-        if let Some(mut rx) = self.pc.rtp_receiver(receiver) {
-            let _ = rx.write_rtcp(
-                now,
-                vec![Box::new(PictureLossIndication {
-                    sender_ssrc: 0,
-                    media_ssrc,
-                })],
-            );
-        }
-    }
-
-    /// Publisher: the codec, mid and audio-level extension id of a track that just opened.
-    fn describe_receiver(
-        &mut self,
-        receiver: RTCRtpReceiverId,
-        ssrc: u32,
-    ) -> Option<(TrackCodec, MediaKind, Option<String>, Option<u8>)> {
-        let mut rx = self.pc.rtp_receiver(receiver)?;
-        let params = rx.get_parameters().rtp_parameters.clone();
-        let audio_level = params
-            .header_extensions
-            .iter()
-            .find(|e| e.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
-            .map(|e| e.id as u8);
-        let track = rx.track();
-        let kind = match track.kind() {
-            RtpCodecKind::Audio => MediaKind::Audio,
-            RtpCodecKind::Video => MediaKind::Video,
-            _ => return None,
-        };
-        let mut rtp = track.codec(ssrc)?.clone();
-        if rtp.mime_type.eq_ignore_ascii_case(factory::MIME_TYPE_RED) {
-            // RED is made Opus again as it arrives (`ReceivedTrack::red`).
-            rtp = params
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))?
-                .rtp_codec
-                .clone();
-        }
-        let payload_type = params
-            .codecs
-            .iter()
-            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&rtp.mime_type))
-            .map_or(0, |c| c.payload_type);
-        let codec = TrackCodec {
-            codec: Codec::from_mime(&rtp.mime_type),
-            rtp,
-            payload_type,
-        };
-        let ids: Vec<_> = self.pc.get_transceivers().collect();
-        let mid = ids.into_iter().find_map(|id| {
-            let t = self.pc.rtp_transceiver(id)?;
-            (t.receiver() == Some(receiver))
-                .then(|| t.mid().clone())
-                .flatten()
-        });
-        Some((codec, kind, mid, audio_level))
-    }
-
     /// Subscriber: sends a chat frame if the channel is open and not backed up.
     pub fn send_chat(&mut self, text: &str, now: Instant, max_outstanding: usize) -> ChatSend {
         let Some((id, true)) = self.chat else {
@@ -503,7 +337,6 @@ impl Peer {
         }
     }
 
-    /// A datagram from `from`, shown to the agent as coming from `shown`.
     /// One datagram (or ICE-TCP frame, `tcp`) from `shown`, received at `local`.
     pub fn handle_datagram(
         &mut self,
@@ -580,16 +413,8 @@ impl Peer {
             let TaggedRTCMessage { message, .. } = self.pc.poll_read()?;
             match message {
                 RTCMessage::RtpPacket(track_id, pkt) if self.role == Role::Publisher => {
-                    let Some(rt) = self.received.get_mut(&track_id) else {
-                        continue;
-                    };
-                    let Some(red) = rt.red.as_mut() else {
-                        return Some(PeerEvent::Rtp(rt.track, pkt));
-                    };
-                    let (track, pending) = (rt.track, &mut self.pending);
-                    let d = red.push(pkt, |p| pending.push_back(PeerEvent::Rtp(track, p)));
-                    if d != crate::rtp::red::Decoded::default() {
-                        return Some(PeerEvent::Red(d));
+                    if let Some(ev) = self.received_rtp(&track_id, pkt) {
+                        return Some(ev);
                     }
                 }
                 RTCMessage::RtcpPacket(track_id, pkts) => self.rtcp(track_id, &pkts),
@@ -699,38 +524,6 @@ impl Peer {
             _ => return,
         };
         self.pending.push_back(out);
-    }
-
-    /// Publisher: the room's key for a track that opened (see [`Opened::New`]).
-    pub fn track_accepted(
-        &mut self,
-        rtc_id: String,
-        receiver: RTCRtpReceiverId,
-        ssrc: u32,
-        track: TrackKey,
-    ) {
-        let red = self.pc.rtp_receiver(receiver).and_then(|mut rx| {
-            let codecs = &rx.get_parameters().rtp_parameters.codecs;
-            let pt = |mime: &str| {
-                codecs
-                    .iter()
-                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-                    .map(|c| c.payload_type)
-            };
-            Some(crate::rtp::red::RedDecoder::new(
-                pt(factory::MIME_TYPE_RED)?,
-                pt(MIME_TYPE_OPUS)?,
-            ))
-        });
-        self.received.insert(
-            rtc_id,
-            ReceivedTrack {
-                receiver,
-                track,
-                media_ssrc: ssrc,
-                red,
-            },
-        );
     }
 
     /// Reads what the worker acts on out of one compound RTCP packet.

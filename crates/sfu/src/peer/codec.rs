@@ -2,7 +2,7 @@
 //! form (relayed copies on other nodes re-publish tracks from it).
 
 use crate::rtp::Codec;
-use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
 
 /// The codec of a published track, as needed to open down-tracks for it. Serialised
 /// (for the relayed copies on other nodes) as mime type, clock, channels, fmtp line,
@@ -67,4 +67,14 @@ impl From<CodecWire> for TrackCodec {
             payload_type: w.pt,
         }
     }
+}
+
+/// The negotiated codec of mime type `mime` (case aside), if any.
+pub(super) fn by_mime<'a>(
+    codecs: &'a [RTCRtpCodecParameters],
+    mime: &str,
+) -> Option<&'a RTCRtpCodecParameters> {
+    codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
 }
