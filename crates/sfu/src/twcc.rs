@@ -498,6 +498,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn under_jitter_a_queue_that_grows_is_still_confirmed() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = StandingQueue::default();
+        // 5 s of 20 ms plus up to 59 ms of jitter (deterministic), nothing growing.
+        for i in 0..250u64 {
+            q.add(t0 + ms(20 * i), ms(20 * i + 20 + (i * 37) % 60));
+            q.settle(false);
+        }
+        let asked = q.threshold();
+        assert!(
+            asked > ms(20) && asked <= STANDING_QUEUE + 2 * JITTER_CAP,
+            "{asked:?}"
+        );
+        // Then the queue grows by 4 ms a packet: it passes what is asked within 40 packets.
+        let confirmed = (250..290u64).find(|&i| {
+            q.add(t0 + ms(20 * i), ms(20 * i + 20 + 4 * (i - 250)));
+            q.settle(true) >= q.threshold()
+        });
+        assert!(
+            confirmed.is_some(),
+            "a growing queue under jitter, asked {asked:?}"
+        );
+    }
+
+    #[test]
     fn a_delay_that_steps_up_for_good_becomes_the_base_and_a_growing_queue_does_not() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
