@@ -256,10 +256,24 @@ async fn main() -> anyhow::Result<()> {
         let mut c = Client::connect(opts).await?;
         let (seen, start) = (seen.clone(), start.clone());
         readers.push(tokio::spawn(async move {
+            // The server's probe clusters are copies of packets already sent (RTX, which
+            // the client hands on as the packets they repair): counted once.
+            let mut recent = std::collections::VecDeque::new();
+            let mut recent_set = std::collections::HashSet::new();
             while let Ok(ev) = c.next_event(Duration::from_secs(3600)).await {
                 let Event::Rtp { kind, packet, .. } = ev else {
                     continue;
                 };
+                let id = (packet.header.ssrc, packet.header.sequence_number);
+                if !recent_set.insert(id) {
+                    continue;
+                }
+                recent.push_back(id);
+                if recent.len() > 2048
+                    && let Some(old) = recent.pop_front()
+                {
+                    recent_set.remove(&old);
+                }
                 let Some(t0) = start.get() else { continue };
                 let at = t0.elapsed().as_secs_f64();
                 let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,6 +295,10 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t0 = Instant::now();
     let _ = start.set(t0);
+    let dropped_before = relay
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
     let mut available = Vec::new();
     for t in 0..args.duration {
         let (rule, bps) = network(args.profile, args.subscriber_ip, t);
@@ -296,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())))
         .collect();
     let summary = summarise(&args, &available, &seen);
-    print(&summary, &relay);
+    print(&summary, &relay, dropped_before);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
     }
@@ -391,10 +409,16 @@ fn summarise(args: &Args, available: &[Option<u64>], seen: &[Seen]) -> Summary {
     }
 }
 
-fn print(s: &Summary, relay: &Relay) {
+/// `dropped_before`: what the relay had dropped when the profile began (the subscribers'
+/// first second, from the initial estimate).
+fn print(s: &Summary, relay: &Relay, dropped_before: u64) {
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.1} {unit}"));
+    let dropped = relay
+        .stats
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "{:?} ({}): received {:.0} kbit/s of {}; {:.1} freezes/min, {:.0} ms frozen/min; top layer {:.0} % of the time; adapt down {}, up {}; relay dropped {}",
+        "{:?} ({}): received {:.0} kbit/s of {}; {:.1} freezes/min, {:.0} ms frozen/min; top layer {:.0} % of the time; adapt down {}, up {}; relay dropped {} ({} during the profile)",
         s.profile,
         if s.twcc { "delay + loss" } else { "loss only" },
         s.mean_received_kbps,
@@ -404,10 +428,8 @@ fn print(s: &Summary, relay: &Relay) {
         s.top_layer_pct,
         opt(s.adapt_down_s, "s"),
         opt(s.adapt_up_s, "s"),
-        relay
-            .stats
-            .dropped
-            .load(std::sync::atomic::Ordering::Relaxed),
+        dropped,
+        dropped - dropped_before,
     );
 }
 
