@@ -206,6 +206,7 @@ fn egress(c: &mut Criterion) {
             clock_rate: 90_000,
             retransmit: true,
             red: None,
+            rtx: None,
         },
     )
     .unwrap();

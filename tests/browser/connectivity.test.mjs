@@ -260,7 +260,8 @@ function uplink(page) {
  * A server on one media worker announcing 127.0.0.2, and `confab-relay` there in front of
  * it with `args` (its rule covers every client: Chromium's loopback traffic reaches the
  * relay from an address other than the one its stats name). `uplinkDropped()` is the
- * relay's latest count of client -> server datagrams dropped.
+ * relay's latest count of client -> server datagrams dropped, `dropped()` of server ->
+ * client ones.
  */
 async function behindRelay(label, args) {
   const mediaPort = await freePort();
@@ -273,6 +274,7 @@ async function behindRelay(label, args) {
   const relay = {
     last: () => out.trim().split('\n').at(-1),
     uplinkDropped: () => Number([...out.matchAll(/uplink_dropped=(\d+)/g)].at(-1)?.[1] ?? 0),
+    dropped: () => Number([...out.matchAll(/ dropped=(\d+)/g)].at(-1)?.[1] ?? 0),
     stop: () => proc.kill('SIGKILL'),
   };
   try {
@@ -380,5 +382,34 @@ test('audio a publisher sends as RED comes through its lossy uplink whole', asyn
     assert.ok(restored > 0, `audio packets restored: ${restored}`);
     // Without the restoring (checked by taking it out) Grace lost 13 of 269.
     assert.ok(lost * 50 <= received, `${lost} of ${received + lost} audio packets lost after the server restored them`);
+  });
+});
+
+test('a subscriber behind a narrow downlink is probed before an upgrade: Chromium\'s feedback measures the probe clusters', async (t) => {
+  // Issue 17: Grace's downlink is 300 kbit/s with 200 ms of buffer, less than Ada's
+  // camera's top layer. Grace is moved down, and then, rather than trying the top layer
+  // to see, the server sends probe clusters: 50 ms of RTX copies of packets Grace already
+  // has, at the rate the upgrade would need. Chromium drops the copies and counts them in
+  // its transport-wide feedback, from which the server reads what the link carried: its
+  // estimate of Grace's downlink stays near the link.
+  const CAP = 300_000;
+  await adaToGraceBehindRelay('probe', ['--downlink-kbps', String(CAP / 1000), '--queue-ms', '200'], async ({ pages, ids, relay, server }) => {
+    const counters = async () => {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      const read = (name) => Number(new RegExp(`^${name}_total (\\d+)`, 'm').exec(metrics)?.[1] ?? 0);
+      return { probes: read('confab_bwe_probes'), measured: read('confab_bwe_probes_measured') };
+    };
+    await waitFor(pages.Grace, 'a probe cluster measured from Chromium\'s feedback', async () => (await counters()).measured > 0);
+    const framesOf = async () => (await inboundByParticipant(pages.Grace))[ids.Ada]?.framesDecoded ?? 0;
+    const first = { frames: await framesOf(), dropped: relay.dropped(), at: Date.now() };
+    const estimates = [];
+    while (Date.now() - first.at < 6_000) {
+      await pages.Grace.waitForTimeout(500); // sampling interval, not synchronisation
+      estimates.push(await pages.Grace.evaluate(() => window.confab.downlink?.estimateBps ?? null));
+    }
+    const last = { frames: await framesOf(), dropped: relay.dropped(), counters: await counters() };
+    t.diagnostic(`${last.counters.probes} probes sent, ${last.counters.measured} measured; Grace's estimates ${estimates.map((e) => Math.round(e / 1000)).join(', ')} kbit/s; ${last.frames - first.frames} frames decoded and ${last.dropped - first.dropped} packets dropped by the relay in 6 s; relay: ${relay.last()}`);
+    assert.ok(estimates.every((e) => e !== null && e <= CAP * 1.5), `the estimate stays near the link: ${estimates}`);
+    assert.ok(last.frames - first.frames >= 30, `Grace kept decoding Ada's video: ${last.frames - first.frames} frames`);
   });
 });

@@ -101,6 +101,30 @@ pub fn allocate(budget_bps: u64, demands: &[Demand]) -> Vec<Option<u8>> {
     out
 }
 
+/// What `demands` would take with no limit: each wanted track's highest layer that is
+/// received, up to the one it wants.
+pub fn wanted_bps(demands: &[Demand]) -> u64 {
+    demands
+        .iter()
+        .filter_map(|d| {
+            let max = d.max_layer?;
+            (0..=max as usize)
+                .rev()
+                .map(|l| d.layers_bps[l])
+                .find(|&bps| bps > 0)
+        })
+        .sum()
+}
+
+/// What an allocation's `targets` (for `demands`) send.
+pub fn given_bps(demands: &[Demand], targets: &[Option<u8>]) -> u64 {
+    demands
+        .iter()
+        .zip(targets)
+        .filter_map(|(d, t)| Some(d.layers_bps[usize::from((*t)?)]))
+        .sum()
+}
+
 /// The highest layer a subscription wants, from its quality and rendered height.
 /// `layer_heights` are the heights of the publisher's layers when known (from keyframes).
 pub fn max_layer(
@@ -237,6 +261,24 @@ mod tests {
         assert_eq!(allocate(budget, &[d(1, Some(2), Some(1))]), vec![Some(1)]);
         // Below the layer's actual cost it goes down.
         assert_eq!(allocate(400_000, &[d(1, Some(2), Some(1))]), vec![Some(0)]);
+    }
+
+    /// What is wanted with no limit: the top layer wanted and received, per track.
+    #[test]
+    fn wanted_is_each_tracks_best_layer_within_what_it_wants() {
+        let mut gap = d(1, Some(2), None);
+        gap.layers_bps = [150_000, 500_000, 0];
+        let demands = [
+            d(1, Some(2), None),
+            d(1, Some(1), None),
+            d(1, None, None),
+            gap,
+        ];
+        assert_eq!(wanted_bps(&demands), 1_500_000 + 500_000 + 500_000);
+        assert_eq!(wanted_bps(&[]), 0);
+        let targets = allocate(1_000_000, &demands);
+        assert_eq!(targets, [Some(1), Some(0), None, Some(0)]);
+        assert_eq!(given_bps(&demands, &targets), 500_000 + 150_000 + 150_000);
     }
 
     #[test]

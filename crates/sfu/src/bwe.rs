@@ -17,12 +17,20 @@
 //! keep a subscriber that was once moved down on the lower layer for good: the lower layer
 //! is all it is sent, so the estimate can never reach the upper one's cost (measured: after
 //! a 600 kbit/s cap was lifted, a subscriber stayed on the middle layer). So after
-//! [`PROBE_AFTER`] of clean reports the estimate probes upward, 15 % a report up to three
-//! times what is sent: the allocator's next upgrade is the probe. A probe that ends in
-//! overuse or loss doubles the wait before the next one (up to [`PROBE_MAX_WAIT`], or
-//! [`PROBE_MAX_WAIT_DELAY`] with the delay signal, which catches a probe that does not fit
-//! before it costs much loss); a long clean run resets it. With the delay signal, a probe that does not fit shows as a growing
-//! queue within a few hundred milliseconds, before anything is lost.
+//! [`PROBE_AFTER`] of clean reports, when the allocator wants more than the estimate
+//! ([`Bwe::set_wanted`]), the estimate probes upward:
+//! - **With the delay signal**, it asks for a probe cluster ([`crate::probe`]: 50 ms at
+//!   [`PROBE_HEADROOM`] times what is wanted, RTX copies of packets already sent) and takes
+//!   what the path carried of it as the estimate. The upgrade follows only a probe the path
+//!   carried; one it did not costs a few packets' queue, not a keyframe and a layer's loss.
+//! - **Without it** (or when a cluster cannot be sent or measured: no RTX negotiated,
+//!   nothing to copy), the estimate grows 15 % a report up to three times what is sent,
+//!   and the allocator's next upgrade is the probe.
+//!
+//! A probe that falls short, or ends in overuse or loss, doubles the wait before the next one
+//! (up to [`PROBE_MAX_WAIT_CLUSTER`] with probe clusters; without them up to
+//! [`PROBE_MAX_WAIT`], or [`PROBE_MAX_WAIT_DELAY`] with the delay signal, which catches an
+//! upgrade that does not fit before it costs much loss); a long clean run resets it.
 
 use crate::twcc::CcSignal;
 use std::time::{Duration, Instant};
@@ -50,8 +58,21 @@ pub const PROBE_AFTER: Duration = Duration::from_secs(2);
 pub const PROBE_MAX_WAIT: Duration = Duration::from_secs(30);
 /// The same with the delay signal: a link that widens is found within this.
 pub const PROBE_MAX_WAIT_DELAY: Duration = Duration::from_secs(8);
+/// The same with probe clusters ([`crate::probe`]), which cost a link that cannot carry
+/// them a few packets' queue rather than a layer's loss: probed more often.
+pub const PROBE_MAX_WAIT_CLUSTER: Duration = Duration::from_secs(4);
 /// A drop this soon after probing began counts against the probe.
 const PROBE_FAILED_WITHIN: Duration = Duration::from_secs(5);
+/// A probe cluster is sent at this multiple of what the allocator wants: an upgrade needs
+/// 20 % headroom over its cost ([`crate::allocator`]).
+pub const PROBE_HEADROOM: f64 = 1.25;
+/// A probe cluster is sent at no more than this multiple of the estimate.
+const PROBE_STEP: u64 = 2;
+/// A cluster that carried at least this fraction of its rate reached it.
+const PROBE_REACHED: f64 = 0.9;
+/// A probe asked for that has no outcome after this long was never sent (or its feedback
+/// never came): the next growth is the upgrade itself.
+const PROBE_ANSWER: Duration = Duration::from_millis(1500);
 
 /// Transport-wide feedback is the signal while some arrived this recently.
 const FEEDBACK_FRESH: Duration = Duration::from_secs(2);
@@ -106,6 +127,14 @@ pub struct Bwe {
     sample_since: Option<Instant>,
     last_backoff: Option<Instant>,
     signal: Signal,
+    /// What the allocator would send with no limit (0: not known yet).
+    wanted: u64,
+    /// A probe cluster asked for (when, and its rate), until its outcome; and the request,
+    /// until the connection takes it.
+    probe: Option<(Instant, u64)>,
+    probe_request: Option<u64>,
+    /// The last probe had no outcome: grow the old way until the next back-off.
+    probe_fallback: bool,
 }
 
 impl Bwe {
@@ -123,7 +152,23 @@ impl Bwe {
             sample_since: None,
             last_backoff: None,
             signal: Signal::Initial,
+            wanted: 0,
+            probe: None,
+            probe_request: None,
+            probe_fallback: false,
         }
+    }
+
+    /// What the allocator would send this subscriber with no limit on its bandwidth, when
+    /// that is more than the estimate lets it send (0 otherwise): a probe is asked for
+    /// only then.
+    pub fn set_wanted(&mut self, bps: u64) {
+        self.wanted = bps;
+    }
+
+    /// A probe cluster to send now, at this rate, if one was asked for (once).
+    pub fn take_probe(&mut self) -> Option<u64> {
+        self.probe_request.take()
     }
 
     pub fn estimate_bps(&self) -> u64 {
@@ -157,6 +202,9 @@ impl Bwe {
         self.sample.0 += s.reported;
         self.sample.1 += s.lost;
         let since = *self.sample_since.get_or_insert(now);
+        if let Some(outcome) = s.probe {
+            self.probe_outcome(outcome, s.overuse, sent_bps, now);
+        }
         if s.overuse {
             // The queue grows: back off below what actually gets through, once per
             // interval (it says so until the queue has drained).
@@ -212,6 +260,68 @@ impl Bwe {
         self.on_loss(0.0, sent_bps, now)
     }
 
+    /// A probe cluster's feedback came back: the estimate rises to what the path carried
+    /// (unless the queue grows right now).
+    fn probe_outcome(
+        &mut self,
+        outcome: crate::probe::Outcome,
+        overuse: bool,
+        sent_bps: u64,
+        now: Instant,
+    ) {
+        let Some((_, target)) = self.probe.take() else {
+            return;
+        };
+        // The wait before the next probe counts from this one.
+        self.clean_since = Some(now);
+        let crate::probe::Outcome::Carried(bps) = outcome else {
+            self.probe_fallback = true;
+            return;
+        };
+        let bps = bps.min(self.cfg.max_bps);
+        if !overuse && bps > self.estimate {
+            self.estimate = bps;
+            self.last_increase = Some(now);
+            // An upgrade that then does not fit falls back to what flowed before.
+            self.probing_since = Some(now);
+            self.probe_base = sent_bps;
+        }
+        if (bps as f64) < target as f64 * PROBE_REACHED {
+            self.probe_wait = (self.probe_wait * 2).min(PROBE_MAX_WAIT_CLUSTER);
+        } else {
+            self.probe_wait = PROBE_AFTER;
+        }
+    }
+
+    /// Asks for a probe cluster when more is wanted than the estimate; a probe asked for
+    /// that never had an outcome turns to the old way (the upgrade is the probe).
+    fn ask_probe(&mut self, sent_bps: u64, now: Instant) {
+        if let Some((at, _)) = self.probe {
+            if now.saturating_duration_since(at) >= PROBE_ANSWER {
+                self.probe = None;
+                self.probe_request = None;
+                self.probe_fallback = true;
+            }
+            return;
+        }
+        // At most twice the estimate: a cluster far above what a path carries would queue
+        // more than a router holds (a wide path is found in steps, [`PROBE_AFTER`] apart).
+        // The wanted rate may be below the estimate and still not fit: upgrades need
+        // headroom. The probe then asks for more than the estimate all the same.
+        let cap = (self.estimate * PROBE_STEP).min(self.cfg.max_bps);
+        let target = ((self.wanted as f64 * PROBE_HEADROOM) as u64)
+            .max((self.estimate as f64 * PROBE_HEADROOM) as u64)
+            .min(cap);
+        if self.wanted == 0 || target <= self.estimate {
+            return;
+        }
+        self.probe = Some((now, target));
+        self.probe_request = Some(target);
+        // A cluster that makes the queue grow backs off to what flowed before it.
+        self.probing_since = Some(now);
+        self.probe_base = sent_bps;
+    }
+
     /// The estimate fell: the next probe waits longer if this one failed.
     fn backed_off(&mut self, now: Instant) {
         self.clean_since = None;
@@ -219,13 +329,14 @@ impl Bwe {
             .probing_since
             .is_some_and(|t| now.saturating_duration_since(t) < PROBE_FAILED_WITHIN)
         {
-            let max = if self.signal == Signal::Delay {
-                PROBE_MAX_WAIT_DELAY
-            } else {
-                PROBE_MAX_WAIT
+            let max = match (self.signal, self.probe_fallback) {
+                (Signal::Delay, false) => PROBE_MAX_WAIT_CLUSTER,
+                (Signal::Delay, true) => PROBE_MAX_WAIT_DELAY,
+                _ => PROBE_MAX_WAIT,
             };
             self.probe_wait = (self.probe_wait * 2).min(max);
         }
+        self.probe_fallback = false;
         self.probing_since = None;
     }
 
@@ -248,11 +359,16 @@ impl Bwe {
             {
                 // Growing past what is actually sent would be growing on no evidence...
                 let ceiling = (sent_bps as f64 * 1.5).max(self.cfg.min_bps as f64) as u64;
-                let grown = if clean >= self.probe_wait {
+                let probes = self.signal == Signal::Delay && !self.probe_fallback;
+                let grown = if clean >= self.probe_wait && !probes {
                     // ...unless a clean run says to try: the next upgrade is the probe.
                     let probe_cap = (sent_bps * 3).max(self.cfg.initial_bps);
                     ((self.estimate as f64 * 1.15) as u64).min(probe_cap.max(ceiling))
                 } else {
+                    if clean >= self.probe_wait {
+                        // ...or, with the delay signal, a probe cluster tries it first.
+                        self.ask_probe(sent_bps, now);
+                    }
                     ((self.estimate as f64 * 1.08) as u64).min(ceiling)
                 };
                 let grown = grown.max(self.estimate).min(self.cfg.max_bps);
@@ -260,7 +376,7 @@ impl Bwe {
                     self.probing_since = Some(now);
                     self.probe_base = sent_bps;
                 }
-                if grown <= ceiling {
+                if grown <= ceiling && self.probe.is_none() {
                     self.probing_since = None;
                 }
                 self.estimate = grown;
@@ -424,9 +540,10 @@ mod tests {
         t0: Instant,
         to: Duration,
         capacity: impl Fn(Duration) -> u64,
-    ) -> (Vec<usize>, u32) {
+    ) -> (Vec<usize>, u32, Vec<Duration>) {
         const LAYERS: [u64; 3] = [150_000, 500_000, 1_500_000];
         let mut chosen = Vec::new();
+        let mut probes = Vec::new();
         let mut lost = 0;
         let mut step = t0;
         let mut pending: Vec<(u16, Option<Instant>)> = Vec::new();
@@ -438,6 +555,10 @@ mod tests {
                 .unwrap_or(0);
             chosen.push(layer);
             let bps = LAYERS[layer];
+            // It wants the top layer and its audio: a probe cluster for it, when asked, is
+            // this step's first 100 ms, padded with 1,200-byte packets up to the rate.
+            bwe.set_wanted(LAYERS[2] + 40_000);
+            let probe = bwe.take_probe();
             // 3 video frames (in packets of at most 1200 bytes, sent together) and 5
             // audio packets of 100 bytes per 100 ms, in time order.
             let mut sends = Vec::new();
@@ -457,10 +578,23 @@ mod tests {
                     100,
                 ));
             }
+            if let Some(target) = probe {
+                probes.push(step - t0);
+                let media: usize = sends.iter().map(|s| s.1).sum();
+                let padding = (target / 8 / 10) as usize;
+                let n = padding.saturating_sub(media) / 1200;
+                for i in 0..n as u32 {
+                    sends.push((step + Duration::from_millis(100) * i / n as u32, 1200));
+                }
+                cc.start_cluster();
+            }
             sends.sort_by_key(|s| s.0);
             for (at, size) in sends {
                 let seq = cc.on_send(9, 0, size, at);
                 pending.push((seq, link.send(size, at)));
+            }
+            if probe.is_some() {
+                cc.end_cluster(step + Duration::from_millis(100));
             }
             step += Duration::from_millis(100);
             if let Some(i) = pending
@@ -482,12 +616,13 @@ mod tests {
                 }
             }
         }
-        (chosen, lost)
+        (chosen, lost, probes)
     }
 
     /// Behind an 800 kbit/s bottleneck with half a second of queue, the top layer (1.5
     /// Mbit/s) does not fit: the delay signal moves the subscriber to the middle layer within
-    /// a second and keeps it there; once the bottleneck is gone it is back on top.
+    /// a second and keeps it there, probing every few seconds; once the bottleneck is gone
+    /// the next probe finds it, and it is back on top.
     #[test]
     fn delay_feedback_settles_under_a_bottleneck_and_recovers() {
         let t0 = Instant::now();
@@ -496,7 +631,7 @@ mod tests {
         let mut link = crate::twcc::tests::Link::new(800_000, 50_000);
         let s = Duration::from_secs;
         let capacity = |t| if t < s(20) { 800_000 } else { 100_000_000 };
-        let (all, lost) = closed_loop(&mut bwe, &mut cc, &mut link, t0, s(35), capacity);
+        let (all, lost, probes) = closed_loop(&mut bwe, &mut cc, &mut link, t0, s(35), capacity);
         let (chosen, lifted) = all.split_at(200);
         assert_eq!(chosen[0], 2, "starts on top (3 Mbit/s guess)");
         assert_eq!(bwe.signal(), Signal::Delay);
@@ -504,17 +639,18 @@ mod tests {
         // The first overuse needs the trend's window filled (20 groups), from a 3 Mbit/s
         // start: slower than a probe later in the call.
         assert!(settled <= 30, "moved down after {settled} steps of 100 ms");
-        // After settling: mostly on the middle layer, probing up seldom.
+        // After settling: on the middle layer. The probe clusters show that the top layer
+        // does not fit, so it is never tried (before probing, the upgrade was the probe: 12
+        // steps of 100 ms on top in these 20 s).
         let top_after = chosen[settled..].iter().filter(|&&l| l == 2).count();
-        assert!(
-            top_after * 10 < chosen.len() - settled,
-            "{top_after} steps on top: {chosen:?}"
-        );
+        assert_eq!(top_after, 0, "{chosen:?}");
+        let probed = probes.iter().filter(|p| **p < s(20)).count();
+        assert!((2..=5).contains(&probed), "probes at {probes:?}");
         assert!(chosen[settled..].iter().all(|&l| l >= 1), "{chosen:?}");
         // The bottleneck went at 20 s.
         let top = lifted.iter().position(|&l| l == 2).expect("back on top");
         eprintln!(
-            "settled after {} ms, {top_after} steps of 100 ms on top after, back on top {} ms after the lift; {lost} packets lost in 35 s",
+            "settled after {} ms, {top_after} steps of 100 ms on top after, back on top {} ms after the lift; {lost} packets lost in 35 s; probes at {probes:?}",
             settled * 100,
             top * 100
         );
@@ -555,6 +691,113 @@ mod tests {
             );
         }
         assert!(b.estimate_bps() < 1_500_000, "{}", b.estimate_bps());
+    }
+
+    /// With the delay signal, the estimate grows past what is sent only by a probe cluster:
+    /// one is asked for after a clean run when more is wanted, at the wanted rate with
+    /// headroom; what the path carried of it becomes the estimate, a probe that fell short
+    /// doubles the wait, and a probe without an outcome turns to the old way (the upgrade
+    /// is the probe).
+    #[test]
+    fn a_probe_cluster_sets_the_estimate_before_any_upgrade() {
+        use crate::probe::Outcome;
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut b = Bwe::new(BweConfig::default());
+        let mut fb = |b: &mut Bwe, overuse: bool, probe: Option<Outcome>, ms: u64| {
+            now += Duration::from_millis(ms);
+            let s = CcSignal {
+                overuse,
+                reported: 15,
+                received_bps: Some(600_000),
+                probe,
+                ..Default::default()
+            };
+            (
+                b.on_transport_feedback(s, 550_000, now),
+                b.take_probe(),
+                now,
+            )
+        };
+        b.set_wanted(1_000_000);
+        let (e, _, _) = fb(&mut b, true, None, 0);
+        assert_eq!(e, 510_000, "overuse: 85 % of what is received");
+        // Clean: 8 % per 200 ms up to 1.5x what is sent, then (2 s clean) a probe.
+        let (mut asked, mut at) = (None, t0);
+        for _ in 0..40 {
+            let (e, p, t) = fb(&mut b, false, None, 100);
+            assert!(
+                e <= 825_000,
+                "no growth past 1.5x sent without a probe: {e}"
+            );
+            if p.is_some() {
+                (asked, at) = (p, t);
+                break;
+            }
+        }
+        assert_eq!(asked, Some(1_250_000), "1.25 x what is wanted");
+        assert!(at - t0 >= PROBE_AFTER, "{:?}", at - t0);
+        // It carried 900 kbit/s of 1.25 Mbit/s: the estimate is that, and the next probe
+        // waits twice as long.
+        let (e, p, probed) = fb(&mut b, false, Some(Outcome::Carried(900_000)), 100);
+        assert_eq!((e, p), (900_000, None));
+        let mut next = None;
+        for _ in 0..100 {
+            let (e, p, t) = fb(&mut b, false, None, 100);
+            assert_eq!(e, 900_000, "no growth without a probe");
+            if p.is_some() {
+                next = Some(t - probed);
+                break;
+            }
+        }
+        let next = next.expect("probed again");
+        assert!(next >= PROBE_AFTER * 2, "{next:?}");
+        // A cluster the path carried: the estimate takes it at once.
+        let (e, _, _) = fb(&mut b, false, Some(Outcome::Carried(1_240_000)), 100);
+        assert_eq!(e, 1_240_000);
+        // Far more wanted: the probe asks for twice the estimate, not more.
+        // Clean feedback until a probe is asked for (4 s at most).
+        type Feedback<'a> =
+            dyn FnMut(&mut Bwe, bool, Option<Outcome>, u64) -> (u64, Option<u64>, Instant) + 'a;
+        let next_probe =
+            |fb: &mut Feedback, b: &mut Bwe| (0..40).find_map(|_| fb(b, false, None, 100).1);
+        b.set_wanted(10_000_000);
+        assert_eq!(next_probe(&mut fb, &mut b), Some(2_480_000));
+        let (e, _, _) = fb(&mut b, false, Some(Outcome::Carried(2_400_000)), 100);
+        assert_eq!(e, 2_400_000);
+        // Wanted but not given, though under the estimate (upgrades need headroom): a
+        // probe above the estimate all the same.
+        b.set_wanted(2_000_000);
+        assert_eq!(
+            next_probe(&mut fb, &mut b),
+            Some(3_000_000),
+            "1.25 x the estimate"
+        );
+        let (e, _, _) = fb(&mut b, false, Some(Outcome::Carried(2_900_000)), 100);
+        assert_eq!(e, 2_900_000);
+        // Everything wanted is given: no probe, however clean.
+        b.set_wanted(0);
+        for _ in 0..100 {
+            assert_eq!(fb(&mut b, false, None, 100).1, None);
+        }
+
+        // A probe without an outcome (no RTX to send it on): the old way, growth 15 % a
+        // report past what is sent, without another probe.
+        let mut b = Bwe::new(BweConfig::default());
+        b.set_wanted(1_550_000);
+        fb(&mut b, true, None, 100);
+        let mut asked = false;
+        for _ in 0..40 {
+            asked |= fb(&mut b, false, None, 100).1.is_some();
+        }
+        assert!(asked);
+        let mut last = 0;
+        for _ in 0..20 {
+            let (e, p, _) = fb(&mut b, false, None, 100);
+            assert_eq!(p, None);
+            last = e;
+        }
+        assert!(last > 825_000, "grew past 1.5x sent the old way: {last}");
     }
 
     /// While transport-wide feedback flows, receiver reports do not move the estimate.

@@ -107,6 +107,16 @@ pub struct StreamParams {
     /// Send audio as RED (`payload_type` is then the subscriber's `audio/red`), its
     /// blocks of this payload type (the subscriber's Opus).
     pub red: Option<u8>,
+    /// The RTX stream (RFC 4588) the subscriber's answer accepted for this video stream:
+    /// probe clusters are sent on it ([`DownStream::probe_copy`]).
+    pub rtx: Option<Rtx>,
+}
+
+/// An RTX stream: its own SSRC and payload type, and its own sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rtx {
+    pub ssrc: u32,
+    pub payload_type: u8,
 }
 
 /// One down-track's outgoing SRTP stream.
@@ -125,6 +135,10 @@ pub struct DownStream {
     /// NACKed packets not sent again because a copy had left less than a round trip ago.
     resend_skipped: u64,
     red: Option<crate::rtp::red::RedEncoder>,
+    /// The newest sequence number written (where probe copies are counted back from), and
+    /// the RTX stream's next sequence number.
+    newest: Option<u16>,
+    rtx_seq: u16,
 }
 
 /// What a history keeps of a packet sent: the header fields a copy of this stream does
@@ -197,6 +211,8 @@ impl DownStream {
             retransmitted: 0,
             resend_skipped: 0,
             red: params.red.map(crate::rtp::red::RedEncoder::new),
+            newest: None,
+            rtx_seq: rand::random(),
         })
     }
 
@@ -239,6 +255,7 @@ impl DownStream {
                 self.history = vec![None; HISTORY];
             }
             let i = usize::from(pkt.header.sequence_number) % HISTORY;
+            self.newest = Some(pkt.header.sequence_number);
             self.history[i] = Some(Sent::of(pkt, patch));
         }
         Some(datagram)
@@ -251,6 +268,19 @@ impl DownStream {
         twcc: Option<(u8, u16)>,
         scratch: &mut Vec<u8>,
     ) -> Option<Bytes> {
+        self.protect_at(pkt, patch, 0, twcc, scratch)
+    }
+
+    /// [`DownStream::protect`] with the VP8 fields `skip` bytes into the payload (after an
+    /// RTX packet's original sequence number).
+    fn protect_at(
+        &mut self,
+        pkt: &mut rtp::Packet,
+        patch: Option<Vp8Patch>,
+        skip: usize,
+        twcc: Option<(u8, u16)>,
+        scratch: &mut Vec<u8>,
+    ) -> Option<Bytes> {
         if let Some((id, seq)) = twcc {
             stamp(&mut pkt.header, id, seq);
         }
@@ -258,8 +288,8 @@ impl DownStream {
         scratch.resize(pkt.marshal_size(), 0);
         let n = pkt.marshal_to(scratch).ok()?;
         if let Some(patch) = patch {
-            let header = pkt.header.marshal_size();
-            patch.apply(&mut scratch[header..n]);
+            let payload = pkt.header.marshal_size() + skip;
+            patch.apply(scratch.get_mut(payload..n)?);
         }
         self.srtp
             .encrypt_rtp_with_header(&scratch[..n], &pkt.header)
@@ -304,6 +334,46 @@ impl DownStream {
         let datagram = self.protect(&mut pkt, patch, twcc, scratch)?;
         self.retransmitted += 1;
         Some(datagram)
+    }
+
+    /// For a probe cluster ([`crate::probe`]): the packet `back` before the newest one
+    /// written, sent again on the RTX stream (its own SSRC and sequence number, the
+    /// original's before the payload, RFC 4588 §4), under a new transport-wide number from
+    /// `cc`. The subscriber recovers a packet it already has and drops it; its feedback
+    /// counts it. On the media SSRC it would not even be counted: the receiver's SRTP
+    /// replay check refuses a sequence number it has seen. Returns the datagram and its
+    /// size on the wire; `None` without RTX, or when that packet is not in the history.
+    pub fn probe_copy(
+        &mut self,
+        back: u16,
+        cc: &mut crate::twcc::TransportCc,
+        now: Instant,
+        scratch: &mut Vec<u8>,
+    ) -> Option<(Bytes, usize)> {
+        let rtx = self.params.rtx?;
+        let seq = self.newest?.wrapping_sub(back);
+        let sent = self
+            .history
+            .get(usize::from(seq) % HISTORY)?
+            .as_ref()
+            .filter(|s| s.seq == seq)?;
+        let mut pkt = sent.packet(&self.params);
+        let patch = sent.patch;
+        let mut payload = BytesMut::with_capacity(2 + pkt.payload.len());
+        payload.extend_from_slice(&seq.to_be_bytes());
+        payload.extend_from_slice(&pkt.payload);
+        pkt.payload = payload.freeze();
+        pkt.header.ssrc = rtx.ssrc;
+        pkt.header.payload_type = rtx.payload_type;
+        pkt.header.sequence_number = self.rtx_seq;
+        self.rtx_seq = self.rtx_seq.wrapping_add(1);
+        let size = wire_size(pkt.payload.len() + 12);
+        let twcc = Some((
+            cc.ext_id(),
+            cc.on_send(rtx.ssrc, pkt.header.sequence_number, size, now),
+        ));
+        let datagram = self.protect_at(&mut pkt, patch, 2, twcc, scratch)?;
+        Some((datagram, size))
     }
 
     /// A sender report if one is due: `wall` is the NTP clock that receivers' reports
@@ -384,6 +454,7 @@ mod tests {
     fn params(retransmit: bool) -> StreamParams {
         StreamParams {
             red: None,
+            rtx: None,
             ssrc: 0x1234_5678,
             payload_type: 96,
             clock_rate: 90_000,
@@ -403,6 +474,15 @@ mod tests {
             },
             payload: Bytes::from(vec![0xab; len]),
         }
+    }
+
+    /// A VP8 packet of 100 bytes (`fill` after its descriptor) whose picture id a
+    /// down-track rewrites (0x1234 -> 0x0105), and that rewrite.
+    fn vp8_rewritten(seq: u16, ts: u32, fill: u8) -> (rtp::Packet, Vp8Patch) {
+        let mut vp8 = packet(seq, ts, 100);
+        vp8.payload = Bytes::from([&[0x90u8, 0x80, 0x92, 0x34][..], &[fill; 96][..]].concat());
+        let desc = crate::rtp::codec::Vp8Descriptor::parse(&vp8.payload).unwrap();
+        (vp8, Vp8Patch::new(&desc, Some((0x0105, true)), None))
     }
 
     /// A receiver with the same keys decrypts what the stream sends, under its SSRC and
@@ -436,11 +516,7 @@ mod tests {
         let mut tx = DownStream::new(&keys(), params(true)).unwrap();
         let mut scratch = Vec::new();
         let now = Instant::now();
-        // A VP8 packet whose picture id this down-track rewrites (0x1234 -> 0x0105).
-        let mut vp8 = packet(10, 0, 100);
-        vp8.payload = Bytes::from([&[0x90u8, 0x80, 0x92, 0x34][..], &[0u8; 96][..]].concat());
-        let desc = crate::rtp::codec::Vp8Descriptor::parse(&vp8.payload).unwrap();
-        let patch = Vp8Patch::new(&desc, Some((0x0105, true)), None);
+        let (vp8, patch) = vp8_rewritten(10, 0, 0);
         let first = tx
             .write(vp8.clone(), Some(patch), None, now, &mut scratch)
             .unwrap();
@@ -551,6 +627,75 @@ mod tests {
             tx.retransmit(7, None, t0 + gap * 3, gap, &mut scratch)
                 .is_none(),
             "three copies at most"
+        );
+    }
+
+    /// A probe copy is an RTX packet (RFC 4588): the RTX SSRC and payload type, its own
+    /// sequence numbers, the original's before the payload (VP8 patch included), a new
+    /// transport-wide number; none without RTX or for a packet the history lost.
+    #[test]
+    fn probe_copies_go_on_the_rtx_stream() {
+        let rtx = Rtx {
+            ssrc: 0x0bad_f00d,
+            payload_type: 97,
+        };
+        let mut tx = DownStream::new(
+            &keys(),
+            StreamParams {
+                rtx: Some(rtx),
+                ..params(true)
+            },
+        )
+        .unwrap();
+        let mut rx = keys().context().unwrap();
+        let mut cc = crate::twcc::TransportCc::new(5);
+        let mut scratch = Vec::new();
+        let now = Instant::now();
+        let (vp8, patch) = vp8_rewritten(500, 7, 1);
+        tx.write(vp8, Some(patch), None, now, &mut scratch).unwrap();
+        tx.write(packet(501, 7, 300), None, None, now, &mut scratch)
+            .unwrap();
+        let read = |rx: &mut Context, d: &Bytes| {
+            let plain = rx.decrypt_rtp(d).unwrap();
+            let mut b = &plain[..];
+            <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap()
+        };
+        let (newest, size) = tx.probe_copy(0, &mut cc, now, &mut scratch).unwrap();
+        assert_eq!(size, wire_size(12 + 2 + 300));
+        let (older, _) = tx.probe_copy(1, &mut cc, now, &mut scratch).unwrap();
+        let (a, b) = (read(&mut rx, &newest), read(&mut rx, &older));
+        assert_eq!((a.header.ssrc, a.header.payload_type), (rtx.ssrc, 97));
+        assert_eq!(
+            b.header.sequence_number,
+            a.header.sequence_number.wrapping_add(1)
+        );
+        assert_eq!(a.header.timestamp, 7);
+        assert_eq!(&a.payload[..2], &501u16.to_be_bytes());
+        assert_eq!(&a.payload[2..], &[0xab; 300][..]);
+        assert_eq!(&b.payload[..2], &500u16.to_be_bytes());
+        assert_eq!(
+            &b.payload[2..6],
+            &[0x90, 0x80, 0x81, 0x05],
+            "the patch, after the OSN"
+        );
+        assert_eq!(a.header.get_extension(5).unwrap()[..], [0, 0]);
+        assert_eq!(b.header.get_extension(5).unwrap()[..], [0, 1]);
+        assert!(
+            tx.probe_copy(2, &mut cc, now, &mut scratch).is_none(),
+            "never sent"
+        );
+        assert_eq!(
+            tx.counts(),
+            (2, 400, 0),
+            "probe copies are not the stream's packets"
+        );
+        let mut plain = DownStream::new(&keys(), params(true)).unwrap();
+        plain
+            .write(packet(1, 0, 100), None, None, now, &mut scratch)
+            .unwrap();
+        assert!(
+            plain.probe_copy(0, &mut cc, now, &mut scratch).is_none(),
+            "no RTX"
         );
     }
 

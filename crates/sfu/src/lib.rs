@@ -45,6 +45,7 @@ pub mod keys;
 pub mod names;
 pub mod pacer;
 pub mod peer;
+pub mod probe;
 pub mod record;
 pub mod room;
 pub mod rtp;

@@ -156,6 +156,9 @@ pub struct Peer {
     pub(crate) twcc_inbox: factory::TwccInbox,
     /// Subscriber: forwarded video beyond the pacing rate, waiting.
     pacer: crate::pacer::PacedQueue<down::PacedRtp>,
+    /// Subscriber: the probe cluster being sent, and how far back its next copy is taken.
+    prober: Option<crate::probe::Prober>,
+    probe_back: u16,
     /// Reused for packets protected outside the worker's forwarding pass (paced releases,
     /// retransmissions): the packet before encryption.
     scratch: Vec<u8>,
@@ -261,14 +264,26 @@ impl Peer {
             .ok_or_else(|| PeerError::Rtc("no local description".into()))
     }
 
-    /// Subscriber: applies the client's answer, then learns each down-track's payload type.
+    /// Subscriber: applies the client's answer, then learns the payload types of each
+    /// down-track it answered (a slot added after the offer was made waits for the next
+    /// one: read from this answer it would get the codecs without what the answer to its
+    /// own section adds, RTX).
     pub fn apply_answer(&mut self, sdp: String) -> Result<(), PeerError> {
+        let answered: Vec<String> = crate::sdp::media_sections(&sdp)
+            .into_iter()
+            .map(|s| s.mid)
+            .collect();
         let answer = RTCSessionDescription::answer(sdp).map_err(PeerError::sdp)?;
         self.pc
             .set_remote_description(Instant::now(), answer)
             .map_err(PeerError::sdp)?;
         let mut twcc_id = None;
         for slot in self.senders.iter_mut().flatten() {
+            let in_answer = self
+                .pc
+                .rtp_transceiver(slot.sender.into())
+                .and_then(|t| t.mid().clone())
+                .is_some_and(|mid| answered.contains(&mid));
             let Some(mut sender) = self.pc.rtp_sender(slot.sender) else {
                 continue;
             };
@@ -279,11 +294,16 @@ impl Peer {
                 .find(|e| e.uri == rtc::sdp::extmap::TRANSPORT_CC_URI)
                 .and_then(|e| u8::try_from(e.id).ok())
                 .filter(|id| (1..=14).contains(id)));
-            if slot.payload_type.is_none() {
+            if slot.payload_type.is_none() && in_answer {
                 let pt = |mime: &str| codec::by_mime(&params.codecs, mime).map(|c| c.payload_type);
                 slot.payload_type = pt(&slot.mime);
                 if slot.mime.eq_ignore_ascii_case(MIME_TYPE_OPUS) {
                     slot.red_payload_type = pt(factory::MIME_TYPE_RED);
+                }
+                if slot.rtx_ssrc.is_some()
+                    && let Some(apt) = slot.payload_type
+                {
+                    slot.rtx_payload_type = codec::rtx_for(&params.codecs, apt);
                 }
             }
         }
@@ -370,6 +390,7 @@ impl Peer {
             tracing::trace!(error = %e, "handle_timeout");
         }
         self.release_paced(now);
+        self.send_probes(now);
     }
 
     /// The next datagram to send, and where it goes: first what the agent addressed
@@ -388,11 +409,14 @@ impl Peer {
     }
 
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let rtc = self.pc.poll_timeout();
-        match (rtc, self.pacer.next_release()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.pc.poll_timeout(),
+            self.pacer.next_release(),
+            self.prober.as_ref().map(crate::probe::Prober::next_at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next thing that happened on the connection: state changes and track events

@@ -327,6 +327,12 @@ impl Room {
         self.members.get(&member).map(|m| m.bwe.estimate_bps())
     }
 
+    /// A probe cluster to send toward a member now, at this rate, when its estimate asked
+    /// for one ([`crate::probe`]); once.
+    pub fn take_probe(&mut self, member: ParticipantKey) -> Option<u64> {
+        self.members.get_mut(&member)?.bwe.take_probe()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }

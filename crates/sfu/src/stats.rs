@@ -77,6 +77,10 @@ counters!(
         twcc_feedback_in: AtomicU64,
         /// Times a subscriber's estimate backed off because the queue toward it grew.
         bwe_overuse: AtomicU64,
+        /// Probe clusters sent toward subscribers before an upgrade (`crate::probe`), and
+        /// those whose feedback measured what the path carried of them.
+        bwe_probes: AtomicU64,
+        bwe_probes_measured: AtomicU64,
         /// Keyframe requests sent to publishers, after throttling.
         keyframe_requests_out: AtomicU64,
         chat_messages: AtomicU64,

@@ -231,6 +231,8 @@ pub struct CcSignal {
     pub lost: u32,
     /// The standing queue: the least one-way delay lately above the path's least.
     pub queue: Duration,
+    /// A probe cluster's outcome, when this feedback completed one ([`crate::probe`]).
+    pub probe: Option<crate::probe::Outcome>,
 }
 
 /// One subscriber connection's transport-wide sequence numbers and the delay signal.
@@ -252,6 +254,10 @@ pub struct TransportCc {
     next_prune: Option<Instant>,
     /// This connection's number in a recorded trace ([`trace`]).
     trace_id: u64,
+    /// The record id of the last packet sent, and the probe cluster being sent or waiting
+    /// for its feedback.
+    last_id: Option<u64>,
+    cluster: Option<crate::probe::ClusterMeter>,
 }
 
 impl TransportCc {
@@ -268,6 +274,8 @@ impl TransportCc {
             srtt: None,
             next_prune: None,
             trace_id: trace::next_id(),
+            last_id: None,
+            cluster: None,
         }
     }
 
@@ -286,8 +294,13 @@ impl TransportCc {
         let seq = self.next_seq;
         self.next_seq = seq.wrapping_add(1);
         trace::sent(self.trace_id, seq, size, now);
-        self.history
+        let id = self
+            .history
             .add_outgoing(ssrc, rtp_seq, true, seq, size, now);
+        self.last_id = Some(id);
+        if let Some(c) = &mut self.cluster {
+            c.on_sent(id);
+        }
         if self.next_prune.is_none_or(|t| now >= t) {
             self.next_prune = Some(now + PRUNE_HORIZON / 2);
             if let Some(cutoff) = now.checked_sub(PRUNE_HORIZON) {
@@ -295,6 +308,19 @@ impl TransportCc {
             }
         }
         seq
+    }
+
+    /// A probe cluster begins: every packet sent until [`TransportCc::end_cluster`] is in
+    /// it (a cluster still waiting for its feedback is given up).
+    pub fn start_cluster(&mut self) {
+        self.cluster = Some(crate::probe::ClusterMeter::new());
+    }
+
+    /// The probe cluster is over; its outcome comes with the feedback that completes it.
+    pub fn end_cluster(&mut self, now: Instant) {
+        if let Some(c) = &mut self.cluster {
+            c.end(self.last_id, now);
+        }
     }
 
     /// Feedback from the subscriber. `None` when it names nothing this side has a record of
@@ -322,7 +348,20 @@ impl TransportCc {
 
         let mut usage = self.detector.usage();
         let mut lost = 0;
+        let mut probe = None;
         for r in &reports {
+            if let Some(c) = &mut self.cluster {
+                let p = crate::probe::Reported {
+                    departure: r.departure,
+                    size: r.size,
+                    arrival: r.arrival.filter(|_| r.arrived),
+                };
+                if let Some(outcome) = c.on_reported(r.id, p) {
+                    tracing::trace!(conn = self.trace_id, ?outcome, cluster = ?c, "probe cluster");
+                    probe = Some(outcome);
+                    self.cluster = None;
+                }
+            }
             match (r.arrived, r.arrival) {
                 (true, Some(at)) => {
                     self.arrived(at, r.size);
@@ -336,6 +375,11 @@ impl TransportCc {
                 usage = self.detector.update(delay.at, trend);
             }
         }
+        if let Some(c) = self.cluster.as_ref().filter(|c| c.stale(now)) {
+            tracing::trace!(conn = self.trace_id, cluster = ?c, "probe cluster given up");
+            probe = Some(crate::probe::Outcome::Unmeasured);
+            self.cluster = None;
+        }
         let queue = self.queue.settle(usage == Usage::Over);
         Some(CcSignal {
             overuse: usage == Usage::Over && queue >= self.queue.threshold(),
@@ -344,6 +388,7 @@ impl TransportCc {
             reported: reports.len() as u32,
             lost,
             queue,
+            probe,
         })
     }
 

@@ -211,6 +211,18 @@ impl Collector for ConfabCollector {
         )?;
         counter(
             &mut e,
+            "confab_bwe_probes",
+            "Probe clusters sent toward subscribers before a layer upgrade (RTX copies of packets already sent)",
+            c(s.bwe_probes),
+        )?;
+        counter(
+            &mut e,
+            "confab_bwe_probes_measured",
+            "Probe clusters whose feedback measured what the path to the subscriber carried of them",
+            c(s.bwe_probes_measured),
+        )?;
+        counter(
+            &mut e,
             "confab_segmented_sends",
             "UDP GSO sends (several datagrams to one destination in one buffer)",
             c(s.segmented_sends),

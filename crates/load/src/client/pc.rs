@@ -7,6 +7,8 @@ pub(super) const OPUS_PT: u8 = 111;
 pub(super) const VP8_PT: u8 = 96;
 /// `audio/red` (RFC 2198), as Chromium numbers it.
 pub const RED_PT: u8 = 63;
+/// RTX for VP8 (RFC 4588).
+pub(super) const RTX_PT: u8 = 97;
 
 pub(super) fn media_engine() -> anyhow::Result<MediaEngine> {
     let mut m = MediaEngine::default();
@@ -42,6 +44,20 @@ pub(super) fn media_engine() -> anyhow::Result<MediaEngine> {
         RTCRtpCodecParameters {
             rtp_codec: vp8_codec(),
             payload_type: VP8_PT,
+        },
+        RtpCodecKind::Video,
+    )?;
+    // RTX, as browsers accept it: the server's probe clusters come on it.
+    m.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: "video/rtx".into(),
+                clock_rate: 90000,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={VP8_PT}"),
+                rtcp_feedback: vec![],
+            },
+            payload_type: RTX_PT,
         },
         RtpCodecKind::Video,
     )?;

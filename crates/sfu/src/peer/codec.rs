@@ -78,3 +78,18 @@ pub(super) fn by_mime<'a>(
         .iter()
         .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
 }
+
+/// The payload type of the negotiated RTX codec (RFC 4588) that repairs payload type `apt`.
+pub(super) fn rtx_for(codecs: &[RTCRtpCodecParameters], apt: u8) -> Option<u8> {
+    codecs
+        .iter()
+        .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx"))
+        .find(|c| {
+            c.rtp_codec.sdp_fmtp_line.split(';').any(|p| {
+                p.trim()
+                    .strip_prefix("apt=")
+                    .is_some_and(|v| v.trim().parse() == Ok(apt))
+            })
+        })
+        .map(|c| c.payload_type)
+}

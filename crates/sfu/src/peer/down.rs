@@ -2,14 +2,14 @@
 //! streams (SRTP, sender reports, retransmissions), and the mids they were negotiated at.
 
 use super::{Peer, TrackCodec};
-use crate::egress::{DownStream, StreamParams, wire_size};
+use crate::egress::{DownStream, Rtx, StreamParams, wire_size};
 use crate::error::PeerError;
 use crate::pacer::Paced;
 use confab_proto::{MediaKind, TrackId};
 use rand::Rng;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection};
 use std::collections::HashMap;
@@ -47,10 +47,18 @@ pub struct SenderSlot {
     /// Audio: the subscriber's `audio/red` payload type, when its answer has one (it
     /// then gets RED made from the Opus it is sent).
     pub red_payload_type: Option<u8>,
+    /// Video: its RTX stream's SSRC (offered with it) and payload type (when the answer
+    /// accepted one): probe clusters go out on it.
+    pub rtx_ssrc: Option<u32>,
+    pub rtx_payload_type: Option<u8>,
     /// Where its packets are protected and accounted for, once the payload type is known
     /// and the connection's keys are ([`crate::egress`]).
     stream: Option<DownStream>,
 }
+
+/// Probe copies are taken from this many of the newest packets (over again if a cluster
+/// needs more).
+const PROBE_DEPTH: u16 = 64;
 
 /// A NACKed packet is not sent again within a round trip of its last copy: this long when
 /// no round trip is known yet, and never less or more than these.
@@ -80,6 +88,10 @@ impl Peer {
                     clock_rate: slot.clock_rate,
                     retransmit: slot.kind == MediaKind::Video,
                     red: slot.red_payload_type.map(|_| payload_type),
+                    rtx: slot
+                        .rtx_ssrc
+                        .zip(slot.rtx_payload_type)
+                        .map(|(ssrc, payload_type)| Rtx { ssrc, payload_type }),
                 },
             );
             if slot.stream.is_none() {
@@ -127,6 +139,9 @@ impl Peer {
         codec: &TrackCodec,
     ) -> Result<(), PeerError> {
         let ssrc: u32 = rand::rng().random();
+        // Video gets an RTX stream (when the subscriber's answer accepts one): the probe
+        // clusters before an upgrade are sent on it ([`crate::probe`]).
+        let rtx_ssrc = (kind == MediaKind::Video).then(|| rand::rng().random::<u32>());
         let rtc_kind = match kind {
             MediaKind::Audio => RtpCodecKind::Audio,
             MediaKind::Video => RtpCodecKind::Video,
@@ -139,6 +154,7 @@ impl Peer {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
+                    rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                     ..Default::default()
                 },
                 codec: codec.rtp.clone(),
@@ -159,6 +175,8 @@ impl Peer {
             kind,
             payload_type: None,
             red_payload_type: None,
+            rtx_ssrc,
+            rtx_payload_type: None,
             stream: None,
         };
         if self.senders.len() <= slot {
@@ -238,7 +256,66 @@ impl Peer {
         let datagram = stream.write(pkt, patch, twcc, now, scratch)?;
         let ssrc = stream.ssrc();
         self.egress.add(size, now);
+        if let Some(p) = &mut self.prober {
+            p.on_sent(wire_size(size));
+        }
         Some((datagram, ssrc))
+    }
+
+    /// Subscriber: sends a probe cluster at `target_bps` ([`crate::probe`]): for the next
+    /// 50 ms, RTX copies of recent video packets are added to what it is sent, so that
+    /// all of it leaves at that rate. Returns whether one began (not without transport-wide
+    /// feedback, nor while one is being sent).
+    pub fn start_probe(&mut self, target_bps: u64, now: Instant) -> bool {
+        let Some(cc) = self.cc.as_mut() else {
+            return false;
+        };
+        if self.prober.is_some() {
+            return false;
+        }
+        cc.start_cluster();
+        self.prober = Some(crate::probe::Prober::new(target_bps, now));
+        self.send_probes(now);
+        true
+    }
+
+    /// Subscriber: the probe cluster's packets that are due (flushed with `poll_write`);
+    /// ends the cluster when its time is over, or when there is nothing to copy.
+    pub(super) fn send_probes(&mut self, now: Instant) {
+        let Some(cc) = self.cc.as_mut() else {
+            self.prober = None;
+            return;
+        };
+        let Some(prober) = self.prober.as_mut() else {
+            return;
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut ended = prober.finished(now);
+        while !ended && prober.due(now) {
+            // The most recent packets first, from each video down-track in turn.
+            let back = self.probe_back % PROBE_DEPTH;
+            self.probe_back = self.probe_back.wrapping_add(1);
+            let copy = self
+                .senders
+                .iter_mut()
+                .flatten()
+                .filter_map(|s| s.stream.as_mut())
+                .find_map(|st| st.probe_copy(back, cc, now, &mut scratch));
+            match copy {
+                Some((datagram, size)) => {
+                    prober.on_sent(size);
+                    self.out.push_back(datagram);
+                }
+                None if back == 0 => ended = true,
+                None => self.probe_back = 0,
+            }
+        }
+        self.scratch = scratch;
+        if ended || prober.finished(now) {
+            cc.end_cluster(now);
+            self.prober = None;
+            self.probe_back = 0;
+        }
     }
 
     /// Subscriber: moves the paced packets that are due to the output (flushed with

@@ -12,7 +12,7 @@ use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::RTCDtlsRole;
@@ -101,6 +101,7 @@ impl PeerFactory {
                         ..Default::default()
                     },
                 );
+                register_rtx(&mut media)?;
                 for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
                     media
                         .register_header_extension(
@@ -164,6 +165,8 @@ impl PeerFactory {
             cc: None,
             twcc_inbox,
             pacer: crate::pacer::PacedQueue::new(crate::bwe::BweConfig::default().initial_bps),
+            prober: None,
+            probe_back: 0,
             scratch: Vec::new(),
             rtt: None,
             keys: None,
@@ -254,6 +257,30 @@ fn register_codecs(media: &mut MediaEngine) -> Result<(), PeerError> {
     ] {
         media
             .register_codec(c, RtpCodecKind::Video)
+            .map_err(PeerError::rtc)?;
+    }
+    Ok(())
+}
+
+/// RTX (RFC 4588) for each video codec, on subscriber connections only: the egress sends
+/// probe clusters on it (`crate::probe`). Publishers are not offered it (their
+/// retransmissions come on the media SSRC, which the ingest expects).
+fn register_rtx(media: &mut MediaEngine) -> Result<(), PeerError> {
+    for (pt, apt) in [(97u8, 96u8), (99, 98), (103, 102)] {
+        media
+            .register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: RTCRtpCodec {
+                        mime_type: MIME_TYPE_RTX.to_owned(),
+                        clock_rate: 90000,
+                        channels: 0,
+                        sdp_fmtp_line: format!("apt={apt}"),
+                        rtcp_feedback: Vec::new(),
+                    },
+                    payload_type: pt,
+                },
+                RtpCodecKind::Video,
+            )
             .map_err(PeerError::rtc)?;
     }
     Ok(())

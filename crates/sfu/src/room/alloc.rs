@@ -194,6 +194,14 @@ impl Room {
         }
         let demands: Vec<Demand> = video.iter().map(|(_, d)| *d).collect();
         let targets = allocator::allocate(budget.saturating_sub(audio_bps), &demands);
+        // What it would get with no limit, if that is more than it gets: its estimate is
+        // probed for it.
+        let wanted = allocator::wanted_bps(&demands);
+        let given = allocator::given_bps(&demands, &targets);
+        let short = (given < wanted).then_some(audio_bps + wanted);
+        if let Some(m) = self.members.get_mut(&subscriber) {
+            m.bwe.set_wanted(short.unwrap_or(0));
+        }
 
         let mut keyframes = Vec::new();
         for ((track, demand), target) in video.iter().zip(targets) {

@@ -360,6 +360,16 @@ impl Room {
         if signal.overuse && after < before {
             SfuStats::inc(&self.stats.bwe_overuse);
         }
+        if let Some(outcome) = signal.probe {
+            tracing::trace!(subscriber = subscriber.0, ?outcome, "probe");
+            if matches!(outcome, crate::probe::Outcome::Carried(_)) {
+                SfuStats::inc(&self.stats.bwe_probes_measured);
+            }
+            if after > before {
+                // The path carried the probe: upgrade now, not at the next allocation.
+                self.allocate(subscriber, now);
+            }
+        }
         self.estimate_moved(subscriber, before, after, now);
     }
 

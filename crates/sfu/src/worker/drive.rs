@@ -736,13 +736,24 @@ impl Worker {
         }
     }
 
-    /// A subscriber's estimate may have moved: its connection's pacer follows.
+    /// A subscriber's estimate may have moved: its connection's pacer follows, and sends
+    /// the probe cluster the estimate asked for, if any.
     fn pace_at_estimate(&mut self, rk: RoomKey, sub: PeerKey, owner: ParticipantKey) {
-        if let (Some(bps), Some(peer)) = (
-            self.rooms.get(rk.0).and_then(|r| r.estimate_bps(owner)),
-            self.peers.get_mut(&sub),
-        ) {
+        let Some(room) = self.rooms.get_mut(rk.0) else {
+            return;
+        };
+        let (estimate, probe) = (room.estimate_bps(owner), room.take_probe(owner));
+        let Some(peer) = self.peers.get_mut(&sub) else {
+            return;
+        };
+        if let Some(bps) = estimate {
             peer.set_estimate(bps);
+        }
+        if let Some(bps) = probe
+            && peer.start_probe(bps, Instant::now())
+        {
+            SfuStats::inc(&self.stats.bwe_probes);
+            self.mark_touched(sub);
         }
     }
 
