@@ -292,7 +292,8 @@ impl Peer {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut ended = prober.finished(now);
         while !ended && prober.due(now) {
-            // The most recent packets first, from each video down-track in turn.
+            // The most recent packets first, from the first video down-track that still
+            // has the packet that far back.
             let back = self.probe_back % PROBE_DEPTH;
             self.probe_back = self.probe_back.wrapping_add(1);
             let copy = self
