@@ -11,8 +11,10 @@
 //! with the bookkeeping per stream that the interceptors did per packet:
 //! - sender reports (RFC 3550 §6.4.1) every [`REPORT_INTERVAL`] while it sends;
 //! - a retransmission history for video: the last [`HISTORY`] rewritten packets (their
-//!   payloads shared with every other down-track), re-encrypted when the subscriber NACKs
-//!   one (same sequence number and rollover counter, so the same ciphertext);
+//!   payloads shared with every other down-track), sent again on the media SSRC when the
+//!   subscriber NACKs one (same sequence number and rollover counter: with AES-GCM the
+//!   same nonce under another header, the transport-wide number differing), and copied
+//!   into probe clusters ([`crate::probe`]) on the RTX stream (RFC 4588);
 //! - packet and octet counts.
 //!
 //! `rtc` still owns everything else on the connection: ICE, DTLS, the data channel, the
@@ -326,23 +328,21 @@ impl DownStream {
         sent.resent = Some(now);
         sent.resends += 1;
         let (pkt, patch) = (sent.packet(&self.params), sent.patch);
-        let twcc = cc.map(|cc| {
-            let size = wire_size(pkt.payload.len() + 12);
-            (cc.ext_id(), cc.on_send(self.params.ssrc, seq, size, now))
-        });
-        let mut pkt = pkt;
-        let datagram = self.protect(&mut pkt, patch, twcc, scratch)?;
+        // On the media SSRC even with RTX: rtc 0.21's NACK generator (webrtc-rs clients)
+        // does not clear a packet recovered from RTX and asks again until its limit
+        // (`tests/conference.rs loss_is_repaired_without_retransmission_storms`: 144
+        // retransmissions for 60 lost packets on RTX, at most 1.2 per loss on the SSRC).
+        let datagram = self.send_again(pkt, patch, None, cc, now, scratch)?;
         self.retransmitted += 1;
-        Some(datagram)
+        Some(datagram.0)
     }
 
     /// For a probe cluster ([`crate::probe`]): the packet `back` before the newest one
-    /// written, sent again on the RTX stream (its own SSRC and sequence number, the
-    /// original's before the payload, RFC 4588 §4), under a new transport-wide number from
-    /// `cc`. The subscriber recovers a packet it already has and drops it; its feedback
-    /// counts it. On the media SSRC it would not even be counted: the receiver's SRTP
-    /// replay check refuses a sequence number it has seen. Returns the datagram and its
-    /// size on the wire; `None` without RTX, or when that packet is not in the history.
+    /// written, sent again on the RTX stream under a new transport-wide number from `cc`.
+    /// The subscriber recovers a packet it already has and drops it; its feedback counts
+    /// it. On the media SSRC it would not even be counted: the receiver's SRTP replay check
+    /// refuses a sequence number it has seen. Returns the datagram and its size on the
+    /// wire; `None` without RTX, or when that packet is not in the history.
     pub fn probe_copy(
         &mut self,
         back: u16,
@@ -357,22 +357,45 @@ impl DownStream {
             .get(usize::from(seq) % HISTORY)?
             .as_ref()
             .filter(|s| s.seq == seq)?;
-        let mut pkt = sent.packet(&self.params);
-        let patch = sent.patch;
-        let mut payload = BytesMut::with_capacity(2 + pkt.payload.len());
-        payload.extend_from_slice(&seq.to_be_bytes());
-        payload.extend_from_slice(&pkt.payload);
-        pkt.payload = payload.freeze();
-        pkt.header.ssrc = rtx.ssrc;
-        pkt.header.payload_type = rtx.payload_type;
-        pkt.header.sequence_number = self.rtx_seq;
-        self.rtx_seq = self.rtx_seq.wrapping_add(1);
+        let (pkt, patch) = (sent.packet(&self.params), sent.patch);
+        self.send_again(pkt, patch, Some(rtx), Some(cc), now, scratch)
+    }
+
+    /// A packet from the history, protected again: on the RTX stream when there is one
+    /// (its own SSRC and sequence number, the original's before the payload, RFC 4588 §4:
+    /// a fresh SRTP nonce, and no replay check to fail), else as it was. Under a new
+    /// transport-wide number from `cc`, if the connection numbers its packets. Returns the
+    /// datagram and its size on the wire.
+    fn send_again(
+        &mut self,
+        mut pkt: rtp::Packet,
+        patch: Option<Vp8Patch>,
+        rtx: Option<Rtx>,
+        cc: Option<&mut crate::twcc::TransportCc>,
+        now: Instant,
+        scratch: &mut Vec<u8>,
+    ) -> Option<(Bytes, usize)> {
+        let mut skip = 0;
+        if let Some(rtx) = rtx {
+            let mut payload = BytesMut::with_capacity(2 + pkt.payload.len());
+            payload.extend_from_slice(&pkt.header.sequence_number.to_be_bytes());
+            payload.extend_from_slice(&pkt.payload);
+            pkt.payload = payload.freeze();
+            pkt.header.ssrc = rtx.ssrc;
+            pkt.header.payload_type = rtx.payload_type;
+            pkt.header.sequence_number = self.rtx_seq;
+            self.rtx_seq = self.rtx_seq.wrapping_add(1);
+            skip = 2;
+        }
         let size = wire_size(pkt.payload.len() + 12);
-        let twcc = Some((
-            cc.ext_id(),
-            cc.on_send(rtx.ssrc, pkt.header.sequence_number, size, now),
-        ));
-        let datagram = self.protect_at(&mut pkt, patch, 2, twcc, scratch)?;
+        let twcc = cc.map(|cc| {
+            let ssrc = pkt.header.ssrc;
+            (
+                cc.ext_id(),
+                cc.on_send(ssrc, pkt.header.sequence_number, size, now),
+            )
+        });
+        let datagram = self.protect_at(&mut pkt, patch, skip, twcc, scratch)?;
         Some((datagram, size))
     }
 
@@ -689,6 +712,17 @@ mod tests {
             (2, 400, 0),
             "probe copies are not the stream's packets"
         );
+        // A NACKed packet stays on the media SSRC (see `retransmit`).
+        let again = tx
+            .retransmit(500, Some(&mut cc), now, Duration::ZERO, &mut scratch)
+            .unwrap();
+        let mut media_rx = keys().context().unwrap();
+        let c = read(&mut media_rx, &again);
+        assert_eq!(
+            (c.header.ssrc, c.header.sequence_number),
+            (0x1234_5678, 500)
+        );
+        assert_eq!(tx.counts().2, 1);
         let mut plain = DownStream::new(&keys(), params(true)).unwrap();
         plain
             .write(packet(1, 0, 100), None, None, now, &mut scratch)
