@@ -499,6 +499,13 @@ mod tests {
         }
     }
 
+    /// `d` decrypted by `rx` and parsed.
+    fn read(rx: &mut Context, d: &Bytes) -> rtp::Packet {
+        let plain = rx.decrypt_rtp(d).unwrap();
+        let mut b = &plain[..];
+        <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap()
+    }
+
     /// A VP8 packet of 100 bytes (`fill` after its descriptor) whose picture id a
     /// down-track rewrites (0x1234 -> 0x0105), and that rewrite.
     fn vp8_rewritten(seq: u16, ts: u32, fill: u8) -> (rtp::Packet, Vp8Patch) {
@@ -616,11 +623,6 @@ mod tests {
         let first = tx
             .write(packet(7, 0, 300), None, Some((5, 41)), t0, &mut scratch)
             .unwrap();
-        let read = |rx: &mut Context, d: &Bytes| {
-            let plain = rx.decrypt_rtp(d).unwrap();
-            let mut b = &plain[..];
-            <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap()
-        };
         let p = read(&mut rx, &first);
         assert_eq!(p.header.get_extension(5).unwrap()[..], [0, 41]);
         assert_eq!(&p.payload[..], &[0xab; 300][..]);
@@ -678,11 +680,6 @@ mod tests {
         tx.write(vp8, Some(patch), None, now, &mut scratch).unwrap();
         tx.write(packet(501, 7, 300), None, None, now, &mut scratch)
             .unwrap();
-        let read = |rx: &mut Context, d: &Bytes| {
-            let plain = rx.decrypt_rtp(d).unwrap();
-            let mut b = &plain[..];
-            <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut b).unwrap()
-        };
         let (newest, size) = tx.probe_copy(0, &mut cc, now, &mut scratch).unwrap();
         assert_eq!(size, wire_size(12 + 2 + 300));
         let (older, _) = tx.probe_copy(1, &mut cc, now, &mut scratch).unwrap();
