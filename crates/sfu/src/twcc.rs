@@ -433,8 +433,12 @@ pub(crate) mod tests {
         pub capacity_bps: u64,
         pub base: Duration,
         pub queue_bytes: usize,
-        /// When the link is free again.
+        /// Up to this much more delay per packet, drawn at random (order kept).
+        pub jitter: Duration,
+        /// When the link is free again, and when its last packet arrived.
         busy_until: Option<Instant>,
+        last_arrival: Option<Instant>,
+        rng: u64,
     }
 
     impl Link {
@@ -443,7 +447,10 @@ pub(crate) mod tests {
                 capacity_bps,
                 base: Duration::from_millis(20),
                 queue_bytes,
+                jitter: Duration::ZERO,
                 busy_until: None,
+                last_arrival: None,
+                rng: 0x2545_f491_4f6c_dd1d,
             }
         }
 
@@ -456,7 +463,14 @@ pub(crate) mod tests {
             }
             let tx = Duration::from_secs_f64(size as f64 * 8.0 / self.capacity_bps as f64);
             self.busy_until = Some(free + tx);
-            Some(free + tx + self.base)
+            // A xorshift draw: repeatable runs.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            let jitter = self.jitter.mul_f64((self.rng % 1000) as f64 / 1000.0);
+            let arrival = (free + tx + self.base + jitter).max(self.last_arrival.unwrap_or(at));
+            self.last_arrival = Some(arrival);
+            Some(arrival)
         }
     }
 
