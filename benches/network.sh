@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Network profiles (issue 17): a publisher's three simulcast layers to subscribers behind
-# the impairment relay, for each profile with the loss-only estimate (receiver reports)
-# and with the delay-based one (transport-wide feedback). See confab-network's doc.
+# the impairment relay (for `keyframes`: one layer of large keyframes to 50), for each
+# profile with the loss-only estimate (receiver reports) and with the delay-based one
+# (transport-wide feedback). See confab-network's doc.
 #
 #   benches/network.sh                      # every profile, both estimates
 #   benches/network.sh halving lte          # some profiles
@@ -22,7 +23,7 @@ if [ "$BIN_DIR" = target/release ]; then
   cargo build --release -p confab -p confab-load --quiet
 fi
 profiles=("$@")
-[ ${#profiles[@]} -gt 0 ] || profiles=(steady halving loss2 loss5 bursty jitter lte)
+[ ${#profiles[@]} -gt 0 ] || profiles=(steady halving loss2 loss5 bursty jitter lte keyframes)
 
 for profile in "${profiles[@]}"; do
   for estimate in ${ESTIMATES:-loss delay}; do
@@ -47,13 +48,13 @@ import json, os, sys
 out, profiles = sys.argv[1], sys.argv[2:]
 def f(v, fmt="{:.1f}"):
     return "-" if v is None else fmt.format(v)
-print("| profile | estimate | received kbit/s | available kbit/s | freezes/min | frozen ms/min | top layer % | adapt down s | adapt up s |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| profile | estimate | received kbit/s | available kbit/s | freezes/min | frozen ms/min | top layer % | adapt down s | adapt up s | most kB in 10 ms (median, worst subscriber) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for p in profiles:
     for e in ("loss", "delay"):
         path = os.path.join(out, f"{p}-{e}.json")
         if not os.path.exists(path):
-            print(f"| {p} | {e} | (no result) | | | | | | |"); continue
+            print(f"| {p} | {e} | (no result) | | | | | | | |"); continue
         r = json.load(open(path))
-        print(f"| {p} | {'loss only' if e == 'loss' else 'delay + loss'} | {r['mean_received_kbps']:.0f} | {f(r['mean_available_kbps'], '{:.0f}')} | {r['freezes_per_min']:.1f} | {r['freeze_ms_per_min']:.0f} | {r['top_layer_pct']:.0f} | {f(r['adapt_down_s'])} | {f(r['adapt_up_s'])} |")
+        print(f"| {p} | {'loss only' if e == 'loss' else 'delay + loss'} | {r['mean_received_kbps']:.0f} | {f(r['mean_available_kbps'], '{:.0f}')} | {r['freezes_per_min']:.1f} | {r['freeze_ms_per_min']:.0f} | {r['top_layer_pct']:.0f} | {f(r['adapt_down_s'])} | {f(r['adapt_up_s'])} | {r['peak_10ms_bytes_median'] / 1000:.1f}, {r['peak_10ms_bytes_max'] / 1000:.1f} |")
 PY

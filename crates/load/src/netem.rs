@@ -85,6 +85,30 @@ pub struct RelayStats {
     /// The most bytes any one client was sent in 10 ms (from when datagrams reached the
     /// relay: a burst the server sends at once shows whole).
     pub peak_10ms_bytes: AtomicU64,
+    /// The same for each client, by its address ([`RelayStats::peaks_10ms`]).
+    peaks: std::sync::Mutex<Vec<(IpAddr, Arc<AtomicU64>)>>,
+}
+
+impl RelayStats {
+    /// The most bytes each client on `ip` was sent in 10 ms, since it joined or since
+    /// [`RelayStats::reset_peaks`].
+    pub fn peaks_10ms(&self, ip: IpAddr) -> Vec<u64> {
+        let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        peaks
+            .iter()
+            .filter(|(on, _)| *on == ip)
+            .map(|(_, p)| p.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Forgets the peaks so far (a measurement starts).
+    pub fn reset_peaks(&self) {
+        self.peak_10ms_bytes.store(0, Ordering::Relaxed);
+        let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, p) in peaks.iter() {
+            p.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 pub struct Relay {
@@ -201,6 +225,11 @@ impl Relay {
                         let back = l.clone();
                         // The shaped link's queue: datagrams and when they leave it.
                         let link_tx = delay_line(front.clone(), client);
+                        let peak = Arc::new(AtomicU64::new(0));
+                        st.peaks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((client.ip(), peak.clone()));
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 2048];
                             let mut seen = HashSet::new();
@@ -236,6 +265,7 @@ impl Relay {
                                 }
                                 st.peak_10ms_bytes
                                     .fetch_max(window_bytes as u64, Ordering::Relaxed);
+                                peak.fetch_max(window_bytes as u64, Ordering::Relaxed);
                                 if is_cut(&cut, client.ip()) {
                                     continue;
                                 }

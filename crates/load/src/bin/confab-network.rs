@@ -47,7 +47,16 @@ enum Profile {
     /// A synthetic 4G-like link: the cap moves every second between 0.6 and 4 Mbit/s
     /// (a fixed walk), 40 ms of delay, 20 ms of jitter, 0.5 % loss, 150 ms of queue.
     Lte,
+    /// Keyframes toward many subscribers (50 unless `--subscribers` says otherwise): the
+    /// publisher sends one layer, two 40 kB keyframes a second (a high-resolution
+    /// keyframe's size), and each subscriber's link is 2.5 Mbit/s with 40 ms of queue
+    /// (12.5 kB, a third of a keyframe). A keyframe sent at line rate overflows it; one
+    /// paced at the connection's rate does not.
+    Keyframes,
 }
+
+/// The keyframes profile's link.
+const KEYFRAME_LINK_BPS: u64 = 2_500_000;
 
 #[derive(Debug, Parser, Serialize)]
 #[command(about = "Confab under network profiles: bitrate, freezes, adaptation")]
@@ -65,8 +74,9 @@ struct Args {
     subscriber_ip: IpAddr,
     #[arg(long, value_enum)]
     profile: Profile,
-    #[arg(long, default_value_t = 2)]
-    subscribers: usize,
+    /// Subscribers (default: 2, and 50 for the keyframes profile).
+    #[arg(long)]
+    subscribers: Option<usize>,
     /// Seconds measured.
     #[arg(long, default_value_t = 40)]
     duration: u64,
@@ -96,6 +106,7 @@ fn network(profile: Profile, ip: IpAddr, t: u64) -> (Rule, Option<u64>) {
     };
     match profile {
         Profile::Steady => (capped(1_000_000, 200), Some(1_000_000)),
+        Profile::Keyframes => (capped(KEYFRAME_LINK_BPS, 40), Some(KEYFRAME_LINK_BPS)),
         Profile::Halving => {
             let bps = if (10..25).contains(&t) {
                 1_250_000
@@ -194,6 +205,10 @@ struct Summary {
     adapt_down_s: Option<f64>,
     /// From the cap's return until every subscriber gets the top layer again (halving).
     adapt_up_s: Option<f64>,
+    /// The most bytes a subscriber was sent in any 10 ms during the profile (as the relay
+    /// saw them arrive): the median subscriber's and the worst one's.
+    peak_10ms_bytes_median: u64,
+    peak_10ms_bytes_max: u64,
     seconds: Vec<Second>,
 }
 
@@ -229,18 +244,33 @@ async fn main() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("the relay cannot listen on the announced address: {e}"))?;
     let room = format!("net-{}", std::process::id());
-    let publisher = Client::connect(
-        ClientOptions::new(&args.url, &room, "publisher").publish(Publish::SIMULCAST),
-    )
+    let keyframes = args.profile == Profile::Keyframes;
+    let publisher = Client::connect(ClientOptions::new(&args.url, &room, "publisher").publish(
+        if keyframes {
+            Publish::AUDIO_VIDEO
+        } else {
+            Publish::SIMULCAST
+        },
+    ))
     .await?;
     let fps = 30;
-    let _pump = publisher.start_media(MediaPlan {
-        fps,
-        video_bytes: (args.top_kbps * 1000 / 8 / u64::from(fps)) as usize,
-        keyframe_every: Duration::from_secs(10),
-        ..MediaPlan::default()
+    let _pump = publisher.start_media(if keyframes {
+        MediaPlan {
+            fps: 2,
+            video_bytes: 40_000,
+            keyframe_every: Duration::ZERO,
+            ..MediaPlan::default()
+        }
+    } else {
+        MediaPlan {
+            fps,
+            video_bytes: (args.top_kbps * 1000 / 8 / u64::from(fps)) as usize,
+            keyframe_every: Duration::from_secs(10),
+            ..MediaPlan::default()
+        }
     });
-    let seen: Vec<Arc<Mutex<Seen>>> = (0..args.subscribers).map(|_| Default::default()).collect();
+    let subscribers = args.subscribers.unwrap_or(if keyframes { 50 } else { 2 });
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..subscribers).map(|_| Default::default()).collect();
     let start = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut readers = Vec::new();
     for (i, seen) in seen.iter().enumerate() {
@@ -299,6 +329,7 @@ async fn main() -> anyhow::Result<()> {
         .stats
         .dropped
         .load(std::sync::atomic::Ordering::Relaxed);
+    relay.stats.reset_peaks();
     let mut available = Vec::new();
     for t in 0..args.duration {
         let (rule, bps) = network(args.profile, args.subscriber_ip, t);
@@ -313,7 +344,11 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| std::mem::take(&mut *s.lock().unwrap_or_else(|e| e.into_inner())))
         .collect();
-    let summary = summarise(&args, &available, &seen);
+    let mut peaks = relay.stats.peaks_10ms(args.subscriber_ip);
+    peaks.sort_unstable();
+    let mut summary = summarise(&args, &available, &seen);
+    summary.peak_10ms_bytes_median = peaks.get(peaks.len() / 2).copied().unwrap_or(0);
+    summary.peak_10ms_bytes_max = peaks.last().copied().unwrap_or(0);
     print(&summary, &relay, dropped_before);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)?;
@@ -405,6 +440,8 @@ fn summarise(args: &Args, available: &[Option<u64>], seen: &[Seen]) -> Summary {
         top_layer_pct: 100.0 * top_seconds as f64 / (n * secs.max(1) as f64),
         adapt_down_s,
         adapt_up_s,
+        peak_10ms_bytes_median: 0,
+        peak_10ms_bytes_max: 0,
         seconds,
     }
 }
@@ -418,7 +455,7 @@ fn print(s: &Summary, relay: &Relay, dropped_before: u64) {
         .dropped
         .load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "{:?} ({}): received {:.0} kbit/s of {}; {:.1} freezes/min, {:.0} ms frozen/min; top layer {:.0} % of the time; adapt down {}, up {}; relay dropped {} ({} during the profile)",
+        "{:?} ({}): received {:.0} kbit/s of {}; {:.1} freezes/min, {:.0} ms frozen/min; top layer {:.0} % of the time; adapt down {}, up {}; relay dropped {} ({} during the profile); most bytes in 10 ms toward a subscriber: {} (median subscriber), {} (worst)",
         s.profile,
         if s.twcc { "delay + loss" } else { "loss only" },
         s.mean_received_kbps,
@@ -430,6 +467,8 @@ fn print(s: &Summary, relay: &Relay, dropped_before: u64) {
         opt(s.adapt_up_s, "s"),
         dropped,
         dropped - dropped_before,
+        s.peak_10ms_bytes_median,
+        s.peak_10ms_bytes_max,
     );
 }
 
