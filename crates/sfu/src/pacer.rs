@@ -3,9 +3,9 @@
 //! bottleneck as one burst at line rate, which a shallow router buffer or a policer drops.
 //!
 //! A leaky bucket (webrtc-rs' `rtc-interceptor` [`Pacer`]: budget from elapsed time, no
-//! clock of its own) at [`PACING_FACTOR`] times the subscriber's estimate, as libwebrtc
-//! paces at 2.5 times its target: fast enough that the pacer never becomes the bottleneck,
-//! slow enough to spread a burst. The bucket holds [`BURST`] worth of the rate, so a frame
+//! clock of its own) at [`PACING_FACTOR`] times the subscriber's estimate (capped by what
+//! its allocation sends: `Room::pacing_bps`), as libwebrtc paces at 2.5 times its target:
+//! fast enough that the pacer never becomes the bottleneck, slow enough to spread a burst. The bucket holds [`BURST`] worth of the rate, so a frame
 //! of a few packets still leaves at once. Audio is never held (it is small and late audio
 //! is worse than late video): it is sent at once and spends the budget like the rest.
 //!

@@ -158,6 +158,39 @@ fn a_single_layer_6_mbit_stream_reaches_every_subscriber() {
     h.check();
 }
 
+#[test]
+fn a_subscriber_whose_estimate_is_a_guess_is_paced_at_what_it_is_sent() {
+    // Issue 17: a subscriber given everything it wants is never probed, so its estimate
+    // stays the 3 Mbit/s initial guess; its pacer follows what its allocation sends (half
+    // again of it), not the guess, so that a keyframe does not leave at 7.5 Mbit/s toward
+    // a path that may carry 2.
+    let mut h = harness();
+    let publisher = h.join(1);
+    let viewer = h.join(2);
+    let video = h.publish(publisher, &[(MediaKind::Video, TrackSource::Camera)])[0];
+    let ssrc = ssrc_of(&h, video);
+    assert_eq!(
+        h.room.pacing_bps(viewer),
+        Some(3_000_000),
+        "nothing allocated yet: the estimate"
+    );
+    // Two keyframes of 40 packets of 1,000 bytes a second: 640 kbit/s.
+    let mut seq = 0u16;
+    for _ in 0..10 {
+        for i in 0..40 {
+            seq = seq.wrapping_add(1);
+            let pkt = confab_sfu::room::harness::vp8_packet(ssrc, seq, i == 0, 1_000);
+            h.rtp(video, pkt);
+        }
+        h.advance(Duration::from_millis(500));
+    }
+    let estimate = h.room.member(viewer).unwrap().bwe.estimate_bps();
+    assert_eq!(estimate, 3_000_000, "never tested");
+    let pacing = h.room.pacing_bps(viewer).unwrap();
+    assert!((700_000..=1_100_000).contains(&pacing), "{pacing}");
+    h.check();
+}
+
 /// A `downlink` report: estimate, signal, and each track's layer.
 type Report = (
     u64,

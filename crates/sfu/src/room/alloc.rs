@@ -201,6 +201,7 @@ impl Room {
         let short = (given < wanted).then_some(audio_bps + wanted);
         if let Some(m) = self.members.get_mut(&subscriber) {
             m.bwe.set_wanted(short.unwrap_or(0));
+            m.given_bps = audio_bps + given;
         }
 
         let mut keyframes = Vec::new();

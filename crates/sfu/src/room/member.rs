@@ -97,9 +97,11 @@ pub struct Member {
     pub prefs: HashMap<TrackId, Pref>,
     /// Whose video it always wants.
     pub pins: Vec<ParticipantKey>,
-    /// Its downlink bandwidth estimate, and when its layers were last allocated.
+    /// Its downlink bandwidth estimate, when its layers were last allocated, and what that
+    /// allocation sends it (audio and video, bits per second).
     pub bwe: crate::bwe::Bwe,
     pub allocated_at: Option<Instant>,
+    pub given_bps: u64,
     /// The last `downlink` report it was sent: the estimate and the tracks' layers.
     pub downlink_sent: Option<(u64, Vec<confab_proto::signal::DownlinkTrack>)>,
     /// Down-track slots of its subscriber connection: `true` when taken.
@@ -149,6 +151,7 @@ impl Member {
             pins: Vec::new(),
             bwe: crate::bwe::Bwe::new(crate::bwe::BweConfig::default()),
             allocated_at: None,
+            given_bps: 0,
             downlink_sent: None,
             slots: Vec::new(),
             hand_raised: false,

@@ -742,7 +742,7 @@ impl Worker {
         let Some(room) = self.rooms.get_mut(rk.0) else {
             return;
         };
-        let (estimate, probe) = (room.estimate_bps(owner), room.take_probe(owner));
+        let (estimate, probe) = (room.pacing_bps(owner), room.take_probe(owner));
         let Some(peer) = self.peers.get_mut(&sub) else {
             return;
         };
