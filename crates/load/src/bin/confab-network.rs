@@ -1,6 +1,7 @@
 //! Network profiles (issue 17): one publisher (three simulcast layers and audio) and
 //! subscribers behind the impairment relay ([`confab_load::netem`]), whose network follows
-//! a profile (a cap, a cap that halves, loss, jitter, a 4G-like trace). It measures what a
+//! a profile (a cap, a cap that halves, loss, jitter, a 4G-like trace, keyframes toward 50
+//! subscribers on shallow links). It measures what a
 //! person would notice: the bitrate received against what the network offered, video
 //! freezes, and how long the server took to adapt down and back up.
 //!
