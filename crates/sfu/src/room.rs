@@ -60,6 +60,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A pacer whose base is capped at what the allocation sends ([`Room::pacing_bps`]) is
+/// based on at least this much (2.5 Mbit/s of pacing: a 30 kB keyframe leaves in 100 ms).
+pub const PACED_AT_LEAST: u64 = 1_000_000;
+
 /// Where [`Room::forward`] sends one copy of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest<'a> {
@@ -333,13 +337,15 @@ impl Room {
     /// path, and a keyframe paced at 2.5 times that left at several times what the path
     /// carries (`benches/network.sh keyframes`, 50 subscribers on 2.5 Mbit/s links with
     /// 40 ms of buffer: 2,000 drops in 40 s, 390 since). Before the first allocation, the
-    /// estimate alone.
+    /// estimate alone; and never below [`PACED_AT_LEAST`]: a track that has just started
+    /// is not in the allocation's rate yet (nothing measured it), and its first keyframe
+    /// toward someone who was sent only audio would wait for the pacer's deadline.
     pub fn pacing_bps(&self, member: ParticipantKey) -> Option<u64> {
         let m = self.members.get(&member)?;
         let estimate = m.bwe.estimate_bps();
         Some(match m.given_bps {
             0 => estimate,
-            given => estimate.min(given.saturating_mul(3) / 2),
+            given => estimate.min((given.saturating_mul(3) / 2).max(PACED_AT_LEAST)),
         })
     }
 

@@ -162,33 +162,42 @@ fn a_single_layer_6_mbit_stream_reaches_every_subscriber() {
 fn a_subscriber_whose_estimate_is_a_guess_is_paced_at_what_it_is_sent() {
     // Issue 17: a subscriber given everything it wants is never probed, so its estimate
     // stays the 3 Mbit/s initial guess; its pacer follows what its allocation sends (half
-    // again of it), not the guess, so that a keyframe does not leave at 7.5 Mbit/s toward
-    // a path that may carry 2.
-    let mut h = harness();
-    let publisher = h.join(1);
-    let viewer = h.join(2);
-    let video = h.publish(publisher, &[(MediaKind::Video, TrackSource::Camera)])[0];
-    let ssrc = ssrc_of(&h, video);
-    assert_eq!(
-        h.room.pacing_bps(viewer),
-        Some(3_000_000),
-        "nothing allocated yet: the estimate"
-    );
-    // Two keyframes of 40 packets of 1,000 bytes a second: 640 kbit/s.
-    let mut seq = 0u16;
-    for _ in 0..10 {
-        for i in 0..40 {
-            seq = seq.wrapping_add(1);
-            let pkt = confab_sfu::room::harness::vp8_packet(ssrc, seq, i == 0, 1_000);
-            h.rtp(video, pkt);
+    // again of it, and at least `PACED_AT_LEAST`), not the guess, so that a keyframe does
+    // not leave at 7.5 Mbit/s toward a path that may carry 2.
+    // One subscriber of a stream of `packets` packets of 1,000 bytes twice a second:
+    // its estimate and what its pacer follows.
+    let paced = |packets: u16| {
+        let mut h = harness();
+        let publisher = h.join(1);
+        let viewer = h.join(2);
+        let video = h.publish(publisher, &[(MediaKind::Video, TrackSource::Camera)])[0];
+        let ssrc = ssrc_of(&h, video);
+        assert_eq!(
+            h.room.pacing_bps(viewer),
+            Some(3_000_000),
+            "nothing allocated yet: the estimate"
+        );
+        let mut seq = 0u16;
+        for _ in 0..10 {
+            for i in 0..packets {
+                seq = seq.wrapping_add(1);
+                let pkt = confab_sfu::room::harness::vp8_packet(ssrc, seq, i == 0, 1_000);
+                h.rtp(video, pkt);
+            }
+            h.advance(Duration::from_millis(500));
         }
-        h.advance(Duration::from_millis(500));
-    }
-    let estimate = h.room.member(viewer).unwrap().bwe.estimate_bps();
+        h.check();
+        let estimate = h.room.member(viewer).unwrap().bwe.estimate_bps();
+        (estimate, h.room.pacing_bps(viewer).unwrap())
+    };
+    // 1.28 Mbit/s: paced as half again of it, 1.92 Mbit/s (4.8 Mbit/s of pacing).
+    let (estimate, pacing) = paced(80);
     assert_eq!(estimate, 3_000_000, "never tested");
-    let pacing = h.room.pacing_bps(viewer).unwrap();
-    assert!((700_000..=1_100_000).contains(&pacing), "{pacing}");
-    h.check();
+    assert!((1_800_000..=2_100_000).contains(&pacing), "{pacing}");
+    // 32 kbit/s: the floor.
+    let (estimate, pacing) = paced(2);
+    assert_eq!(estimate, 3_000_000);
+    assert_eq!(pacing, confab_sfu::room::PACED_AT_LEAST);
 }
 
 /// A `downlink` report: estimate, signal, and each track's layer.
