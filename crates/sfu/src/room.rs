@@ -37,13 +37,16 @@ pub mod member;
 mod negotiate;
 mod presence;
 pub mod relay;
+mod removal;
 pub mod track;
 
+pub use alloc::PACED_AT_LEAST;
 pub use copy::{Fact, RelayedTrack, Remote};
 pub use media::{Feedback, TrackOpen, rewrite_vp8};
 pub use member::{JoinInfo, Pref};
 pub use negotiate::Applied;
 pub use relay::{RelayKey, RelaySummary, Upstream};
+pub use removal::Removal;
 pub use track::{DownTrack, Emit, Fanout, LayerIn, PublishedTrack, layer_of_rid, rid_layers};
 
 use crate::config::SfuConfig;
@@ -59,10 +62,6 @@ use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A pacer whose base is capped at what the allocation sends ([`Room::pacing_bps`]) is
-/// based on at least this much (2.5 Mbit/s of pacing: a 30 kB keyframe leaves in 100 ms).
-pub const PACED_AT_LEAST: u64 = 1_000_000;
 
 /// Where [`Room::forward`] sends one copy of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,85 +154,6 @@ pub enum Output {
     },
 }
 
-/// Why a participant is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    Left,
-    SessionGone,
-    SlowConsumer,
-    MediaFailed,
-    Shutdown,
-    Kicked,
-    /// Its access token was revoked.
-    Revoked,
-    RoomClosed,
-    /// An internal error (a panic) in the room's handling closed it.
-    RoomFailed,
-    /// It did not complete its first negotiation within `negotiation_timeout_ms`.
-    NegotiationTimeout,
-    /// Its offers kept costing more media-thread time than its budget.
-    OverBudget,
-}
-
-impl Removal {
-    /// The error the participant's session is told, when it did not leave by itself.
-    pub fn notice(self) -> Option<ServerMessage> {
-        match self {
-            Removal::Left | Removal::SessionGone => None,
-            // Its queue is full: the notice cannot be queued; closing the channel tells it.
-            Removal::SlowConsumer => None,
-            Removal::MediaFailed => Some(ServerMessage::fatal(
-                ErrorCode::MediaFailed,
-                "the media connection failed (no ICE consent); rejoin",
-            )),
-            Removal::Shutdown => Some(ServerMessage::fatal(
-                ErrorCode::ServerShuttingDown,
-                "the server is shutting down",
-            )),
-            Removal::Revoked => Some(ServerMessage::fatal(
-                ErrorCode::Unauthorized,
-                "your access token was revoked",
-            )),
-            Removal::Kicked => Some(ServerMessage::fatal(
-                ErrorCode::Removed,
-                "an administrator removed you from the room",
-            )),
-            Removal::RoomClosed => Some(ServerMessage::fatal(
-                ErrorCode::Removed,
-                "an administrator closed the room",
-            )),
-            Removal::RoomFailed => Some(ServerMessage::fatal(
-                ErrorCode::Internal,
-                "this room hit an internal error and was closed; join again",
-            )),
-            Removal::NegotiationTimeout => Some(ServerMessage::fatal(
-                ErrorCode::Timeout,
-                "the media connection was not negotiated in time (no answer to the server's offer)",
-            )),
-            Removal::OverBudget => Some(ServerMessage::fatal(
-                ErrorCode::RateLimited,
-                "removed: your offers kept exceeding the server's signaling budget",
-            )),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Removal::Left => "left",
-            Removal::SessionGone => "session gone",
-            Removal::SlowConsumer => "signaling session too slow",
-            Removal::MediaFailed => "media connection failed",
-            Removal::Shutdown => "server shutting down",
-            Removal::Kicked => "removed by an administrator",
-            Removal::Revoked => "access token revoked",
-            Removal::RoomClosed => "room closed by an administrator",
-            Removal::RoomFailed => "room failed (internal error)",
-            Removal::NegotiationTimeout => "first negotiation not completed in time",
-            Removal::OverBudget => "signaling budget exceeded too often",
-        }
-    }
-}
-
 /// A join the room refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinRefusal {
@@ -324,35 +244,6 @@ impl Room {
             return Some(o);
         }
         self.next_offer()
-    }
-
-    /// A member's downlink estimate (what its allocation follows).
-    pub fn estimate_bps(&self, member: ParticipantKey) -> Option<u64> {
-        self.members.get(&member).map(|m| m.bwe.estimate_bps())
-    }
-
-    /// What a member's pacer follows ([`crate::pacer`]): its estimate, but no more than
-    /// half again what its allocation sends. A subscriber given everything it wants is
-    /// never probed, so its estimate can stay the initial guess (3 Mbit/s) on a narrower
-    /// path, and a keyframe paced at 2.5 times that left at several times what the path
-    /// carries (`benches/network.sh keyframes`, 50 subscribers on 2.5 Mbit/s links with
-    /// 40 ms of buffer: 2,000 drops in 40 s, 390 since). Before the first allocation, the
-    /// estimate alone; and never below [`PACED_AT_LEAST`]: a track that has just started
-    /// is not in the allocation's rate yet (nothing measured it), and its first keyframe
-    /// toward someone who was sent only audio would wait for the pacer's deadline.
-    pub fn pacing_bps(&self, member: ParticipantKey) -> Option<u64> {
-        let m = self.members.get(&member)?;
-        let estimate = m.bwe.estimate_bps();
-        Some(match m.given_bps {
-            0 => estimate,
-            given => estimate.min((given.saturating_mul(3) / 2).max(PACED_AT_LEAST)),
-        })
-    }
-
-    /// A probe cluster to send toward a member now, at this rate, when its estimate asked
-    /// for one ([`crate::probe`]); once.
-    pub fn take_probe(&mut self, member: ParticipantKey) -> Option<u64> {
-        self.members.get_mut(&member)?.bwe.take_probe()
     }
 
     pub fn is_empty(&self) -> bool {

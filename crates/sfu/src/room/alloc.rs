@@ -20,6 +20,10 @@ const DYNACAST_GRACE: Duration = Duration::from_secs(2);
 /// Members hear how the server sees their downlink (`downlink`) at most this often.
 pub const DOWNLINK_EVERY: Duration = Duration::from_secs(2);
 
+/// A pacer whose base is capped at what the allocation sends ([`Room::pacing_bps`]) is
+/// based on at least this much (2.5 Mbit/s of pacing: a 30 kB keyframe leaves in 100 ms).
+pub const PACED_AT_LEAST: u64 = 1_000_000;
+
 /// What allocation reads of a track, the same for every subscriber: computed once per
 /// pass rather than once per subscriber.
 #[derive(Clone, Copy)]
@@ -42,6 +46,35 @@ struct Ranking {
 }
 
 impl Room {
+    /// A member's downlink estimate (what its allocation follows).
+    pub fn estimate_bps(&self, member: ParticipantKey) -> Option<u64> {
+        self.members.get(&member).map(|m| m.bwe.estimate_bps())
+    }
+
+    /// What a member's pacer follows ([`crate::pacer`]): its estimate, but no more than
+    /// half again what its allocation sends. A subscriber given everything it wants is
+    /// never probed, so its estimate can stay the initial guess (3 Mbit/s) on a narrower
+    /// path, and a keyframe paced at 2.5 times that left at several times what the path
+    /// carries (`benches/network.sh keyframes`, 50 subscribers on 2.5 Mbit/s links with
+    /// 40 ms of buffer: 2,000 drops in 40 s, 390 since). Before the first allocation, the
+    /// estimate alone; and never below [`PACED_AT_LEAST`]: a track that has just started
+    /// is not in the allocation's rate yet (nothing measured it), and its first keyframe
+    /// toward someone who was sent only audio would wait for the pacer's deadline.
+    pub fn pacing_bps(&self, member: ParticipantKey) -> Option<u64> {
+        let m = self.members.get(&member)?;
+        let estimate = m.bwe.estimate_bps();
+        Some(match m.given_bps {
+            0 => estimate,
+            given => estimate.min((given.saturating_mul(3) / 2).max(PACED_AT_LEAST)),
+        })
+    }
+
+    /// A probe cluster to send toward a member now, at this rate, when its estimate asked
+    /// for one ([`crate::probe`]); once.
+    pub fn take_probe(&mut self, member: ParticipantKey) -> Option<u64> {
+        self.members.get_mut(&member)?.bwe.take_probe()
+    }
+
     fn ranking(&self, now: Instant) -> Ranking {
         let mut tracks = vec![None; self.tracks.capacity()];
         for (k, t) in self.tracks.iter() {
