@@ -334,8 +334,9 @@ impl Peer {
         n
     }
 
-    /// Subscriber: its estimate moved; the pacer follows.
-    pub fn set_estimate(&mut self, bps: u64) {
+    /// Subscriber: what its pacer follows moved (`Room::pacing_bps`: the estimate, capped
+    /// by what the allocation sends).
+    pub fn set_pacing_bps(&mut self, bps: u64) {
         self.pacer.set_estimate(bps);
     }
 

@@ -46,11 +46,6 @@ struct Ranking {
 }
 
 impl Room {
-    /// A member's downlink estimate (what its allocation follows).
-    pub fn estimate_bps(&self, member: ParticipantKey) -> Option<u64> {
-        self.members.get(&member).map(|m| m.bwe.estimate_bps())
-    }
-
     /// What a member's pacer follows ([`crate::pacer`]): its estimate, but no more than
     /// half again what its allocation sends. A subscriber given everything it wants is
     /// never probed, so its estimate can stay the initial guess (3 Mbit/s) on a narrower

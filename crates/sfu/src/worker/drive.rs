@@ -713,7 +713,7 @@ impl Worker {
                 let egress_bps = self.peers.get(&key).map_or(0, |p| p.egress.rate_bps(now));
                 if let (Some(signal), Some(room)) = (signal, self.rooms.get_mut(rk.0)) {
                     room.transport_feedback(now, owner, signal, egress_bps);
-                    self.pace_at_estimate(rk, key, owner);
+                    self.pace_and_probe(rk, key, owner);
                 }
             }
             PeerEvent::Feedback(track, sum) => {
@@ -730,24 +730,25 @@ impl Worker {
                 };
                 if let Some(room) = self.rooms.get_mut(rk.0) {
                     room.feedback(now, owner, &track, fb);
-                    self.pace_at_estimate(rk, key, owner);
+                    self.pace_and_probe(rk, key, owner);
                 }
             }
         }
     }
 
-    /// A subscriber's estimate may have moved: its connection's pacer follows, and sends
-    /// the probe cluster the estimate asked for, if any.
-    fn pace_at_estimate(&mut self, rk: RoomKey, sub: PeerKey, owner: ParticipantKey) {
+    /// A subscriber's estimate or allocation may have moved: its connection's pacer
+    /// follows ([`crate::room::Room::pacing_bps`]), and sends the probe cluster the
+    /// estimate asked for, if any.
+    fn pace_and_probe(&mut self, rk: RoomKey, sub: PeerKey, owner: ParticipantKey) {
         let Some(room) = self.rooms.get_mut(rk.0) else {
             return;
         };
-        let (estimate, probe) = (room.pacing_bps(owner), room.take_probe(owner));
+        let (pacing, probe) = (room.pacing_bps(owner), room.take_probe(owner));
         let Some(peer) = self.peers.get_mut(&sub) else {
             return;
         };
-        if let Some(bps) = estimate {
-            peer.set_estimate(bps);
+        if let Some(bps) = pacing {
+            peer.set_pacing_bps(bps);
         }
         if let Some(bps) = probe
             && peer.start_probe(bps, Instant::now())
