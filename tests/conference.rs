@@ -502,10 +502,7 @@ async fn a_large_frame_reaches_a_subscriber_paced() {
         .await
         .unwrap();
     }
-    let peak = relay
-        .stats
-        .peak_10ms_bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let peak = relay.stats.peak_10ms_bytes();
     println!("at most {peak} bytes in 10 ms toward the subscriber");
     // Paced at 2.5 times its estimate (3 Mbit/s at first): 9.4 kB in 10 ms, plus the
     // bucket (10 ms more) and a packet; unpaced, the whole frame came in one.

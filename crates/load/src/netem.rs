@@ -82,14 +82,22 @@ pub struct RelayStats {
     pub uplink_bytes: AtomicU64,
     /// RTP packets (ssrc, seq) forwarded to a client more than once.
     pub retransmitted: AtomicU64,
-    /// The most bytes any one client was sent in 10 ms (from when datagrams reached the
-    /// relay: a burst the server sends at once shows whole).
-    pub peak_10ms_bytes: AtomicU64,
-    /// The same for each client, by its address ([`RelayStats::peaks_10ms`]).
+    /// The most bytes each client was sent in 10 ms (from when datagrams reached the
+    /// relay: a burst the server sends at once shows whole), by the client's address.
     peaks: std::sync::Mutex<Vec<(IpAddr, Arc<AtomicU64>)>>,
 }
 
 impl RelayStats {
+    /// The most bytes any one client was sent in 10 ms.
+    pub fn peak_10ms_bytes(&self) -> u64 {
+        let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        peaks
+            .iter()
+            .map(|(_, p)| p.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The most bytes each client on `ip` was sent in 10 ms, since it joined or since
     /// [`RelayStats::reset_peaks`].
     pub fn peaks_10ms(&self, ip: IpAddr) -> Vec<u64> {
@@ -103,7 +111,6 @@ impl RelayStats {
 
     /// Forgets the peaks so far (a measurement starts).
     pub fn reset_peaks(&self) {
-        self.peak_10ms_bytes.store(0, Ordering::Relaxed);
         let peaks = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
         for (_, p) in peaks.iter() {
             p.store(0, Ordering::Relaxed);
@@ -263,8 +270,6 @@ impl Relay {
                                     window.pop_front();
                                     window_bytes -= b;
                                 }
-                                st.peak_10ms_bytes
-                                    .fetch_max(window_bytes as u64, Ordering::Relaxed);
                                 peak.fetch_max(window_bytes as u64, Ordering::Relaxed);
                                 if is_cut(&cut, client.ip()) {
                                     continue;

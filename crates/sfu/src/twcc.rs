@@ -438,7 +438,8 @@ pub(crate) mod tests {
         /// When the link is free again, and when its last packet arrived.
         busy_until: Option<Instant>,
         last_arrival: Option<Instant>,
-        rng: u64,
+        /// Seeded: repeatable runs.
+        rng: rand::rngs::StdRng,
     }
 
     impl Link {
@@ -450,7 +451,7 @@ pub(crate) mod tests {
                 jitter: Duration::ZERO,
                 busy_until: None,
                 last_arrival: None,
-                rng: 0x2545_f491_4f6c_dd1d,
+                rng: rand::SeedableRng::seed_from_u64(7),
             }
         }
 
@@ -463,11 +464,7 @@ pub(crate) mod tests {
             }
             let tx = Duration::from_secs_f64(size as f64 * 8.0 / self.capacity_bps as f64);
             self.busy_until = Some(free + tx);
-            // A xorshift draw: repeatable runs.
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            let jitter = self.jitter.mul_f64((self.rng % 1000) as f64 / 1000.0);
+            let jitter = self.jitter.mul_f64(rand::Rng::random::<f64>(&mut self.rng));
             let arrival = (free + tx + self.base + jitter).max(self.last_arrival.unwrap_or(at));
             self.last_arrival = Some(arrival);
             Some(arrival)

@@ -391,10 +391,10 @@ fn floor_and_ceiling() {
 /// The 4G-like link of `benches/network.sh lte`: the capacity moves every second
 /// between 0.6 and 4 Mbit/s (the top layer, with the allocator's headroom, fits half of
 /// them), with 20 ms of jitter. Probes find the wide seconds: the top layer is chosen in
-/// 30 and 33 % of the steps (two phases of the walk). With a cluster's arrival rate read
+/// 38 and 36 % of the steps (two phases of the walk). With a cluster's arrival rate read
 /// from its first and last arrivals (which jitter delays) rather than from the delay's
-/// growth: 16 % in the first phase; without probing again soon after a probe that
-/// raised the estimate: 26 %.
+/// growth: 40 and 25 %; without probing again soon after a probe that raised the
+/// estimate: 28 and 26 %.
 #[test]
 fn a_link_that_keeps_changing_is_probed_in_its_wide_seconds() {
     const STEPS: [u64; 20] = [
@@ -417,7 +417,7 @@ fn a_link_that_keeps_changing_is_probed_in_its_wide_seconds() {
             probes.len()
         );
         assert!(
-            top >= 28,
+            top >= 32,
             "phase {shift} s: top layer in {top} % of the steps"
         );
         assert!(lost <= 10, "phase {shift} s: {lost} lost");

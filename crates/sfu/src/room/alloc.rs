@@ -51,10 +51,11 @@ impl Room {
     /// never probed, so its estimate can stay the initial guess (3 Mbit/s) on a narrower
     /// path, and a keyframe paced at 2.5 times that left at several times what the path
     /// carries (`benches/network.sh keyframes`, 50 subscribers on 2.5 Mbit/s links with
-    /// 40 ms of buffer: 2,000 drops in 40 s, 390 since). Before the first allocation, the
-    /// estimate alone; and never below [`PACED_AT_LEAST`]: a track that has just started
-    /// is not in the allocation's rate yet (nothing measured it), and its first keyframe
-    /// toward someone who was sent only audio would wait for the pacer's deadline.
+    /// 40 ms of buffer: about 2,000 drops in 40 s, 386 to 501 since). Before the first
+    /// allocation, the estimate alone; and never below [`PACED_AT_LEAST`]: a track that
+    /// has just started is not in the allocation's rate yet (nothing measured it), and its
+    /// first keyframe toward someone who was sent only audio would wait for the pacer's
+    /// deadline.
     pub fn pacing_bps(&self, member: ParticipantKey) -> Option<u64> {
         let m = self.members.get(&member)?;
         let estimate = m.bwe.estimate_bps();
