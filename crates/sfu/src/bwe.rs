@@ -303,7 +303,7 @@ impl Bwe {
             // (a link that widened is climbed in steps a round trip apart, not seconds).
             PROBE_AGAIN
         } else if (bps as f64) < target as f64 * PROBE_REACHED {
-            (self.probe_wait.max(PROBE_AFTER) * 2).min(PROBE_MAX_WAIT_CLUSTER)
+            self.longer_wait(PROBE_MAX_WAIT_CLUSTER)
         } else {
             PROBE_AFTER
         };
@@ -338,6 +338,13 @@ impl Bwe {
         self.probe_base = sent_bps;
     }
 
+    /// The wait after a probe that failed: twice the last, up to `max` (from
+    /// [`PROBE_AFTER`] when the last was the short one after a probe that raised the
+    /// estimate).
+    fn longer_wait(&self, max: Duration) -> Duration {
+        (self.probe_wait.max(PROBE_AFTER) * 2).min(max)
+    }
+
     /// The estimate fell: the next probe waits longer if this one failed.
     fn backed_off(&mut self, now: Instant) {
         self.clean_since = None;
@@ -350,7 +357,7 @@ impl Bwe {
                 (Signal::Delay, true) => PROBE_MAX_WAIT_DELAY,
                 _ => PROBE_MAX_WAIT,
             };
-            self.probe_wait = (self.probe_wait.max(PROBE_AFTER) * 2).min(max);
+            self.probe_wait = self.longer_wait(max);
         }
         self.probe_fallback = false;
         self.probing_since = None;
